@@ -1,0 +1,73 @@
+"""3D mask decoder: tokens + image embedding -> low-res mask logits (4x the token grid) and IoU scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import MLP, LayerNorm3d
+from .transformer import TwoWayTransformer
+
+
+class MaskDecoder3D(nn.Module):
+    """SAM-Med3D's mask decoder; the two-way transformer's shape is fixed as in the reference."""
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        transformer_depth: int = 2,
+        transformer_heads: int = 8,
+        transformer_mlp_dim: int = 2048,
+    ) -> None:
+        super().__init__()
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.transformer = TwoWayTransformer(transformer_depth, transformer_dim, transformer_heads, transformer_mlp_dim)
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm3d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            image_embeddings: (B or 1, C, D, H, W); repeated to the prompt batch when it is 1.
+            image_pe: (1, C, D, H, W).
+            sparse_prompt_embeddings: (B, T, C); dense_prompt_embeddings: (B, C, D, H, W).
+        Returns:
+            masks (B, M, 4D, 4H, 4W) logits and iou (B, M); M = 3 with multimask, else 1.
+        """
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings.expand(batch, -1, -1, -1, -1) + dense_prompt_embeddings
+        pos = image_pe.expand(batch, -1, -1, -1, -1)
+        grid = src.shape[2:]
+        hs, src_tokens = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(src_tokens.transpose(1, 2).reshape(batch, -1, *grid))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        masks = (hyper_in @ upscaled.flatten(2)).view(batch, -1, *upscaled.shape[2:])
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]

@@ -1,0 +1,381 @@
+"""Named model configs, builders, and checkpoint loading (official ``.pth`` files and our safetensors).
+
+    model = load_model("fastsam3d", checkpoint="FastSAM3D.pth")   # official full checkpoint
+    model = load_model("path/to/model.safetensors")                 # config travels in the file
+    model = load_model("default")                                   # the weights shipped with the package
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .modeling import ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D, Sam3D
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CONFIG_METADATA_KEY = "fastsam3d_config"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every architecture number of a 3D SAM. Defaults are SAM-Med3D's ViT-B teacher."""
+
+    name: str = "sam-med3d"
+    description: str = ""
+    img_size: int = 128
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    skip_layer: int = 0
+    block_style: str = "prenorm"
+    attention_mode: str = "global"
+    dilation: int = 2
+    prompt_dim: int = 384
+    mask_in_chans: int = 16
+    box_embeddings: bool = False
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    weights: str = field(default="", compare=False)  # file name under WEIGHTS_DIR, if shipped
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"model config has unknown fields {sorted(unknown)}: written by a newer fastsam3d?")
+        data["global_attn_indexes"] = tuple(data.get("global_attn_indexes", ()))
+        return cls(**data)
+
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {}
+
+
+def register_config(config: ModelConfig) -> ModelConfig:
+    MODEL_CONFIGS[config.name] = config
+    return config
+
+
+SAM_MED3D = register_config(
+    ModelConfig(name="sam-med3d", description="SAM-Med3D ViT-B teacher (12 blocks, pre-norm), sam_med3d.pth")
+)
+register_config(replace(SAM_MED3D, name="sam-med3d-turbo", description="SAM-Med3D-turbo, sam_med3d_turbo.pth"))
+register_config(
+    replace(
+        SAM_MED3D,
+        name="sam-med3d-fs3d",
+        block_style="fastsam3d",
+        description="SAM-Med3D weights with FastSAM3D's block form (its distillation teacher)",
+    )
+)
+register_config(
+    ModelConfig(
+        name="fastsam3d",
+        description="FastSAM3D student: 6 blocks, 6 heads of 128, blocks 0-1 MLP-only",
+        depth=6,
+        num_heads=6,
+        window_size=0,
+        global_attn_indexes=(),
+        skip_layer=2,
+        block_style="fastsam3d",
+    )
+)
+register_config(
+    replace(
+        MODEL_CONFIGS["fastsam3d"],
+        name="fastsam3d-dilated",
+        attention_mode="dilated",
+        description="FastSAM3D student with sparse (dilated 2x2x2) attention on the same weights",
+    )
+)
+TINY = register_config(
+    ModelConfig(
+        name="tiny-teacher",
+        description="tiny teacher-shaped model for tests (64³ crop, 8³ tokens, padded windows)",
+        img_size=64,
+        patch_size=8,
+        embed_dim=96,
+        depth=4,
+        num_heads=4,
+        window_size=14,
+        global_attn_indexes=(1, 3),
+        prompt_dim=96,
+        decoder_mlp_dim=256,
+    )
+)
+register_config(
+    replace(
+        TINY,
+        name="tiny-student",
+        description="tiny student-shaped model for tests",
+        depth=4,
+        window_size=0,
+        global_attn_indexes=(),
+        skip_layer=2,
+        block_style="fastsam3d",
+    )
+)
+
+
+def build_model(config: ModelConfig | str) -> Sam3D:
+    """Build an untrained model of a named or given config."""
+    if isinstance(config, str):
+        config = get_config(config)
+    encoder = ImageEncoderViT3D(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        out_chans=config.prompt_dim,
+        window_size=config.window_size,
+        global_attn_indexes=config.global_attn_indexes,
+        skip_layer=config.skip_layer,
+        block_style=config.block_style,
+        attention_mode=config.attention_mode,
+        dilation=config.dilation,
+    )
+    grid = (config.grid_size,) * 3
+    prompt_encoder = PromptEncoder3D(
+        config.prompt_dim, grid, (config.img_size,) * 3, config.mask_in_chans, config.box_embeddings
+    )
+    decoder = MaskDecoder3D(
+        config.prompt_dim,
+        config.num_multimask_outputs,
+        config.iou_head_depth,
+        config.iou_head_hidden_dim,
+        config.decoder_depth,
+        config.decoder_heads,
+        config.decoder_mlp_dim,
+    )
+    model = Sam3D(encoder, prompt_encoder, decoder)
+    model.config = config
+    return model.eval()
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}") from None
+
+
+# --- reading checkpoints ---------------------------------------------------------------
+
+
+def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official ``.pth`` file, read without arbitrary unpickling."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no such checkpoint: {path}") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling failure becomes one clear message
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
+    if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
+        checkpoint = checkpoint["model_state_dict"]
+    elif isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"{path} holds no model state dict (expected 'model_state_dict' of tensors)")
+    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"no such checkpoint: {path}") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({error})") from None
+    config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else None
+    return state_dict, config
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], block_style: str | None = None) -> ModelConfig:
+    """Read the architecture of a full 3D SAM state dict from its key names and shapes."""
+    try:
+        pos_embed = state_dict["image_encoder.pos_embed"]
+        patch = state_dict["image_encoder.patch_embed.proj.weight"]
+        prompt_dim = state_dict["image_encoder.neck.0.weight"].shape[0]
+        mask_in_chans = state_dict["prompt_encoder.mask_downscaling.3.weight"].shape[0]
+    except KeyError as missing:
+        raise CheckpointError(f"not a 3D SAM checkpoint: key {missing} is missing") from None
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    depth = len(blocks)
+    grid, embed_dim, patch_size = pos_embed.shape[1], pos_embed.shape[-1], patch.shape[-1]
+    with_attention = [f"image_encoder.blocks.{i}.attn.qkv.weight" in state_dict for i in blocks]
+    skip_layer = with_attention.index(True) if True in with_attention else depth
+    head_dim = next(
+        (state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_d"].shape[1] for i in blocks if with_attention[i]),
+        embed_dim // 12,
+    )
+    windowed, window = [], 0
+    for i in blocks:
+        key = f"image_encoder.blocks.{i}.attn.rel_pos_d"
+        if key in state_dict and state_dict[key].shape[0] != 2 * grid - 1:
+            windowed.append(i)
+            window = (state_dict[key].shape[0] + 1) // 2
+    is_student = skip_layer > 0
+    return ModelConfig(
+        name="checkpoint",
+        img_size=grid * patch_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        window_size=window,
+        global_attn_indexes=tuple(i for i in blocks if i not in windowed) if window else (),
+        skip_layer=skip_layer,
+        block_style=block_style or ("fastsam3d" if is_student else "prenorm"),
+        prompt_dim=prompt_dim,
+        mask_in_chans=mask_in_chans,
+        box_embeddings="prompt_encoder.point_embeddings.3.weight" in state_dict,
+        num_multimask_outputs=state_dict["mask_decoder.mask_tokens.weight"].shape[0] - 1,
+        decoder_mlp_dim=state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+    )
+
+
+def _describe(config: ModelConfig) -> str:
+    attention = config.depth - config.skip_layer
+    return f"{config.depth} encoder blocks ({config.skip_layer} MLP-only, {attention} with attention), width {config.embed_dim}"
+
+
+def load_state_dict_strict(model: Sam3D, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load with a strict key and shape check; the error names what differs and the likely cause."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong_shape:
+        cause = ""
+        if any(k.startswith("image_encoder.") for k in missing + unexpected) and "image_encoder.pos_embed" in state_dict:
+            cause = f"; the checkpoint has {_describe(infer_config(state_dict))}, the model {_describe(model.config)}"
+        elif "image_encoder.pos_embed" not in state_dict and "pos_embed" in state_dict:
+            cause = "; this looks like an encoder-only student checkpoint: pass decoder_checkpoint= as well"
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise CheckpointError(f"{source} does not fit model {model.config.name!r}: {'; '.join(parts)}{cause}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    """State dict (and config, for our safetensors files) of a checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_torch_checkpoint(path), None
+
+
+def load_model(
+    model: str | Path = "default",
+    checkpoint: str | Path | None = None,
+    decoder_checkpoint: str | Path | None = None,
+    block_style: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Sam3D:
+    """Build a model and load its weights.
+
+    Args:
+        model: a registered name (``fastsam3d``, ``sam-med3d-turbo``, ``default``, ...) or a
+            checkpoint path (``.safetensors`` written by :func:`save_model`, or an official ``.pth``
+            whose architecture is read from its keys).
+        checkpoint: weights for a named model; defaults to the file shipped for that name.
+        decoder_checkpoint: for an encoder-only FastSAM3D student checkpoint (keys without the
+            ``image_encoder.`` prefix), a full checkpoint to take the prompt encoder and decoder from.
+        block_style: override the residual form ("prenorm" or "fastsam3d"), see REFERENCE.md fact 2.
+    """
+    config: ModelConfig | None
+    if isinstance(model, str) and model in MODEL_CONFIGS and checkpoint is None:
+        config = MODEL_CONFIGS[model]
+        if not config.weights:
+            raise CheckpointError(
+                f"no weights ship for {model!r}: pass the official checkpoint file, e.g. "
+                f"`--model {model} --checkpoint FILE.pth` / load_model({model!r}, checkpoint=...)"
+            )
+        checkpoint = WEIGHTS_DIR / config.weights
+        if not checkpoint.is_file():
+            raise CheckpointError(f"the weights of {model!r} are missing from the installation ({checkpoint})")
+    elif isinstance(model, str) and model in MODEL_CONFIGS:
+        config = MODEL_CONFIGS[model]
+    elif Path(model).suffix in (".pth", ".pt", ".safetensors", ".ckpt"):
+        checkpoint, config = Path(model), None
+    else:
+        raise CheckpointError(
+            f"unknown model {str(model)!r}: give one of {', '.join(sorted(MODEL_CONFIGS))} or a checkpoint file"
+        )
+    state_dict, stored_config = read_checkpoint(checkpoint)
+    if "pos_embed" in state_dict and "image_encoder.pos_embed" not in state_dict:
+        if decoder_checkpoint is None:
+            raise CheckpointError(
+                f"{checkpoint} is an encoder-only FastSAM3D student checkpoint; give the prompt encoder and "
+                "decoder weights too (decoder_checkpoint= / --decoder-checkpoint, e.g. sam_med3d_turbo.pth)"
+            )
+        decoder_state, _ = read_checkpoint(decoder_checkpoint)
+        state_dict = {f"image_encoder.{k}": v for k, v in state_dict.items()} | {
+            k: v for k, v in decoder_state.items() if not k.startswith("image_encoder.")
+        }
+    if config is None:
+        config = stored_config or infer_config(state_dict)
+        if stored_config is None:
+            config = replace(config, name=Path(checkpoint).stem)
+    if block_style is not None:
+        config = replace(config, block_style=block_style)
+    built = build_model(config)
+    load_state_dict_strict(built, state_dict, str(checkpoint))
+    return built.to(device)
+
+
+def save_model(model: Sam3D, path: str | Path, half: bool = False) -> Path:
+    """Write weights + config as safetensors, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, temp, metadata={CONFIG_METADATA_KEY: model.config.to_json()})
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
