@@ -1,0 +1,182 @@
+"""Region of interest (ROI) around the prompts: where the model looks, and the exact way back.
+
+The models were trained on volumes reoriented to RAS (torchio ``ToCanonical``), resampled to
+1.5 mm and cropped to 128³ (REFERENCE.md §1.5, §5.1). We never resample the whole volume:
+a :class:`RoiGrid` is a 128³ grid at 1.5 mm whose axes are the input's own axes, permuted and
+flipped into RAS order (what ``ToCanonical`` does, so oblique volumes are not rotated). Because
+the two grids' axes are parallel, every mapping between them is separable: index conversions
+are one affine map per axis, and linear resampling is one small interpolation matrix per axis.
+
+* :meth:`RoiGrid.extract` samples the input into the ROI (trilinear, zero outside the volume,
+  as ITK's linear interpolator with a default value of 0).
+* :meth:`RoiGrid.paste_logits` maps low-res decoder logits back onto the input voxels the ROI
+  covers. Its per-axis matrices compose the model's trilinear upsampling (``align_corners=False``)
+  with the linear resampling onto the input grid, so the per-click cost is three small
+  matrix products over the covered voxels, never a pass over the whole volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .io import Volume
+
+TARGET_SPACING_MM = 1.5
+# RAS axis directions written in LPS world coordinates (the convention of Volume.direction).
+_RAS_IN_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]).T
+
+
+def canonical_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Input axis and sign for each RAS axis: ROI axis ``a`` runs along ``sign[a] * input axis[a]``.
+
+    Chooses the axis permutation that best aligns the input axes with R, A, S (as ToCanonical).
+    """
+    alignment = direction.T @ _RAS_IN_LPS  # [input axis, ras axis] cosines
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(alignment[p[a], a]) for a in range(3)))
+    signs = tuple(1 if alignment[best[a], a] >= 0 else -1 for a in range(3))
+    return tuple(best), signs
+
+
+def linear_weights(positions: np.ndarray, length: int) -> np.ndarray:
+    """(len(positions), length) matrix of 1D linear interpolation at continuous indices.
+
+    Positions within half a voxel outside the samples use the edge value; further out the row is
+    zero (outside the image).
+    """
+    weights = np.zeros((len(positions), length), dtype=np.float32)
+    inside = (positions >= -0.5) & (positions <= length - 0.5)
+    clamped = np.clip(positions, 0, length - 1)
+    lower = np.minimum(np.floor(clamped).astype(int), length - 1)
+    upper = np.minimum(lower + 1, length - 1)
+    fraction = (clamped - lower).astype(np.float32)
+    rows = np.nonzero(inside)[0]
+    np.add.at(weights, (rows, lower[rows]), 1 - fraction[rows])
+    np.add.at(weights, (rows, upper[rows]), fraction[rows])
+    return weights
+
+
+def upsampling_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) matrix of ``F.interpolate(mode="linear", align_corners=False)`` along one axis."""
+    positions = np.maximum((np.arange(target) + 0.5) * source / target - 0.5, 0.0)
+    return linear_weights(positions, source)
+
+
+def apply_per_axis(array: torch.Tensor, matrices: list[torch.Tensor]) -> torch.Tensor:
+    """Contract axis ``a`` of a 3D array with ``matrices[a]`` (out_a, in_a): a separable resampling."""
+    for matrix in matrices:
+        array = torch.tensordot(array, matrix, dims=([0], [1]))  # consumes axis 0, appends the new one
+    return array
+
+
+@dataclass(frozen=True)
+class RoiGrid:
+    """A cubic grid of ``size`` voxels at ``spacing`` mm, axes parallel to the input's.
+
+    ROI axis ``a`` runs along input axis ``axes[a]``: input index = ``start[a] + step[a] * t``
+    for ROI index ``t``. ROI axes are in RAS order, as the models were trained.
+    """
+
+    volume_shape: tuple[int, int, int]
+    axes: tuple[int, int, int]
+    start: tuple[float, float, float]
+    step: tuple[float, float, float]
+    size: int = 128
+
+    @classmethod
+    def centred(
+        cls, volume: Volume, centre_index: np.ndarray, size: int = 128, spacing: float = TARGET_SPACING_MM
+    ) -> "RoiGrid":
+        """The ROI whose voxel ``size // 2`` on each axis lies on ``centre_index`` (input voxels),
+        torchio CropOrPad's rounding for an even size."""
+        axes, signs = canonical_axes(volume.direction)
+        step = tuple(signs[a] * spacing / float(volume.spacing[axes[a]]) for a in range(3))
+        start = tuple(float(centre_index[axes[a]]) - step[a] * (size // 2) for a in range(3))
+        return cls(tuple(volume.shape), axes, start, step, size)
+
+    @property
+    def key(self) -> tuple:
+        """Hashable identity, for caching embeddings."""
+        return (self.axes, tuple(round(s, 6) for s in self.start), tuple(round(s, 6) for s in self.step), self.size)
+
+    def index_to_roi(self, index: np.ndarray) -> np.ndarray:
+        """(N, 3) input voxel indices -> (N, 3) continuous ROI indices (ROI axis order)."""
+        index = np.atleast_2d(np.asarray(index, dtype=np.float64))
+        return np.stack([(index[:, self.axes[a]] - self.start[a]) / self.step[a] for a in range(3)], axis=1)
+
+    def roi_to_index(self, roi: np.ndarray) -> np.ndarray:
+        """(N, 3) ROI indices -> (N, 3) continuous input voxel indices."""
+        roi = np.atleast_2d(np.asarray(roi, dtype=np.float64))
+        index = np.empty_like(roi)
+        for a in range(3):
+            index[:, self.axes[a]] = self.start[a] + self.step[a] * roi[:, a]
+        return index
+
+    def contains(self, index: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Whether input voxel indices fall in the ROI, at least ``margin`` ROI voxels from its faces."""
+        roi = self.index_to_roi(index)
+        return np.all((roi >= margin - 0.5) & (roi <= self.size - 0.5 - margin), axis=1)
+
+    def _input_positions(self, a: int) -> np.ndarray:
+        return self.start[a] + self.step[a] * np.arange(self.size)
+
+    def covered_slices(self) -> tuple[slice, slice, slice]:
+        """Bounding box (input axis order) of the input voxels whose centres lie inside the ROI."""
+        slices: list[slice] = [slice(0, 0)] * 3
+        for a in range(3):
+            ends = self.start[a] + self.step[a] * np.array([-0.5, self.size - 0.5])
+            low = max(int(np.ceil(ends.min())), 0)
+            high = min(int(np.floor(ends.max())), self.volume_shape[self.axes[a]] - 1)
+            slices[self.axes[a]] = slice(low, max(high + 1, low))
+        return tuple(slices)
+
+    def extract(self, array: np.ndarray) -> torch.Tensor:
+        """Linearly resample the input array into the ROI: (size, size, size) float32, zero outside."""
+        sources: list[slice] = []
+        matrices = []
+        for a in range(3):
+            positions = self._input_positions(a)
+            length = self.volume_shape[self.axes[a]]
+            low = int(np.clip(np.floor(positions.min()), 0, length - 1))
+            high = int(np.clip(np.ceil(positions.max()), 0, length - 1))
+            sources.append(slice(low, high + 1))
+            matrices.append(torch.from_numpy(linear_weights(positions - low, high - low + 1)))
+        block_slices = [None] * 3
+        for a in range(3):
+            block_slices[self.axes[a]] = sources[a]
+        block = np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes)
+        return apply_per_axis(torch.from_numpy(np.ascontiguousarray(block)), matrices)
+
+    def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
+        """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res
+        logits to the input voxels: trilinear upsampling to ``size`` then linear resampling."""
+        covered = self.covered_slices()
+        up = upsampling_weights(low_res, self.size)
+        matrices = []
+        for a in range(3):
+            span = covered[self.axes[a]]
+            roi_positions = (np.arange(span.start, span.stop) - self.start[a]) / self.step[a]
+            matrices.append(torch.from_numpy(linear_weights(roi_positions, self.size) @ up))
+        return covered, matrices
+
+    def paste_logits(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """(L, L, L) low-res logits -> (covered box, logits on those input voxels in input axis order)."""
+        covered, matrices = self.paste_matrices(low_res_logits.shape[-1])
+        values = apply_per_axis(low_res_logits.float().cpu(), matrices)
+        return covered, values.permute(*np.argsort(self.axes)).numpy()
+
+
+def normalise_intensity(crop: torch.Tensor) -> torch.Tensor:
+    """z-score with mean and (unbiased) std over voxels > 0, as torchio ``ZNormalization(x > 0)``.
+
+    Falls back to all voxels when fewer than two are positive, and to std 1 for a constant crop.
+    """
+    foreground = crop[crop > 0]
+    values = foreground if foreground.numel() > 1 else crop.flatten()
+    std = values.std()
+    if not torch.isfinite(std) or std == 0:
+        std = torch.tensor(1.0)
+    return (crop - values.mean()) / std

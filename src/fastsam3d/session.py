@@ -1,0 +1,481 @@
+"""The interactive engine: one volume, several objects, clicks, undo/redo, cached embeddings.
+
+    session = Session("default")
+    session.set_image("ct.nii.gz")
+    obj = session.add_object("liver")
+    session.add_click((120, 200, 45))                  # input voxel index (i, j, k), include
+    session.add_click((130, 190, 45), positive=False)  # exclude
+    session.undo()
+    session.save_labels("seg.nii.gz")
+
+Per object the engine keeps immutable :class:`ObjectState` snapshots (prompts and the low-res
+logits of each ROI it touched), so undo/redo are list moves and the masks on the input grid are
+derived from the logits on demand. Each ROI's image embedding is computed once and cached:
+a click inside a cached ROI runs only the prompt encoder and decoder, then pastes the result
+back onto the covered input voxels (:mod:`fastsam3d.preprocess`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PromptError, VolumeError
+from .io import Volume, ras_to_lps, read_volume, write_volume
+from .modeling import Sam3D
+from .preprocess import RoiGrid, normalise_intensity
+from .registry import load_model
+
+MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+Slices = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class Click:
+    """A point prompt at a continuous input voxel index (i, j, k)."""
+
+    index: tuple[float, float, float]
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """One step of an object's history: its prompts and the resulting low-res logits per ROI."""
+
+    clicks: tuple[Click, ...] = ()
+    box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
+    initial_mask: np.ndarray | None = field(default=None, compare=False)
+    logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False)
+
+
+@dataclass
+class SegmentObject:
+    """A labelled structure and its undo/redo history."""
+
+    label: int
+    name: str
+    history: list[ObjectState] = field(default_factory=lambda: [ObjectState()])
+    position: int = 0
+
+    @property
+    def state(self) -> ObjectState:
+        return self.history[self.position]
+
+    def push(self, state: ObjectState) -> None:
+        del self.history[self.position + 1 :]
+        self.history.append(state)
+        self.position += 1
+
+
+@dataclass
+class Timings:
+    """Seconds spent by the last interaction, by stage."""
+
+    encoder: float = 0.0
+    decoder: float = 0.0
+    paste: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.encoder + self.decoder + self.paste
+
+
+class Session:
+    """Interactive segmentation of one volume with a 3D SAM.
+
+    Args:
+        model: a model name, checkpoint path, or a loaded :class:`Sam3D`.
+        device: torch device; default CUDA when available.
+        click_history: ``"all"`` feeds every click of the object inside the ROI with the previous
+            logits (as SAM-Med3D training does); ``"last"`` feeds only the newest click with the
+            previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, REFERENCE.md fact 5).
+        cache_size: how many ROI embeddings to keep.
+    """
+
+    def __init__(
+        self,
+        model: Sam3D | str | Path = "default",
+        device: str | torch.device | None = None,
+        click_history: str = "all",
+        cache_size: int = 8,
+        checkpoint: str | Path | None = None,
+    ) -> None:
+        if click_history not in ("all", "last"):
+            raise ValueError("click_history must be 'all' or 'last'")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if not isinstance(model, Sam3D):
+            model = load_model(model, checkpoint=checkpoint)
+        self.model = model.to(self.device).eval()
+        self.click_history = click_history
+        self.cache_size = cache_size
+        self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.volume: Volume | None = None
+        self.objects: dict[int, SegmentObject] = {}
+        self.active: int | None = None
+        self.labels: np.ndarray | None = None
+        self._region_cache: dict[int, tuple[ObjectState, list]] = {}
+        self.timings = Timings()
+        self.encoder_runs = 0
+        self.decoder_runs = 0
+
+    # --- image and objects ------------------------------------------------------------
+
+    def set_image(self, image: Volume | str | Path) -> Volume:
+        """Load (or take) the volume; clears objects and cached embeddings."""
+        volume = image if isinstance(image, Volume) else read_volume(image)
+        if not np.issubdtype(volume.array.dtype, np.integer) and not np.isfinite(volume.array).all():
+            raise VolumeError("the image contains NaN or infinite voxels")
+        self.volume = volume
+        self.objects.clear()
+        self._region_cache.clear()
+        self.active = None
+        self._embeddings.clear()
+        self.labels = np.zeros(volume.shape, dtype=np.uint8)
+        return volume
+
+    def add_object(self, name: str | None = None) -> int:
+        """Start a new object; it becomes the active one. Returns its label value."""
+        self._require_image()
+        label = max(self.objects, default=0) + 1
+        if label > 65535:
+            raise PromptError("too many objects (at most 65535)")
+        if label > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(np.uint16)
+        self.objects[label] = SegmentObject(label, name or f"object {label}")
+        self.active = label
+        return label
+
+    def select(self, label: int) -> None:
+        self._object(label)
+        self.active = label
+
+    def remove_object(self, label: int) -> None:
+        obj = self._object(label)
+        boxes = [box for box, _ in self._regions(obj.state)]
+        del self.objects[label]
+        self.active = max(self.objects, default=None) if self.active == label else self.active
+        for box in boxes:
+            self._repaint(box)
+
+    # --- prompts ----------------------------------------------------------------------
+
+    def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
+        """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
+        volume = self._require_image()
+        point = np.asarray(point, dtype=np.float64).reshape(-1)
+        if point.shape != (3,) or not np.isfinite(point).all():
+            raise PromptError(f"a point needs three finite coordinates, got {point.tolist()}")
+        if world:
+            point = volume.world_to_index(ras_to_lps(point) if ras else point)
+        if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
+            unit = "world point (mm)" if world else "voxel"
+            raise PromptError(f"click at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
+        return point
+
+    def add_click(self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None):
+        """Add an include (``positive``) or exclude click to an object and update its mask.
+
+        ``point`` is an input voxel index (i, j, k) (ITK index order = nibabel ``data[i, j, k]``),
+        or world millimetres with ``world=True`` (LPS as ITK/Slicer; ``ras=True`` for RAS).
+        """
+        index = self.to_index(point, world, ras)
+        obj = self._object_for_prompt(label)
+        state = obj.state
+        clicks = state.clicks + (Click(tuple(float(v) for v in index), positive),)
+        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+        if not rois:
+            rois = [self._new_roi(index)]
+        self._update(obj, replace(state, clicks=clicks), rois)
+
+    def set_box(self, corner_a, corner_b, *, label: int | None = None) -> None:
+        """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
+
+        Models with box embeddings encode it; for the official weights, which have none, the box
+        is emulated: a positive click at its centre, and the mask is clipped to the box.
+        """
+        a, b = self.to_index(corner_a), self.to_index(corner_b)
+        low, high = np.minimum(a, b).round().astype(int), np.maximum(a, b).round().astype(int)
+        flat = [axis for axis in range(3) if high[axis] == low[axis]]
+        if flat:
+            raise PromptError(f"box {low.tolist()}-{high.tolist()} has no extent along axis {flat[0]}")
+        obj = self._object_for_prompt(label)
+        state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
+        centre = (low + high) / 2.0
+        rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
+        self._update(obj, state, rois or [self._new_roi(centre)])
+
+    def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> None:
+        """Start an object from an existing mask on the input grid (refined by later clicks)."""
+        volume = self._require_image()
+        mask = np.asarray(mask)
+        if mask.shape != volume.shape:
+            raise PromptError(f"initial mask has shape {mask.shape}, the image {volume.shape}")
+        if not mask.any():
+            raise PromptError("the initial mask is empty")
+        obj = self._object_for_prompt(label)
+        old_boxes = [box for box, _ in self._regions(obj.state)]
+        obj.push(ObjectState(initial_mask=mask.astype(bool)))
+        for box in old_boxes + [_bounding_box(mask)]:
+            self._repaint(box)
+
+    def undo(self, label: int | None = None) -> bool:
+        """Step the object one interaction back; False when there is nothing to undo."""
+        return self._move(label, -1)
+
+    def redo(self, label: int | None = None) -> bool:
+        """Step forward again after an undo; False when there is nothing to redo."""
+        return self._move(label, +1)
+
+    def reset(self, label: int | None = None) -> None:
+        """Clear the object's prompts (itself undoable)."""
+        obj = self._object(label)
+        boxes = [box for box, _ in self._regions(obj.state)]
+        obj.push(ObjectState())
+        for box in boxes:
+            self._repaint(box)
+
+    # --- results ----------------------------------------------------------------------
+
+    def mask(self, label: int | None = None) -> np.ndarray:
+        """Boolean mask of one object on the input grid."""
+        obj = self._object(label)
+        mask = np.zeros(self._require_image().shape, dtype=bool)
+        for box, sub in self._regions(obj.state):
+            mask[box] |= sub
+        return mask
+
+    def label_map(self) -> np.ndarray:
+        """All objects as one label map on the input grid (later objects win where they overlap)."""
+        self._require_image()
+        return self.labels.copy()
+
+    def probability(self, label: int | None = None) -> np.ndarray:
+        """Foreground probability of one object on the input grid (0 outside its ROIs)."""
+        obj = self._object(label)
+        probability = np.zeros(self._require_image().shape, dtype=np.float32)
+        for roi, logits in obj.state.logits:
+            box, values = roi.paste_logits(logits[0, 0])
+            np.maximum(probability[box], _sigmoid(values), out=probability[box])
+        return self._clip_to_box(obj.state, probability)
+
+    def uncertainty(
+        self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs.
+
+        Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm each) per axis; the
+        runs reuse the cached embedding, so this costs decoder time only (one batched call per ROI).
+        Returns full-size float32 maps on the input grid (0 outside the object's ROIs).
+        """
+        obj = self._object(label)
+        if not obj.state.logits:
+            raise PromptError(f"object {obj.label} has no click yet: nothing to estimate")
+        generator = torch.Generator().manual_seed(seed)
+        shape = self._require_image().shape
+        mean = np.zeros(shape, dtype=np.float32)
+        started = time.perf_counter()
+        for roi, _ in obj.state.logits:
+            coords, labels, mask_input = self._prompt_tensors(obj.state, roi, previous=self._previous_logits(obj, roi))
+            noise = (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
+            coords = (coords.expand(samples, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
+            with torch.inference_mode():
+                logits, _ = self.model.decode(
+                    self._embedding(roi), coords, labels.expand(samples, -1), mask_input=mask_input.expand(samples, -1, -1, -1, -1)
+                )
+            low_res_mean = torch.sigmoid(logits[:, 0].float()).mean(0)
+            box, values = roi.paste_logits(torch.logit(low_res_mean.clamp(1e-6, 1 - 1e-6)))
+            np.maximum(mean[box], _sigmoid(values), out=mean[box])
+        self.timings = Timings(decoder=time.perf_counter() - started)
+        mean = self._clip_to_box(obj.state, mean)
+        p = np.clip(mean, 1e-7, 1 - 1e-7)
+        entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        entropy[mean == 0] = 0.0
+        return mean, entropy.astype(np.float32)
+
+    def save_labels(self, path: str | Path) -> Path:
+        """Write the label map on the input grid (atomically)."""
+        return write_volume(self._require_image().with_array(self.label_map()), path)
+
+    def save_map(self, array: np.ndarray, path: str | Path) -> Path:
+        """Write a float map (probability, entropy) on the input grid (atomically)."""
+        return write_volume(self._require_image().with_array(array.astype(np.float32)), path)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _require_image(self) -> Volume:
+        if self.volume is None:
+            raise PromptError("no image: call set_image() first")
+        return self.volume
+
+    def _object(self, label: int | None) -> SegmentObject:
+        label = self.active if label is None else label
+        if label is None or label not in self.objects:
+            raise PromptError(f"no object {label}; objects: {sorted(self.objects) or 'none'}")
+        return self.objects[label]
+
+    def _object_for_prompt(self, label: int | None) -> SegmentObject:
+        if label is None and self.active is None:
+            self.add_object()
+        return self._object(label)
+
+    def _move(self, label: int | None, step: int) -> bool:
+        obj = self._object(label)
+        target = obj.position + step
+        if not 0 <= target < len(obj.history):
+            return False
+        boxes = [box for box, _ in self._regions(obj.state)]
+        obj.position = target
+        for box in boxes + [box for box, _ in self._regions(obj.state)]:
+            self._repaint(box)
+        return True
+
+    def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
+        return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size)
+
+    def _embedding(self, roi: RoiGrid) -> torch.Tensor:
+        """The image embedding of a ROI, computed once and cached (LRU)."""
+        key = roi.key
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            return self._embeddings[key]
+        started = time.perf_counter()
+        crop = normalise_intensity(roi.extract(self._require_image().array))
+        with torch.inference_mode():
+            embedding = self.model.encode(crop[None, None].to(self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings.encoder += time.perf_counter() - started
+        self.encoder_runs += 1
+        self._embeddings[key] = embedding
+        while len(self._embeddings) > self.cache_size:
+            self._embeddings.popitem(last=False)
+        return embedding
+
+    def _previous_logits(self, obj: SegmentObject, roi: RoiGrid) -> torch.Tensor | None:
+        return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
+
+    def _prompt_tensors(
+        self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Point coords (1, N, 3) in ROI voxels, labels (1, N), and the mask prompt (1, 1, L, L, L)."""
+        clicks = [c for c in state.clicks if roi.contains(np.array(c.index))[0]]
+        if self.click_history == "last":
+            clicks = clicks[-1:]
+        points = [roi.index_to_roi(np.array(c.index))[0] for c in clicks]
+        labels = [int(c.positive) for c in clicks]
+        if state.box is not None and not self.model.prompt_encoder.supports_boxes:
+            centre = (np.array(state.box[0]) + np.array(state.box[1])) / 2.0
+            points.append(roi.index_to_roi(centre)[0])
+            labels.append(1)
+        coords = torch.tensor(np.array(points, dtype=np.float32).reshape(1, -1, 3), device=self.device)
+        label_tensor = torch.tensor([labels], dtype=torch.int64, device=self.device)
+        low_res = self.model.low_res_size
+        if previous is not None:
+            mask_input = previous
+        elif state.initial_mask is not None:
+            mask_input = self._mask_prompt(state.initial_mask, roi, low_res[0])
+        else:
+            mask_input = torch.zeros(1, 1, *low_res, device=self.device)
+        return coords, label_tensor, mask_input
+
+    def _mask_prompt(self, mask: np.ndarray, roi: RoiGrid, low_res: int) -> torch.Tensor:
+        """A binary input-grid mask sampled onto the ROI's low-res grid, as logits."""
+        factor = roi.size // low_res
+        coarse = RoiGrid(
+            roi.volume_shape,
+            roi.axes,
+            tuple(s + st * (factor - 1) / 2 for s, st in zip(roi.start, roi.step)),
+            tuple(st * factor for st in roi.step),
+            low_res,
+        )
+        fraction = coarse.extract(mask.astype(np.float32))
+        return ((fraction - 0.5) * 2 * MASK_PROMPT_LOGIT)[None, None].to(self.device)
+
+    def _box_tensor(self, state: ObjectState, roi: RoiGrid) -> torch.Tensor | None:
+        if state.box is None or not self.model.prompt_encoder.supports_boxes:
+            return None
+        corners = roi.index_to_roi(np.array(state.box, dtype=np.float64))
+        box = np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)
+        return torch.tensor(box[None], device=self.device)
+
+    def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> None:
+        """Decode ``state``'s prompts in ``rois``, push the new state and repaint the label map."""
+        self.timings = Timings()
+        old_boxes = [box for box, _ in self._regions(obj.state)]
+        logits = {roi.key: (roi, value) for roi, value in state.logits}
+        for roi in rois:
+            embedding = self._embedding(roi)
+            started = time.perf_counter()
+            coords, labels, mask_input = self._prompt_tensors(state, roi, self._previous_logits(obj, roi))
+            with torch.inference_mode():
+                low_res, _ = self.model.decode(
+                    embedding, coords, labels, boxes=self._box_tensor(state, roi), mask_input=mask_input
+                )
+            logits[roi.key] = (roi, low_res.float())
+            self.decoder_runs += 1
+            self.timings.decoder += time.perf_counter() - started
+        started = time.perf_counter()
+        obj.push(replace(state, logits=tuple(logits.values())))
+        for box in old_boxes + [box for box, _ in self._regions(obj.state)]:
+            self._repaint(box)
+        self.timings.paste += time.perf_counter() - started
+
+    def _regions(self, state: ObjectState) -> list[tuple[Slices, np.ndarray]]:
+        """The object's mask as (input box, boolean sub-array) pieces; cached per object state."""
+        cached = self._region_cache.get(id(state))
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        if not state.logits:
+            regions = []
+            if state.initial_mask is not None:
+                box = _bounding_box(state.initial_mask)
+                regions = [(box, state.initial_mask[box])]
+        else:
+            regions = []
+            for roi, logits in state.logits:
+                box, values = roi.paste_logits(logits[0, 0])
+                regions.append((box, self._clip_to_box(state, values > 0, box)))
+        current = {id(obj.state) for obj in self.objects.values()}
+        for key in [k for k in self._region_cache if k not in current]:
+            del self._region_cache[key]
+        self._region_cache[id(state)] = (state, regions)
+        return regions
+
+    def _clip_to_box(self, state: ObjectState, values: np.ndarray, box: Slices | None = None) -> np.ndarray:
+        """Zero everything outside the object's box prompt (for models without box embeddings)."""
+        if state.box is None or self.model.prompt_encoder.supports_boxes:
+            return values
+        offset = [0, 0, 0] if box is None else [s.start for s in box]
+        keep = tuple(
+            slice(max(low - o, 0), max(high + 1 - o, 0)) for low, high, o in zip(state.box[0], state.box[1], offset)
+        )
+        clipped = np.zeros_like(values)
+        clipped[keep] = values[keep]
+        return clipped
+
+    def _repaint(self, box: Slices) -> None:
+        """Recompose the label map inside ``box`` from every object (later labels on top)."""
+        region = np.zeros(tuple(s.stop - s.start for s in box), dtype=self.labels.dtype)
+        for label, obj in self.objects.items():
+            for sub_box, sub in self._regions(obj.state):
+                overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, sub_box))
+                if any(s.stop <= s.start for s in overlap):
+                    continue
+                target = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
+                source = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, sub_box))
+                region[target][sub[source]] = label
+        self.labels[box] = region
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(values, -60, 60)))).astype(np.float32)
+
+
+def _bounding_box(mask: np.ndarray) -> Slices:
+    where = np.nonzero(mask)
+    return tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)

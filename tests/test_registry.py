@@ -1,0 +1,115 @@
+import argparse
+
+import pytest
+import torch
+
+from fastsam3d.errors import CheckpointError
+from fastsam3d.registry import MODEL_CONFIGS, build_model, infer_config, load_model, save_model
+
+
+def _official_checkpoint(path, model, **extra):
+    """A file shaped like the official training checkpoints (weights beside pickled args)."""
+    torch.save(
+        {
+            "epoch": 3,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": {},
+            "args": argparse.Namespace(model_type="vit_b_ori", lr=8e-4),
+            **extra,
+        },
+        path,
+    )
+    return path
+
+
+def test_safetensors_round_trip(tmp_path):
+    model = build_model("tiny-student")
+    path = save_model(model, tmp_path / "sub" / "model.safetensors")
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert not list((tmp_path / "sub").glob(".*tmp"))
+
+
+def test_half_precision_safetensors_is_smaller_and_close(tmp_path):
+    model = build_model("tiny-teacher")
+    full = save_model(model, tmp_path / "full.safetensors")
+    half = save_model(model, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    assert loaded.state_dict()["image_encoder.blocks.0.attn.qkv.weight"].dtype == torch.float32
+    assert torch.allclose(loaded.state_dict()["mask_decoder.iou_token.weight"], model.state_dict()["mask_decoder.iou_token.weight"], atol=1e-2)
+
+
+def test_official_checkpoint_with_pickled_args_loads_and_infers_architecture(tmp_path):
+    teacher = build_model("tiny-teacher")
+    path = _official_checkpoint(tmp_path / "sam_med3d_tiny.pth", teacher)
+    loaded = load_model(path)
+    config = loaded.config
+    assert (config.depth, config.window_size, config.global_attn_indexes) == (4, 14, (1, 3))
+    assert config.block_style == "prenorm" and config.skip_layer == 0
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), teacher.encode(x))
+
+
+def test_student_checkpoint_is_recognised(tmp_path):
+    student = build_model("tiny-student")
+    config = infer_config(student.state_dict())
+    assert (config.skip_layer, config.block_style, config.window_size) == (2, "fastsam3d", 0)
+
+
+def test_encoder_only_student_needs_and_takes_a_decoder_checkpoint(tmp_path):
+    student = build_model("tiny-student")
+    encoder_only = {k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")}
+    torch.save({"model_state_dict": encoder_only, "args": argparse.Namespace(epochs=84)}, tmp_path / "student.pth")
+    decoder_source = _official_checkpoint(tmp_path / "teacher.pth", build_model("tiny-teacher"))
+    with pytest.raises(CheckpointError, match="encoder-only"):
+        load_model(tmp_path / "student.pth")
+    model = load_model(tmp_path / "student.pth", decoder_checkpoint=decoder_source)
+    assert model.config.skip_layer == 2
+
+
+def test_wrong_model_names_the_cause(tmp_path):
+    path = _official_checkpoint(tmp_path / "student_full.pth", build_model("tiny-student"))
+    with pytest.raises(CheckpointError) as error:
+        load_model("tiny-teacher", checkpoint=path)
+    message = str(error.value)
+    assert "missing" in message and "2 MLP-only" in message and "\n" not in message
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model_state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_checkpoints(tmp_path, content):
+    for suffix in (".pth", ".safetensors"):
+        path = tmp_path / f"broken{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError):
+            load_model(path)
+
+
+def test_missing_and_unknown():
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model("does-not-exist.pth")
+    with pytest.raises(CheckpointError, match="unknown model"):
+        load_model("no-such-model")
+    with pytest.raises(CheckpointError, match="no weights ship"):
+        load_model("sam-med3d-turbo")
+
+
+def test_registry_holds_official_configs():
+    student = MODEL_CONFIGS["fastsam3d"]
+    assert (student.depth, student.num_heads, student.skip_layer, student.embed_dim) == (6, 6, 2, 768)
+    teacher = MODEL_CONFIGS["sam-med3d-turbo"]
+    assert (teacher.depth, teacher.window_size, teacher.global_attn_indexes) == (12, 14, (2, 5, 8, 11))
