@@ -21,3 +21,37 @@ def reference_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+class IntensityModel(torch.nn.Module):
+    """A stand-in 3D SAM whose 'segmentation' is the bright region of the crop, minus a ball of
+    radius 12 ROI voxels around each exclude click. Lets tests check geometry exactly."""
+
+    img_size = 128
+    low_res_size = (32, 32, 32)
+
+    class _Prompt:
+        supports_boxes = False
+
+    prompt_encoder = _Prompt()
+
+    def encode(self, crop: torch.Tensor) -> torch.Tensor:
+        return crop
+
+    def decode(self, embedding, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=False):
+        low = torch.nn.functional.avg_pool3d(embedding, 4)
+        logits = (low - (low.amax() + low.amin()) / 2) * 10.0  # threshold halfway: bright = inside
+        batch = point_coords.shape[0]
+        logits = logits.expand(batch, -1, -1, -1, -1).clone()
+        centres = (torch.arange(32, dtype=torch.float32) + 0.5) * 4 - 0.5
+        grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
+        for b in range(batch):
+            for coord, label in zip(point_coords[b], point_labels[b]):
+                if label == 0:
+                    logits[b, 0][(grid - coord).norm(dim=-1) < 12] = -10.0
+        return logits, torch.ones(batch, 1)
+
+
+@pytest.fixture
+def intensity_model() -> IntensityModel:
+    return IntensityModel()

@@ -108,7 +108,7 @@ class Session:
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if not isinstance(model, Sam3D):
+        if isinstance(model, (str, Path)):
             model = load_model(model, checkpoint=checkpoint)
         self.model = model.to(self.device).eval()
         self.click_history = click_history

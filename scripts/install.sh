@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install fastsam3d with its test dependencies.
+# torch is pinned to 2.13.0 first: a CPU-only machine that has that build on disk takes it in
+# seconds; on PyPI it is the CUDA build, so a GPU machine gets CUDA. Set TORCH_SPEC to override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "installed: $(.venv/bin/python -c 'import torch, fastsam3d; print("fastsam3d", fastsam3d.__version__, "torch", torch.__version__)')"

@@ -1,0 +1,178 @@
+"""Command line: ``fastsam3d segment | models | info``. Parsing only; the work is in the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import FastSAM3DError
+
+EXIT_USER_ERROR = 2
+
+
+def _click(kind: str):
+    """argparse type for ``a,b,c[,+|-]``: a click of ``kind`` ("voxel" or "world")."""
+
+    def parse(text: str) -> tuple[str, tuple[float, float, float], bool]:
+        parts = [p.strip() for p in text.split(",")]
+        sign = "+"
+        if parts and parts[-1] in ("+", "-"):
+            sign = parts.pop()
+        try:
+            coords = tuple(float(p) for p in parts)
+        except ValueError:
+            coords = ()
+        if len(coords) != 3:
+            raise argparse.ArgumentTypeError(f"expected three numbers and an optional +/-, got {text!r}")
+        return kind, coords, sign == "+"
+
+    return parse
+
+
+def _box(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise argparse.ArgumentTypeError(f"a box is i0,j0,k0,i1,j1,k1 (six numbers), got {text!r}")
+    return tuple(values[:3]), tuple(values[3:])
+
+
+class _AppendClick(argparse.Action):
+    """Collect --point and --world-point into one ordered list of clicks."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        clicks = getattr(namespace, "clicks", None) or []
+        clicks.append(values)
+        namespace.clicks = clicks
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="model name (see `fastsam3d models`) or checkpoint file")
+    parser.add_argument("--checkpoint", help="weights for a named model, e.g. sam_med3d_turbo.pth")
+    parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
+    parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsam3d", description="Fast interactive 3D segmentation with 3D SAMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment one object from clicks",
+        description="Voxel points are i,j,k in the image's own index order (ITK index = nibabel data[i, j, k]); "
+        "world points are millimetres in LPS (ITK, Slicer), or RAS with --ras. A trailing + includes "
+        "(default), - excludes. Points are applied in the given order as successive clicks.",
+    )
+    segment.add_argument("image", type=Path)
+    segment.add_argument("--point", dest="clicks", type=_click("voxel"), action=_AppendClick, metavar="I,J,K[,+|-]")
+    segment.add_argument("--world-point", dest="clicks", type=_click("world"), action=_AppendClick, metavar="X,Y,Z[,+|-]")
+    segment.add_argument("--ras", action="store_true", help="world points are RAS instead of LPS")
+    segment.add_argument("--box", type=_box, metavar="I0,J0,K0,I1,J1,K1", help="3D box given by two corner voxels")
+    segment.add_argument("--out", type=Path, required=True, help="label map to write (.nii.gz, .nrrd, .mha)")
+    segment.add_argument("--probability", type=Path, help="also write the foreground probability map")
+    segment.add_argument("--uncertainty", type=Path, help="also write the uncertainty (entropy, bits) map")
+    segment.add_argument("--samples", type=int, default=16, help="decoder runs for --uncertainty (default 16)")
+    segment.add_argument("--timing", action="store_true", help="print the time of each stage")
+    _add_model_arguments(segment)
+
+    models = commands.add_parser("models", help="list model configs and whether their weights are present")
+    models.set_defaults(clicks=None)
+    info = commands.add_parser("info", help="print an image's shape, spacing and orientation")
+    info.add_argument("image", type=Path)
+    return parser
+
+
+def _segment(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .registry import load_model
+    from .session import Session
+
+    if not args.clicks and args.box is None:
+        raise FastSAM3DError("give at least one --point, --world-point or --box")
+    if args.samples < 1:
+        raise FastSAM3DError("--samples must be at least 1")
+    model = load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
+    session = Session(model, device=args.device)
+    volume = session.set_image(args.image)
+    session.add_object()
+    steps = []
+    if args.box is not None:
+        session.set_box(*args.box)
+        steps.append(("box", session.timings))
+    for kind, coords, positive in args.clicks or []:
+        session.add_click(coords, positive, world=kind == "world", ras=args.ras)
+        steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", session.timings))
+    mask = session.mask()
+    if not mask.any():
+        raise FastSAM3DError("the model segmented nothing at these prompts (empty object); nothing written")
+    written = [session.save_labels(args.out)]
+    if args.probability:
+        written.append(session.save_map(session.probability(), args.probability))
+    if args.uncertainty:
+        _, entropy = session.uncertainty(samples=args.samples)
+        steps.append((f"uncertainty ({args.samples} samples)", session.timings))
+        written.append(session.save_map(entropy, args.uncertainty))
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
+    if args.timing:
+        for name, timing in steps:
+            print(
+                f"  {name}: encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.1f} ms, "
+                f"paste {timing.paste * 1e3:.1f} ms"
+            )
+
+
+def _models() -> None:
+    from .registry import MODEL_CONFIGS, WEIGHTS_DIR
+
+    print(f"{'name':20s} {'weights':10s} description")
+    for name, config in MODEL_CONFIGS.items():
+        if config.weights:
+            present = "shipped" if (WEIGHTS_DIR / config.weights).is_file() else "MISSING"
+        else:
+            present = "--checkpoint"
+        print(f"{name:20s} {present:10s} {config.description}")
+
+
+def _info(path: Path) -> None:
+    import numpy as np
+
+    from .io import read_volume
+
+    volume = read_volume(path)
+    array = volume.array
+    print(f"file:        {path}")
+    print(f"shape:       {' x '.join(map(str, volume.shape))} (i, j, k)  dtype {array.dtype}")
+    print(f"spacing:     {', '.join(f'{s:.4g}' for s in volume.spacing)} mm")
+    print(f"origin:      {', '.join(f'{o:.2f}' for o in volume.origin)} mm (LPS)")
+    print(f"orientation: {volume.orientation}")
+    print(f"direction:   {np.array2string(volume.direction, precision=4, suppress_small=True).replace(chr(10), '')}")
+    print(f"intensity:   min {array.min():.4g}, max {array.max():.4g}, mean {array.mean():.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "segment":
+            _segment(args)
+        elif args.command == "models":
+            _models()
+        elif args.command == "info":
+            _info(args.image)
+    except FastSAM3DError as error:
+        print(f"fastsam3d: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fastsam3d: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

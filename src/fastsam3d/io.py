@@ -1,0 +1,205 @@
+"""Volumes in and out, with their geometry (SimpleITK does the file formats).
+
+Conventions, used everywhere in fastsam3d:
+
+* ``Volume.array[i, j, k]`` with (i, j, k) the ITK index (= nibabel's ``data[i, j, k]``);
+  SimpleITK's own numpy view is (k, j, i) and is transposed on the way in and out.
+* World coordinates are millimetres in LPS, as ITK, DICOM and 3D Slicer use;
+  :func:`ras_to_lps` / :func:`lps_to_ras` convert points given in RAS (nibabel, FreeSurfer).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import VolumeError
+
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def lps_to_ras(points: np.ndarray) -> np.ndarray:
+    """Flip x and y of (..., 3) world points: LPS <-> RAS (the map is its own inverse)."""
+    return np.asarray(points, dtype=np.float64) * _LPS_TO_RAS
+
+
+ras_to_lps = lps_to_ras
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image or label map with its geometry.
+
+    ``array`` is (I, J, K) indexed ``[i, j, k]``; ``spacing`` (mm) is along i, j, k; ``origin`` is
+    the LPS position of voxel (0, 0, 0); column c of ``direction`` is the LPS unit vector of axis c.
+    """
+
+    array: np.ndarray
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.ndim != 3:
+            raise VolumeError(f"a volume must be 3D, got an array of shape {array.shape}")
+        if min(array.shape) == 0:
+            raise VolumeError(f"volume has an empty axis (shape {array.shape})")
+        spacing = np.asarray(self.spacing, dtype=np.float64).reshape(-1)
+        origin = np.asarray(self.origin, dtype=np.float64).reshape(-1)
+        direction = np.asarray(self.direction, dtype=np.float64)
+        if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise VolumeError(f"voxel spacing must be three positive numbers, got {spacing.tolist()}")
+        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+            raise VolumeError(f"origin must be three finite numbers, got {origin.tolist()}")
+        if direction.shape != (3, 3) or not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+            raise VolumeError("direction must be an invertible 3x3 matrix")
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 map from voxel index (i, j, k, 1) to LPS millimetres."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction * self.spacing
+        affine[:3, 3] = self.origin
+        return affine
+
+    @property
+    def orientation(self) -> str:
+        """Closest anatomical direction each of the i, j, k axes points toward, e.g. ``LPS`` for an
+        identity direction (DICOM-like), ``RAS`` for a typical NIfTI."""
+        return sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(self.direction.flatten().tolist())
+
+    def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """(..., 3) continuous voxel indices -> LPS mm."""
+        index = np.asarray(index, dtype=np.float64)
+        return index @ (self.direction * self.spacing).T + self.origin
+
+    def world_to_index(self, points: np.ndarray) -> np.ndarray:
+        """(..., 3) LPS mm -> continuous voxel indices."""
+        points = np.asarray(points, dtype=np.float64)
+        return (points - self.origin) @ np.linalg.inv(self.direction * self.spacing).T
+
+    def contains_index(self, index: np.ndarray) -> np.ndarray | bool:
+        """Whether the voxel nearest to each index lies in the volume."""
+        rounded = np.round(np.asarray(index, dtype=np.float64))
+        inside = np.all((rounded >= 0) & (rounded < np.array(self.shape)), axis=-1)
+        return bool(inside) if np.ndim(inside) == 0 else inside
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """Same geometry, new voxels (same shape)."""
+        if np.shape(array) != self.shape:
+            raise VolumeError(f"array of shape {np.shape(array)} does not fit a volume of shape {self.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction)
+
+    def to_sitk(self) -> sitk.Image:
+        array = self.array.astype(np.uint8) if self.array.dtype == bool else self.array
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        image.SetSpacing(self.spacing.tolist())
+        image.SetOrigin(self.origin.tolist())
+        image.SetDirection(self.direction.flatten().tolist())
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, name: str = "image") -> "Volume":
+        size = "x".join(map(str, image.GetSize()))
+        if image.GetDimension() == 2:
+            raise VolumeError(f"{name} is 2D ({size}); fastsam3d needs a 3D volume")
+        if image.GetDimension() != 3:
+            raise VolumeError(f"{name} is {image.GetDimension()}D ({size}); pass a single 3D volume")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise VolumeError(
+                f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB); "
+                "pass a single-channel 3D volume"
+            )
+        array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        return cls(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()), direction)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder)) or []
+    files = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series]
+    if not files:
+        raise VolumeError(f"no DICOM series found in {folder}")
+    reader.SetFileNames(max(files, key=len))
+    return reader.Execute()
+
+
+def check_finite(volume: Volume, name: str = "image") -> None:
+    """Refuse volumes with NaN or infinite voxels (a model would return garbage)."""
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
+        count = int((~np.isfinite(volume.array)).sum())
+        raise VolumeError(f"{name} contains {count} NaN/inf voxels")
+
+
+def read_volume(path: str | Path) -> Volume:
+    """Read NIfTI, NRRD, MetaImage, or a DICOM series (a folder, or one of its files)."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"no such file: {path}")
+    try:
+        if path.is_dir():
+            image = _read_dicom_series(path)
+        elif path.suffix.lower() == ".dcm":
+            image = _read_dicom_series(path.parent)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise VolumeError(
+            f"cannot read {path}: file is corrupt, truncated or not a supported image (NIfTI, NRRD, MHA, DICOM)"
+        ) from None
+    volume = Volume.from_sitk(image, str(path))
+    check_finite(volume, str(path))
+    return volume
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in WRITE_SUFFIXES if name.endswith(s)), "")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early, before any work, on an output path that cannot be written."""
+    path = Path(path)
+    if not _suffix(path):
+        raise VolumeError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
+    if path.is_dir():
+        raise VolumeError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
+    """Write atomically: a temporary file beside the target, then a rename."""
+    path = check_writable(path)
+    suffix = _suffix(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name[: -len(suffix)]}-", suffix=suffix)
+        os.close(handle)
+    except OSError as error:
+        raise VolumeError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        sitk.WriteImage(volume.to_sitk(), temp, useCompression=compress)
+        os.replace(temp, path)
+    except (RuntimeError, OSError) as error:
+        Path(temp).unlink(missing_ok=True)
+        raise VolumeError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,109 @@
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from fastsam3d.io import Volume
+from fastsam3d.preprocess import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
+
+
+def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
+    a, b = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def _oblique_volume(shape=(90, 70, 40), spacing=(0.8, 1.1, 2.5)) -> Volume:
+    rng = np.random.default_rng(0)
+    array = rng.normal(50, 20, size=shape).astype(np.float32)
+    # Permute axes too: input axis 0 runs roughly S, axis 1 roughly R, axis 2 roughly P.
+    direction = _rotation(15, 10) @ np.array([[0, -1, 0], [0, 0, 1], [1, 0, 0]], dtype=float)
+    return Volume(array, np.array(spacing), np.array([-20.0, 35.0, 12.0]), direction)
+
+
+def _roi_image(roi: RoiGrid, volume: Volume) -> sitk.Image:
+    """The ROI as an ITK image geometry: origin at ROI voxel 0, RAS-ordered axes."""
+    origin = volume.index_to_world(roi.roi_to_index(np.zeros((1, 3)))[0])
+    direction = np.stack(
+        [volume.direction[:, roi.axes[a]] * np.sign(roi.step[a]) for a in range(3)], axis=1
+    )
+    reference = sitk.Image([roi.size] * 3, sitk.sitkFloat32)
+    reference.SetOrigin(origin.tolist())
+    reference.SetSpacing([1.5] * 3)
+    reference.SetDirection(direction.flatten().tolist())
+    return reference
+
+
+def test_canonical_axes():
+    assert canonical_axes(np.eye(3)) == ((0, 1, 2), (-1, -1, 1))  # LPS input
+    assert canonical_axes(np.diag([-1.0, -1.0, 1.0])) == ((0, 1, 2), (1, 1, 1))  # RAS input
+    axes, signs = canonical_axes(_oblique_volume().direction)
+    assert axes == (1, 2, 0)
+
+
+def test_roi_direction_is_ras_like():
+    volume = _oblique_volume()
+    roi = RoiGrid.centred(volume, np.array([40.0, 30.0, 20.0]))
+    origin = volume.index_to_world(roi.roi_to_index(np.zeros((1, 3)))[0])
+    ends = [volume.index_to_world(roi.roi_to_index(np.eye(3)[a : a + 1] * 10)[0]) - origin for a in range(3)]
+    ras = [np.array([-1, 0, 0]), np.array([0, -1, 0]), np.array([0, 0, 1])]  # R, A, S in LPS
+    for a in range(3):
+        assert ends[a] @ ras[a] > 0.8 * np.linalg.norm(ends[a])
+        assert np.isclose(np.linalg.norm(ends[a]), 15.0)  # 10 voxels of 1.5 mm
+
+
+def test_centre_voxel_lands_on_click():
+    volume = _oblique_volume()
+    click = np.array([40.0, 30.0, 20.0])
+    roi = RoiGrid.centred(volume, click)
+    assert np.allclose(roi.index_to_roi(click), 64)
+    assert np.allclose(roi.roi_to_index(roi.index_to_roi(click)), click)
+
+
+def test_extract_matches_itk_linear_resampling():
+    volume = _oblique_volume()
+    roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
+    ours = roi.extract(volume.array).numpy()
+    resampled = sitk.Resample(volume.to_sitk(), _roi_image(roi, volume), sitk.Transform(), sitk.sitkLinear, 0.0)
+    theirs = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    inside = theirs != 0  # ITK's notion of 'inside' at the very border differs by half a voxel
+    assert inside.mean() > 0.05
+    assert np.allclose(ours[inside], theirs[inside], atol=1e-3)
+    assert (ours[~inside] == 0).mean() > 0.99
+
+
+def test_paste_matches_upsample_then_itk_resample():
+    volume = _oblique_volume()
+    roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
+    low = torch.randn(32, 32, 32)
+    box, pasted = roi.paste_logits(low)
+    full = F.interpolate(low[None, None], size=(128,) * 3, mode="trilinear", align_corners=False)[0, 0]
+    roi_image = sitk.GetImageFromArray(full.numpy().transpose(2, 1, 0))
+    roi_image.CopyInformation(_roi_image(roi, volume))
+    back = sitk.Resample(roi_image, volume.to_sitk(), sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32)
+    theirs = sitk.GetArrayFromImage(back).transpose(2, 1, 0)[box]
+    assert pasted.shape == theirs.shape
+    inside = np.isfinite(theirs)
+    assert inside.mean() > 0.9
+    assert np.allclose(pasted[inside], theirs[inside], atol=1e-4)
+    # nothing of the volume outside the box is inside the ROI
+    outside = np.isfinite(sitk.GetArrayFromImage(back).transpose(2, 1, 0))
+    outside[box] = False
+    assert not outside.any()
+
+
+def test_upsampling_weights_match_torch():
+    low = torch.randn(7)
+    ours = torch.from_numpy(upsampling_weights(7, 28)) @ low
+    theirs = F.interpolate(low[None, None], size=28, mode="linear", align_corners=False)[0, 0]
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_normalise_intensity_uses_positive_voxels():
+    crop = torch.zeros(10, 10, 10)
+    crop[:5] = torch.linspace(1, 9, 500).view(5, 10, 10)
+    normalised = normalise_intensity(crop)
+    positive = crop[crop > 0]
+    assert torch.allclose(normalised[crop > 0], (positive - positive.mean()) / positive.std(), atol=1e-6)
+    assert torch.isfinite(normalise_intensity(torch.full((4, 4, 4), 3.0))).all()

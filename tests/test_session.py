@@ -1,0 +1,200 @@
+import numpy as np
+import pytest
+import torch
+
+from fastsam3d.errors import PromptError, VolumeError
+from fastsam3d.io import Volume, read_volume
+from fastsam3d.registry import build_model
+from fastsam3d.session import Session
+
+
+def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
+    a, b = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def sphere_volume(centre_mm=(10.0, -25.0, 40.0), radius_mm=18.0, shape=(120, 100, 44), spacing=(0.9, 1.2, 3.0)):
+    """An oblique, anisotropic volume with a bright sphere at a known world position."""
+    direction = _rotation(25, 12)
+    origin = np.array([-40.0, -90.0, -20.0])
+    probe = Volume(np.zeros(shape, np.float32), np.array(spacing), origin, direction)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    distance = np.linalg.norm(probe.index_to_world(grid) - np.array(centre_mm), axis=-1)
+    rng = np.random.default_rng(0)
+    array = np.where(distance < radius_mm, 200.0, 40.0) + rng.normal(0, 5, shape)
+    return probe.with_array(array.astype(np.float32)), distance < radius_mm
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_click_on_sphere_gives_mask_in_the_same_world_place(intensity_model, tmp_path):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    session.add_click((10.0, -25.0, 40.0), world=True)  # the sphere centre, LPS mm
+    mask = session.mask()
+    assert dice(mask, truth) > 0.9
+    path = session.save_labels(tmp_path / "seg.nii.gz")
+    saved = read_volume(path)
+    assert saved.shape == volume.shape
+    assert np.allclose(saved.spacing, volume.spacing) and np.allclose(saved.direction, volume.direction, atol=1e-6)
+    assert np.allclose(saved.origin, volume.origin, atol=1e-4)
+    assert np.array_equal(saved.array.astype(bool), mask)
+
+
+def test_ras_world_points_and_voxel_points_agree(intensity_model):
+    volume, _ = sphere_volume()
+    centre = np.array([10.0, -25.0, 40.0])
+    index = volume.world_to_index(centre)
+    masks = []
+    for kwargs, point in (({}, index), ({"world": True, "ras": True}, centre * [-1, -1, 1])):
+        session = Session(intensity_model)
+        session.set_image(volume)
+        session.add_click(point, **kwargs)
+        masks.append(session.mask())
+    assert np.array_equal(masks[0], masks[1]) and masks[0].any()
+
+
+def test_second_click_reuses_embedding_and_equals_fresh_session():
+    model = build_model("tiny-teacher")
+    volume, _ = sphere_volume()
+    clicks = [((60, 50, 22), True), ((62, 47, 20), False), ((58, 52, 23), True)]
+    first = Session(model)
+    first.set_image(volume)
+    for point, positive in clicks[:2]:
+        first.add_click(point, positive)
+    assert first.encoder_runs == 1 and first.decoder_runs == 2
+    first.add_click(*clicks[2])
+    assert first.encoder_runs == 1
+    fresh = Session(model)
+    fresh.set_image(volume)
+    for point, positive in clicks:
+        fresh.add_click(point, positive)
+    (roi_a, logits_a), = first.objects[1].state.logits
+    (roi_b, logits_b), = fresh.objects[1].state.logits
+    assert roi_a == roi_b
+    assert torch.equal(logits_a, logits_b)
+    assert np.array_equal(first.label_map(), fresh.label_map())
+
+
+def test_undo_redo_and_reset(intensity_model):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    centre = volume.world_to_index(np.array([10.0, -25.0, 40.0]))
+    session.add_click(centre)
+    full = session.mask()
+    session.add_click(centre, positive=False)  # carve a 12-voxel ball out of it
+    carved = session.mask()
+    assert carved.sum() < full.sum()
+    assert session.undo() and np.array_equal(session.mask(), full)
+    assert session.undo() and not session.mask().any() and not session.label_map().any()
+    assert not session.undo()
+    assert session.redo() and session.redo() and np.array_equal(session.mask(), carved)
+    assert not session.redo()
+    session.undo()
+    session.add_click(centre, positive=True)  # a new branch drops the redo future
+    assert not session.redo()
+    session.reset()
+    assert not session.mask().any()
+    assert session.undo() and session.mask().any()
+
+
+def test_several_objects_make_one_label_map(intensity_model):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    centre = volume.world_to_index(np.array([10.0, -25.0, 40.0]))
+    first = session.add_object("sphere")
+    session.add_click(centre)
+    second = session.add_object("second")
+    session.add_click(centre)
+    session.add_click(volume.world_to_index(np.array([25.0, -25.0, 40.0])), positive=False)  # carve one side
+    labels = session.label_map()
+    assert set(np.unique(labels)) == {0, first, second}
+    assert np.array_equal(labels == second, session.mask(second))
+    assert np.array_equal((labels == first) | (labels == second), session.mask(first))
+    session.undo(second)
+    assert np.array_equal(session.label_map() == second, session.mask(first))
+    session.remove_object(second)
+    assert np.array_equal(session.label_map() == first, session.mask(first))
+
+
+def test_box_prompt_is_emulated_and_clips(intensity_model):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    centre = np.round(volume.world_to_index(np.array([10.0, -25.0, 40.0]))).astype(int)
+    session.set_box(centre - [30, 30, 4], centre + [5, 30, 4])
+    mask = session.mask()
+    assert mask.any()
+    assert not mask[centre[0] + 6 :].any() and not mask[:, :, centre[2] + 5 :].any()
+
+
+def test_initial_mask_prompt(intensity_model):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    session.set_mask(truth)
+    assert np.array_equal(session.mask(), truth)
+    session.add_click(volume.world_to_index(np.array([10.0, -25.0, 40.0])))
+    assert dice(session.mask(), truth) > 0.9
+
+
+def test_uncertainty_costs_no_encoder_run():
+    model = build_model("tiny-student")
+    volume, _ = sphere_volume()
+    session = Session(model)
+    session.set_image(volume)
+    session.add_click((60, 50, 22))
+    mean, entropy = session.uncertainty(samples=4)
+    assert session.encoder_runs == 1
+    assert mean.shape == entropy.shape == volume.shape and mean.dtype == np.float32
+    assert 0 <= mean.min() and mean.max() <= 1 and 0 <= entropy.min() and entropy.max() <= 1
+    assert entropy.max() > 0
+
+
+def test_click_far_away_opens_a_second_roi(intensity_model):
+    volume, _ = sphere_volume(shape=(300, 100, 44), spacing=(0.9, 1.2, 3.0))
+    session = Session(intensity_model)
+    session.set_image(volume)
+    session.add_click((40, 50, 22))
+    session.add_click((280, 50, 22))
+    assert session.encoder_runs == 2 and len(session.objects[1].state.logits) == 2
+
+
+@pytest.mark.parametrize(
+    "point,message",
+    [((-1, 5, 5), "outside the volume"), ((5, 5, 44), "outside the volume"), ((np.nan, 1, 1), "finite"), ((1, 2), "three")],
+)
+def test_bad_clicks(intensity_model, point, message):
+    volume, _ = sphere_volume()
+    session = Session(intensity_model)
+    session.set_image(volume)
+    with pytest.raises(PromptError, match=message):
+        session.add_click(point)
+    assert session.encoder_runs == 0
+
+
+def test_bad_box_mask_and_state(intensity_model):
+    volume, truth = sphere_volume()
+    session = Session(intensity_model)
+    with pytest.raises(PromptError, match="no image"):
+        session.add_click((1, 1, 1))
+    session.set_image(volume)
+    with pytest.raises(PromptError, match="no extent"):
+        session.set_box((10, 10, 10), (20, 20, 10))
+    with pytest.raises(PromptError, match="empty"):
+        session.set_mask(np.zeros(volume.shape, bool))
+    with pytest.raises(PromptError, match="shape"):
+        session.set_mask(np.ones((3, 3, 3), bool))
+    with pytest.raises(PromptError, match="no object 7"):
+        session.undo(7)
+    with pytest.raises(VolumeError, match="NaN"):
+        bad = volume.array.copy()
+        bad[0, 0, 0] = np.nan
+        session.set_image(volume.with_array(bad))
