@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _segment(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from .io import check_writable
     from .registry import load_model
     from .session import Session
 
@@ -97,6 +98,9 @@ def _segment(args: argparse.Namespace) -> None:
         raise FastSAM3DError("give at least one --point, --world-point or --box")
     if args.samples < 1:
         raise FastSAM3DError("--samples must be at least 1")
+    for output in (args.out, args.probability, args.uncertainty):
+        if output is not None:
+            check_writable(output)
     model = load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
     session = Session(model, device=args.device)
     volume = session.set_image(args.image)

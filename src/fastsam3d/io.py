@@ -115,19 +115,24 @@ class Volume:
 
     @classmethod
     def from_sitk(cls, image: sitk.Image, name: str = "image") -> "Volume":
-        size = "x".join(map(str, image.GetSize()))
-        if image.GetDimension() == 2:
-            raise VolumeError(f"{name} is 2D ({size}); fastsam3d needs a 3D volume")
-        if image.GetDimension() != 3:
-            raise VolumeError(f"{name} is {image.GetDimension()}D ({size}); pass a single 3D volume")
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise VolumeError(
-                f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB); "
-                "pass a single-channel 3D volume"
-            )
+        _check_layout(image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
         array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-        direction = np.array(image.GetDirection()).reshape(3, 3)
-        return cls(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()), direction)
+        return cls(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()), _direction(image))
+
+
+def _direction(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    return np.array(image.GetDirection()).reshape(3, 3)
+
+
+def _check_layout(dimension: int, size: tuple[int, ...], components: int, name: str) -> None:
+    """Refuse anything that is not one single-channel 3D volume."""
+    shape = "x".join(map(str, size))
+    if dimension == 2 or (dimension == 3 and min(size) < 2):
+        raise VolumeError(f"{name} is 2D ({shape}); fastsam3d needs a 3D volume")
+    if dimension != 3:
+        raise VolumeError(f"{name} is {dimension}D ({shape}); pass a single 3D volume")
+    if components != 1:
+        raise VolumeError(f"{name} has {components} components per voxel (vector/RGB); pass a single-channel volume")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -147,6 +152,24 @@ def check_finite(volume: Volume, name: str = "image") -> None:
         raise VolumeError(f"{name} contains {count} NaN/inf voxels")
 
 
+def _read_nifti(path: Path) -> Volume:
+    """NIfTI: geometry from ITK's header reader (LPS, as every other format), voxels from nibabel.
+
+    ITK's NIfTI reader silently accepts truncated gzip files and turns NaN into 0; nibabel fails
+    on the first and keeps the second, and the data is decompressed only once.
+    """
+    import nibabel
+
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(path))
+    header.ReadImageInformation()
+    _check_layout(header.GetDimension(), header.GetSize(), header.GetNumberOfComponents(), str(path))
+    array = np.asarray(nibabel.load(str(path)).dataobj)
+    if array.shape != tuple(header.GetSize()):
+        raise VolumeError(f"{path} has voxel data of shape {array.shape} but a header saying {header.GetSize()}")
+    return Volume(array, np.array(header.GetSpacing()), np.array(header.GetOrigin()), _direction(header))
+
+
 def read_volume(path: str | Path) -> Volume:
     """Read NIfTI, NRRD, MetaImage, or a DICOM series (a folder, or one of its files)."""
     path = Path(path)
@@ -154,16 +177,19 @@ def read_volume(path: str | Path) -> Volume:
         raise VolumeError(f"no such file: {path}")
     try:
         if path.is_dir():
-            image = _read_dicom_series(path)
+            volume = Volume.from_sitk(_read_dicom_series(path), str(path))
         elif path.suffix.lower() == ".dcm":
-            image = _read_dicom_series(path.parent)
+            volume = Volume.from_sitk(_read_dicom_series(path.parent), str(path))
+        elif _suffix(path) in (".nii", ".nii.gz"):
+            volume = _read_nifti(path)
         else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError:
+            volume = Volume.from_sitk(sitk.ReadImage(str(path)), str(path))
+    except VolumeError:
+        raise
+    except Exception:  # noqa: BLE001 - ITK and nibabel raise many types for a broken file
         raise VolumeError(
             f"cannot read {path}: file is corrupt, truncated or not a supported image (NIfTI, NRRD, MHA, DICOM)"
         ) from None
-    volume = Volume.from_sitk(image, str(path))
     check_finite(volume, str(path))
     return volume
 

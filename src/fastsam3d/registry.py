@@ -111,6 +111,22 @@ register_config(
         description="FastSAM3D student with sparse (dilated 2x2x2) attention on the same weights",
     )
 )
+COMPACT = register_config(
+    ModelConfig(
+        name="compact",
+        description="compact student (4 blocks, width 192, 128³ crop): the architecture of the shipped default",
+        embed_dim=192,
+        depth=4,
+        num_heads=4,
+        window_size=0,
+        global_attn_indexes=(),
+        block_style="fastsam3d",
+        prompt_dim=192,
+        decoder_mlp_dim=512,
+        box_embeddings=True,
+    )
+)
+register_config(replace(COMPACT, name="default", description="the model shipped with fastsam3d", weights="default.safetensors"))
 TINY = register_config(
     ModelConfig(
         name="tiny-teacher",
