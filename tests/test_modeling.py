@@ -129,3 +129,13 @@ def test_learned_box_prompt_adds_two_tokens():
         (torch.tensor([[[1.0, 2.0, 3.0]]]), torch.tensor([[1]])), torch.tensor([[0.0, 0, 0, 10, 10, 10]]), None
     )
     assert sparse.shape == (1, 3, 96)  # one click + two corners, no padding point
+
+
+def test_patch_expand_equals_conv_transpose():
+    from fastsam3d.modeling.common import PatchExpand3d
+
+    layer = PatchExpand3d(12, 5)
+    _randomise(layer)
+    x = torch.randn(2, 12, 3, 4, 5)
+    expected = torch.nn.functional.conv_transpose3d(x, layer.weight, layer.bias, stride=2)
+    assert torch.allclose(layer(x), expected, atol=1e-5)

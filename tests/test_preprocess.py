@@ -107,3 +107,20 @@ def test_normalise_intensity_uses_positive_voxels():
     positive = crop[crop > 0]
     assert torch.allclose(normalised[crop > 0], (positive - positive.mean()) / positive.std(), atol=1e-6)
     assert torch.isfinite(normalise_intensity(torch.full((4, 4, 4), 3.0))).all()
+
+
+def test_paste_mask_equals_thresholded_paste_logits():
+    volume = _oblique_volume()
+    roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
+    low = torch.full((32, 32, 32), -3.0)
+    low[10:14, 12:20, 15:17] = 4.0
+    covered, logits = roi.paste_logits(low)
+    box, mask = roi.paste_mask(low)
+    full = np.zeros(volume.shape, bool)
+    full[covered] = logits > 0
+    pasted = np.zeros(volume.shape, bool)
+    pasted[box] = mask
+    assert full.any() and np.array_equal(full, pasted)
+    assert mask.size < 0.2 * logits.size  # only the positive neighbourhood was computed
+    empty_box, empty = roi.paste_mask(torch.full((32, 32, 32), -1.0))
+    assert empty.size == 0 and not pasted[empty_box].any()

@@ -151,9 +151,10 @@ def test_uncertainty_costs_no_encoder_run():
     session = Session(model)
     session.set_image(volume)
     session.add_click((60, 50, 22))
-    mean, entropy = session.uncertainty(samples=4)
-    assert session.encoder_runs == 1
-    assert mean.shape == entropy.shape == volume.shape and mean.dtype == np.float32
+    result = session.uncertainty(samples=4)
+    mean, entropy = result.full("probability", volume.shape), result.full("entropy", volume.shape)
+    assert session.encoder_runs == 1 and session.decoder_runs == 1
+    assert result.probability.shape == result.entropy.shape and mean.dtype == np.float32
     assert 0 <= mean.min() and mean.max() <= 1 and 0 <= entropy.min() and entropy.max() <= 1
     assert entropy.max() > 0
 

@@ -119,9 +119,9 @@ def _segment(args: argparse.Namespace) -> None:
     if args.probability:
         written.append(session.save_map(session.probability(), args.probability))
     if args.uncertainty:
-        _, entropy = session.uncertainty(samples=args.samples)
+        uncertainty = session.uncertainty(samples=args.samples)
         steps.append((f"uncertainty ({args.samples} samples)", session.timings))
-        written.append(session.save_map(entropy, args.uncertainty))
+        written.append(session.save_map(uncertainty.full("entropy", volume.shape), args.uncertainty))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
     if args.timing:

@@ -17,6 +17,7 @@ are one affine map per axis, and linear resampling is one small interpolation ma
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -153,20 +154,50 @@ class RoiGrid:
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
         """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res
         logits to the input voxels: trilinear upsampling to ``size`` then linear resampling."""
-        covered = self.covered_slices()
-        up = upsampling_weights(low_res, self.size)
-        matrices = []
-        for a in range(3):
-            span = covered[self.axes[a]]
-            roi_positions = (np.arange(span.start, span.stop) - self.start[a]) / self.step[a]
-            matrices.append(torch.from_numpy(linear_weights(roi_positions, self.size) @ up))
-        return covered, matrices
+        return _paste_matrices(self, low_res)
 
     def paste_logits(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         """(L, L, L) low-res logits -> (covered box, logits on those input voxels in input axis order)."""
         covered, matrices = self.paste_matrices(low_res_logits.shape[-1])
         values = apply_per_axis(low_res_logits.float().cpu(), matrices)
         return covered, values.permute(*np.argsort(self.axes)).numpy()
+
+    def paste_mask(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """(L, L, L) low-res logits -> (box, boolean mask on the box) of input voxels with pasted logit > 0.
+
+        Equal to ``paste_logits(...)[1] > 0`` but only computed where it can be positive: an
+        interpolated value is a convex mix of low-res values, so rows whose weights all fall outside
+        the low-res bounding box of positive logits (per axis) are negative.
+        """
+        logits = low_res_logits.float().cpu()
+        covered, matrices = self.paste_matrices(logits.shape[-1])
+        positive = torch.nonzero(logits > 0)
+        box: list[slice] = list(covered)
+        if len(positive) == 0:
+            box = [slice(s.start, s.start) for s in covered]
+            return tuple(box), np.zeros((0, 0, 0), dtype=bool)
+        cropped = []
+        for a in range(3):
+            low, high = positive[:, a].min().item(), positive[:, a].max().item()
+            rows = torch.nonzero(matrices[a][:, low : high + 1].sum(1) > 0)[:, 0]
+            first, last = rows.min().item(), rows.max().item()
+            cropped.append(matrices[a][first : last + 1])
+            span = covered[self.axes[a]]
+            box[self.axes[a]] = slice(span.start + first, span.start + last + 1)
+        values = apply_per_axis(logits, cropped) > 0
+        return tuple(box), values.permute(*np.argsort(self.axes)).numpy()
+
+
+@functools.lru_cache(maxsize=32)
+def _paste_matrices(roi: RoiGrid, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
+    covered = roi.covered_slices()
+    up = upsampling_weights(low_res, roi.size)
+    matrices = []
+    for a in range(3):
+        span = covered[roi.axes[a]]
+        roi_positions = (np.arange(span.start, span.stop) - roi.start[a]) / roi.step[a]
+        matrices.append(torch.from_numpy(linear_weights(roi_positions, roi.size) @ up))
+    return covered, matrices
 
 
 def normalise_intensity(crop: torch.Tensor) -> torch.Tensor:

@@ -156,11 +156,10 @@ class Session:
 
     def remove_object(self, label: int) -> None:
         obj = self._object(label)
-        boxes = [box for box, _ in self._regions(obj.state)]
+        boxes = self._boxes(obj.state)
         del self.objects[label]
         self.active = max(self.objects, default=None) if self.active == label else self.active
-        for box in boxes:
-            self._repaint(box)
+        self._repaint(boxes)
 
     # --- prompts ----------------------------------------------------------------------
 
@@ -218,10 +217,9 @@ class Session:
         if not mask.any():
             raise PromptError("the initial mask is empty")
         obj = self._object_for_prompt(label)
-        old_boxes = [box for box, _ in self._regions(obj.state)]
+        old_boxes = self._boxes(obj.state)
         obj.push(ObjectState(initial_mask=mask.astype(bool)))
-        for box in old_boxes + [_bounding_box(mask)]:
-            self._repaint(box)
+        self._repaint(old_boxes, self._boxes(obj.state))
 
     def undo(self, label: int | None = None) -> bool:
         """Step the object one interaction back; False when there is nothing to undo."""
@@ -234,10 +232,9 @@ class Session:
     def reset(self, label: int | None = None) -> None:
         """Clear the object's prompts (itself undoable)."""
         obj = self._object(label)
-        boxes = [box for box, _ in self._regions(obj.state)]
+        boxes = self._boxes(obj.state)
         obj.push(ObjectState())
-        for box in boxes:
-            self._repaint(box)
+        self._repaint(boxes)
 
     # --- results ----------------------------------------------------------------------
 
@@ -250,7 +247,7 @@ class Session:
         return mask
 
     def label_map(self) -> np.ndarray:
-        """All objects as one label map on the input grid (later objects win where they overlap)."""
+        """All objects as one label map on the input grid (the higher label wins where they overlap)."""
         self._require_image()
         return self.labels.copy()
 
@@ -263,47 +260,52 @@ class Session:
             np.maximum(probability[box], _sigmoid(values), out=probability[box])
         return self._clip_to_box(obj.state, probability)
 
-    def uncertainty(
-        self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def uncertainty(self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None) -> "Uncertainty":
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs.
 
-        Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm each) per axis; the
-        runs reuse the cached embedding, so this costs decoder time only (one batched call per ROI).
-        Returns full-size float32 maps on the input grid (0 outside the object's ROIs).
+        Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm) per axis; all runs
+        reuse the cached embedding, so this costs decoder time only (one batched decoder call per
+        ROI). The mean is taken on the low-res grid and pasted like a prediction. The maps cover
+        the object's ROIs (``box``); :meth:`Uncertainty.full` places them on the whole input grid.
         """
         obj = self._object(label)
         if not obj.state.logits:
             raise PromptError(f"object {obj.label} has no click yet: nothing to estimate")
+        if samples < 1:
+            raise PromptError("uncertainty needs at least one sample")
         generator = torch.Generator().manual_seed(seed)
-        shape = self._require_image().shape
-        mean = np.zeros(shape, dtype=np.float32)
         started = time.perf_counter()
-        for roi, _ in obj.state.logits:
-            coords, labels, mask_input = self._prompt_tensors(obj.state, roi, previous=self._previous_logits(obj, roi))
+        pieces = []
+        for roi, previous in obj.state.logits:
+            coords, labels, _ = self._prompt_tensors(obj.state, roi, previous)
             noise = (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
             coords = (coords.expand(samples, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
             with torch.inference_mode():
                 logits, _ = self.model.decode(
-                    self._embedding(roi), coords, labels.expand(samples, -1), mask_input=mask_input.expand(samples, -1, -1, -1, -1)
+                    self._embedding(roi),
+                    coords,
+                    labels.expand(samples, -1),
+                    boxes=self._box_tensor(obj.state, roi),
+                    mask_input=previous.expand(samples, -1, -1, -1, -1),
                 )
-            low_res_mean = torch.sigmoid(logits[:, 0].float()).mean(0)
-            box, values = roi.paste_logits(torch.logit(low_res_mean.clamp(1e-6, 1 - 1e-6)))
-            np.maximum(mean[box], _sigmoid(values), out=mean[box])
+            mean = torch.sigmoid(logits[:, 0].float()).mean(0).clamp(1e-6, 1 - 1e-6)
+            pieces.append(roi.paste_logits(torch.logit(mean)))
+        box = tuple(slice(min(p[0][a].start for p in pieces), max(p[0][a].stop for p in pieces)) for a in range(3))
+        probability = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
+        for piece_box, values in pieces:
+            target = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(piece_box, box))
+            np.maximum(probability[target], _sigmoid(values), out=probability[target])
+        probability = self._clip_to_box(obj.state, probability, box)
         self.timings = Timings(decoder=time.perf_counter() - started)
-        mean = self._clip_to_box(obj.state, mean)
-        p = np.clip(mean, 1e-7, 1 - 1e-7)
-        entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-        entropy[mean == 0] = 0.0
-        return mean, entropy.astype(np.float32)
+        return Uncertainty(box, probability, _binary_entropy(probability))
 
     def save_labels(self, path: str | Path) -> Path:
         """Write the label map on the input grid (atomically)."""
         return write_volume(self._require_image().with_array(self.label_map()), path)
 
     def save_map(self, array: np.ndarray, path: str | Path) -> Path:
-        """Write a float map (probability, entropy) on the input grid (atomically)."""
-        return write_volume(self._require_image().with_array(array.astype(np.float32)), path)
+        """Write a full-size float map (probability, entropy) on the input grid (atomically)."""
+        return write_volume(self._require_image().with_array(array.astype(np.float32, copy=False)), path)
 
     # --- internals --------------------------------------------------------------------
 
@@ -328,10 +330,9 @@ class Session:
         target = obj.position + step
         if not 0 <= target < len(obj.history):
             return False
-        boxes = [box for box, _ in self._regions(obj.state)]
+        boxes = self._boxes(obj.state)
         obj.position = target
-        for box in boxes + [box for box, _ in self._regions(obj.state)]:
-            self._repaint(box)
+        self._repaint(boxes, self._boxes(obj.state))
         return True
 
     def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
@@ -406,7 +407,7 @@ class Session:
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> None:
         """Decode ``state``'s prompts in ``rois``, push the new state and repaint the label map."""
         self.timings = Timings()
-        old_boxes = [box for box, _ in self._regions(obj.state)]
+        old_boxes = self._boxes(obj.state)
         logits = {roi.key: (roi, value) for roi, value in state.logits}
         for roi in rois:
             embedding = self._embedding(roi)
@@ -421,9 +422,11 @@ class Session:
             self.timings.decoder += time.perf_counter() - started
         started = time.perf_counter()
         obj.push(replace(state, logits=tuple(logits.values())))
-        for box in old_boxes + [box for box, _ in self._regions(obj.state)]:
-            self._repaint(box)
+        self._repaint(old_boxes, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
+
+    def _boxes(self, state: ObjectState) -> list[Slices]:
+        return [box for box, _ in self._regions(state)]
 
     def _regions(self, state: ObjectState) -> list[tuple[Slices, np.ndarray]]:
         """The object's mask as (input box, boolean sub-array) pieces; cached per object state."""
@@ -438,8 +441,9 @@ class Session:
         else:
             regions = []
             for roi, logits in state.logits:
-                box, values = roi.paste_logits(logits[0, 0])
-                regions.append((box, self._clip_to_box(state, values > 0, box)))
+                box, mask = roi.paste_mask(logits[0, 0])
+                if mask.any():
+                    regions.append((box, self._clip_to_box(state, mask, box)))
         current = {id(obj.state) for obj in self.objects.values()}
         for key in [k for k in self._region_cache if k not in current]:
             del self._region_cache[key]
@@ -458,9 +462,18 @@ class Session:
         clipped[keep] = values[keep]
         return clipped
 
-    def _repaint(self, box: Slices) -> None:
-        """Recompose the label map inside ``box`` from every object (later labels on top)."""
-        region = np.zeros(tuple(s.stop - s.start for s in box), dtype=self.labels.dtype)
+    def _repaint(self, *box_lists: list[Slices]) -> None:
+        """Recompose the label map inside the union of the given boxes.
+
+        Where objects overlap the higher label wins, so the composite is a voxel-wise maximum of
+        ``mask * label`` (branch-free, unlike masked assignment).
+        """
+        boxes = [box for boxes in box_lists for box in boxes if all(s.stop > s.start for s in box)]
+        if not boxes:
+            return
+        box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        region = self.labels[box]
+        region.fill(0)
         for label, obj in self.objects.items():
             for sub_box, sub in self._regions(obj.state):
                 overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, sub_box))
@@ -468,8 +481,29 @@ class Session:
                     continue
                 target = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
                 source = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, sub_box))
-                region[target][sub[source]] = label
-        self.labels[box] = region
+                painted = np.multiply(sub[source], label, dtype=region.dtype)
+                np.maximum(region[target], painted, out=region[target])
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """Per-voxel mean probability and entropy (bits) on the input voxels inside ``box``."""
+
+    box: Slices
+    probability: np.ndarray
+    entropy: np.ndarray
+
+    def full(self, which: str, shape: tuple[int, int, int]) -> np.ndarray:
+        """``"probability"`` or ``"entropy"`` as a full-size float32 map (0 outside ``box``)."""
+        values = np.zeros(shape, dtype=np.float32)
+        values[self.box] = getattr(self, which)
+        return values
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    return np.where(p > 0, entropy, 0.0).astype(np.float32)
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

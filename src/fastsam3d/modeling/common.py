@@ -22,6 +22,28 @@ class LayerNorm3d(nn.Module):
         return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
 
 
+class PatchExpand3d(nn.ConvTranspose3d):
+    """``ConvTranspose3d`` with kernel = stride and no padding, computed as one matrix product.
+
+    Each input voxel becomes an independent k³ block of outputs, so the layer is a linear map per
+    voxel followed by a reshuffle: the same result (and state dict) as ``nn.ConvTranspose3d``,
+    several times faster on CPU than its generic kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int = 2) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=scale, stride=scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, d, h, w = x.shape
+        k = self.kernel_size[0]
+        out_channels = self.out_channels
+        weight = self.weight.reshape(self.in_channels, out_channels * k**3)
+        y = x.flatten(2).transpose(1, 2) @ weight  # (B, DHW, C_out * k³)
+        y = y.view(batch, d, h, w, out_channels, k, k, k).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        y = y.reshape(batch, out_channels, d * k, h * k, w * k)
+        return y + self.bias.view(1, -1, 1, 1, 1)
+
+
 class MLPBlock(nn.Module):
     """Two linear layers with an activation in between (the transformer feed-forward)."""
 

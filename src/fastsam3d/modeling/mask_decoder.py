@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm3d
+from .common import MLP, LayerNorm3d, PatchExpand3d
 from .transformer import TwoWayTransformer
 
 
@@ -28,10 +28,10 @@ class MaskDecoder3D(nn.Module):
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            PatchExpand3d(transformer_dim, transformer_dim // 4),
             LayerNorm3d(transformer_dim // 4),
             nn.GELU(),
-            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            PatchExpand3d(transformer_dim // 4, transformer_dim // 8),
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
