@@ -63,14 +63,14 @@ def test_second_click_reuses_embedding_and_equals_fresh_session():
     model = build_model("tiny-teacher")
     volume, _ = sphere_volume()
     clicks = [((60, 50, 22), True), ((62, 47, 20), False), ((58, 52, 23), True)]
-    first = Session(model)
+    first = Session(model, max_rois=1)
     first.set_image(volume)
     for point, positive in clicks[:2]:
         first.add_click(point, positive)
     assert first.encoder_runs == 1 and first.decoder_runs == 2
     first.add_click(*clicks[2])
     assert first.encoder_runs == 1
-    fresh = Session(model)
+    fresh = Session(model, max_rois=1)
     fresh.set_image(volume)
     for point, positive in clicks:
         fresh.add_click(point, positive)
@@ -148,7 +148,7 @@ def test_initial_mask_prompt(intensity_model):
 def test_uncertainty_costs_no_encoder_run():
     model = build_model("tiny-student")
     volume, _ = sphere_volume()
-    session = Session(model)
+    session = Session(model, max_rois=1)
     session.set_image(volume)
     session.add_click((60, 50, 22))
     result = session.uncertainty(samples=4)
@@ -159,9 +159,27 @@ def test_uncertainty_costs_no_encoder_run():
     assert entropy.max() > 0
 
 
+def test_object_larger_than_one_roi_grows_into_neighbours(intensity_model):
+    """A 330 mm long rod: one 192 mm ROI cuts it; growing across ROI faces recovers all of it."""
+    shape, spacing = (400, 60, 40), (1.0, 1.5, 2.0)
+    probe = Volume(np.zeros(shape, np.float32), np.array(spacing), np.zeros(3), np.eye(3))
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    world = probe.index_to_world(grid)
+    rod = (np.abs(world[..., 0] - 200) < 165) & (np.hypot(world[..., 1] - 45, world[..., 2] - 40) < 15)
+    volume = probe.with_array(np.where(rod, 200.0, 40.0).astype(np.float32))
+    results = {}
+    for max_rois in (1, 4):
+        session = Session(intensity_model, max_rois=max_rois)
+        session.set_image(volume)
+        session.add_click((200, 30, 20))
+        results[max_rois] = (dice(session.mask(), rod), session.encoder_runs)
+    assert results[1][1] == 1 and results[1][0] < 0.8
+    assert results[4][1] == 3 and results[4][0] > 0.9, results
+
+
 def test_click_far_away_opens_a_second_roi(intensity_model):
     volume, _ = sphere_volume(shape=(300, 100, 44), spacing=(0.9, 1.2, 3.0))
-    session = Session(intensity_model)
+    session = Session(intensity_model, max_rois=2)
     session.set_image(volume)
     session.add_click((40, 50, 22))
     session.add_click((280, 50, 22))

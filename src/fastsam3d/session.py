@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .errors import PromptError, VolumeError
 from .io import Volume, ras_to_lps, read_volume, write_volume
@@ -31,7 +32,9 @@ from .modeling import Sam3D
 from .preprocess import RoiGrid, normalise_intensity
 from .registry import load_model
 
-MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
+MASK_PROMPT_LOGIT = 8.0
+MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
 Slices = tuple[slice, slice, slice]
 
 
@@ -51,6 +54,7 @@ class ObjectState:
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
     initial_mask: np.ndarray | None = field(default=None, compare=False)
     logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False)
+    seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
 
 
 @dataclass
@@ -95,6 +99,9 @@ class Session:
             logits (as SAM-Med3D training does); ``"last"`` feeds only the newest click with the
             previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, REFERENCE.md fact 5).
         cache_size: how many ROI embeddings to keep.
+        max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
+            volume continues into the neighbouring ROI (one encoder run each) until this limit;
+            1 keeps every object inside the ROI of its first click.
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class Session:
         click_history: str = "all",
         cache_size: int = 8,
         checkpoint: str | Path | None = None,
+        max_rois: int = 4,
     ) -> None:
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
@@ -113,6 +121,7 @@ class Session:
         self.model = model.to(self.device).eval()
         self.click_history = click_history
         self.cache_size = cache_size
+        self.max_rois = max(1, max_rois)
         self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.volume: Volume | None = None
         self.objects: dict[int, SegmentObject] = {}
@@ -278,17 +287,22 @@ class Session:
         pieces = []
         for roi, previous in obj.state.logits:
             coords, labels, _ = self._prompt_tensors(obj.state, roi, previous)
-            noise = (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
-            coords = (coords.expand(samples, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
-            with torch.inference_mode():
-                logits, _ = self.model.decode(
-                    self._embedding(roi),
-                    coords,
-                    labels.expand(samples, -1),
-                    boxes=self._box_tensor(obj.state, roi),
-                    mask_input=previous.expand(samples, -1, -1, -1, -1),
-                )
-            mean = torch.sigmoid(logits[:, 0].float()).mean(0).clamp(1e-6, 1 - 1e-6)
+            embedding, boxes = self._embedding(roi), self._box_tensor(obj.state, roi)
+            total = torch.zeros(previous.shape[2:], device=self.device)
+            for first in range(0, samples, UNCERTAINTY_BATCH):
+                batch = min(UNCERTAINTY_BATCH, samples - first)
+                noise = (torch.rand((batch, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
+                jittered = (coords.expand(batch, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
+                with torch.inference_mode():
+                    logits, _ = self.model.decode(
+                        embedding,
+                        jittered,
+                        labels.expand(batch, -1),
+                        boxes=None if boxes is None else boxes.expand(batch, -1),
+                        mask_input=previous.expand(batch, -1, -1, -1, -1),
+                    )
+                total += torch.sigmoid(logits[:, 0].float()).sum(0)
+            mean = (total / samples).clamp(1e-6, 1 - 1e-6)
             pieces.append(roi.paste_logits(torch.logit(mean)))
         box = tuple(slice(min(p[0][a].start for p in pieces), max(p[0][a].stop for p in pieces)) for a in range(3))
         probability = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
@@ -373,6 +387,10 @@ class Session:
             centre = (np.array(state.box[0]) + np.array(state.box[1])) / 2.0
             points.append(roi.index_to_roi(centre)[0])
             labels.append(1)
+        for key, seed in state.seeds:
+            if key == roi.key:
+                points.append(roi.index_to_roi(np.array(seed.index))[0])
+                labels.append(1)
         coords = torch.tensor(np.array(points, dtype=np.float32).reshape(1, -1, 3), device=self.device)
         label_tensor = torch.tensor([labels], dtype=torch.int64, device=self.device)
         low_res = self.model.low_res_size
@@ -405,25 +423,74 @@ class Session:
         return torch.tensor(box[None], device=self.device)
 
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> None:
-        """Decode ``state``'s prompts in ``rois``, push the new state and repaint the label map."""
+        """Decode ``state``'s prompts in ``rois`` (and grow into neighbouring ROIs where the mask
+        reaches a ROI face), push the new state and repaint the label map."""
         self.timings = Timings()
         old_boxes = self._boxes(obj.state)
         logits = {roi.key: (roi, value) for roi, value in state.logits}
-        for roi in rois:
-            embedding = self._embedding(roi)
-            started = time.perf_counter()
-            coords, labels, mask_input = self._prompt_tensors(state, roi, self._previous_logits(obj, roi))
-            with torch.inference_mode():
-                low_res, _ = self.model.decode(
-                    embedding, coords, labels, boxes=self._box_tensor(state, roi), mask_input=mask_input
-                )
-            logits[roi.key] = (roi, low_res.float())
-            self.decoder_runs += 1
-            self.timings.decoder += time.perf_counter() - started
+        queue = [(roi, self._previous_logits(obj, roi)) for roi in rois]
+        while queue:
+            roi, mask_input = queue.pop(0)
+            logits[roi.key] = (roi, self._decode(state, roi, mask_input))
+            for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):
+                if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
+                    state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
+                    queue.append((neighbour, prompt))
         started = time.perf_counter()
         obj.push(replace(state, logits=tuple(logits.values())))
         self._repaint(old_boxes, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
+
+    def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
+        """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
+        embedding = self._embedding(roi)
+        started = time.perf_counter()
+        coords, labels, mask_input = self._prompt_tensors(state, roi, previous)
+        with torch.inference_mode():
+            low_res, _ = self.model.decode(
+                embedding, coords, labels, boxes=self._box_tensor(state, roi), mask_input=mask_input
+            )
+        self.decoder_runs += 1
+        self.timings.decoder += time.perf_counter() - started
+        return low_res.float()
+
+    def _growth(self, roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, torch.Tensor]]:
+        """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume.
+
+        Each neighbour is shifted by half a ROI across that face; it is prompted with the current
+        logits moved onto its grid (unknown half: logit 0) and a positive seed click at the
+        interior-most foreground voxel of the overlap.
+        """
+        positive = (logits[0, 0] > 0).cpu().numpy()
+        low_res = positive.shape[0]
+        half = low_res // 2
+        factor = roi.size // low_res
+        grown = []
+        for axis in range(3):
+            for side, direction in ((0, -1), (low_res - 1, 1)):
+                if np.take(positive, side, axis=axis).sum() < MIN_FACE_VOXELS:
+                    continue
+                face = roi.roi_to_index(np.full((1, 3), roi.size / 2) + np.eye(3)[axis] * (side * factor - roi.size / 2))
+                if not 0 < face[0, roi.axes[axis]] < roi.volume_shape[roi.axes[axis]] - 1:
+                    continue  # the face is the volume's border: nothing beyond it
+                start = list(roi.start)
+                start[axis] += roi.step[axis] * direction * roi.size / 2
+                neighbour = replace(roi, start=tuple(start))
+                overlap = np.zeros_like(positive)
+                keep = [slice(None)] * 3
+                keep[axis] = slice(half, None) if direction > 0 else slice(0, half)
+                overlap[tuple(keep)] = positive[tuple(keep)]
+                depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
+                seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
+                seed = roi.roi_to_index(seed_low_res[None] * factor + (factor - 1) / 2)[0]
+                prompt = torch.zeros_like(logits)
+                moved = [slice(None)] * 5
+                source = [slice(None)] * 5
+                moved[axis + 2] = slice(0, half) if direction > 0 else slice(half, None)
+                source[axis + 2] = slice(half, None) if direction > 0 else slice(0, half)
+                prompt[tuple(moved)] = logits[tuple(source)]
+                grown.append((neighbour, Click(tuple(float(v) for v in seed)), prompt))
+        return grown
 
     def _boxes(self, state: ObjectState) -> list[Slices]:
         return [box for box, _ in self._regions(state)]
