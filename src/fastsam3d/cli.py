@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--timing", action="store_true", help="print the time of each stage")
     _add_model_arguments(segment)
 
+    demo = commands.add_parser("demo", help="segment a sample volume with simulated clicks (the quick start)")
+    demo.add_argument("--out", type=Path, default=Path("fastsam3d-demo"), help="output folder (default fastsam3d-demo)")
+    demo.add_argument("--clicks", type=int, default=5, help="simulated clicks per structure (default 5)")
+    _add_model_arguments(demo)
+
     models = commands.add_parser("models", help="list model configs and whether their weights are present")
     models.set_defaults(clicks=None)
     info = commands.add_parser("info", help="print an image's shape, spacing and orientation")
@@ -165,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "segment":
             _segment(args)
+        elif args.command == "demo":
+            from .demo import run_demo
+            from .registry import load_model
+
+            run_demo(load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style), args.out, args.clicks, args.device)
         elif args.command == "models":
             _models()
         elif args.command == "info":

@@ -1,0 +1,1 @@
+"""Simulated interaction and metrics."""
