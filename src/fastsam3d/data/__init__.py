@@ -1,0 +1,1 @@
+"""Training data: synthetic volumes and datasets."""
