@@ -81,3 +81,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     changed = [not torch.equal(first["model"][k], second["model"][k]) for k in first["model"]]
     assert any(changed)
     assert exported.is_file() and (tmp_path / "validation.csv").read_text().count("\n") == 2
+
+
+def test_error_click_without_any_target_falls_back_to_the_centre():
+    empty = np.zeros((8, 8, 8), bool)
+    index, label = sample_error_click(empty, empty, np.random.default_rng(0))
+    assert label == 1 and tuple(index) == (4, 4, 4)

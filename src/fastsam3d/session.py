@@ -33,8 +33,8 @@ from .preprocess import RoiGrid, normalise_intensity
 from .registry import load_model
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
-MASK_PROMPT_LOGIT = 8.0
-MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 Slices = tuple[slice, slice, slice]
 
 
@@ -182,7 +182,7 @@ class Session:
             point = volume.world_to_index(ras_to_lps(point) if ras else point)
         if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
             unit = "world point (mm)" if world else "voxel"
-            raise PromptError(f"click at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
+            raise PromptError(f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
         return point
 
     def add_click(self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None):

@@ -56,18 +56,24 @@ def sample_error_click(prediction: np.ndarray, target: np.ndarray, rng: np.rando
             if best is None or depth.max() > best[0].max():
                 best = (depth, label)
     if best is None:  # perfect: repeat an include click inside the target
+        if not target.any():
+            return np.array(target.shape) // 2, 1
         best = (ndimage.distance_transform_edt(np.pad(target, 1))[1:-1, 1:-1, 1:-1], 1)
     depth, label = best
     candidates = np.argwhere(depth > depth.max() / 2)
     return candidates[rng.integers(len(candidates))], label
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, max_positive_weight: float = 50.0) -> torch.Tensor:
+    """Soft Dice + class-balanced BCE (foreground up-weighted to the background's share, at most
+    ``max_positive_weight``): small targets otherwise teach the model to predict nothing."""
     probability = torch.sigmoid(logits)
     intersection = (probability * target).flatten(1).sum(1)
     denominator = probability.flatten(1).sum(1) + target.flatten(1).sum(1)
     dice_loss = 1 - (2 * intersection + 1) / (denominator + 1)
-    return dice_loss.mean() + F.binary_cross_entropy_with_logits(logits, target)
+    foreground = target.mean().clamp_min(1e-6)
+    positive_weight = ((1 - foreground) / foreground).clamp(1.0, max_positive_weight)
+    return dice_loss.mean() + F.binary_cross_entropy_with_logits(logits, target, pos_weight=positive_weight)
 
 
 def interactive_loss(
@@ -77,7 +83,7 @@ def interactive_loss(
     batch = images.shape[0]
     low_res = model.low_res_size
     factor = model.img_size // low_res[0]
-    targets_low = F.adaptive_avg_pool3d(targets, low_res)[:, 0].numpy() > 0.5
+    targets_low = F.adaptive_max_pool3d(targets, low_res)[:, 0].numpy() > 0.5  # thin targets stay visible
     embedding = model.encode(images)
     previous = torch.zeros(batch, 1, *low_res)
     points: list[list[np.ndarray]] = [[] for _ in range(batch)]
