@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
+    """A direction matrix rotated about z then x: makes test volumes oblique."""
+    a, b = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,12 @@ import SimpleITK as sitk
 from fastsam3d.errors import VolumeError
 from fastsam3d.io import Volume, lps_to_ras, ras_to_lps, read_volume, write_volume
 
+from .conftest import rotation
+
 
 def _oblique(shape=(10, 12, 14)) -> Volume:
-    a, b = np.radians(20), np.radians(10)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     array = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
-    return Volume(array, np.array([0.7, 0.9, 2.5]), np.array([-12.5, 40.0, 7.25]), rz @ rx)
+    return Volume(array, np.array([0.7, 0.9, 2.5]), np.array([-12.5, 40.0, 7.25]), rotation(20, 10))
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])

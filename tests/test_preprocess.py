@@ -6,19 +6,14 @@ import torch.nn.functional as F
 from fastsam3d.io import Volume
 from fastsam3d.preprocess import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
 
-
-def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
-    a, b = np.radians(degrees_z), np.radians(degrees_x)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    return rz @ rx
+from .conftest import rotation
 
 
 def _oblique_volume(shape=(90, 70, 40), spacing=(0.8, 1.1, 2.5)) -> Volume:
     rng = np.random.default_rng(0)
     array = rng.normal(50, 20, size=shape).astype(np.float32)
     # Permute axes too: input axis 0 runs roughly S, axis 1 roughly R, axis 2 roughly P.
-    direction = _rotation(15, 10) @ np.array([[0, -1, 0], [0, 0, 1], [1, 0, 0]], dtype=float)
+    direction = rotation(15, 10) @ np.array([[0, -1, 0], [0, 0, 1], [1, 0, 0]], dtype=float)
     return Volume(array, np.array(spacing), np.array([-20.0, 35.0, 12.0]), direction)
 
 

@@ -7,17 +7,12 @@ from fastsam3d.io import Volume, read_volume
 from fastsam3d.registry import build_model
 from fastsam3d.session import Session
 
-
-def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
-    a, b = np.radians(degrees_z), np.radians(degrees_x)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    return rz @ rx
+from .conftest import rotation
 
 
 def sphere_volume(centre_mm=(10.0, -25.0, 40.0), radius_mm=18.0, shape=(120, 100, 44), spacing=(0.9, 1.2, 3.0)):
     """An oblique, anisotropic volume with a bright sphere at a known world position."""
-    direction = _rotation(25, 12)
+    direction = rotation(25, 12)
     origin = np.array([-40.0, -90.0, -20.0])
     probe = Volume(np.zeros(shape, np.float32), np.array(spacing), origin, direction)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
