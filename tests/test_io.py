@@ -39,6 +39,7 @@ def test_world_coordinates_match_itk():
     expected = [image.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in index]
     assert np.allclose(volume.index_to_world(index), expected)
     assert np.allclose(volume.world_to_index(volume.index_to_world(index)), index)
+    assert np.allclose(volume.affine[:3, :3] @ index[0] + volume.affine[:3, 3], expected[0])
 
 
 def test_lps_ras():

@@ -93,12 +93,6 @@ class Volume:
         points = np.asarray(points, dtype=np.float64)
         return (points - self.origin) @ np.linalg.inv(self.direction * self.spacing).T
 
-    def contains_index(self, index: np.ndarray) -> np.ndarray | bool:
-        """Whether the voxel nearest to each index lies in the volume."""
-        rounded = np.round(np.asarray(index, dtype=np.float64))
-        inside = np.all((rounded >= 0) & (rounded < np.array(self.shape)), axis=-1)
-        return bool(inside) if np.ndim(inside) == 0 else inside
-
     def with_array(self, array: np.ndarray) -> "Volume":
         """Same geometry, new voxels (same shape)."""
         if np.shape(array) != self.shape:
