@@ -432,6 +432,8 @@ class Session:
         while queue:
             roi, mask_input = queue.pop(0)
             logits[roi.key] = (roi, self._decode(state, roi, mask_input))
+            if len(logits) + len(queue) >= self.max_rois:
+                continue
             for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):
                 if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
                     state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
