@@ -140,13 +140,13 @@ def _segment(args: argparse.Namespace) -> None:
 def _models() -> None:
     from .registry import MODEL_CONFIGS, WEIGHTS_DIR
 
-    print(f"{'name':20s} {'weights':10s} description")
+    print(f"{'name':20s} {'weights':12s} description")
     for name, config in MODEL_CONFIGS.items():
         if config.weights:
             present = "shipped" if (WEIGHTS_DIR / config.weights).is_file() else "MISSING"
         else:
             present = "--checkpoint"
-        print(f"{name:20s} {present:10s} {config.description}")
+        print(f"{name:20s} {present:12s} {config.description}")
 
 
 def _info(path: Path) -> None:
