@@ -123,3 +123,11 @@ def test_failed_write_keeps_existing_file_and_leaves_no_temp(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz"]
     with pytest.raises(VolumeError, match="use one of"):
         write_volume(_oblique(), tmp_path / "seg.png")
+
+
+def test_nifti_with_a_trailing_singleton_axis_is_3d(tmp_path):
+    array = np.random.rand(6, 7, 8, 1).astype(np.float32)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / "t.nii.gz")
+    volume = read_volume(tmp_path / "t.nii.gz")
+    assert volume.shape == (6, 7, 8) and np.array_equal(volume.array, array[..., 0])
+    assert np.allclose(volume.direction, np.diag([-1.0, -1.0, 1.0]))  # RAS affine seen in LPS

@@ -159,6 +159,8 @@ def _read_nifti(path: Path) -> Volume:
     header.ReadImageInformation()
     _check_layout(header.GetDimension(), header.GetSize(), header.GetNumberOfComponents(), str(path))
     array = np.asarray(nibabel.load(str(path)).dataobj)
+    if array.ndim > 3 and all(size == 1 for size in array.shape[3:]):  # (x, y, z, 1): one 3D volume
+        array = array.reshape(array.shape[:3])
     if array.shape != tuple(header.GetSize()):
         raise VolumeError(f"{path} has voxel data of shape {array.shape} but a header saying {header.GetSize()}")
     return Volume(array, np.array(header.GetSpacing()), np.array(header.GetOrigin()), _direction(header))
