@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import PromptError, VolumeError
-from .io import Volume, ras_to_lps, read_volume, write_volume
+from .errors import PromptError
+from .io import Volume, check_finite, ras_to_lps, read_volume, write_volume
 from .modeling import Sam3D
 from .preprocess import RoiGrid, normalise_intensity
 from .registry import load_model
@@ -137,8 +137,7 @@ class Session:
     def set_image(self, image: Volume | str | Path) -> Volume:
         """Load (or take) the volume; clears objects and cached embeddings."""
         volume = image if isinstance(image, Volume) else read_volume(image)
-        if not np.issubdtype(volume.array.dtype, np.integer) and not np.isfinite(volume.array).all():
-            raise VolumeError("the image contains NaN or infinite voxels")
+        check_finite(volume)
         self.volume = volume
         self.objects.clear()
         self._region_cache.clear()

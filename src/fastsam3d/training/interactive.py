@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ..data.shapes import SyntheticShapes
-from ..evaluation.clicks import center_click, dice
+from ..evaluation.clicks import center_click, deepest_error, dice
 from ..modeling import Sam3D
 from ..preprocess import normalise_intensity
 from ..registry import build_model, save_model
@@ -49,19 +48,14 @@ def sample_error_click(prediction: np.ndarray, target: np.ndarray, rng: np.rando
 
     Works on any grid; returns (index (3,), label 1 = include / 0 = exclude).
     """
-    best = None
-    for error, label in ((target & ~prediction, 1), (prediction & ~target, 0)):
-        if error.any():
-            depth = ndimage.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1, 1:-1]
-            if best is None or depth.max() > best[0].max():
-                best = (depth, label)
-    if best is None:  # perfect: repeat an include click inside the target
+    found = deepest_error(prediction, target)
+    if found is None:  # perfect: repeat an include click inside the target
         if not target.any():
             return np.array(target.shape) // 2, 1
-        best = (ndimage.distance_transform_edt(np.pad(target, 1))[1:-1, 1:-1, 1:-1], 1)
-    depth, label = best
-    candidates = np.argwhere(depth > depth.max() / 2)
-    return candidates[rng.integers(len(candidates))], label
+        found = deepest_error(np.zeros_like(target), target)
+    depth, offset, positive = found
+    candidates = np.argwhere(depth > depth.max() / 2) + offset
+    return candidates[rng.integers(len(candidates))], int(positive)
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, max_positive_weight: float = 50.0) -> torch.Tensor:
