@@ -1,4 +1,5 @@
-"""Command line: ``fastsam3d segment | models | info``. Parsing only; the work is in the API."""
+"""Command line: ``fastsam3d segment | demo | evaluate | data | models | info``. Parsing only; the
+work is in the API."""
 
 from __future__ import annotations
 
@@ -85,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clicks", type=int, default=5, help="simulated clicks per structure (default 5)")
     _add_model_arguments(demo)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="simulated interactive evaluation: Dice/NSD per click, timings, report",
+        description="Runs every model on every structure of every case with simulated prompts and writes "
+        "results.csv, summary.json, dice_per_click.png, time_per_click.png and report.md into --out. "
+        "Exit status 1 when some case failed. Under torchrun the cases are sharded over the ranks.",
+    )
+    evaluate.add_argument("--data", required=True, type=Path, help="manifest/nnU-Net dataset.json, nnU-Net folder or FastSAM3D folder")
+    evaluate.add_argument("--model", dest="models", action="append", required=True, metavar="NAME|PATH|NAME=CKPT",
+                          help="model to evaluate (repeat for a comparison); 'random-walker' is the classical baseline")
+    evaluate.add_argument("--protocol", default="center", choices=("fastsam3d", "center", "random", "box+5"))
+    evaluate.add_argument("--clicks", type=int, help="interaction steps per structure (default 5; 6 for box+5)")
+    evaluate.add_argument("--classes", help="comma-separated class names or ids (default: all present)")
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder")
+    evaluate.add_argument("--workers", type=int, default=1, help="cases evaluated in parallel processes")
+    evaluate.add_argument("--seed", type=int, default=2023)
+    evaluate.add_argument("--nsd-tolerance", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
+    evaluate.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
+    evaluate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    data = commands.add_parser("data", help="development data")
+    data.add_argument("action", choices=("fetch",), help="fetch: download TotalSegmentator's test volumes with pip")
+    data.add_argument("--root", type=Path, help="destination (default $FASTSAM3D_DATA or ~/.cache/fastsam3d)")
+
     models = commands.add_parser("models", help="list model configs and whether their weights are present")
     models.set_defaults(clicks=None)
     info = commands.add_parser("info", help="print an image's shape, spacing and orientation")
@@ -137,6 +163,29 @@ def _segment(args: argparse.Namespace) -> None:
             )
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate
+
+    if args.workers < 1:
+        raise FastSAM3DError("--workers must be at least 1")
+    classes = [c for c in (args.classes or "").split(",") if c.strip()] or None
+    summary, failed = evaluate(
+        args.data, args.models, args.out, protocol=args.protocol, steps=args.clicks, classes=classes,
+        workers=args.workers, seed=args.seed, nsd_tolerance=args.nsd_tolerance, hd95=args.hd95,
+        device=args.device, progress=not args.quiet,
+    )
+    for model, values in summary.items():
+        curve = ", ".join(f"{v:.3f}" for v in values["dice_per_step"])
+        print(f"{model}: {values['structures']} structures, Dice per step [{curve}], "
+              f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms")
+    if summary:
+        print(f"report: {args.out / 'report.md'}")
+    if failed:
+        print(f"fastsam3d: {failed} case(s) or structure(s) failed; see {args.out / 'results.csv'}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _models() -> None:
     from .registry import MODEL_CONFIGS, WEIGHTS_DIR
 
@@ -175,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
             from .registry import load_model
 
             run_demo(load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style), args.out, args.clicks, args.device)
+        elif args.command == "evaluate":
+            return _evaluate(args)
+        elif args.command == "data":
+            from .data.devdata import fetch_dev_data
+
+            print(f"development data: {fetch_dev_data(args.root / 'totalsegmentator' if args.root else None)}")
         elif args.command == "models":
             _models()
         elif args.command == "info":

@@ -184,11 +184,16 @@ class Session:
             raise PromptError(f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
         return point
 
-    def add_click(self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None):
+    def add_click(
+        self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None,
+        roi_centre=None,
+    ):
         """Add an include (``positive``) or exclude click to an object and update its mask.
 
         ``point`` is an input voxel index (i, j, k) (ITK index order = nibabel ``data[i, j, k]``),
         or world millimetres with ``world=True`` (LPS as ITK/Slicer; ``ras=True`` for RAS).
+        A click outside the object's ROIs opens a new ROI centred on the click, or on
+        ``roi_centre`` (input voxels) when given and the click lies inside that ROI.
         """
         index = self.to_index(point, world, ras)
         obj = self._object_for_prompt(label)
@@ -196,10 +201,11 @@ class Session:
         clicks = state.clicks + (Click(tuple(float(v) for v in index), positive),)
         rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
         if not rois:
-            rois = [self._new_roi(index)]
+            roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre))
+            rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
         self._update(obj, replace(state, clicks=clicks), rois)
 
-    def set_box(self, corner_a, corner_b, *, label: int | None = None) -> None:
+    def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> None:
         """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
 
         Models with box embeddings encode it; for the official weights, which have none, the box
@@ -214,7 +220,7 @@ class Session:
         state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
         centre = (low + high) / 2.0
         rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
-        self._update(obj, state, rois or [self._new_roi(centre)])
+        self._update(obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))])
 
     def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> None:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
