@@ -9,6 +9,7 @@ Both see exactly the prompts the protocol produces.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,8 @@ class SamSegmenter(Segmenter):
 class RandomWalkerSegmenter(Segmenter):
     """Random walker (Grady 2006) from the clicks, on a ROI coarsened to about ``spacing_mm``.
 
-    Include clicks seed the object, exclude clicks and the ROI faces that lie inside the volume
+    Coarse voxels are treated as isotropic (scikit-image's ``spacing`` option shrank the object to its
+    seeds in our tests). Include clicks seed the object, exclude clicks and the ROI faces that lie inside the volume
     seed the background. The ROI is the box prompt grown by ``box_margin`` voxels, else a cube of
     ``roi_mm`` around the include clicks (the 3D SAMs' field of view). Seeds are balls of one
     coarse voxel; the result is upsampled by repetition onto the input grid.
@@ -148,7 +150,9 @@ class RandomWalkerSegmenter(Segmenter):
             if not (seeds == 2).any():  # ROI = whole volume and no exclude click: the faces are background
                 for face, _ in _faces(roi, shape):
                     seeds[face] = np.where(seeds[face] == 1, 1, 2)
-            labels = random_walker(coarse, seeds, beta=self.beta, mode="cg_j", tol=1e-3, spacing=tuple(self.volume.spacing * factor))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "probability range outside [0, 1]" at loose tolerance: harmless here
+                labels = random_walker(coarse, seeds, beta=self.beta, mode="cg_j", tol=1e-3)
             full = np.ones(3, dtype=int)
             for axis in range(3):
                 labels = np.repeat(labels, factor[axis], axis=axis)

@@ -1,0 +1,331 @@
+"""Evaluation harness: protocols, metrics, segmenters, report, bad input, parallel runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.metrics import compute_surface_dice
+import torch
+
+from fastsam3d.cli import main
+from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.errors import VolumeError
+from fastsam3d.evaluation.datasets import Case, align_label, load_cases
+from fastsam3d.evaluation.evaluate import evaluate
+from fastsam3d.evaluation.harness import COLUMNS, EvaluationSettings, evaluate_case
+from fastsam3d.evaluation.metrics import area_under_curve, segmentation_metrics
+from fastsam3d.evaluation.protocols import Prompt, get_protocol
+from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter, StepTiming
+from fastsam3d.io import Volume, write_volume
+
+from .conftest import rotation
+from .test_session import sphere_volume
+
+
+def cube(shape, low, high) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(a, b) for a, b in zip(low, high))] = True
+    return mask
+
+
+# --- protocols ----------------------------------------------------------------------------
+
+
+def test_center_click_is_in_the_largest_error_with_its_sign():
+    target = cube((40, 40, 40), (5, 5, 5), (30, 30, 30))
+    prediction = cube((40, 40, 40), (5, 5, 5), (30, 30, 14))  # misses a 25x25x16 slab: false negative
+    prediction |= cube((40, 40, 40), (34, 34, 34), (37, 37, 37))  # small false positive
+    (prompt,) = get_protocol("center").prompts(2, prediction, target, (1, 1, 1), np.random.default_rng(0))
+    assert prompt.positive and target[prompt.point] and not prediction[prompt.point]
+    assert 18 <= prompt.point[2] <= 25  # the interior of the missed slab (k from 14 to 29)
+    overgrown = target | cube((40, 40, 40), (0, 0, 0), (40, 40, 4))  # big false positive
+    (prompt,) = get_protocol("center").prompts(2, overgrown, target, (1, 1, 1), np.random.default_rng(0))
+    assert not prompt.positive and overgrown[prompt.point] and not target[prompt.point]
+
+
+def test_fastsam3d_protocol_draws_from_the_error_core_then_uniformly():
+    rng = np.random.default_rng(1)
+    target = cube((40, 40, 40), (10, 10, 10), (30, 30, 30))
+    empty = np.zeros_like(target)
+    protocol = get_protocol("fastsam3d")
+    assert protocol.click_history == "last" and protocol.max_rois == 1 and protocol.label_centred_roi
+    for _ in range(20):  # first click: deep inside the target (distance > half the maximum, 10)
+        (prompt,) = protocol.prompts(1, empty, target, (1, 1, 1), rng)
+        assert prompt.positive and all(15 <= v <= 24 for v in prompt.point)
+    tie = cube((40, 40, 40), (10, 10, 10), (20, 30, 30))  # FN and FP slabs of equal depth: FP wins
+    shifted = cube((40, 40, 40), (20, 10, 10), (30, 30, 30)) | cube((40, 40, 40), (0, 10, 10), (10, 30, 30))
+    (prompt,) = protocol.prompts(2, shifted, tie, (1, 1, 1), rng)
+    assert not prompt.positive and shifted[prompt.point] and not tie[prompt.point]
+    prediction = cube((40, 40, 40), (12, 10, 10), (30, 30, 30))
+    errors = prediction ^ target
+    for _ in range(10):  # later clicks: anywhere in the errors, sign by type
+        (prompt,) = protocol.prompts(3, prediction, target, (1, 1, 1), rng)
+        assert errors[prompt.point] and prompt.positive == bool(target[prompt.point])
+    region = (slice(0, 20), slice(0, 40), slice(0, 40))
+    (prompt,) = protocol.prompts(3, prediction, target, (1, 1, 1), rng, region)
+    assert prompt.point[0] < 20
+
+
+def test_random_protocol_gives_one_include_and_one_exclude_near_the_structure():
+    target = cube((60, 60, 30), (20, 20, 10), (30, 30, 15))
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        positive, negative = get_protocol("random").prompts(1, target, target, (1.0, 1.0, 2.0), rng)
+        assert positive.positive and target[positive.point]
+        assert not negative.positive and not target[negative.point]
+        assert 10 <= negative.point[0] <= 39 and 5 <= negative.point[2] <= 19  # within 10 mm of the box
+
+
+def test_box_protocol_starts_with_the_bounding_box():
+    target = cube((30, 30, 30), (3, 4, 5), (10, 20, 12))
+    protocol = get_protocol("box+5")
+    assert protocol.default_steps == 6
+    (prompt,) = protocol.prompts(1, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0))
+    assert prompt.box == ((3, 4, 5), (9, 19, 11))
+    (prompt,) = protocol.prompts(2, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0))
+    assert prompt.point is not None and target[prompt.point]
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_dice_and_nsd_match_hand_computed_values():
+    target = cube((30, 30, 30), (5, 5, 5), (15, 15, 15))  # 1000 voxels
+    prediction = cube((30, 30, 30), (5, 5, 10), (15, 15, 20))  # 500 overlap
+    values = segmentation_metrics(prediction, target, (1, 1, 1))
+    assert values["dice"] == pytest.approx(2 * 500 / 2000)
+    shifted = cube((30, 30, 30), (6, 5, 5), (16, 15, 15))  # one voxel (2 mm) along i
+    assert segmentation_metrics(shifted, target, (2.0, 1, 1), nsd_tolerance=2.0)["nsd"] == pytest.approx(1.0)
+    assert segmentation_metrics(shifted, target, (2.0, 1, 1), nsd_tolerance=1.0)["nsd"] < 1.0
+    empty = segmentation_metrics(np.zeros_like(target), target, (1, 1, 1), hd95=True)
+    assert empty["dice"] == 0.0 and empty["nsd"] == 0.0
+    assert segmentation_metrics(target, target, (1, 1, 1), hd95=True)["hd95"] == 0.0
+
+
+def test_metrics_on_the_crop_equal_monai_on_the_whole_volume():
+    rng = np.random.default_rng(3)
+    target = cube((50, 40, 30), (0, 10, 5), (20, 30, 25)) & (rng.random((50, 40, 30)) > 0.1)
+    prediction = cube((50, 40, 30), (2, 12, 5), (22, 30, 28))
+    spacing = (0.8, 1.1, 2.5)
+    full = compute_surface_dice(
+        torch.from_numpy(prediction)[None, None].float(), torch.from_numpy(target)[None, None].float(),
+        [1.5], include_background=True, spacing=list(spacing),
+    )
+    assert segmentation_metrics(prediction, target, spacing, nsd_tolerance=1.5)["nsd"] == pytest.approx(float(full), abs=1e-6)
+
+
+def test_area_under_curve():
+    assert area_under_curve([0.2, 0.4, 0.6]) == pytest.approx(0.4)
+    assert area_under_curve([0.7]) == pytest.approx(0.7)
+
+
+# --- harness with stand-in models -------------------------------------------------------------
+
+
+class Oracle(Segmenter):
+    """Returns the labelled structure under the first include click (or box centre): a perfect model."""
+
+    name = "oracle"
+
+    def __init__(self, label: np.ndarray, perfect: bool = True):
+        self.label, self.perfect = label, perfect
+
+    def set_image(self, volume):
+        pass
+
+    def begin(self, protocol, roi_centre=None):
+        self.value = None
+
+    def apply(self, prompts):
+        for p in prompts:
+            point = p.point if p.box is None else tuple((np.array(p.box[0]) + p.box[1]) // 2)
+            if self.value is None and p.positive:
+                self.value = self.label[point]
+        mask = (self.label == self.value) if self.perfect else np.zeros(self.label.shape, bool)
+        return mask, StepTiming(total=0.001)
+
+
+def two_structure_case(tmp_path: Path) -> tuple[Case, Volume, Volume]:
+    shape = (48, 40, 24)
+    image = np.zeros(shape, np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[5:20, 5:20, 4:14] = 1
+    label[28:44, 10:30, 8:20] = 2
+    image[label == 1] = 300
+    image[label == 2] = 150
+    image += np.random.default_rng(0).normal(0, 10, shape).astype(np.float32)
+    volume = Volume(image, (1.5, 1.5, 3.0), (10.0, -20.0, 5.0), rotation(10, 5))
+    labels = volume.with_array(label)
+    write_volume(volume, tmp_path / "img.nii.gz")
+    write_volume(labels, tmp_path / "lab.nii.gz")
+    return Case("toy", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", {1: "bright", 2: "grey", 3: "missing"}), volume, labels
+
+
+@pytest.mark.parametrize("protocol", ["center", "fastsam3d", "random", "box+5"])
+def test_perfect_model_scores_one_at_the_first_step_and_empty_model_zero(tmp_path, protocol):
+    case, _, labels = two_structure_case(tmp_path)
+    settings = EvaluationSettings(models=["oracle"], protocol=protocol, steps=3, requested={"missing"})
+    rows = evaluate_case(case, [Oracle(labels.array)], settings)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 6 and all(r["dice"] == pytest.approx(1.0) for r in ok)
+    assert [r["status"] for r in rows if r["structure"] == "missing"] == ["absent"]
+    if protocol in ("center", "fastsam3d"):  # nothing left to correct after a perfect first step
+        assert all(r["prompt"].startswith("none") for r in ok if r["step"] > 1)
+    rows = evaluate_case(case, [Oracle(labels.array, perfect=False)], settings)
+    assert all(r["dice"] == 0.0 for r in rows if r["status"] == "ok")
+
+
+def test_sam_segmenter_caches_the_embedding_and_keeps_the_label_centred_roi(tmp_path, intensity_model):
+    volume, truth = sphere_volume()
+    case = Case("sphere", tmp_path / "s.nii.gz", tmp_path / "l.nii.gz", {1: "sphere"})
+    write_volume(volume, case.image)
+    write_volume(volume.with_array(truth.astype(np.uint8)), case.label)
+    segmenter = SamSegmenter(intensity_model, name="intensity")
+    for protocol in ("fastsam3d", "center"):
+        rows = evaluate_case(case, [segmenter], EvaluationSettings(models=["intensity"], protocol=protocol, steps=3))
+        assert [r["status"] for r in rows] == ["ok"] * 3
+        assert rows[0]["dice"] > 0.9 and rows[0]["encoder_ms"] > 0
+        assert all(r["encoder_ms"] == 0 for r in rows[1:])  # later steps reuse the cached embedding
+    assert segmenter.session.encoder_runs == 2  # label-centred ROI, then click-centred ROI
+
+
+def test_random_walker_segments_a_sphere_from_its_clicks():
+    volume, truth = sphere_volume()
+    walker = RandomWalkerSegmenter()
+    walker.set_image(volume)
+    walker.begin(get_protocol("center"))
+    centre = tuple(int(v) for v in np.argwhere(truth).mean(0).round())
+    mask, timing = walker.apply([Prompt(point=centre)])
+    assert segmentation_metrics(mask, truth, volume.spacing)["dice"] > 0.85 and timing.total > 0
+    walker.begin(get_protocol("box+5"))
+    where = np.argwhere(truth)
+    mask, _ = walker.apply([Prompt(box=(tuple(where.min(0)), tuple(where.max(0))))])
+    assert segmentation_metrics(mask, truth, volume.spacing)["dice"] > 0.85
+
+
+# --- datasets and bad input -----------------------------------------------------------------
+
+
+def test_label_map_on_a_flipped_grid_is_aligned_and_a_foreign_one_rejected():
+    rng = np.random.default_rng(4)
+    image = Volume(rng.random((6, 5, 4)).astype(np.float32), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), np.eye(3))
+    label_array = (rng.random((6, 5, 4)) > 0.5).astype(np.uint8)
+    # the same voxels stored with j flipped and axes i/k swapped
+    flipped = label_array[:, ::-1, :].transpose(2, 1, 0)
+    direction = np.zeros((3, 3))
+    direction[:, 0], direction[:, 1], direction[:, 2] = [0, 0, 1], [0, -1, 0], [1, 0, 0]
+    origin = image.index_to_world(np.array([[0, 4, 0]]))[0]
+    stored = Volume(flipped, (3.0, 2.0, 1.0), origin, direction)
+    np.testing.assert_array_equal(align_label(image, stored).array, label_array)
+    shifted = Volume(label_array, (1.0, 2.0, 3.0), (0.5, 0.0, 0.0), np.eye(3))
+    with pytest.raises(VolumeError, match="img.nii.gz"):
+        align_label(image, shifted, "img.nii.gz", "lab.nii.gz")
+
+
+def test_nnunet_and_fastsam3d_layouts(tmp_path):
+    _, volume, labels = two_structure_case(tmp_path)
+    nnunet = tmp_path / "Dataset001_Toy"
+    for folder in ("imagesTr", "labelsTr"):
+        (nnunet / folder).mkdir(parents=True)
+    write_volume(volume, nnunet / "imagesTr" / "toy_001_0000.nii.gz")
+    write_volume(labels, nnunet / "labelsTr" / "toy_001.nii.gz")
+    (nnunet / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "bright": 1, "grey": 2}, "file_ending": ".nii.gz"}))
+    (case,) = load_cases(nnunet)
+    assert case.name == "toy_001" and case.classes == {1: "bright", 2: "grey"}
+    assert load_cases(nnunet / "dataset.json", ["grey"])[0].classes == {2: "grey"}
+    layout = tmp_path / "fs3d" / "kidney" / "ct_set"
+    for folder in ("imagesTr", "labelsTr"):
+        (layout / folder).mkdir(parents=True)
+    write_volume(volume, layout / "imagesTr" / "c1.nii.gz")
+    write_volume(labels.with_array((labels.array == 1).astype(np.uint8)), layout / "labelsTr" / "c1.nii.gz")
+    (case,) = load_cases(tmp_path / "fs3d")
+    assert case.name == "kidney/ct_set/c1" and case.classes == {1: "kidney"}
+
+
+def test_cli_reports_a_crashed_case_and_keeps_going(tmp_path, capsys):
+    case, volume, labels = two_structure_case(tmp_path)
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
+    manifest = {
+        "labels": {"1": "bright", "2": "grey"},
+        "cases": [{"name": "good", "image": "img.nii.gz", "label": "lab.nii.gz"},
+                  {"name": "bad", "image": "broken.nii.gz", "label": "lab.nii.gz"}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    code = main(["evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker",
+                 "--clicks", "2", "--out", str(out), "--quiet"])
+    assert code == 1 and "failed" in capsys.readouterr().err
+    with open(out / "results.csv") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    assert [r["status"] for r in rows if r["case"] == "bad"] == ["failed"]
+    good = [r for r in rows if r["case"] == "good"]
+    assert len(good) == 4 and all(float(r["dice"]) > 0.5 for r in good if r["step"] == "2")
+    for name in ("summary.json", "report.md", "dice_per_click.png", "time_per_click.png"):
+        assert (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["random-walker"]["failed"] == 1 and len(summary["models"]["random-walker"]["dice_per_step"]) == 2
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--model", "default", "--out", str(out)]) == 2
+
+
+def test_workers_and_torchrun_give_the_same_rows_as_one_process(tmp_path):
+    _, volume, labels = two_structure_case(tmp_path)
+    cases = []
+    for index in range(3):
+        write_volume(volume.with_array(np.roll(volume.array, 3 * index, axis=0)), tmp_path / f"i{index}.nii.gz")
+        write_volume(labels.with_array(np.roll(labels.array, 3 * index, axis=0)), tmp_path / f"l{index}.nii.gz")
+        cases.append({"name": f"c{index}", "image": f"i{index}.nii.gz", "label": f"l{index}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"1": "bright"}, "cases": cases}))
+    common = dict(models=["random-walker"], protocol="random", steps=2, progress=False)
+    single, _ = evaluate(tmp_path / "dataset.json", out=tmp_path / "one", **common)
+    evaluate(tmp_path / "dataset.json", out=tmp_path / "two", workers=2, **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               "-m", "fastsam3d.cli", "evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker",
+               "--protocol", "random", "--clicks", "2", "--out", str(tmp_path / "ddp"), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "shards").iterdir()) == ["results.rank0.csv", "results.rank1.csv"]
+
+    def table(folder):
+        with open(tmp_path / folder / "results.csv") as handle:
+            return [(r["case"], r["step"], r["prompt"], r["dice"]) for r in csv.DictReader(handle)]
+
+    assert table("one") == table("two") == table("ddp")
+    assert len(table("one")) == 6
+
+
+# --- real development data ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dev_data() -> Path:
+    manifest = dev_manifest()
+    if manifest is None:
+        pytest.skip("development data not fetched: run `fastsam3d data fetch` (scripts/install.sh does)")
+    return manifest
+
+
+def test_dev_data_label_maps_sit_on_their_images(dev_data):
+    cases = {c.name: c for c in load_cases(dev_data, ["liver", "spleen"])}
+    assert set(cases) == {"ct", "mr", "ct_dicom"}
+    image, label = cases["ct_dicom"].load()  # its label map is stored with j flipped
+    assert image.shape == label.shape == (512, 512, 20)
+    liver = image.array[label.array == 5]
+    assert 40 < liver.mean() < 140 and liver.std() < 40  # liver parenchyma in HU, not a random region
+
+
+def test_random_walker_improves_with_clicks_on_the_development_data(dev_data, tmp_path):
+    summary, failed = evaluate(dev_data, ["random-walker"], tmp_path, protocol="center", steps=3,
+                               classes=["liver", "spleen"], progress=False)
+    assert failed == 0 and summary["random-walker"]["structures"] == 6  # liver + spleen in CT, MR, DICOM CT
+    curve = summary["random-walker"]["dice_per_step"]
+    assert curve[0] < curve[1] < curve[2] and curve[2] > 0.45
