@@ -286,7 +286,7 @@ def _describe(config: ModelConfig) -> str:
     return f"{config.depth} encoder blocks ({config.skip_layer} MLP-only, {attention} with attention), width {config.embed_dim}"
 
 
-def load_state_dict_strict(model: Sam3D, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load with a strict key and shape check; the error names what differs and the likely cause."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -298,7 +298,11 @@ def load_state_dict_strict(model: Sam3D, state_dict: dict[str, torch.Tensor], so
     ]
     if missing or unexpected or wrong_shape:
         cause = ""
-        if any(k.startswith("image_encoder.") for k in missing + unexpected) and "image_encoder.pos_embed" in state_dict:
+        config = getattr(model, "config", None)
+        name = config.name if config is not None else getattr(model, "name", type(model).__name__)
+        if config is None:
+            pass
+        elif any(k.startswith("image_encoder.") for k in missing + unexpected) and "image_encoder.pos_embed" in state_dict:
             cause = f"; the checkpoint has {_describe(infer_config(state_dict))}, the model {_describe(model.config)}"
         elif "image_encoder.pos_embed" not in state_dict and "pos_embed" in state_dict:
             cause = "; this looks like an encoder-only student checkpoint: pass decoder_checkpoint= as well"
@@ -306,7 +310,7 @@ def load_state_dict_strict(model: Sam3D, state_dict: dict[str, torch.Tensor], so
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        raise CheckpointError(f"{source} does not fit model {model.config.name!r}: {'; '.join(parts)}{cause}")
+        raise CheckpointError(f"{source} does not fit model {name!r}: {'; '.join(parts)}{cause}")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -7,7 +7,8 @@ from torch import nn
 
 
 class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, D, H, W) tensor (biased variance)."""
+    """LayerNorm over the channel axis of a (B, C, *spatial) tensor (biased variance); any number
+    of spatial axes (:class:`LayerNorm2d` is the same layer)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -19,7 +20,11 @@ class LayerNorm3d(nn.Module):
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)
+
+
+LayerNorm2d = LayerNorm3d
 
 
 class PatchExpand3d(nn.ConvTranspose3d):

@@ -1,6 +1,11 @@
-"""3D mask decoder: tokens + image embedding -> low-res mask logits (4x the token grid) and IoU scores."""
+"""Mask decoder: tokens + image embedding -> low-res mask logits (4x the token grid) and IoU scores.
+
+The same module serves 3D (SAM-Med3D) and 2D (SAM, MedSAM, LiteMedSAM) models: ``spatial_dims``
+picks the upscaling layers; state-dict keys are those of the respective official code."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
@@ -21,17 +26,19 @@ class MaskDecoder3D(nn.Module):
         transformer_depth: int = 2,
         transformer_heads: int = 8,
         transformer_mlp_dim: int = 2048,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         self.num_mask_tokens = num_multimask_outputs + 1
         self.transformer = TwoWayTransformer(transformer_depth, transformer_dim, transformer_heads, transformer_mlp_dim)
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        expand = PatchExpand3d if spatial_dims == 3 else partial(nn.ConvTranspose2d, kernel_size=2, stride=2)
         self.output_upscaling = nn.Sequential(
-            PatchExpand3d(transformer_dim, transformer_dim // 4),
+            expand(transformer_dim, transformer_dim // 4),
             LayerNorm3d(transformer_dim // 4),
             nn.GELU(),
-            PatchExpand3d(transformer_dim // 4, transformer_dim // 8),
+            expand(transformer_dim // 4, transformer_dim // 8),
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
@@ -57,8 +64,8 @@ class MaskDecoder3D(nn.Module):
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings.expand(batch, -1, -1, -1, -1) + dense_prompt_embeddings
-        pos = image_pe.expand(batch, -1, -1, -1, -1)
+        src = image_embeddings.expand(batch, *image_embeddings.shape[1:]) + dense_prompt_embeddings
+        pos = image_pe.expand(batch, *image_pe.shape[1:])
         grid = src.shape[2:]
         hs, src_tokens = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
