@@ -132,6 +132,11 @@ def _segment(args: argparse.Namespace) -> None:
     for output in (args.out, args.probability, args.uncertainty):
         if output is not None:
             check_writable(output)
+    from .registry2d import is_2d_model
+
+    if is_2d_model(args.model):
+        _segment_slicewise(args)
+        return
     model = load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
     session = Session(model, device=args.device)
     volume = session.set_image(args.image)
@@ -186,8 +191,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_slicewise(args: argparse.Namespace) -> None:
+    """``segment`` with a 2D SAM: the box's middle slice, then propagation; clicks correct slices."""
+    import numpy as np
+
+    from .io import ras_to_lps
+    from .slicewise import SliceSession
+
+    if args.probability or args.uncertainty:
+        raise FastSAM3DError("--probability and --uncertainty need a 3D model; 2D models give a mask only")
+    session = SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
+    volume = session.set_image(args.image)
+    steps = []
+    if args.box is not None:
+        session.set_box(*args.box)
+        steps.append(("box", session.timings))
+    for kind, coords, positive in args.clicks or []:
+        point = np.asarray(coords, dtype=float)
+        if kind == "world":
+            point = volume.world_to_index((ras_to_lps(point) if args.ras else point)[None])[0]
+        session.add_click(point, positive)
+        steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", session.timings))
+    mask = session.mask()
+    if not mask.any():
+        raise FastSAM3DError("the model segmented nothing at these prompts (empty object); nothing written")
+    written = session.save_labels(args.out)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")
+    if args.timing:
+        for name, timing in steps:
+            print(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
+
+
 def _models() -> None:
+    from .errors import CheckpointError
     from .registry import MODEL_CONFIGS, WEIGHTS_DIR
+    from .registry2d import MODEL_2D_CONFIGS, litemedsam_weights
 
     print(f"{'name':20s} {'weights':12s} description")
     for name, config in MODEL_CONFIGS.items():
@@ -195,6 +234,15 @@ def _models() -> None:
             present = "shipped" if (WEIGHTS_DIR / config.weights).is_file() else "MISSING"
         else:
             present = "--checkpoint"
+        print(f"{name:20s} {present:12s} {config.description}")
+    for name, config in MODEL_2D_CONFIGS.items():
+        present = "--checkpoint"
+        if name == "litemedsam":
+            try:
+                litemedsam_weights()
+                present = "installed"
+            except CheckpointError:
+                present = "pip package"
         print(f"{name:20s} {present:12s} {config.description}")
 
 

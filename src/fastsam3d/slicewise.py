@@ -23,13 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .errors import PromptError
 from .io import Volume, check_finite, read_volume, write_volume
 from .preprocess import canonical_axes, upsampling_weights
+from .modeling.sam2d import Sam2D
 from .registry2d import Model2DConfig, load_sam2d
 
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), as MedSAM prepares CT
+UNCHANGED_DICE = 0.98  # a corrective click's propagation stops at a slice that changes less than this
 
 
 @dataclass
@@ -74,12 +77,18 @@ class SliceGeometry:
 class SliceSession:
     """Interactive 3D segmentation of one object with a 2D SAM (see module docstring)."""
 
-    def __init__(self, model: str = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
-                 axis: int | None = None, box_margin: int = 3, min_pixels: int = 5) -> None:
+    def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
+                 axis: int | None = None, box_margin: int = 3, min_pixels: int = 5, config: Model2DConfig | None = None,
+                 click_box_mm: float = 30.0) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.config = load_sam2d(model, checkpoint, self.device)
+        if isinstance(model, str):
+            model, config = load_sam2d(model, checkpoint, self.device)
+        elif config is None:
+            raise ValueError("a model instance needs its Model2DConfig")
+        self.model, self.config = model.to(self.device).eval(), config
         self.requested_axis = axis
         self.box_margin = box_margin
+        self.click_box_mm = click_box_mm
         self.min_pixels = min_pixels
         self.volume: Volume | None = None
         self.timings = SliceTimings()
@@ -106,6 +115,7 @@ class SliceSession:
         self._mask = np.zeros(volume.shape, dtype=bool)
         self._history: list[np.ndarray] = [self._mask.copy()]
         self._clicks: dict[int, list[tuple[float, float, bool]]] = {}
+        self._root: int | None = None  # the first prompted slice: propagation flows away from it
         spacing_rows, spacing_cols = volume.spacing[self._rows[0]], volume.spacing[self._cols[0]]
         height, width = volume.shape[self._rows[0]], volume.shape[self._cols[0]]
         scale = self.config.img_size / max(height * spacing_rows, width * spacing_cols)
@@ -131,6 +141,7 @@ class SliceSession:
         rows = sorted(c[0] for c in corners)
         cols = sorted(c[1] for c in corners)
         self.timings = SliceTimings()
+        self._root = int(start)
         mask = np.zeros_like(self._mask)
         first = self._segment(start, box=(rows[0], cols[0], rows[1], cols[1]))
         if first is None:
@@ -140,27 +151,86 @@ class SliceSession:
         self._push(mask)
 
     def add_click(self, point, positive: bool = True) -> None:
-        """Include/exclude click at a voxel: its slice is re-segmented from the clicks on it (and the
-        box of the current mask there), then propagated outwards again."""
+        """Include/exclude click at a voxel: its slice is re-segmented, then the change is propagated
+        outwards until the slices agree with the current mask again.
+
+        Models trained with clicks (SAM) get the slice's clicks plus the box of the current mask.
+        Box-only models (LiteMedSAM, MedSAM) get the click as a box edit: an include click grows
+        the slice's box to contain it (or opens a ``click_box_mm`` box on an empty slice), an
+        exclude click inside the mask moves the nearest box edge past it.
+        """
         volume = self._require_image()
         point = np.asarray(point, dtype=float).reshape(-1)
         if point.shape != (3,) or np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
             raise PromptError(f"point {point.tolist()} is outside the volume of shape {volume.shape}")
         index = int(round(point[self.axis]))
         row, col = self._in_plane(point)
-        self._clicks.setdefault(index, []).append((row, col, positive))
         current = self._slice(self._mask, index)
-        box = _box_of(current, self.box_margin, current.shape) if current.any() else None
         self.timings = SliceTimings()
+        if self.config.point_prompts:
+            self._clicks.setdefault(index, []).append((row, col, positive))
+            box = _box_of(current, self.box_margin, current.shape) if current.any() else None
+            result = self._segment(index, box=box, clicks=self._clicks[index])
+        else:
+            box = self._edited_box(current, int(round(row)), int(round(col)), positive)
+            if box is None:  # an exclude click outside the mask: nothing to remove
+                self._push(self._mask.copy())
+                return
+            result = self._segment(index, box=box)
         mask = self._mask.copy()
-        result = self._segment(index, box=box, clicks=self._clicks[index])
         result = np.zeros(current.shape, bool) if result is None else result
+        if not positive and result[int(round(row)), int(round(col))]:  # the excluded pixel must go
+            components, _ = ndimage.label(result)
+            result = result & (components != components[int(round(row)), int(round(col))])
         self._write(mask, index, result)
-        if result.any():
-            self._propagate(mask, index, result, (0, volume.shape[self.axis] - 1))
+        if self._root is None:
+            self._root = index
+        # slices farther from the first prompted slice were derived from this one: update those
+        directions = (-1, 1) if index == self._root else (int(np.sign(index - self._root)),)
+        last = volume.shape[self.axis] - 1
+        for direction in directions:
+            limits = (0, index) if direction < 0 else (index, last)
+            if result.any():
+                self._propagate(mask, index, result, limits, directions=(direction,), stop_when_unchanged=True)
+            else:  # the object ends here: nothing beyond it
+                beyond = [slice(None)] * 3
+                beyond[self.axis] = slice(0, index) if direction < 0 else slice(index + 1, None)
+                mask[tuple(beyond)] = False
         self._push(mask)
 
+    def _edited_box(self, current: np.ndarray, row: int, col: int, positive: bool) -> tuple[int, int, int, int] | None:
+        if positive:
+            if not current.any():
+                half_rows = max(1, round(self.click_box_mm / 2 / self.volume.spacing[self._rows[0]]))
+                half_cols = max(1, round(self.click_box_mm / 2 / self.volume.spacing[self._cols[0]]))
+                return (max(row - half_rows, 0), max(col - half_cols, 0),
+                        min(row + half_rows, current.shape[0] - 1), min(col + half_cols, current.shape[1] - 1))
+            r0, c0, r1, c1 = _box_of(current, self.box_margin, current.shape)
+            return min(r0, row - self.box_margin), min(c0, col - self.box_margin), max(r1, row + self.box_margin), max(c1, col + self.box_margin)
+        if not current[row, col]:
+            return None
+        r0, c0, r1, c1 = _box_of(current, 0, current.shape)
+        edges = {"top": row - r0, "bottom": r1 - row, "left": col - c0, "right": c1 - col}
+        nearest = min(edges, key=edges.get)
+        if nearest == "top":
+            r0 = row + 1
+        elif nearest == "bottom":
+            r1 = row - 1
+        elif nearest == "left":
+            c0 = col + 1
+        else:
+            c1 = col - 1
+        return (r0, c0, r1, c1) if r0 <= r1 and c0 <= c1 else None
+
+    def reset(self) -> None:
+        """Clear the object (clicks and mask; undoable); cached slice embeddings are kept."""
+        self._require_image()
+        self._clicks = {}
+        self._root = None
+        self._push(np.zeros_like(self._mask))
+
     def undo(self) -> bool:
+        """Back to the mask before the last prompt; False when there is nothing to undo."""
         if len(self._history) < 2:
             return False
         self._history.pop()
@@ -168,10 +238,12 @@ class SliceSession:
         return True
 
     def mask(self) -> np.ndarray:
+        """The object's boolean mask on the input grid."""
         self._require_image()
         return self._mask.copy()
 
     def save_labels(self, path: str | Path) -> Path:
+        """Write the mask as a label map (1 = object) on the input grid, atomically."""
         return write_volume(self.volume.with_array(self._mask.astype(np.uint8)), path)
 
     # --- internals ----------------------------------------------------------------------
@@ -246,15 +318,22 @@ class SliceSession:
         plane = (logits > 0).cpu().numpy()
         return plane if plane.sum() >= self.min_pixels else None
 
-    def _propagate(self, mask: np.ndarray, start: int, plane: np.ndarray, limits: tuple[int, int]) -> None:
-        for step in (-1, 1):
+    def _propagate(self, mask: np.ndarray, start: int, plane: np.ndarray, limits: tuple[int, int],
+                   directions: tuple[int, ...] = (-1, 1), stop_when_unchanged: bool = False) -> None:
+        """Segment the slices on both sides of ``start``, each from the box of its neighbour's mask,
+        until the object vanishes, the limits, or (``stop_when_unchanged``) a slice whose new mask
+        agrees with the one it already had (Dice >= ``UNCHANGED_DICE``)."""
+        for step in directions:
             previous, index = plane, start + step
             while limits[0] <= index <= limits[1]:
                 current = self._segment(index, box=_box_of(previous, self.box_margin, previous.shape))
+                before = self._slice(mask, index)
                 if current is None:
                     self._write(mask, index, np.zeros_like(plane))
                     break
                 self._write(mask, index, current)
+                if stop_when_unchanged and _dice(current, before) >= UNCHANGED_DICE:
+                    break
                 previous, index = current, index + step
 
     def _push(self, mask: np.ndarray) -> None:
@@ -266,6 +345,11 @@ def _box_of(plane: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int
     rows, cols = np.nonzero(plane)
     return (max(int(rows.min()) - margin, 0), max(int(cols.min()) - margin, 0),
             min(int(rows.max()) + margin, shape[0] - 1), min(int(cols.max()) + margin, shape[1] - 1))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _scale_intensities(array: np.ndarray) -> np.ndarray:

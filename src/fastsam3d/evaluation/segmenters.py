@@ -92,6 +92,35 @@ class SamSegmenter(Segmenter):
         return mask, timing
 
 
+class SliceSegmenter(Segmenter):
+    """A 2D SAM run slice by slice with propagation (:class:`~fastsam3d.slicewise.SliceSession`)."""
+
+    def __init__(self, model: str, checkpoint: str | Path | None = None, device: str | None = None):
+        from ..slicewise import SliceSession
+
+        self.session = SliceSession(model, checkpoint=checkpoint, device=device)
+        self.name = model
+
+    def set_image(self, volume: Volume) -> None:
+        self.session.set_image(volume)
+
+    def begin(self, protocol: Protocol, roi_centre: np.ndarray | None = None) -> None:
+        self.session.reset()  # new structure; cached slice embeddings are kept
+
+    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
+        started = time.perf_counter()
+        timing = StepTiming()
+        for prompt in prompts:
+            if prompt.box is not None:
+                self.session.set_box(*prompt.box)
+            else:
+                self.session.add_click(prompt.point, prompt.positive)
+            timing.encoder += self.session.timings.encoder
+            timing.decoder += self.session.timings.decoder
+        timing.total = time.perf_counter() - started
+        return self.session.mask(), timing
+
+
 class RandomWalkerSegmenter(Segmenter):
     """Random walker (Grady 2006) from the clicks, on a ROI coarsened to about ``spacing_mm``.
 
@@ -193,7 +222,11 @@ def _faces(roi: Slices, shape: np.ndarray):
 
 def build_segmenter(spec: str, device: str | None = None) -> Segmenter:
     """``random-walker``, a model name / checkpoint path, or ``NAME=CHECKPOINT``."""
+    from ..registry2d import is_2d_model
+
     if spec == RandomWalkerSegmenter.name:
         return RandomWalkerSegmenter()
     name, _, checkpoint = spec.partition("=")
+    if is_2d_model(name):
+        return SliceSegmenter(name, checkpoint or None, device)
     return SamSegmenter(name, checkpoint=checkpoint or None, device=device, name=spec if not checkpoint else name)

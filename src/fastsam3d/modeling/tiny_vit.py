@@ -27,6 +27,28 @@ class ConvBN(nn.Sequential):
         self.add_module("bn", nn.BatchNorm2d(out_channels))
 
 
+    @torch.no_grad()
+    def fused(self) -> nn.Conv2d:
+        """The same map as one conv with bias (BatchNorm folded in; inference only)."""
+        conv, bn = self.c, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused.to(conv.weight.device)
+
+
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every :class:`ConvBN` below ``module`` by its fused conv, in place (after loading
+    weights; the fused model has other state-dict keys)."""
+    for name, child in module.named_children():
+        if isinstance(child, ConvBN):
+            setattr(module, name, child.fused())
+        else:
+            fuse_batchnorm(child)
+    return module
+
+
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand, depthwise 3x3, 1x1 project, residual, GELU after each."""
 
