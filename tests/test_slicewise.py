@@ -1,0 +1,220 @@
+"""2D SAMs slice by slice: checkpoints, geometry of slices, propagation, LiteMedSAM on real CT."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastsam3d.cli import main
+from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.errors import CheckpointError
+from fastsam3d.evaluation.datasets import load_cases
+from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
+from fastsam3d.io import Volume
+from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
+from fastsam3d.registry2d import Model2DConfig, build_sam2d, litemedsam_weights, load_sam2d
+from fastsam3d.slicewise import SliceGeometry, SliceSession
+
+from .conftest import rotation
+
+
+class BrightInBox(torch.nn.Module):
+    """Stand-in 2D SAM: the bright (> 0.5) pixels of the slice inside the box prompt."""
+
+    img_size = 64
+    low_res_size = (64, 64)
+    config = Model2DConfig("stub", "tiny-vit", 64, 1.0, (0, 0, 0), (1, 1, 1), "test stand-in")
+
+    def encode(self, images):
+        return images
+
+    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=False):
+        image = embedding[0, 0]
+        inside = torch.zeros_like(image, dtype=torch.bool)
+        x0, y0, x1, y1 = boxes[0].tolist()
+        rows = torch.arange(64)[:, None].float()
+        cols = torch.arange(64)[None, :].float()
+        inside = (rows >= y0 - 0.5) & (rows <= y1 + 0.5) & (cols >= x0 - 0.5) & (cols <= x1 + 0.5)
+        logits = torch.where(inside & (image > 0.5), 10.0, -10.0)
+        return logits[None, None], torch.ones(1, 1)
+
+
+def ellipsoid_volume(direction=np.eye(3)):
+    shape = (40, 30, 30)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    inside = (((grid - [20, 15, 10]) / [12, 9, 5]) ** 2).sum(-1) <= 1  # k from 5 to 15
+    array = np.where(inside, 300.0, 100.0).astype(np.float32)
+    return Volume(array, (0.8, 1.2, 3.0), (0.0, 0.0, 0.0), direction), inside
+
+
+def test_propagation_stops_at_the_end_of_the_object():
+    volume, inside = ellipsoid_volume()
+    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session.set_image(volume)
+    assert session.axis == 2
+    where = np.argwhere(inside[:, :, 10])
+    session.set_box((*where.min(0), 10), (*where.max(0), 10))  # a flat box: its slice range is slice 10 only
+    assert session.encoder_runs == 1 and np.nonzero(session.mask().any(axis=(0, 1)))[0].tolist() == [10]
+    session.reset()
+    session.set_box((*where.min(0), 0), (*where.max(0), 29))
+    mask = session.mask()
+    slices = np.nonzero(mask.any(axis=(0, 1)))[0]
+    visible = np.nonzero(inside.sum(axis=(0, 1)) >= session.min_pixels)[0]  # the tips are single voxels
+    assert slices.tolist() == visible.tolist() == list(range(6, 15))
+    assert 2 * (mask & inside).sum() / (mask.sum() + inside.sum()) > 0.95
+    assert session.encoder_runs == 11  # the object's 9 slices and one past each end (slice 10 was cached)
+
+
+def test_slices_round_trip_in_every_orientation():
+    volume, _ = ellipsoid_volume(rotation(170, 8))  # flipped, slightly oblique axes
+    array = np.random.default_rng(0).random(volume.shape)
+    for axis in range(3):
+        session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu", axis=axis)
+        session.set_image(volume)
+        target = np.zeros_like(array)
+        for index in range(volume.shape[axis]):
+            plane = session._slice(array, index)
+            session._write(target, index, plane)
+        np.testing.assert_array_equal(target, array)
+        voxel = np.array([7, 11, 13])
+        row, col = session._in_plane(voxel)
+        assert session._slice(array, voxel[axis])[int(row), int(col)] == array[tuple(voxel)]
+
+
+def test_mapping_back_matches_sams_upsample_crop_resize_for_non_square_anisotropic_slices():
+    geometry = SliceGeometry(height=91, width=140, resized=(120, 256), size=256, low_res=64)
+    low = torch.randn(64, 64, dtype=torch.float64)
+    rows, cols = (torch.from_numpy(m).double() for m in geometry.from_low_res())
+    ours = rows @ low @ cols.T
+    up = F.interpolate(low[None, None], size=(256, 256), mode="bilinear", align_corners=False)[..., :120, :256]
+    reference = F.interpolate(up, size=(91, 140), mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+def test_a_mask_comes_back_where_it_was_on_an_anisotropic_grid():
+    volume, inside = ellipsoid_volume()  # in-plane 0.8 x 1.2 mm, 40 x 30 pixels
+    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session.set_image(volume)
+    assert session.geometry.resized == (64, 57)  # rows: 30 x 1.2 mm -> 64 px, cols: 40 x 0.8 mm -> ~57 px
+    where = np.argwhere(inside[:, :, 10])
+    session.set_box((*where.min(0), 10), (*where.max(0), 10))
+    got, truth = session.mask()[:, :, 10], inside[:, :, 10]
+    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.95
+    np.testing.assert_allclose(np.argwhere(got).mean(0), np.argwhere(truth).mean(0), atol=0.5)
+
+
+def test_box_edits_for_box_only_models():
+    volume, inside = ellipsoid_volume()
+    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session.set_image(volume)
+    where = np.argwhere(inside)
+    session.set_box(where.min(0), where.max(0))
+    before = session.mask()
+    session.add_click((20, 15, 10), positive=False)  # exclude the centre of the middle slice
+    after = session.mask()
+    assert not after[20, 15, 10] and after[:, :, 10].sum() < before[:, :, 10].sum()
+    assert session.undo() and np.array_equal(session.mask(), before)
+
+
+def test_tinyvit_batchnorm_folding_is_exact():
+    encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 80), num_heads=(1, 2, 2, 4), out_chans=32).eval()
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fuse_batchnorm(copy.deepcopy(encoder))(x), encoder(x), atol=1e-4, rtol=1e-4)
+
+
+OFFICIAL_SAM_KEYS = {  # name: shape, from the official sam_vit_b_01ec64.pth layout
+    "image_encoder.pos_embed": (1, 64, 64, 768),
+    "image_encoder.patch_embed.proj.weight": (768, 3, 16, 16),
+    "image_encoder.blocks.0.attn.rel_pos_h": (27, 64),
+    "image_encoder.blocks.2.attn.rel_pos_w": (127, 64),
+    "image_encoder.blocks.11.mlp.lin1.weight": (3072, 768),
+    "image_encoder.neck.0.weight": (256, 768, 1, 1),
+    "image_encoder.neck.3.bias": (256,),
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (2, 128),
+    "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2),
+    "prompt_encoder.point_embeddings.3.weight": (1, 256),
+    "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight": (128, 256),
+    "mask_decoder.output_upscaling.0.weight": (256, 64, 2, 2),
+    "mask_decoder.output_hypernetworks_mlps.3.layers.2.weight": (32, 256),
+}
+
+
+def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
+    model = build_sam2d("sam-vit-b")
+    state = model.state_dict()
+    assert len(state) == 314  # 177 image encoder + 17 prompt encoder + 120 mask decoder tensors
+    for key, shape in OFFICIAL_SAM_KEYS.items():
+        assert tuple(state[key].shape) == shape, key
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(state, path)
+    for name in ("sam-vit-b", "medsam"):
+        loaded, config = load_sam2d(name, path)
+        torch.testing.assert_close(loaded.image_encoder.pos_embed, state["image_encoder.pos_embed"])
+    with torch.inference_mode():  # a 1024 x 1024 slice -> 64 x 64 embedding -> 256 x 256 logits
+        embedding = loaded.encode(torch.rand(1, 3, 1024, 1024))
+        logits, _ = loaded.decode(embedding, torch.tensor([[[500.0, 400.0]]]), torch.tensor([[1]]))
+    assert embedding.shape == (1, 256, 64, 64) and logits.shape == (1, 1, 256, 256)
+    with pytest.raises(CheckpointError, match="needs --checkpoint"):
+        load_sam2d("medsam")
+    torch.save({"image_encoder.pos_embed": state["image_encoder.pos_embed"]}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_sam2d("sam-vit-b", tmp_path / "partial.pth")
+
+
+def test_cli_rejects_maps_for_2d_models(tmp_path, capsys):
+    volume, _ = ellipsoid_volume()
+    from fastsam3d.io import write_volume
+
+    write_volume(volume, tmp_path / "v.nii.gz")
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "5,5,5,30,20,15",
+                 "--out", str(tmp_path / "o.nii.gz"), "--uncertainty", str(tmp_path / "u.nii.gz")])
+    assert code == 2 and "3D model" in capsys.readouterr().err
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "5,5,5,30,20,15", "--out", str(tmp_path / "o.nii.gz")])
+    assert code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+# --- the real LiteMedSAM weights ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def litemedsam_installed():
+    try:
+        return litemedsam_weights()
+    except CheckpointError as error:
+        pytest.skip(str(error))
+
+
+def test_litemedsam_loads_strictly(litemedsam_installed):
+    model, config = load_sam2d("litemedsam", fuse=False)
+    assert sum(p.numel() for p in model.parameters()) == 9_791_300
+    assert config.img_size == 256 and model.low_res_size == (256, 256)
+    assert isinstance(build_segmenter("litemedsam"), SliceSegmenter)
+
+
+def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_installed):
+    manifest = dev_manifest()
+    if manifest is None:
+        pytest.skip("development data not fetched: run `fastsam3d data fetch` (scripts/install.sh does)")
+    (case,) = [c for c in load_cases(manifest, ["liver", "spleen"]) if c.name == "ct"]
+    image, label = case.load()
+    session = SliceSession("litemedsam", device="cpu")
+    session.set_image(image)
+    for class_id in (1, 5):  # spleen, liver
+        truth = label.array == class_id
+        where = np.argwhere(truth)
+        middle = (where[:, 2].min() + where[:, 2].max()) // 2
+        plane = np.argwhere(truth[:, :, middle])  # the box from the label on the middle slice
+        session.reset()
+        session.set_box((*plane.min(0), where[:, 2].min()), (*plane.max(0), where[:, 2].max()))
+        mask = session.mask()
+        assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) >= 0.90
