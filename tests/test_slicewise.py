@@ -218,3 +218,21 @@ def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_i
         session.set_box((*plane.min(0), where[:, 2].min()), (*plane.max(0), where[:, 2].max()))
         mask = session.mask()
         assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) >= 0.90
+
+
+def test_sam_med2d_layout_with_adapters_loads_from_its_model_wrapper(tmp_path):
+    model = build_sam2d("sam-med2d")
+    state = model.state_dict()
+    expected = {
+        "image_encoder.pos_embed": (1, 16, 16, 768),
+        "image_encoder.blocks.2.attn.rel_pos_h": (31, 64),  # global attention on the 16 x 16 grid
+        "image_encoder.blocks.0.Adapter.channel.0.weight": (192, 768),
+        "image_encoder.blocks.11.Adapter.spatial.2.weight": (768, 768, 4, 4),
+        "image_encoder.blocks.5.Adapter.norm.bias": (768,),
+    }
+    for key, shape in expected.items():
+        assert tuple(state[key].shape) == shape, key
+    assert len(state) == 314 + 12 * 6  # SAM ViT-B plus six adapter tensors per block
+    torch.save({"model": state, "epoch": 1}, tmp_path / "sam-med2d_b.pth")
+    loaded, config = load_sam2d("sam-med2d", tmp_path / "sam-med2d_b.pth")
+    assert config.point_prompts and loaded.low_res_size == (64, 64)

@@ -213,12 +213,12 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - any unpickling failure becomes one clear message
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
-    if isinstance(checkpoint, dict) and "model_state_dict" in checkpoint:
-        checkpoint = checkpoint["model_state_dict"]
-    elif isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
+    for key in ("model_state_dict", "state_dict", "model"):  # FastSAM3D/SAM-Med3D, generic, SAM-Med2D
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise CheckpointError(f"{path} holds no model state dict (expected 'model_state_dict' of tensors)")
+        raise CheckpointError(f"{path} holds no model state dict (expected tensors, or them under 'model_state_dict')")
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
 
 

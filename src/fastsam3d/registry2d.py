@@ -6,6 +6,8 @@
 * ``medsam``: MedSAM (SAM ViT-B layout, 1024 input, [0, 1] intensities); ``--checkpoint`` needed.
 * ``sam-vit-b``: SAM ViT-B (``sam_vit_b_01ec64.pth``, 0-255 RGB with ImageNet mean/std);
   ``--checkpoint`` needed.
+* ``sam-med2d``: SAM-Med2D (``sam-med2d_b.pth``: ViT-B at 256 px with an adapter per block, 0-255
+  RGB with ImageNet mean/std); ``--checkpoint`` needed. Its file stores the weights under ``model``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Model2DConfig:
     """Architecture and input convention of a 2D SAM."""
 
     name: str
-    encoder: str  # "vit-b" | "tiny-vit"
+    encoder: str  # "vit-b" | "vit-b-adapter" | "tiny-vit"
     img_size: int
     pixel_scale: float  # slice intensities are scaled to [0, pixel_scale], then
     pixel_mean: tuple[float, float, float]  # minus mean, divided by std (per RGB channel)
@@ -47,6 +49,8 @@ MODEL_2D_CONFIGS: dict[str, Model2DConfig] = {
         Model2DConfig("medsam", "vit-b", 1024, 1.0, (0, 0, 0), (1, 1, 1), "MedSAM 2D (SAM ViT-B, 1024 px); --checkpoint"),
         Model2DConfig("sam-vit-b", "vit-b", 1024, 255.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
                       "SAM ViT-B 2D (1024 px); --checkpoint sam_vit_b_01ec64.pth", point_prompts=True),
+        Model2DConfig("sam-med2d", "vit-b-adapter", 256, 255.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
+                      "SAM-Med2D (ViT-B + adapters, 256 px); --checkpoint sam-med2d_b.pth", point_prompts=True),
     )
 }
 
@@ -61,7 +65,7 @@ def build_sam2d(name: str) -> Sam2D:
     if config.encoder == "tiny-vit":
         encoder = TinyViT(img_size=config.img_size)
     else:
-        encoder = ImageEncoderViT2D(img_size=config.img_size)
+        encoder = ImageEncoderViT2D(img_size=config.img_size, adapters=config.encoder == "vit-b-adapter")
     grid = config.img_size // (4 if config.encoder == "tiny-vit" else 16)
     prompt = PromptEncoder2D(256, (grid, grid), (config.img_size, config.img_size))
     decoder = MaskDecoder3D(256, spatial_dims=2)
@@ -93,9 +97,6 @@ def load_sam2d(
             raise CheckpointError(f"{name} needs --checkpoint (its weights cannot be downloaded here)")
         checkpoint = litemedsam_weights()
     state, _ = read_checkpoint(Path(checkpoint))
-    for key in ("model", "state_dict"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
     model = build_sam2d(name)
     model.name = name
     load_state_dict_strict(model, state, f"{name} from {checkpoint}")

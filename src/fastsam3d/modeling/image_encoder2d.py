@@ -1,4 +1,5 @@
-"""SAM's 2D ViT image encoder (ViT-B for SAM and MedSAM: 1024x1024 -> 256 x 64 x 64).
+"""SAM's 2D ViT image encoder (ViT-B for SAM and MedSAM: 1024x1024 -> 256 x 64 x 64; SAM-Med2D:
+256x256 -> 256 x 16 x 16 with an adapter in every block).
 
 Keys as in ``segment_anything``'s ``ImageEncoderViT``: patch embedding, absolute position
 embedding, blocks with windowed (14x14, zero-padded) or global attention and decomposed
@@ -47,16 +48,40 @@ class Attention2D(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, height, width, dim))
 
 
-class Block2D(nn.Module):
-    """Pre-norm transformer block; ``window`` > 0 attends within zero-padded windows."""
+class ChannelSpatialAdapter(nn.Module):
+    """SAM-Med2D's adapter beside the MLP: channel attention (squeeze-excite), then a stride-2 conv
+    and its transposed conv added back, then LayerNorm. Keys ``channel``, ``spatial``, ``norm``."""
 
-    def __init__(self, dim: int, num_heads: int, window: int, grid: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.channel = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid())
+        self.spatial = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, stride=2, padding=1, bias=False),
+            nn.ReLU(),
+            nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1, bias=False),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        weighted = x * self.channel(x.mean(dim=(2, 3)))[:, :, None, None]
+        return self.norm((x + self.spatial(weighted)).permute(0, 2, 3, 1))
+
+
+class Block2D(nn.Module):
+    """Pre-norm transformer block; ``window`` > 0 attends within zero-padded windows; ``adapter``
+    adds SAM-Med2D's adapter on the normalised input of the MLP."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, grid: int, mlp_ratio: float = 4.0, adapter: bool = False) -> None:
         super().__init__()
         self.window = window
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention2D(dim, num_heads, (window, window) if window else (grid, grid))
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.Adapter = ChannelSpatialAdapter(dim) if adapter else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -73,7 +98,10 @@ class Block2D(nn.Module):
         else:
             x = self.attn(x)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        normed = self.norm2(x)
+        if self.Adapter is not None:
+            return x + self.mlp(normed) + self.Adapter(normed)
+        return x + self.mlp(normed)
 
 
 class ImageEncoderViT2D(nn.Module):
@@ -89,6 +117,7 @@ class ImageEncoderViT2D(nn.Module):
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
         out_chans: int = 256,
+        adapters: bool = False,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -97,7 +126,8 @@ class ImageEncoderViT2D(nn.Module):
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
         self.blocks = nn.ModuleList(
-            Block2D(embed_dim, num_heads, 0 if i in global_attn_indexes else window_size, grid) for i in range(depth)
+            Block2D(embed_dim, num_heads, 0 if i in global_attn_indexes else window_size, grid, adapter=adapters)
+            for i in range(depth)
         )
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dim, out_chans, 1, bias=False),
