@@ -118,6 +118,10 @@ def test_box_edits_for_box_only_models():
     after = session.mask()
     assert not after[20, 15, 10] and after[:, :, 10].sum() < before[:, :, 10].sum()
     assert session.undo() and np.array_equal(session.mask(), before)
+    assert session.redo() and np.array_equal(session.mask(), after) and not session.redo()
+    world = volume.index_to_world(np.array([[20.0, 15.0, 10.0]]))[0]
+    session.add_click(world, positive=False, world=True)  # the same voxel in LPS millimetres: already excluded
+    assert np.array_equal(session.mask(), after)
 
 
 def test_tinyvit_batchnorm_folding_is_exact():

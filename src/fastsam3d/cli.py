@@ -195,7 +195,6 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
     """``segment`` with a 2D SAM: the box's middle slice, then propagation; clicks correct slices."""
     import numpy as np
 
-    from .io import ras_to_lps
     from .slicewise import SliceSession
 
     if args.probability or args.uncertainty:
@@ -207,10 +206,7 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
         session.set_box(*args.box)
         steps.append(("box", session.timings))
     for kind, coords, positive in args.clicks or []:
-        point = np.asarray(coords, dtype=float)
-        if kind == "world":
-            point = volume.world_to_index((ras_to_lps(point) if args.ras else point)[None])[0]
-        session.add_click(point, positive)
+        session.add_click(coords, positive, world=kind == "world", ras=args.ras)
         steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", session.timings))
     mask = session.mask()
     if not mask.any():

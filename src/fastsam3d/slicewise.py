@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
-from .io import Volume, check_finite, read_volume, write_volume
+from .io import Volume, check_finite, ras_to_lps, read_volume, write_volume
 from .preprocess import canonical_axes, upsampling_weights
 from .modeling.sam2d import Sam2D
 from .registry2d import Model2DConfig, load_sam2d
@@ -114,6 +114,7 @@ class SliceSession:
         self._embeddings: dict[int, torch.Tensor] = {}
         self._mask = np.zeros(volume.shape, dtype=bool)
         self._history: list[np.ndarray] = [self._mask.copy()]
+        self._position = 0
         self._clicks: dict[int, list[tuple[float, float, bool]]] = {}
         self._root: int | None = None  # the first prompted slice: propagation flows away from it
         spacing_rows, spacing_cols = volume.spacing[self._rows[0]], volume.spacing[self._cols[0]]
@@ -150,17 +151,22 @@ class SliceSession:
         self._propagate(mask, start, first, (int(low[self.axis]), int(high[self.axis])))
         self._push(mask)
 
-    def add_click(self, point, positive: bool = True) -> None:
+    def add_click(self, point, positive: bool = True, *, world: bool = False, ras: bool = False) -> None:
         """Include/exclude click at a voxel: its slice is re-segmented, then the change is propagated
         outwards until the slices agree with the current mask again.
 
         Models trained with clicks (SAM) get the slice's clicks plus the box of the current mask.
         Box-only models (LiteMedSAM, MedSAM) get the click as a box edit: an include click grows
         the slice's box to contain it (or opens a ``click_box_mm`` box on an empty slice), an
-        exclude click inside the mask moves the nearest box edge past it.
+        exclude click inside the mask moves the nearest box edge past it and drops the connected
+        part of the new slice mask that still covers the click.
+        ``point`` is a voxel index, or LPS millimetres with ``world=True``
+        (RAS with ``ras=True``), as for :class:`~fastsam3d.Session`.
         """
         volume = self._require_image()
         point = np.asarray(point, dtype=float).reshape(-1)
+        if world and point.shape == (3,):
+            point = volume.world_to_index((ras_to_lps(point) if ras else point)[None])[0]
         if point.shape != (3,) or np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
             raise PromptError(f"point {point.tolist()} is outside the volume of shape {volume.shape}")
         index = int(round(point[self.axis]))
@@ -231,10 +237,18 @@ class SliceSession:
 
     def undo(self) -> bool:
         """Back to the mask before the last prompt; False when there is nothing to undo."""
-        if len(self._history) < 2:
+        if self._position == 0:
             return False
-        self._history.pop()
-        self._mask = self._history[-1].copy()
+        self._position -= 1
+        self._mask = self._history[self._position].copy()
+        return True
+
+    def redo(self) -> bool:
+        """Forward again after an undo; False when there is nothing to redo."""
+        if self._position == len(self._history) - 1:
+            return False
+        self._position += 1
+        self._mask = self._history[self._position].copy()
         return True
 
     def mask(self) -> np.ndarray:
@@ -338,7 +352,9 @@ class SliceSession:
 
     def _push(self, mask: np.ndarray) -> None:
         self._mask = mask
+        del self._history[self._position + 1 :]
         self._history.append(mask.copy())
+        self._position += 1
 
 
 def _box_of(plane: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
