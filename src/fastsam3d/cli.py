@@ -107,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    serve = commands.add_parser(
+        "serve",
+        help="REST server with the web viewer",
+        description="Serves the API (OpenAPI docs at /docs) and the viewer at /. Binds to localhost unless --host is given.",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data", type=Path, help="folder whose volumes clients may open (nothing outside it is readable)")
+    serve.add_argument("--api-key", help="require this key in the X-API-Key header (default: $FASTSAM3D_API_KEY)")
+    serve.add_argument("--max-sessions", type=int, default=8)
+    serve.add_argument("--max-upload-mb", type=float, default=2048.0)
+    serve.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
+    _add_model_arguments(serve)
+
     data = commands.add_parser("data", help="development data")
     data.add_argument("action", choices=("fetch",), help="fetch: download TotalSegmentator's test volumes with pip")
     data.add_argument("--root", type=Path, help="destination (default $FASTSAM3D_DATA or ~/.cache/fastsam3d)")
@@ -219,6 +233,26 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
             print(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    from .server.app import create_app
+    from .server.store import ServerSettings
+
+    if args.data is not None and not args.data.is_dir():
+        raise FastSAM3DError(f"--data {args.data} is not a folder")
+    settings = ServerSettings(
+        data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        api_key=args.api_key or os.environ.get("FASTSAM3D_API_KEY"), max_sessions=args.max_sessions,
+        max_upload_mb=args.max_upload_mb, idle_seconds=60 * args.idle_minutes,
+    )
+    app = create_app(settings)
+    print(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def _models() -> None:
     from .errors import CheckpointError
     from .registry import MODEL_CONFIGS, WEIGHTS_DIR
@@ -270,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style), args.out, args.clicks, args.device)
         elif args.command == "evaluate":
             return _evaluate(args)
+        elif args.command == "serve":
+            _serve(args)
         elif args.command == "data":
             from .data.devdata import fetch_dev_data
 

@@ -131,6 +131,7 @@ class Session:
         self.timings = Timings()
         self.encoder_runs = 0
         self.decoder_runs = 0
+        self.changed_region: Slices | None = None  # label-map box the last interaction repainted
 
     # --- image and objects ------------------------------------------------------------
 
@@ -543,9 +544,11 @@ class Session:
         ``mask * label`` (branch-free, unlike masked assignment).
         """
         boxes = [box for boxes in box_lists for box in boxes if all(s.stop > s.start for s in box)]
+        self.changed_region = None
         if not boxes:
             return
         box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        self.changed_region = box
         region = self.labels[box]
         region.fill(0)
         for label, obj in self.objects.items():
