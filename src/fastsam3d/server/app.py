@@ -12,10 +12,12 @@ import hmac
 import shutil
 import time
 import zlib
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -57,10 +59,16 @@ class UncertaintyRequest(ObjectRef):
     samples: int = Field(16, ge=1, le=128)
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
-    """The FastAPI application (the model is loaded here, once)."""
-    store = SessionStore(settings)
-    app = FastAPI(title="fastsam3d", version=__version__, description=__doc__)
+def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -> FastAPI:
+    """The FastAPI application; the model (``settings.model``, or ``model`` when given) is loaded once."""
+    store = SessionStore(settings, model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        store.close_all()  # remove every session's temporary files
+
+    app = FastAPI(title="fastsam3d", version=__version__, description=__doc__, lifespan=lifespan)
     app.state.store = store
 
     def check_key(x_api_key: str | None = Header(None, description="required when the server has an API key")):
@@ -73,10 +81,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
         status = 404 if isinstance(error, UnknownSessionError) else 429 if isinstance(error, SessionLimitError) else 400
         return JSONResponse({"detail": str(error)}, status_code=status)
-
-    @app.on_event("shutdown")
-    def _shutdown() -> None:
-        store.close_all()
 
     @app.get("/api/health", dependencies=[api])
     def health() -> dict:

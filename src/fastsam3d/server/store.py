@@ -64,11 +64,10 @@ class ServerSession:
 class SessionStore:
     """Open, find, expire and close sessions."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, model: torch.nn.Module | None = None) -> None:
         self.settings = settings
-        self.model = load_model(settings.model, settings.checkpoint).to(
-            torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        )
+        self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model if model is not None else load_model(settings.model, settings.checkpoint).to(self.device)
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
 
@@ -127,7 +126,7 @@ class SessionStore:
         with self._lock:
             if len(self._sessions) >= self.settings.max_sessions:
                 raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
-            session = Session(self.model, device=self.model.prompt_encoder.no_mask_embed.weight.device)
+            session = Session(self.model, device=self.device)
             session.set_image(volume)
             entry = ServerSession(uuid.uuid4().hex, name, session, folder or new_upload_folder(), dicom_dir)
             self._sessions[entry.id] = entry
