@@ -53,6 +53,7 @@ class ClickRequest(ObjectRef):
 class BoxRequest(ObjectRef):
     corner_a: list[float] = Field(min_length=3, max_length=3)
     corner_b: list[float] = Field(min_length=3, max_length=3)
+    coordinates: Literal["voxel", "lps", "ras"] = Field("voxel", description="voxel index (i, j, k) or world mm")
 
 
 class UncertaintyRequest(ObjectRef):
@@ -159,7 +160,13 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @app.post("/api/sessions/{session_id}/box", dependencies=[api])
     def box(session_id: str, request: BoxRequest) -> dict:
         entry = store.get(session_id)
-        return _interact(entry, lambda s: s.set_box(request.corner_a, request.corner_b, label=request.object))
+        world, ras = request.coordinates != "voxel", request.coordinates == "ras"
+
+        def action(s):
+            corners = [s.to_index(c, world=world, ras=ras) for c in (request.corner_a, request.corner_b)]
+            s.set_box(*corners, label=request.object)
+
+        return _interact(entry, action)
 
     @app.post("/api/sessions/{session_id}/mask", dependencies=[api])
     def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:

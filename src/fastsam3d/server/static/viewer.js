@@ -190,21 +190,24 @@ $("gl").addEventListener("pointerdown", (event) => {
 nv.onLocationChange = (location) => {
   const pending = state.pending;
   state.pending = null;
-  if (!pending || performance.now() - pending.time > 1000 || !state.session || !location.vox) return;
-  const voxel = Array.from(location.vox).map((v) => Math.round(v));
+  if (!pending || performance.now() - pending.time > 1000 || !state.session || !location.mm) return;
+  // NiiVue's voxel indices refer to its RAS-reoriented copy of the image; world millimetres (RAS)
+  // are unambiguous, so clicks travel as RAS points and the server maps them to its voxels.
+  const point = Array.from(location.mm).slice(0, 3);
+  state.lastPoint = point;
   if (state.mode === "box") {
     if (!state.corner) {
-      state.corner = voxel;
-      setStatus("ready", `box: first corner at ${voxel.join(", ")}; click the opposite corner`);
+      state.corner = point;
+      setStatus("ready", `box: first corner at ${point.map((v) => v.toFixed(1)).join(", ")} mm; click the opposite corner`);
       return;
     }
-    const body = { corner_a: state.corner, corner_b: voxel, object: state.active };
+    const body = { corner_a: state.corner, corner_b: point, coordinates: "ras", object: state.active };
     state.corner = null;
     interact("box", body);
     return;
   }
   const positive = state.mode === "include" && !pending.shift;
-  interact("clicks", { points: [voxel], positive, object: state.active });
+  interact("clicks", { points: [point], positive, coordinates: "ras", object: state.active });
 };
 
 // --- controls ---------------------------------------------------------------------------------
