@@ -137,6 +137,7 @@ def test_bad_requests_get_clear_errors(client):
     response = client.post("/api/sessions/upload", files={"file": ("series.zip", evil.getvalue())})
     assert response.status_code == 400 and "outside its folder" in response.json()["detail"]
     assert client.get(f"/api/sessions/{session}/labels?format=dcm").status_code == 400  # not from DICOM
+    assert client.post(f"/api/sessions/{session}/heartbeat").json() == {"status": "ok"}
     assert client.delete(f"/api/sessions/{session}").status_code == 200
     assert client.get(f"/api/sessions/{session}").status_code == 404
 

@@ -82,7 +82,7 @@ class SessionStore:
             relative = path.relative_to(root).as_posix()
             if path.is_file() and relative.lower().endswith(VOLUME_SUFFIXES):
                 found.append(relative)
-            elif path.is_dir() and any(p.suffix.lower() == ".dcm" or (p.is_file() and p.name.startswith(("CT", "MR", "IM"))) for p in path.iterdir()):
+            elif path.is_dir() and _holds_dicom(path):
                 found.append(relative + "/")
         return found
 
@@ -171,6 +171,19 @@ def new_upload_folder() -> Path:
 
 def _release(entry: ServerSession) -> None:
     shutil.rmtree(entry.folder, ignore_errors=True)
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """Whether a folder's first files are DICOM (the ``DICM`` marker after the 128-byte preamble)."""
+    files = [p for p in sorted(folder.iterdir())[:20] if p.is_file()][:3]
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _safe_unzip(archive: Path, target: Path, max_mb: float) -> None:
