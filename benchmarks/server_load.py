@@ -92,9 +92,10 @@ def main() -> None:
                 servers.append(answer["timings_ms"]["server"])
                 sizes.append(len(answer["region"]["data"]) if answer["region"] else 0)
             times.sort()
-            print(f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
-                  f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
-                  f"answer median {statistics.median(sizes) / 1024:.0f} kB")
+            if times:
+                print(f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
+                      f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
+                      f"answer median {statistics.median(sizes) / 1024:.0f} kB")
             client.delete(f"/api/sessions/{session}")
         if args.clients <= 0:
             return

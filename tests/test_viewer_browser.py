@@ -4,10 +4,6 @@ download the segmentation. Needs Debian's chromium (``.ci/run`` installs it) and
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +13,7 @@ from fastsam3d.io import Volume, lps_to_ras, write_volume
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from .conftest import IntensityModel
+from .conftest import IntensityModel, running_server
 from .test_session import sphere_volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,26 +25,14 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     folder = tmp_path_factory.mktemp("viewer-data")
     oblique, truth = sphere_volume()
     # axis-aligned but stored L->R, P->A (LPS identity): NiiVue reorients it, clicks must still land right
     volume = Volume(oblique.array, oblique.spacing, oblique.origin, np.eye(3))
     write_volume(volume, folder / "sphere.nii.gz")
     app = create_app(ServerSettings(data_dir=folder), model=IntensityModel())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", volume, truth
-    instance.should_exit = True
-    thread.join(10)
+    with running_server(app) as url:
+        yield url + "/", volume, truth
 
 
 def pink_pixels(png: bytes) -> int:

@@ -1,0 +1,80 @@
+"""The 3D Slicer module's logic (Qt- and Slicer-free) against a real running fastsam3d server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastsam3d.io import lps_to_ras
+from fastsam3d.server.app import create_app
+from fastsam3d.server.store import ServerSettings
+
+from .conftest import IntensityModel, running_server
+from .test_session import sphere_volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer" / "FastSAM3D"))
+from FastSAM3DLib.logic import FastSAM3DLogic, ServerError, ras_to_ijk  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    with running_server(create_app(ServerSettings(api_key="k"), model=IntensityModel())) as url:
+        yield url
+
+
+def slicer_volume():
+    """The oblique, anisotropic sphere as Slicer holds it: a (K, J, I) array and its IJK-to-RAS matrix."""
+    volume, truth = sphere_volume()
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine  # LPS -> RAS rows
+    return volume.array.transpose(2, 1, 0), ijk_to_ras, truth.transpose(2, 1, 0), volume
+
+
+def test_logic_segments_undoes_and_maps_geometry(server_url):
+    array, ijk_to_ras, truth, volume = slicer_volume()
+    logic = FastSAM3DLogic(server_url, api_key="k")
+    assert logic.check()["status"] == "ok"
+    info = logic.open_volume(array, ijk_to_ras, "sphere")
+    assert info["shape"] == [120, 100, 44]  # i, j, k on the server
+    np.testing.assert_allclose(info["spacing"], volume.spacing, rtol=1e-5)
+    np.testing.assert_allclose(info["direction"], volume.direction, atol=1e-5)
+    first = logic.add_object("sphere")
+    centre_ijk = np.argwhere(truth).mean(0)[::-1]  # (i, j, k)
+    ras = (ijk_to_ras @ np.append(centre_ijk, 1.0))[:3]
+    np.testing.assert_allclose(ras_to_ijk(ijk_to_ras, ras), centre_ijk, atol=1e-6)
+    logic.click(ras, positive=True)
+    mask = logic.labels == first
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9  # in Slicer's (K, J, I) order
+    k, j, i = np.round(centre_ijk[::-1]).astype(int)
+    logic.click(ras, positive=False)  # exclude ball around the centre
+    assert logic.labels[k, j, i] == 0
+    logic.undo()
+    assert logic.labels[k, j, i] == first
+    logic.redo()
+    assert logic.labels[k, j, i] == 0
+    second = logic.add_object("box")
+    low = lps_to_ras(volume.index_to_world(np.array([[5.0, 5.0, 2.0]]))[0])
+    high = lps_to_ras(volume.index_to_world(np.array([[60.0, 60.0, 20.0]]))[0])
+    logic.box(low, high)
+    assert logic.active == second and [o["label"] for o in logic.objects] == [first, second]
+    entropy = logic.uncertainty(samples=2, label=first)
+    assert entropy.shape == array.shape and entropy.dtype == np.float32
+    logic.close()
+    assert logic.session is None
+
+
+def test_logic_reports_server_problems(server_url):
+    array, ijk_to_ras, _, _ = slicer_volume()
+    with pytest.raises(ServerError, match="401"):
+        FastSAM3DLogic(server_url, api_key="wrong").open_volume(array, ijk_to_ras)
+    with pytest.raises(ServerError, match="cannot reach"):
+        FastSAM3DLogic("http://127.0.0.1:9", timeout=2).check()
+    logic = FastSAM3DLogic(server_url, api_key="k")
+    with pytest.raises(ServerError, match="no volume is open"):
+        logic.click((0, 0, 0))
+    logic.open_volume(array, ijk_to_ras)
+    with pytest.raises(ServerError, match="outside the volume"):
+        logic.click((5000.0, 0.0, 0.0))
+    logic.close()
