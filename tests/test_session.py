@@ -212,3 +212,20 @@ def test_bad_box_mask_and_state(intensity_model):
         bad = volume.array.copy()
         bad[0, 0, 0] = np.nan
         session.set_image(volume.with_array(bad))
+
+
+def test_undo_history_is_bounded(intensity_model):
+    from fastsam3d.session import Session
+
+    volume, truth = sphere_volume()
+    session = Session(intensity_model, device="cpu")
+    session.set_image(volume)
+    label = session.add_object()
+    session.objects[label].max_history = 3
+    centre = np.argwhere(truth).mean(0)
+    for offset in range(6):
+        session.add_click(centre + [offset, 0, 0])
+    obj = session.objects[label]
+    assert len(obj.history) == 4 and obj.position == 3 and len(obj.state.clicks) == 6
+    assert sum(session.undo() for _ in range(10)) == 3  # only the kept steps can be undone
+    assert len(session.objects[label].state.clicks) == 3

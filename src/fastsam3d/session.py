@@ -34,6 +34,7 @@ from .registry import load_model
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+MAX_HISTORY = 100  # undo steps kept per object (each holds 32³ logits per ROI it touched)
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 Slices = tuple[slice, slice, slice]
 
@@ -59,12 +60,14 @@ class ObjectState:
 
 @dataclass
 class SegmentObject:
-    """A labelled structure and its undo/redo history."""
+    """A labelled structure and its undo/redo history (the oldest steps beyond ``max_history`` are
+    forgotten, so a long session's memory stays bounded)."""
 
     label: int
     name: str
     history: list[ObjectState] = field(default_factory=lambda: [ObjectState()])
     position: int = 0
+    max_history: int = MAX_HISTORY
 
     @property
     def state(self) -> ObjectState:
@@ -73,7 +76,9 @@ class SegmentObject:
     def push(self, state: ObjectState) -> None:
         del self.history[self.position + 1 :]
         self.history.append(state)
-        self.position += 1
+        overflow = max(len(self.history) - 1 - self.max_history, 0)
+        del self.history[:overflow]
+        self.position = len(self.history) - 1
 
 
 @dataclass
