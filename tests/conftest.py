@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,26 @@ import pytest
 import torch
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def pytest_configure(config):
+    """Start a virtual X display for the napari (Qt + OpenGL) tests when there is no display."""
+    if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
+        return
+    display = f":{90 + os.getpid() % 500}"
+    process = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    if process.poll() is None:
+        os.environ["DISPLAY"] = display
+        os.environ["QT_QPA_PLATFORM"] = "xcb"
+        config._fastsam3d_xvfb = process
+
+
+def pytest_unconfigure(config):
+    process = getattr(config, "_fastsam3d_xvfb", None)
+    if process is not None:
+        process.terminate()
 
 
 def rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
