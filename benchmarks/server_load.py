@@ -141,7 +141,8 @@ def main() -> None:
               f"median {statistics.median(times):.0f} ms, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms, "
               f"{results['clicks'] / (60 * args.minutes):.1f} requests/s")
         print(f"server RSS with all sessions open: {samples[0]:.0f} MB after warm-up, max {max(samples):.0f} MB, "
-              f"{samples[-1]:.0f} MB just before the end ({len(samples)} samples); {rss_mb(server.pid):.0f} MB after the sessions closed")
+              f"{samples[-1]:.0f} MB just before the end; {rss_mb(server.pid):.0f} MB after the sessions closed")
+        print("RSS samples (MB, every 15 s): " + " ".join(f"{v:.0f}" for v in samples))
     finally:
         server.terminate()
         server.wait(30)

@@ -140,7 +140,8 @@ class FastSAM3DWidget(QWidget):
         for layer_name_ in (POINTS, LABELS, BOXES, UNCERTAINTY):
             if layer_name_ in self.viewer.layers:
                 self.viewer.layers.remove(layer_name_)
-        self.labels_layer = self.viewer.add_labels(np.zeros(volume.shape, dtype=np.uint8), name=LABELS, scale=scale, opacity=0.5)
+        # the layer shows the session's own label map (no copy): an interaction only needs a refresh
+        self.labels_layer = self.viewer.add_labels(self.session.labels, name=LABELS, scale=scale, opacity=0.5)
         self.boxes_layer = self.viewer.add_shapes(name=BOXES, ndim=3, scale=scale, edge_color="yellow", face_color="transparent")
         self.points_layer = self.viewer.add_points(np.empty((0, 3)), name=POINTS, ndim=3, scale=scale, size=4,
                                                    face_color="lime")
@@ -208,8 +209,7 @@ class FastSAM3DWidget(QWidget):
 
         def work():
             action(self.session)
-            box = self.session.changed_region
-            return box, None if box is None else self.session.labels[box].copy()
+            return self.session.changed_region
 
         worker = create_worker(work)
         worker.returned.connect(lambda result: self._show(result, started))
@@ -218,10 +218,10 @@ class FastSAM3DWidget(QWidget):
         self.worker = worker
         worker.start()
 
-    def _show(self, result, started: float) -> None:
-        box, values = result
-        if box is not None:
-            self.labels_layer.data[box] = values
+    def _show(self, changed, started: float) -> None:
+        if self.labels_layer.data is not self.session.labels:  # the session widened its label type
+            self.labels_layer.data = self.session.labels
+        elif changed is not None:
             self.labels_layer.refresh()
         self.last_latency_ms = 1e3 * (time.perf_counter() - started)
         t = self.session.timings
