@@ -36,7 +36,8 @@ def test_logic_segments_undoes_and_maps_geometry(server_url):
     array, ijk_to_ras, truth, volume = slicer_volume()
     logic = FastSAM3DLogic(server_url, api_key="k")
     assert logic.check()["status"] == "ok"
-    info = logic.open_volume(array, ijk_to_ras, "sphere")
+    assert logic.models()[0] == "default"
+    info = logic.open_volume(array, ijk_to_ras, "sphere", model="default")
     assert info["shape"] == [120, 100, 44]  # i, j, k on the server
     np.testing.assert_allclose(info["spacing"], volume.spacing, rtol=1e-5)
     np.testing.assert_allclose(info["direction"], volume.direction, atol=1e-5)
@@ -74,6 +75,8 @@ def test_logic_reports_server_problems(server_url):
     logic = FastSAM3DLogic(server_url, api_key="k")
     with pytest.raises(ServerError, match="no volume is open"):
         logic.click((0, 0, 0))
+    with pytest.raises(ServerError, match="not offered"):
+        logic.open_volume(array, ijk_to_ras, model="no-such-model")
     logic.open_volume(array, ijk_to_ras)
     with pytest.raises(ServerError, match="outside the volume"):
         logic.click((5000.0, 0.0, 0.0))

@@ -98,7 +98,9 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = FastSAM3DLogic(self.ui.urlLineEdit.text, self.ui.apiKeyLineEdit.text or None)
         try:
             health = self.logic.check()
-            self.ui.serverStatusLabel.text = f"connected: model {health['model']}, {health['sessions']} sessions"
+            self.ui.serverStatusLabel.text = f"connected: {health['sessions']} sessions open"
+            self.ui.modelComboBox.clear()
+            self.ui.modelComboBox.addItems(self.logic.models())
         except ServerError as error:
             self.ui.serverStatusLabel.text = "not connected"
             slicer.util.errorDisplay(str(error))
@@ -112,7 +114,7 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("Could not send the volume.", waitCursor=True):
             self.logic.open_volume(slicer.util.arrayFromVolume(self.volume_node), world_ijk_to_ras(self.volume_node),
-                                   self.volume_node.GetName())
+                                   self.volume_node.GetName(), model=self.ui.modelComboBox.currentText or None)
             self.segmentation_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "FastSAM3D")
             self.segmentation_node.CreateDefaultDisplayNodes()
             self.segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume_node)

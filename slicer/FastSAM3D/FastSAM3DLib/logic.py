@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zlib
@@ -46,6 +47,10 @@ class FastSAM3DLogic:
         """The server's health answer (model, sessions); raises :class:`ServerError` when unreachable."""
         return self._request("GET", "/api/health")
 
+    def models(self) -> list[str]:
+        """The models the server offers (its default first)."""
+        return self._request("GET", "/api/models")["models"]
+
     def _request(self, method: str, path: str, payload: dict | None = None, body: bytes | None = None,
                  content_type: str | None = None, raw: bool = False):
         headers = {}
@@ -72,8 +77,9 @@ class FastSAM3DLogic:
 
     # --- volume -------------------------------------------------------------------------
 
-    def open_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume") -> dict:
-        """Upload a volume (Slicer array order (k, j, i) and its 4x4 IJK-to-RAS matrix)."""
+    def open_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume", model: str | None = None) -> dict:
+        """Upload a volume (Slicer array order (k, j, i) and its 4x4 IJK-to-RAS matrix); ``model``
+        is one of :meth:`models` (default: the server's)."""
         array_kji = np.asarray(array_kji)
         if array_kji.ndim != 3:
             raise ValueError(f"a 3D volume is needed, got an array of shape {array_kji.shape}")
@@ -82,12 +88,13 @@ class FastSAM3DLogic:
             write_nifti(array_kji, ijk_to_ras, path)
             with open(path, "rb") as handle:
                 body, content_type = _multipart("file", f"{name}.nii.gz", handle.read())
-        self._start(self._request("POST", "/api/sessions/upload", body=body, content_type=content_type), array_kji.shape)
+        query = "?" + urllib.parse.urlencode({"model": model}) if model else ""
+        self._start(self._request("POST", f"/api/sessions/upload{query}", body=body, content_type=content_type), array_kji.shape)
         return self.session
 
-    def open_path(self, path: str, shape_kji: tuple[int, int, int] | None = None) -> dict:
+    def open_path(self, path: str, shape_kji: tuple[int, int, int] | None = None, model: str | None = None) -> dict:
         """Open a volume the server can read itself (a path relative to its data folder)."""
-        answer = self._request("POST", "/api/sessions", {"path": path})
+        answer = self._request("POST", "/api/sessions", {"path": path, "model": model})
         self._start(answer, shape_kji or tuple(reversed(answer["shape"])))
         return self.session
 

@@ -34,6 +34,7 @@ CHUNK = 1 << 20
 
 class OpenRequest(BaseModel):
     path: str = Field(description="a volume (file or DICOM folder) relative to the server's data folder")
+    model: str | None = Field(None, description="one of GET /api/models; default the server's model")
 
 
 class ObjectRequest(BaseModel):
@@ -88,16 +89,20 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         return {"status": "ok", "version": __version__, "model": settings.model, "sessions": len(store),
                 "max_sessions": settings.max_sessions}
 
+    @app.get("/api/models", dependencies=[api])
+    def models() -> dict:
+        return {"default": settings.model, "models": store.available_models()}
+
     @app.get("/api/files", dependencies=[api])
     def files() -> dict:
         return {"files": store.data_files()}
 
     @app.post("/api/sessions", dependencies=[api])
     def open_path(request: OpenRequest) -> dict:
-        return _describe(store.open_path(request.path))
+        return _describe(store.open_path(request.path, request.model))
 
     @app.post("/api/sessions/upload", dependencies=[api])
-    def open_upload(request: Request, file: UploadFile = File(...)) -> dict:
+    def open_upload(request: Request, file: UploadFile = File(...), model: str | None = None) -> dict:
         limit = settings.max_upload_mb * 2**20
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + CHUNK:
@@ -115,7 +120,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                     shutil.rmtree(folder, ignore_errors=True)
                     raise HTTPException(413, f"upload larger than {settings.max_upload_mb:.0f} MB")
                 sink.write(chunk)
-        return _describe(store.open_upload(folder, name))
+        return _describe(store.open_upload(folder, name, model))
 
     @app.get("/api/sessions/{session_id}", dependencies=[api])
     def describe(session_id: str) -> dict:

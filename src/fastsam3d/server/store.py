@@ -68,8 +68,26 @@ class SessionStore:
         self.settings = settings
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model if model is not None else load_model(settings.model, settings.checkpoint).to(self.device)
+        self._models: dict[str, torch.nn.Module] = {settings.model: self.model}  # loaded on first use, kept
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
+
+    def available_models(self) -> list[str]:
+        """The server's model and every registered 3D model whose weights ship with fastsam3d."""
+        from ..registry import MODEL_CONFIGS, WEIGHTS_DIR
+
+        shipped = [name for name, c in MODEL_CONFIGS.items() if c.weights and (WEIGHTS_DIR / c.weights).is_file()]
+        return list(dict.fromkeys([self.settings.model, *self._models, *shipped]))
+
+    def model_for(self, name: str | None) -> torch.nn.Module:
+        """A model by name (one of :meth:`available_models`), loaded once and shared by all sessions."""
+        name = name or self.settings.model
+        if name not in self.available_models():
+            raise FastSAM3DError(f"model {name!r} is not offered by this server; choose from {', '.join(self.available_models())}")
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = load_model(name).to(self.device)
+        return self._models[name]
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -99,15 +117,17 @@ class SessionStore:
             raise FastSAM3DError("the server was started without --data: only uploads are possible")
         return Path(self.settings.data_dir).resolve()
 
-    def open_path(self, relative: str) -> ServerSession:
+    def open_path(self, relative: str, model: str | None = None) -> ServerSession:
+        network = self.model_for(model)
         path = self.resolve_data_path(relative)
         volume = read_volume(path)
         dicom_dir = path if path.is_dir() else None
-        return self._add(volume, relative, folder=None, dicom_dir=dicom_dir)
+        return self._add(volume, relative, folder=None, dicom_dir=dicom_dir, model=network)
 
-    def open_upload(self, folder: Path, filename: str) -> ServerSession:
+    def open_upload(self, folder: Path, filename: str, model: str | None = None) -> ServerSession:
         """A session from an upload already saved as ``folder/filename`` (a volume or a zipped DICOM series)."""
         try:
+            network = self.model_for(model)
             path = folder / filename
             dicom_dir = None
             if filename.lower().endswith(".zip"):
@@ -116,17 +136,17 @@ class SessionStore:
                 path = _single_series(dicom_dir)
                 dicom_dir = path
             volume = read_volume(path)
-            return self._add(volume, filename, folder=folder, dicom_dir=dicom_dir)
+            return self._add(volume, filename, folder=folder, dicom_dir=dicom_dir, model=network)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def _add(self, volume: Volume, name: str, folder: Path | None, dicom_dir: Path | None) -> ServerSession:
+    def _add(self, volume: Volume, name: str, folder: Path | None, dicom_dir: Path | None, model: torch.nn.Module) -> ServerSession:
         self.expire()
         with self._lock:
             if len(self._sessions) >= self.settings.max_sessions:
                 raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
-            session = Session(self.model, device=self.device)
+            session = Session(model, device=self.device)
             session.set_image(volume)
             entry = ServerSession(uuid.uuid4().hex, name, session, folder or new_upload_folder(), dicom_dir)
             self._sessions[entry.id] = entry
