@@ -5,7 +5,7 @@
 Opens a 512x512x300 synthetic CT in a napari viewer, starts the FastSAM3D widget with the bundled
 default model, makes a first click (encoder, in the worker thread; the UI keeps processing
 events meanwhile: the number of event-loop turns during the encoder pass is printed), then
-``--clicks`` clicks near it. Each is timed from adding the point to the points layer until the
+``--clicks`` clicks near it (cached ROI: run at once on the UI thread). Each is timed from adding the point to the points layer until the
 labels layer has been updated and the canvas redrawn.
 """
 

@@ -229,3 +229,16 @@ def test_undo_history_is_bounded(intensity_model):
     assert len(obj.history) == 4 and obj.position == 3 and len(obj.state.clicks) == 6
     assert sum(session.undo() for _ in range(10)) == 3  # only the kept steps can be undone
     assert len(session.objects[label].state.clicks) == 3
+
+
+def test_needs_encoder_tells_cached_clicks_apart(intensity_model):
+    from fastsam3d.session import Session
+
+    volume, truth = sphere_volume()
+    session = Session(intensity_model, device="cpu", max_rois=1)
+    session.set_image(volume)
+    centre = np.argwhere(truth).mean(0)
+    assert session.needs_encoder(centre)  # nothing cached yet
+    session.add_click(centre)
+    assert not session.needs_encoder(centre + [3, 0, 0])
+    assert session.needs_encoder([0, 0, 0]) == (session._new_roi(np.zeros(3)).key not in session._embeddings)

@@ -211,6 +211,14 @@ class Session:
             rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
         self._update(obj, replace(state, clicks=clicks), rois)
 
+    def needs_encoder(self, point, *, label: int | None = None) -> bool:
+        """Whether a click at this voxel would run the image encoder (its ROI is not cached yet).
+        Lets a UI run cached clicks at once and send encoder passes to a worker thread."""
+        index = self.to_index(point)
+        state = self.objects[label if label is not None else self.active].state if self.objects else ObjectState()
+        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]] or [self._new_roi(index)]
+        return any(roi.key not in self._embeddings for roi in rois)
+
     def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> None:
         """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
 

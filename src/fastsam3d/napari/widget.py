@@ -3,8 +3,8 @@
 Include/exclude points go into a points layer (the mode buttons choose the sign), a rectangle in
 a shapes layer becomes a 3D box (its in-plane extent, ``box depth`` mm through the slices), the
 result is a labels layer with one label per object, the uncertainty an image layer. Every
-interaction runs in a worker thread, so the first (encoder) pass never blocks the UI; a busy
-bar shows while it runs. Layer axes are the volume's (i, j, k) voxel axes; a volume opened with
+interaction that may run the image encoder goes to a worker thread, so the first (encoder)
+pass never blocks the UI (a busy bar shows meanwhile); clicks inside a cached ROI run at once. Layer axes are the volume's (i, j, k) voxel axes; a volume opened with
 *Open volume…* keeps its full geometry for export.
 """
 
@@ -170,7 +170,8 @@ class FastSAM3DWidget(QWidget):
         new = [tuple(point) for point in data[self._known_points :]]
         self._known_points = len(data)
         positive = self.positive
-        self._run(lambda s: [s.add_click(p, positive) for p in new])
+        cached = not any(self.session.needs_encoder(p) for p in new)
+        self._run(lambda s: [s.add_click(p, positive) for p in new], in_worker=not cached)
 
     def _on_boxes(self, event=None) -> None:
         if not len(self.boxes_layer.data):
@@ -197,19 +198,27 @@ class FastSAM3DWidget(QWidget):
 
     # --- running ----------------------------------------------------------------------
 
-    def _run(self, action) -> None:
-        """Run ``action(session)`` in a worker thread; update the labels layer when it returns."""
+    def _run(self, action, in_worker: bool = True) -> None:
+        """Run ``action(session)`` and update the labels layer: in a worker thread when it may run
+        the encoder (the UI stays responsive), at once when the embedding is cached (~20 ms)."""
         from napari.qt.threading import create_worker
 
         if self.session is None or self.busy:
             return
-        self.busy = True
-        self.progress.show()
         started = time.perf_counter()
 
         def work():
             action(self.session)
             return self.session.changed_region
+
+        if not in_worker:
+            try:
+                self._show(work(), started)
+            except Exception as error:  # noqa: BLE001 - shown in the widget, as from the worker
+                self._failed(error)
+            return
+        self.busy = True
+        self.progress.show()
 
         worker = create_worker(work)
         worker.returned.connect(lambda result: self._show(result, started))
