@@ -241,4 +241,7 @@ def test_needs_encoder_tells_cached_clicks_apart(intensity_model):
     assert session.needs_encoder(centre)  # nothing cached yet
     session.add_click(centre)
     assert not session.needs_encoder(centre + [3, 0, 0])
-    assert session.needs_encoder([0, 0, 0]) == (session._new_roi(np.zeros(3)).key not in session._embeddings)
+    assert not session.needs_encoder([0, 0, 0])  # this small volume lies inside the first ROI
+    session.set_image(volume)  # a new image clears the cache
+    session.add_object()
+    assert session.needs_encoder(centre)
