@@ -155,16 +155,7 @@ def _segment(args: argparse.Namespace) -> None:
     session = Session(model, device=args.device)
     volume = session.set_image(args.image)
     session.add_object()
-    steps = []
-    if args.box is not None:
-        session.set_box(*args.box)
-        steps.append(("box", session.timings))
-    for kind, coords, positive in args.clicks or []:
-        session.add_click(coords, positive, world=kind == "world", ras=args.ras)
-        steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", session.timings))
-    mask = session.mask()
-    if not mask.any():
-        raise FastSAM3DError("the model segmented nothing at these prompts (empty object); nothing written")
+    steps, mask = _apply_prompts(session, args)
     written = [session.save_labels(args.out)]
     if args.probability:
         written.append(session.save_map(session.probability(), args.probability))
@@ -205,16 +196,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_slicewise(args: argparse.Namespace) -> None:
-    """``segment`` with a 2D SAM: the box's middle slice, then propagation; clicks correct slices."""
-    import numpy as np
-
-    from .slicewise import SliceSession
-
-    if args.probability or args.uncertainty:
-        raise FastSAM3DError("--probability and --uncertainty need a 3D model; 2D models give a mask only")
-    session = SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
-    volume = session.set_image(args.image)
+def _apply_prompts(session, args: argparse.Namespace) -> tuple[list, object]:
+    """The box, then the clicks in order; returns (description, timings) per step and the mask.
+    Refuses an empty result."""
     steps = []
     if args.box is not None:
         session.set_box(*args.box)
@@ -225,6 +209,20 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
     mask = session.mask()
     if not mask.any():
         raise FastSAM3DError("the model segmented nothing at these prompts (empty object); nothing written")
+    return steps, mask
+
+
+def _segment_slicewise(args: argparse.Namespace) -> None:
+    """``segment`` with a 2D SAM: the box's middle slice, then propagation; clicks correct slices."""
+    import numpy as np
+
+    from .slicewise import SliceSession
+
+    if args.probability or args.uncertainty:
+        raise FastSAM3DError("--probability and --uncertainty need a 3D model; 2D models give a mask only")
+    session = SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
+    volume = session.set_image(args.image)
+    steps, mask = _apply_prompts(session, args)
     written = session.save_labels(args.out)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")

@@ -277,7 +277,7 @@ class SliceSession:
 
     def _slice(self, array: np.ndarray, index: int) -> np.ndarray:
         """The (H, W) display-oriented slice ``index`` of a volume-shaped array."""
-        (ra, rs), (ca, cs) = self._rows, self._cols
+        (ra, rs), (_, cs) = self._rows, self._cols
         plane = np.take(array, index, axis=self.axis)
         remaining = [a for a in range(3) if a != self.axis]
         plane = plane if remaining.index(ra) == 0 else plane.T
@@ -285,7 +285,7 @@ class SliceSession:
 
     def _write(self, mask: np.ndarray, index: int, plane: np.ndarray) -> None:
         """Store a display-oriented (H, W) plane as slice ``index`` of ``mask`` (inverse of :meth:`_slice`)."""
-        (ra, rs), (ca, cs) = self._rows, self._cols
+        (ra, rs), (_, cs) = self._rows, self._cols
         plane = plane[:: 1 if rs > 0 else -1, :: 1 if cs > 0 else -1]
         remaining = [a for a in range(3) if a != self.axis]
         where = [slice(None)] * 3

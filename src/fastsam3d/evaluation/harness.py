@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import os
 import resource
-import traceback
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
