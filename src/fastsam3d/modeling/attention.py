@@ -116,6 +116,7 @@ class Attention3D(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        self.rel_pos_stride = 1  # > 1 when the block runs on cluster tokens (token_clustering.py)
         self.window_size = window_size
         self.mode = mode
         self.dilation = dilation
@@ -152,8 +153,18 @@ class Attention3D(nn.Module):
             return None
         batch = q.shape[0]
         q_grid = q.reshape(batch * self.num_heads, *grid, self.head_dim)
-        bias = reference_rel_pos_bias(q_grid, self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)
+        tables = [self._strided(t, grid[0]) for t in (self.rel_pos_d, self.rel_pos_h, self.rel_pos_w)]
+        bias = reference_rel_pos_bias(q_grid, *tables)
         return bias.view(batch, self.num_heads, *bias.shape[1:])
+
+    def _strided(self, table: torch.Tensor, size: int) -> torch.Tensor:
+        """The table's rows for a ``size``-token axis whose tokens are ``rel_pos_stride`` fine tokens
+        apart (token clustering); the table itself at stride 1."""
+        if self.rel_pos_stride == 1:
+            return table
+        centre = (table.shape[0] - 1) // 2
+        offsets = torch.arange(-(size - 1), size, device=table.device) * self.rel_pos_stride
+        return table[centre + offsets]
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         grid = tuple(x.shape[1:4])

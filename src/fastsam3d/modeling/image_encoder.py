@@ -133,6 +133,19 @@ class ImageEncoderViT3D(nn.Module):
             LayerNorm3d(out_chans),
         )
 
+    def enable_token_clustering(self, after_block: int | None, cell: int = 2, iterations: int = 2) -> None:
+        """Cluster tokens after block ``after_block`` (0-based) into cells of ``cell``³ tokens refined
+        by k-means (see :mod:`~fastsam3d.modeling.token_clustering`); ``None`` turns it off."""
+        from .token_clustering import TokenClustering
+
+        self.clustering = None if after_block is None else (after_block, TokenClustering(cell, iterations))
+        for index, block in enumerate(self.blocks):
+            if block.with_attention:
+                clustered = after_block is not None and index > after_block
+                if clustered and block.attn.window_size > 0:
+                    raise ValueError("token clustering needs global-attention blocks after the clustering point")
+                block.attn.rel_pos_stride = cell if clustered else 1
+
     def set_exact_padding(self, enabled: bool) -> None:
         """Run padded windows literally (slow) instead of the exact shortcut; for verification."""
         for block in self.blocks:
@@ -151,10 +164,19 @@ class ImageEncoderViT3D(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed
         features = [x]
+        clustering = getattr(self, "clustering", None)
+        if clustering is not None and return_intermediates:
+            raise ValueError("intermediate features (distillation) need token clustering off")
         for index, block in enumerate(self.blocks):
             x = block(x)
             if (index + 1) % 2 == 0:
                 features.append(x)
+            if clustering is not None and index == clustering[0]:
+                fine = x
+                x, assignment = clustering[1].cluster(fine)
+                before = x
+        if clustering is not None and clustering[0] < len(self.blocks):
+            x = clustering[1].restore(fine, before, x, assignment)
         embedding = self.neck(x.permute(0, 4, 1, 2, 3))
         if return_intermediates:
             return embedding, features + [embedding]

@@ -144,19 +144,27 @@ class AdaptedMLP(nn.Module):
 def apply_peft(model: nn.Module, method: str, rank: int = 16, adapter_dim: int = 32, basis: int = 4) -> nn.Module:
     """Freeze ``model.image_encoder`` and add ``method``'s adapters (in place); returns the model.
 
-    The prompt encoder and mask decoder stay trainable. ``none`` trains the whole model."""
-    if method not in PEFT_METHODS:
-        raise ValueError(f"unknown PEFT method {method!r}; use one of {', '.join(PEFT_METHODS)}")
-    if method == "none":
+    ``method`` is one of :data:`PEFT_METHODS` or a ``+``-joined combination (``lora+adapter``, the
+    Fast 3D SAM code's setting). The prompt encoder and mask decoder stay trainable; ``none``
+    trains the whole model."""
+    methods = method.split("+")
+    if any(m not in PEFT_METHODS for m in methods) or ("none" in methods and len(methods) > 1):
+        raise ValueError(f"unknown PEFT method {method!r}; use one of {', '.join(PEFT_METHODS)} or a '+' combination")
+    if methods == ["none"]:
         return model
-    encoder = model.image_encoder
-    for parameter in encoder.parameters():
+    for parameter in model.image_encoder.parameters():
         parameter.requires_grad_(False)
-    blocks = [(index, block) for index, block in enumerate(encoder.blocks)]
+    for single in methods:
+        _add_adapters(model.image_encoder, single, rank, adapter_dim, basis)
+    return model
+
+
+def _add_adapters(encoder: nn.Module, method: str, rank: int, adapter_dim: int, basis: int) -> None:
+    blocks = list(enumerate(encoder.blocks))
     if method == "adapter":
         for _, block in blocks:
             block.mlp = AdaptedMLP(block.mlp, Adapter(block.mlp.lin1.in_features, adapter_dim))
-        return model
+        return
     attention = [(index, block.attn) for index, block in blocks if hasattr(block, "attn")]
     if not attention:
         raise ValueError("the encoder has no attention blocks to adapt")
@@ -171,7 +179,6 @@ def apply_peft(model: nn.Module, method: str, rank: int = 16, adapter_dim: int =
             else:
                 factors = HyperFactors(encoder.hyper_adapter, layer, target)
             setattr(attn, target, AdaptedLinear(base, factors))
-    return model
 
 
 def merge_peft(model: nn.Module) -> nn.Module:
