@@ -155,3 +155,13 @@ def test_real_tiny_model_end_to_end_as_a_process(tmp_path, sphere_file):
         assert read_volume(tmp_path / "seg.nii.gz").array.any()
     else:
         assert result.returncode == 2 and "empty" in result.stderr
+
+
+def test_train_command_with_peft(tmp_path, capsys):
+    from fastsam3d.cli import main
+
+    assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "bogus", "--steps", "1"]) == 2
+    assert "--peft must be" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "lora", "--steps", "1",
+                 "--rounds", "1"]) == 0
+    assert (tmp_path / "adapters.safetensors").is_file() and (tmp_path / "model.safetensors").is_file()

@@ -87,3 +87,23 @@ def test_error_click_without_any_target_falls_back_to_the_centre():
     empty = np.zeros((8, 8, 8), bool)
     index, label = sample_error_click(empty, empty, np.random.default_rng(0))
     assert label == 1 and tuple(index) == (4, 4, 4)
+
+
+def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_path):
+    from safetensors.torch import load_file
+
+    from fastsam3d.registry import load_model, save_model
+
+    base = build_model("tiny-student")
+    save_model(base, tmp_path / "base.safetensors")
+    exported = train(tmp_path / "run", max_steps=2, rounds=1, workers=0, validate_every=1000, validation_samples=1,
+                     init=str(tmp_path / "base.safetensors"), peft="hyper", cluster_after=2)
+    adapters = load_file(str(tmp_path / "run" / "adapters.safetensors"))
+    assert any(k.startswith("image_encoder.hyper_adapter.") for k in adapters)
+    assert not any(k.startswith("image_encoder.blocks.") and "factors" not in k for k in adapters)
+    tuned = load_model(exported)  # low-rank updates merged: a plain model file
+    frozen_keys = [k for k in base.state_dict() if k.startswith("image_encoder.") and ".attn." not in k]
+    for key in frozen_keys:  # everything outside the adapted projections is untouched
+        torch.testing.assert_close(tuned.state_dict()[key], base.state_dict()[key].half().float())
+    assert any(not torch.equal(tuned.state_dict()[k], base.state_dict()[k].half().float())
+               for k in base.state_dict() if k.startswith("mask_decoder."))

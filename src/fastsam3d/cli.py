@@ -121,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
     _add_model_arguments(serve)
 
+    train = commands.add_parser(
+        "train",
+        help="interactive training on synthetic volumes (from scratch, fine-tuning, or parameter-efficient)",
+        description="SAM-Med3D-style interactive training: several click rounds per sample, clicks from the "
+        "error region, previous logits fed back. Checkpoints every 100 steps; --resume continues.",
+    )
+    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, metrics.csv, model.safetensors)")
+    train.add_argument("--config", default="compact", help="architecture when training from scratch")
+    train.add_argument("--init", help="start from this model name or checkpoint (fine-tuning)")
+    train.add_argument("--peft", default="none", help="none | lora | adapter | hyper, or a '+' combination (frozen encoder)")
+    train.add_argument("--cluster-after", type=int, help="token clustering after this encoder block (0-based)")
+    train.add_argument("--minutes", type=float, default=45.0, help="wall-time budget (summed over resumed runs)")
+    train.add_argument("--steps", type=int, help="stop after this many steps")
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--rounds", type=int, default=4, help="click rounds per sample")
+    train.add_argument("--lr", type=float, default=4e-4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true")
+
     data = commands.add_parser("data", help="development data")
     data.add_argument("action", choices=("fetch",), help="fetch: download TotalSegmentator's test volumes with pip")
     data.add_argument("--root", type=Path, help="destination (default $FASTSAM3D_DATA or ~/.cache/fastsam3d)")
@@ -302,6 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style), args.out, args.clicks, args.device)
         elif args.command == "evaluate":
             return _evaluate(args)
+        elif args.command == "train":
+            from .modeling.peft import PEFT_METHODS
+            from .training.interactive import train
+
+            if any(m not in PEFT_METHODS for m in args.peft.split("+")):
+                raise FastSAM3DError(f"--peft must be one of {', '.join(PEFT_METHODS)} or a '+' combination")
+            path = train(args.out, args.config, args.minutes, args.steps, args.batch_size, args.rounds, args.lr, args.seed,
+                         args.resume, init=args.init, peft=args.peft, cluster_after=args.cluster_after)
+            print(f"wrote {path}")
         elif args.command == "serve":
             _serve(args)
         elif args.command == "data":

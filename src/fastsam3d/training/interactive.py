@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from ..data.shapes import SyntheticShapes
 from ..evaluation.clicks import center_click, deepest_error, dice
 from ..modeling import Sam3D
+from ..modeling.peft import apply_peft, merge_peft, peft_state_dict
 from ..preprocess import normalise_intensity
-from ..registry import build_model, save_model
+from ..registry import build_model, load_model, save_model
 
 
 class SyntheticStream(torch.utils.data.IterableDataset):
@@ -159,12 +161,26 @@ def train(
     checkpoint_every: int = 100,
     workers: int = 1,
     validation_samples: int = 8,
+    init: str | None = None,
+    peft: str = "none",
+    cluster_after: int | None = None,
 ) -> Path:
-    """Train until ``minutes`` of wall time (summed over resumed runs) or ``max_steps``; export fp16 safetensors."""
+    """Train until ``minutes`` of wall time (summed over resumed runs) or ``max_steps``; export fp16 safetensors.
+
+    ``init`` starts from a model name or checkpoint (fine-tuning) instead of ``config``'s random
+    weights; ``peft`` (:data:`~fastsam3d.modeling.peft.PEFT_METHODS`, ``+`` combinations) freezes the
+    encoder and trains adapters, prompt encoder and decoder, and also writes ``adapters.safetensors``
+    (the trainable part alone); ``cluster_after`` trains with token clustering after that block.
+    Low-rank adapters are merged into ``model.safetensors``; bottleneck adapters only live in the
+    adapter file."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = build_model(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model = (load_model(init) if init else build_model(config)).train()
+    if cluster_after is not None:
+        model.image_encoder.enable_token_clustering(cluster_after)
+    apply_peft(model, peft)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
     step, elapsed = 0, 0.0
     checkpoint_path = out / "checkpoint.pt"
     if resume and checkpoint_path.is_file():
@@ -194,7 +210,7 @@ def train(
         loss, scores = interactive_loss(model, images, targets, rounds, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
         writer.writerow([step, f"{loss.item():.4f}", f"{scores[0]:.4f}", f"{scores[-1]:.4f}", f"{optimizer.param_groups[0]['lr']:.2e}", f"{elapsed:.0f}"])
@@ -214,6 +230,13 @@ def train(
     with open(out / "validation.csv", "a") as handle:
         handle.write(f"{step}," + ",".join(f"{s:.4f}" for s in scores_per_click) + "\n")
     print(f"final step {step}: validation dice per click " + " ".join(f"{s:.3f}" for s in scores_per_click))
+    if peft != "none":
+        save_file(peft_state_dict(model), str(out / "adapters.safetensors"), metadata={"peft": peft})
+        if "adapter" in peft.split("+"):
+            return out / "adapters.safetensors"
+        merge_peft(model)
+    if cluster_after is not None:
+        model.image_encoder.enable_token_clustering(None)
     return save_model(model.eval(), out / "model.safetensors", half=True)
 
 
@@ -229,9 +252,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", help="start from this model name or checkpoint (fine-tuning)")
+    parser.add_argument("--peft", default="none", help="none | lora | adapter | hyper, or a '+' combination")
+    parser.add_argument("--cluster-after", type=int, help="train with token clustering after this encoder block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    path = train(args.out, args.config, args.minutes, args.steps, args.batch_size, args.rounds, args.lr, args.seed, args.resume)
+    path = train(args.out, args.config, args.minutes, args.steps, args.batch_size, args.rounds, args.lr, args.seed,
+                 args.resume, init=args.init, peft=args.peft, cluster_after=args.cluster_after)
     print(f"wrote {path}")
 
 
