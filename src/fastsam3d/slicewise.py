@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
+from .evaluation.clicks import dice
 from .io import Volume, check_finite, ras_to_lps, read_volume, write_volume
 from .preprocess import canonical_axes, upsampling_weights
 from .modeling.sam2d import Sam2D
@@ -346,7 +347,7 @@ class SliceSession:
                     self._write(mask, index, np.zeros_like(plane))
                     break
                 self._write(mask, index, current)
-                if stop_when_unchanged and _dice(current, before) >= UNCHANGED_DICE:
+                if stop_when_unchanged and dice(current, before) >= UNCHANGED_DICE:
                     break
                 previous, index = current, index + step
 
@@ -361,11 +362,6 @@ def _box_of(plane: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int
     rows, cols = np.nonzero(plane)
     return (max(int(rows.min()) - margin, 0), max(int(cols.min()) - margin, 0),
             min(int(rows.max()) + margin, shape[0] - 1), min(int(cols.max()) + margin, shape[1] - 1))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _scale_intensities(array: np.ndarray) -> np.ndarray:
