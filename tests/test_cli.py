@@ -163,5 +163,17 @@ def test_train_command_with_peft(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "bogus", "--steps", "1"]) == 2
     assert "--peft must be" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "lora", "--steps", "1",
-                 "--rounds", "1"]) == 0
+                 "--rounds", "1", "--workers", "0"]) == 0
     assert (tmp_path / "adapters.safetensors").is_file() and (tmp_path / "model.safetensors").is_file()
+
+
+def test_training_commands_refuse_bad_options(tmp_path, capsys):
+    from fastsam3d.cli import main
+
+    manifest = tmp_path / "dataset.json"
+    manifest.write_text('{"cases": [{"name": "a", "image": "a.nii.gz", "label": "a_seg.nii.gz"}]}')
+    assert main(["train", "--out", str(tmp_path / "r"), "--data", str(manifest), "--holdout", "zzz", "--steps", "1"]) == 2
+    assert "--holdout names unknown cases ['zzz']" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--real-fraction", "1.5", "--steps", "1"]) == 2
+    assert main(["distill", "--labels", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "prepare-labels" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Synthetic training crops with domain randomisation (SynthSeg-style), made directly at crop size.
 
 Each sample is a label map of a few smooth random shapes (deformed, rotated ellipsoids, some
-touching each other or leaving the crop) turned into an image with random intensities per label,
+touching each other or leaving the crop) turned into an image with random intensities per label
+(at least ``min_contrast`` apart, so every structure is visible),
 noise, a multiplicative bias field, blur (sometimes anisotropic, as thick slices) and sometimes a
 zero-padded side (as when the ROI leaves the volume). No download, no resampling of big volumes.
 """
@@ -21,12 +22,21 @@ def _smooth_field(rng: np.random.Generator, size: int, control: int = 6) -> np.n
     return F.interpolate(coarse, size=(size,) * 3, mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
+def _separated_means(rng: np.random.Generator, count: int, gap: float) -> np.ndarray:
+    """``count`` random intensities in [0, 1] at least ``gap`` apart (no invisible structures)."""
+    while True:
+        means = rng.uniform(0, 1, count)
+        if count < 2 or np.diff(np.sort(means)).min() >= gap:
+            return means
+
+
 class SyntheticShapes:
     """Random (image, label map) crops; ``sample_object`` picks one structure as the target."""
 
-    def __init__(self, size: int = 128, seed: int = 0, max_shapes: int = 5) -> None:
+    def __init__(self, size: int = 128, seed: int = 0, max_shapes: int = 5, min_contrast: float = 0.1) -> None:
         self.size = size
         self.max_shapes = max_shapes
+        self.min_contrast = min_contrast
         self.rng = np.random.default_rng(seed)
 
     def labels(self) -> np.ndarray:
@@ -50,9 +60,9 @@ class SyntheticShapes:
         """(image float32, label map uint8), both (S, S, S)."""
         rng, size = self.rng, self.size
         labels = self.labels()
-        means = rng.uniform(0, 1, labels.max() + 1)
+        means = _separated_means(rng, labels.max() + 1, self.min_contrast)
         image = means[labels].astype(np.float32)
-        image += rng.uniform(0.0, 0.15) * _smooth_field(rng, size, control=10)  # texture
+        image += rng.uniform(0.0, 0.1) * _smooth_field(rng, size, control=10)  # texture
         sigma = rng.uniform(0, 1.5, 3)
         if rng.random() < 0.3:
             sigma[rng.integers(3)] = rng.uniform(1.5, 3.5)  # thick slices along one axis

@@ -1,48 +1,23 @@
-"""SAM-Med3D-style interactive training of a 3D SAM on synthetic crops, time-budgeted and resumable.
-
-    python -m fastsam3d.training.interactive --out runs/default --minutes 45 [--resume]
+"""SAM-Med3D-style interactive training: click rounds, error-region clicks, previous logits fed back.
 
 Per batch the encoder runs once; then ``rounds`` click rounds: round 1 is one include click
 inside the target (or, for models with box embeddings, sometimes a jittered box), every later
 round adds a click in the current error (interior of the larger of false negatives / false
 positives, sampled on the low-res grid), all clicks so far go in as points and the previous
-low-res logits as the mask prompt. Loss: Dice + BCE on the upsampled logits, averaged over rounds.
+low-res logits as the mask prompt. Loss: soft Dice + class-balanced BCE, averaged over rounds,
+on logits upsampled to ``loss_size``³ (the crop size reproduces SAM-Med3D; half of it is 8×
+cheaper on a CPU and loses little: the logits themselves are crop/4).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import math
-import os
-import time
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from torch import nn
 
-from ..data.shapes import SyntheticShapes
 from ..evaluation.clicks import center_click, deepest_error, dice
 from ..modeling import Sam3D
-from ..modeling.peft import apply_peft, merge_peft, peft_state_dict
-from ..preprocess import normalise_intensity
-from ..registry import build_model, load_model, save_model
-
-
-class SyntheticStream(torch.utils.data.IterableDataset):
-    """Endless normalised (image (1,S,S,S), target (1,S,S,S)) pairs; each worker has its own seed."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-
-    def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        generator = SyntheticShapes(self.size, seed=self.seed * 1000 + (worker.id if worker else 0))
-        while True:
-            image, target = generator.sample_object()
-            yield normalise_intensity(torch.from_numpy(image))[None], torch.from_numpy(target)[None].float()
 
 
 def sample_error_click(prediction: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -72,60 +47,87 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, max_positive_weigh
     return dice_loss.mean() + F.binary_cross_entropy_with_logits(logits, target, pos_weight=positive_weight)
 
 
-def interactive_loss(
-    model: Sam3D, images: torch.Tensor, targets: torch.Tensor, rounds: int, rng: np.random.Generator, box_rate: float = 0.2
-) -> tuple[torch.Tensor, list[float]]:
-    """Mean loss over click rounds, and the batch Dice after each round."""
-    batch = images.shape[0]
-    low_res = model.low_res_size
-    factor = model.img_size // low_res[0]
-    targets_low = F.adaptive_max_pool3d(targets, low_res)[:, 0].numpy() > 0.5  # thin targets stay visible
-    embedding = model.encode(images)
-    previous = torch.zeros(batch, 1, *low_res)
-    points: list[list[np.ndarray]] = [[] for _ in range(batch)]
-    labels: list[list[int]] = [[] for _ in range(batch)]
-    use_box = model.prompt_encoder.supports_boxes and rng.random() < box_rate
-    boxes = None
-    if use_box:
+class InteractiveLoss(nn.Module):
+    """A :class:`Sam3D` with its interactive training objective as ``forward`` (what DDP wraps).
+
+    ``forward(images, targets, rng)`` -> (mean loss over rounds, batch Dice after each round).
+    """
+
+    def __init__(self, model: Sam3D, rounds: int = 3, box_rate: float = 0.2, loss_size: int | None = 64,
+                 autocast: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model, self.rounds, self.box_rate, self.autocast = model, rounds, box_rate, autocast
+        self.loss_size = min(loss_size or model.img_size, model.img_size)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, list[float]]:
+        model, device = self.model, images.device
+        batch, low_res = images.shape[0], model.low_res_size
+        factor = model.img_size // low_res[0]
+        targets_low = (F.adaptive_max_pool3d(targets, low_res)[:, 0] > 0.5).cpu().numpy()  # thin targets stay visible
+        targets_loss = targets if self.loss_size == model.img_size else F.adaptive_avg_pool3d(targets, self.loss_size)
+        with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            embedding = model.encode(images)
+        previous = torch.zeros(batch, 1, *low_res, device=device)
+        points: list[list[np.ndarray]] = [[] for _ in range(batch)]
+        labels: list[list[int]] = [[] for _ in range(batch)]
+        boxes = self._boxes(targets, rng) if model.prompt_encoder.supports_boxes and rng.random() < self.box_rate else None
+        losses, scores = [], []
+        for round_index in range(self.rounds):
+            predictions = (previous[:, 0] > 0).cpu().numpy()
+            for b in range(batch):
+                if round_index == 0 and boxes is not None:
+                    continue
+                index, label = sample_error_click(predictions[b], targets_low[b], rng)
+                points[b].append(index * factor + (factor - 1) / 2 + rng.uniform(-1, 1, 3))
+                labels[b].append(label)
+            coords, point_labels = _pad_points(points, labels, device)
+            with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+                logits, _ = model.decode(embedding, coords, point_labels, boxes, previous)
+            logits = logits.float()
+            resized = F.interpolate(logits, size=(self.loss_size,) * 3, mode="trilinear", align_corners=False)
+            losses.append(dice_bce_loss(resized, targets_loss))
+            previous = logits.detach()
+            with torch.no_grad():
+                hits = (resized > 0).flatten(1)
+                truth = (targets_loss > 0.5).flatten(1)
+                overlap = 2 * (hits & truth).sum(1) / (hits.sum(1) + truth.sum(1)).clamp_min(1)
+                scores.append(float(overlap.mean()))
+        return torch.stack(losses).mean(), scores
+
+    @staticmethod
+    def _boxes(targets: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         corners = []
-        for target in targets[:, 0].numpy() > 0.5:
+        for target in (targets[:, 0] > 0.5).cpu().numpy():
             where = np.argwhere(target)
             corners.append(np.concatenate([where.min(0), where.max(0)]) + rng.normal(0, 2, 6))
-        boxes = torch.tensor(np.array(corners), dtype=torch.float32)
-    losses, scores = [], []
-    for round_index in range(rounds):
-        for b in range(batch):
-            if round_index == 0 and use_box:
-                continue
-            prediction = previous[b, 0].numpy() > 0
-            index, label = sample_error_click(prediction, targets_low[b], rng)
-            points[b].append(index * factor + (factor - 1) / 2 + rng.uniform(-1, 1, 3))
-            labels[b].append(label)
-        count = max(len(p) for p in points)
-        coords = torch.zeros(batch, count, 3)
-        point_labels = torch.full((batch, count), -1, dtype=torch.int64)
-        for b in range(batch):
-            if points[b]:
-                coords[b, : len(points[b])] = torch.tensor(np.array(points[b]), dtype=torch.float32)
-                point_labels[b, : len(labels[b])] = torch.tensor(labels[b])
-        logits, _ = model.decode(embedding, coords if count else None, point_labels if count else None, boxes, previous)
-        upsampled = model.upsample(logits)
-        losses.append(dice_bce_loss(upsampled, targets))
-        previous = logits.detach()
-        with torch.no_grad():
-            scores.append(float(np.mean([dice(u > 0, t > 0.5) for u, t in zip(upsampled[:, 0].numpy(), targets[:, 0].numpy())])))
-    return torch.stack(losses).mean(), scores
+        return torch.tensor(np.array(corners), dtype=torch.float32, device=targets.device)
+
+
+def _pad_points(points: list[list[np.ndarray]], labels: list[list[int]], device: torch.device):
+    """(B, N, 3) coordinates and (B, N) labels, rows padded with label -1; (None, None) if no clicks."""
+    count = max(len(p) for p in points)
+    if count == 0:
+        return None, None
+    coords = torch.zeros(len(points), count, 3)
+    point_labels = torch.full((len(points), count), -1, dtype=torch.int64)
+    for b, (row, row_labels) in enumerate(zip(points, labels)):
+        if row:
+            coords[b, : len(row)] = torch.tensor(np.array(row), dtype=torch.float32)
+            point_labels[b, : len(row_labels)] = torch.tensor(row_labels)
+    return coords.to(device), point_labels.to(device)
 
 
 @torch.no_grad()
 def validate(model: Sam3D, samples: list[tuple[torch.Tensor, torch.Tensor]], clicks: int = 5) -> list[float]:
     """Mean Dice per click with deterministic centre clicks (interior-most voxel of the largest error)."""
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     per_click = np.zeros(clicks)
     for image, target in samples:
         truth = target[0].numpy() > 0.5
-        embedding = model.encode(image[None])
-        previous = torch.zeros(1, 1, *model.low_res_size)
+        embedding = model.encode(image[None].to(device))
+        previous = torch.zeros(1, 1, *model.low_res_size, device=device)
         points, labels = [], []
         prediction = np.zeros_like(truth)
         for index in range(clicks):
@@ -133,134 +135,9 @@ def validate(model: Sam3D, samples: list[tuple[torch.Tensor, torch.Tensor]], cli
             if click is not None:
                 points.append(click[0].astype(np.float32))
                 labels.append(int(click[1]))
-                coords = torch.tensor(np.array(points))[None]
-                previous, _ = model.decode(embedding, coords, torch.tensor([labels]), None, previous)
-                prediction = model.upsample(previous)[0, 0].numpy() > 0
+                coords = torch.tensor(np.array(points), device=device)[None]
+                previous, _ = model.decode(embedding, coords, torch.tensor([labels], device=device), None, previous)
+                prediction = model.upsample(previous)[0, 0].cpu().numpy() > 0
             per_click[index] += dice(prediction, truth)
-    model.train()
-    return list(per_click / len(samples))
-
-
-def _atomic_save(state: dict, path: Path) -> None:
-    temp = path.with_name(f".tmp-{path.name}")
-    torch.save(state, temp)
-    os.replace(temp, path)
-
-
-def train(
-    out: Path,
-    config: str = "compact",
-    minutes: float = 45.0,
-    max_steps: int | None = None,
-    batch_size: int = 2,
-    rounds: int = 4,
-    lr: float = 4e-4,
-    seed: int = 0,
-    resume: bool = False,
-    validate_every: int = 250,
-    checkpoint_every: int = 100,
-    workers: int = 1,
-    validation_samples: int = 8,
-    init: str | None = None,
-    peft: str = "none",
-    cluster_after: int | None = None,
-) -> Path:
-    """Train until ``minutes`` of wall time (summed over resumed runs) or ``max_steps``; export fp16 safetensors.
-
-    ``init`` starts from a model name or checkpoint (fine-tuning) instead of ``config``'s random
-    weights; ``peft`` (:data:`~fastsam3d.modeling.peft.PEFT_METHODS`, ``+`` combinations) freezes the
-    encoder and trains adapters, prompt encoder and decoder, and also writes ``adapters.safetensors``
-    (the trainable part alone); ``cluster_after`` trains with token clustering after that block.
-    Low-rank adapters are merged into ``model.safetensors``; bottleneck adapters only live in the
-    adapter file."""
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = (load_model(init) if init else build_model(config)).train()
-    if cluster_after is not None:
-        model.image_encoder.enable_token_clustering(cluster_after)
-    apply_peft(model, peft)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
-    step, elapsed = 0, 0.0
-    checkpoint_path = out / "checkpoint.pt"
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed"]
-        print(f"resumed at step {step} ({elapsed / 60:.1f} min)")
-    rng = np.random.default_rng(seed + step)
-    validation = [next(iter(SyntheticStream(model.img_size, seed=10_000 + i))) for i in range(validation_samples)]
-    loader = torch.utils.data.DataLoader(
-        SyntheticStream(model.img_size, seed + step), batch_size=batch_size, num_workers=workers,
-        persistent_workers=workers > 0,
-    )
-    budget = minutes * 60
-    started = time.perf_counter() - elapsed
-    log = open(out / "metrics.csv", "a", newline="")
-    writer = csv.writer(log)
-    for images, targets in loader:
-        elapsed = time.perf_counter() - started
-        if elapsed >= budget or (max_steps is not None and step >= max_steps):
-            break
-        progress = elapsed / budget
-        scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * max(scale, 0.02)
-        loss, scores = interactive_loss(model, images, targets, rounds, rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        step += 1
-        writer.writerow([step, f"{loss.item():.4f}", f"{scores[0]:.4f}", f"{scores[-1]:.4f}", f"{optimizer.param_groups[0]['lr']:.2e}", f"{elapsed:.0f}"])
-        if step % 25 == 0:
-            log.flush()
-            print(f"step {step} loss {loss.item():.3f} dice round1 {scores[0]:.3f} last {scores[-1]:.3f} {elapsed / 60:.1f} min", flush=True)
-        if step % checkpoint_every == 0:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": time.perf_counter() - started}, checkpoint_path)
-        if step % validate_every == 0:
-            scores_per_click = validate(model, validation)
-            with open(out / "validation.csv", "a") as handle:
-                handle.write(f"{step}," + ",".join(f"{s:.4f}" for s in scores_per_click) + "\n")
-            print("validation dice per click " + " ".join(f"{s:.3f}" for s in scores_per_click), flush=True)
-    log.close()
-    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": time.perf_counter() - started}, checkpoint_path)
-    scores_per_click = validate(model, validation)
-    with open(out / "validation.csv", "a") as handle:
-        handle.write(f"{step}," + ",".join(f"{s:.4f}" for s in scores_per_click) + "\n")
-    print(f"final step {step}: validation dice per click " + " ".join(f"{s:.3f}" for s in scores_per_click))
-    if peft != "none":
-        save_file(peft_state_dict(model), str(out / "adapters.safetensors"), metadata={"peft": peft})
-        if "adapter" in peft.split("+"):
-            return out / "adapters.safetensors"
-        merge_peft(model)
-    if cluster_after is not None:
-        model.image_encoder.enable_token_clustering(None)
-    return save_model(model.eval(), out / "model.safetensors", half=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", default="compact")
-    parser.add_argument("--minutes", type=float, default=45.0)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--init", help="start from this model name or checkpoint (fine-tuning)")
-    parser.add_argument("--peft", default="none", help="none | lora | adapter | hyper, or a '+' combination")
-    parser.add_argument("--cluster-after", type=int, help="train with token clustering after this encoder block")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    path = train(args.out, args.config, args.minutes, args.steps, args.batch_size, args.rounds, args.lr, args.seed,
-                 args.resume, init=args.init, peft=args.peft, cluster_after=args.cluster_after)
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    model.train(was_training)
+    return list(per_click / max(len(samples), 1))
