@@ -150,6 +150,7 @@ def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_pa
     assert any(k.startswith("image_encoder.hyper_adapter.") for k in adapters)
     assert not any(k.startswith("image_encoder.blocks.") and "factors" not in k for k in adapters)
     tuned = load_model(exported)  # low-rank updates merged: a plain model file
+    assert tuned.config.cluster_after == 2  # and it runs with the clustering it was trained with
     frozen_keys = [k for k in base.state_dict() if k.startswith("image_encoder.") and ".attn." not in k]
     for key in frozen_keys:  # everything outside the adapted projections is untouched
         torch.testing.assert_close(tuned.state_dict()[key], base.state_dict()[key].half().float())

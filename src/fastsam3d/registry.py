@@ -51,6 +51,7 @@ class ModelConfig:
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp_dim: int = 2048
+    cluster_after: int | None = None  # 3D token clustering after this encoder block (Fast 3D SAM)
     weights: str = field(default="", compare=False)  # file name under WEIGHTS_DIR, if shipped
 
     @property
@@ -199,6 +200,8 @@ def build_model(config: ModelConfig | str) -> Sam3D:
         config.decoder_heads,
         config.decoder_mlp_dim,
     )
+    if config.cluster_after is not None:
+        encoder.enable_token_clustering(config.cluster_after)
     model = Sam3D(encoder, prompt_encoder, decoder)
     model.config = config
     return model.eval()

@@ -35,9 +35,11 @@ def sample_error_click(prediction: np.ndarray, target: np.ndarray, rng: np.rando
     return candidates[rng.integers(len(candidates))], int(positive)
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, max_positive_weight: float = 50.0) -> torch.Tensor:
-    """Soft Dice + class-balanced BCE (foreground up-weighted to the background's share, at most
-    ``max_positive_weight``): small targets otherwise teach the model to predict nothing."""
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, max_positive_weight: float = 1.0) -> torch.Tensor:
+    """Soft Dice + BCE, as SAM-Med3D's DiceCE. ``max_positive_weight`` > 1 up-weights foreground
+    voxels to the background's share (at most that much); it moves the decision threshold to
+    p > 1 / (1 + weight) and so makes models over-segment (the compact teacher, trained with 50,
+    painted whole volumes around a small ball): plain BCE (1) is the default."""
     probability = torch.sigmoid(logits)
     intersection = (probability * target).flatten(1).sum(1)
     denominator = probability.flatten(1).sum(1) + target.flatten(1).sum(1)
@@ -54,9 +56,10 @@ class InteractiveLoss(nn.Module):
     """
 
     def __init__(self, model: Sam3D, rounds: int = 3, box_rate: float = 0.2, loss_size: int | None = 64,
-                 autocast: torch.dtype | None = None) -> None:
+                 autocast: torch.dtype | None = None, max_positive_weight: float = 1.0) -> None:
         super().__init__()
         self.model, self.rounds, self.box_rate, self.autocast = model, rounds, box_rate, autocast
+        self.max_positive_weight = max_positive_weight
         self.loss_size = min(loss_size or model.img_size, model.img_size)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, list[float]]:
@@ -85,7 +88,7 @@ class InteractiveLoss(nn.Module):
                 logits, _ = model.decode(embedding, coords, point_labels, boxes, previous)
             logits = logits.float()
             resized = F.interpolate(logits, size=(self.loss_size,) * 3, mode="trilinear", align_corners=False)
-            losses.append(dice_bce_loss(resized, targets_loss))
+            losses.append(dice_bce_loss(resized, targets_loss, self.max_positive_weight))
             previous = logits.detach()
             with torch.no_grad():
                 hits = (resized > 0).flatten(1)

@@ -44,7 +44,10 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     teacher = out / "teacher" / "model.safetensors"
     if not teacher.is_file():
         print(f"[1/5] teacher: {round(TEACHER_STEPS * scale)} steps", flush=True)
-        train(out / "teacher", TrainSettings(config="compact-teacher", max_steps=round(TEACHER_STEPS * scale), **common), resume=True)
+        # The shipped teacher was trained with a class-balanced BCE (foreground weight up to 50),
+        # which over-segments; the student stage uses plain BCE and corrects it.
+        train(out / "teacher", TrainSettings(config="compact-teacher", max_steps=round(TEACHER_STEPS * scale),
+                                             max_positive_weight=50.0, **common), resume=True)
     labels = out / "labels"
     if not (labels / "labels.json").is_file():
         print(f"[2/5] teacher features for {label_crops} crops", flush=True)

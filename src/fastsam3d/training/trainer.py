@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class TrainSettings:
     peft: str = "none"
     cluster_after: int | None = None
     loss_size: int = 64
+    max_positive_weight: float = 1.0
     device: str | None = None
     amp: bool = True
     progress: bool = True
@@ -98,8 +99,9 @@ def atomic_save(state: dict, path: Path) -> None:
 def _build_model(settings: TrainSettings) -> Sam3D:
     model = load_model(settings.init) if settings.init else build_model(settings.config)
     model.train()
-    if settings.cluster_after is not None:
+    if settings.cluster_after is not None:  # kept in the exported config: inference clusters too
         model.image_encoder.enable_token_clustering(settings.cluster_after)
+        model.config = replace(model.config, cluster_after=settings.cluster_after)
     apply_peft(model, settings.peft)
     return model
 
@@ -140,7 +142,8 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
             _drop_rows_after(out / "metrics.csv", step)  # logged after the checkpoint by the interrupted run
             print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
     autocast = torch.bfloat16 if settings.amp and group.device.type == "cuda" else None
-    objective: torch.nn.Module = InteractiveLoss(model, settings.rounds, loss_size=settings.loss_size, autocast=autocast)
+    objective: torch.nn.Module = InteractiveLoss(model, settings.rounds, loss_size=settings.loss_size, autocast=autocast,
+                                                 max_positive_weight=settings.max_positive_weight)
     if group.enabled:
         device_ids = [group.device.index] if group.device.type == "cuda" else None
         objective = DistributedDataParallel(objective, device_ids=device_ids, find_unused_parameters=True)
@@ -196,13 +199,15 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
 
 def _validate(model: Sam3D, validation: dict, step: int, out: Path, group: distributed.Distributed, final: bool = False) -> None:
     """Dice per click on each validation set (rank 0), appended to ``validation.csv``."""
-    if group.is_main:
+    if group.is_main and any(validation.values()):
         path = out / "validation.csv"
         new = not path.exists()
         with open(path, "a") as handle:
             if new:
                 handle.write("step,set," + ",".join(f"dice_click{c + 1}" for c in range(5)) + "\n")
             for name, samples in validation.items():
+                if not samples:
+                    continue
                 scores = validate(model, samples)
                 handle.write(f"{step},{name}," + ",".join(f"{s:.4f}" for s in scores) + "\n")
                 label = "final " if final else ""
@@ -227,8 +232,6 @@ def _export(model: Sam3D, settings: TrainSettings, out: Path) -> Path:
         if "adapter" in settings.peft.split("+"):
             return out / "adapters.safetensors"
         merge_peft(model)
-    if settings.cluster_after is not None:
-        model.image_encoder.enable_token_clustering(None)
     return save_model(model.eval(), out / "model.safetensors", half=True)
 
 
