@@ -191,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--device")
     recipe.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
 
+    prepare = commands.add_parser("prepare", help="convert datasets for training")
+    formats = prepare.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    nnunet = formats.add_parser(
+        "nnunet",
+        help="nnU-Net dataset -> FastSAM3D layout (one folder per class, binary masks, 1.5 mm)",
+        description="Writes DST/<class>/<dataset>/imagesTr|labelsTr/<case>.nii.gz as SAM-Med3D's prepare scripts: "
+        "images resampled to --spacing (linear), masks onto the same grid (nearest); classes smaller than "
+        "--min-volume in a case are skipped.",
+    )
+    nnunet.add_argument("source", type=Path, help="nnU-Net dataset folder (dataset.json, imagesTr, labelsTr)")
+    nnunet.add_argument("target", type=Path)
+    nnunet.add_argument("--spacing", type=float, default=1.5, help="mm")
+    nnunet.add_argument("--min-volume", type=float, default=10.0, help="mm³ a class needs in a case (official: 10)")
+    nnunet.add_argument("--classes", help="comma-separated class names or ids (default: all)")
+    nnunet.add_argument("--overwrite", action="store_true", help="replace this dataset's existing class folders")
+
     data = commands.add_parser("data", help="development data")
     data.add_argument("action", choices=("fetch",), help="fetch: download TotalSegmentator's test volumes with pip")
     data.add_argument("--root", type=Path, help="destination (default $FASTSAM3D_DATA or ~/.cache/fastsam3d)")
@@ -426,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         elif args.command in ("train", "prepare-labels", "distill", "train-default"):
             _training(args)
+        elif args.command == "prepare":
+            from .data.prepare import prepare_nnunet
+
+            if args.spacing <= 0:
+                raise FastSAM3DError("--spacing must be positive")
+            classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+            summary = prepare_nnunet(args.source, args.target, args.spacing, args.min_volume, classes, args.overwrite)
+            print(summary.report())
         elif args.command == "serve":
             _serve(args)
         elif args.command == "data":
