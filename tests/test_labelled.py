@@ -1,6 +1,7 @@
 """Training crops from labelled volumes: on the inference grid, around the chosen structure."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -53,7 +54,15 @@ def test_augmented_crops_stay_valid_and_vary(dataset):
     source = LabelledCrops(str(dataset), size=32, min_volume_mm3=100)
     draws = [source.draw(np.random.default_rng(seed)) for seed in range(4)]
     assert all(t.sum() >= 20 and torch.isfinite(i).all() for i, t in draws)
+    assert all(type(i) is torch.Tensor and type(t) is torch.Tensor for i, t in draws)  # no MONAI MetaTensor
     assert not torch.equal(draws[0][0], draws[1][0])
+
+
+def test_crops_pickle_for_spawned_loader_workers(dataset):
+    source = LabelledCrops(str(dataset), size=32, min_volume_mm3=100)
+    first = source.draw(np.random.default_rng(7))  # fills the cache, which is not pickled
+    copy = pickle.loads(pickle.dumps(source))
+    assert not copy._cache and torch.equal(copy.draw(np.random.default_rng(7))[0], first[0])
 
 
 def test_case_selection_and_errors(dataset):

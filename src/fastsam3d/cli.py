@@ -196,14 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     nnunet = formats.add_parser(
         "nnunet",
         help="nnU-Net dataset -> FastSAM3D layout (one folder per class, binary masks, 1.5 mm)",
-        description="Writes DST/<class>/<dataset>/imagesTr|labelsTr/<case>.nii.gz as SAM-Med3D's prepare scripts: "
-        "images resampled to --spacing (linear), masks onto the same grid (nearest); classes smaller than "
-        "--min-volume in a case are skipped.",
+        description="Writes the training cases as DST/<class>/<modality>_<dataset>/imagesTr|labelsTr/<case>.nii.gz, "
+        "as SAM-Med3D's prepare scripts: images resampled to --spacing (linear), binary masks onto the same grid "
+        "(nearest), orientation and position kept; classes smaller than --min-volume in a case are skipped.",
     )
     nnunet.add_argument("source", type=Path, help="nnU-Net dataset folder (dataset.json, imagesTr, labelsTr)")
     nnunet.add_argument("target", type=Path)
     nnunet.add_argument("--spacing", type=float, default=1.5, help="mm")
-    nnunet.add_argument("--min-volume", type=float, default=10.0, help="mm³ a class needs in a case (official: 10)")
+    nnunet.add_argument("--min-volume", type=float, default=10.0, help="mm³ a class needs in a case, at the source spacing (official: 10)")
     nnunet.add_argument("--classes", help="comma-separated class names or ids (default: all)")
     nnunet.add_argument("--overwrite", action="store_true", help="replace this dataset's existing class folders")
 
@@ -369,6 +369,18 @@ def _training(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare_nnunet
+
+    if args.spacing <= 0:
+        raise FastSAM3DError("--spacing must be positive")
+    if args.min_volume < 0:
+        raise FastSAM3DError("--min-volume must not be negative")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    summary = prepare_nnunet(args.source, args.target, args.spacing, args.min_volume, classes, args.overwrite)
+    print(summary.report())
+
+
 def _serve(args: argparse.Namespace) -> None:
     import os
 
@@ -443,13 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("train", "prepare-labels", "distill", "train-default"):
             _training(args)
         elif args.command == "prepare":
-            from .data.prepare import prepare_nnunet
-
-            if args.spacing <= 0:
-                raise FastSAM3DError("--spacing must be positive")
-            classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-            summary = prepare_nnunet(args.source, args.target, args.spacing, args.min_volume, classes, args.overwrite)
-            print(summary.report())
+            _prepare(args)
         elif args.command == "serve":
             _serve(args)
         elif args.command == "data":

@@ -10,12 +10,13 @@ the resampler does it), and MONAI gamma / noise / smoothing on the normalised cr
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
 import torch
 from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandGaussianSmooth
+from monai.utils import convert_to_tensor
 from scipy import ndimage
 
 from ..errors import FastSAM3DError
@@ -28,7 +29,8 @@ class LabelledCrops:
     """A source (``draw(rng)``) of (image, target) crops from a manifest, nnU-Net or FastSAM3D dataset.
 
     ``include`` / ``exclude`` select cases by name (held-out validation cases); structures smaller
-    than ``min_volume_mm3`` are never targets. Loaded volumes are kept (``cache`` cases).
+    than ``min_volume_mm3`` are never targets. The last ``cache`` loaded cases stay in memory
+    (per loader process; the cache is not pickled, so spawned workers work).
     """
 
     def __init__(self, data: str, size: int = 128, include: Iterable[str] | None = None, exclude: Iterable[str] = (),
@@ -40,12 +42,24 @@ class LabelledCrops:
         if not self.cases:
             raise FastSAM3DError(f"no cases of {data} left after include={sorted(wanted or [])} exclude={sorted(exclude)}")
         self.size, self.augment, self.min_volume, self.shift = size, augment, min_volume_mm3, shift_mm
-        self._load = lru_cache(maxsize=cache)(self._load_case)
+        self.cache_size, self._cache = cache, OrderedDict()
         self.intensity = Compose([
             RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
             RandGaussianNoise(prob=0.3, std=0.1),
             RandGaussianSmooth(prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
         ])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+    def _load(self, index: int):
+        if index in self._cache:
+            self._cache.move_to_end(index)
+        else:
+            self._cache[index] = self._load_case(index)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return self._cache[index]
 
     def _load_case(self, index: int):
         case: Case = self.cases[index]
@@ -76,7 +90,7 @@ class LabelledCrops:
                     if rng.random() < 0.5:
                         crop, target = crop.flip(axis), target.flip(axis)
                 self.intensity.set_random_state(int(rng.integers(1 << 31)))
-                crop = torch.as_tensor(self.intensity(crop[None]))[0].float()
+                crop = convert_to_tensor(self.intensity(crop[None]), track_meta=False)[0].float()  # no MetaTensor
             return crop[None].contiguous(), target[None].float().contiguous()
         raise FastSAM3DError(f"no structure of at least {self.min_volume:.0f} mm³ found in {[c.name for c in self.cases]}")
 

@@ -8,7 +8,9 @@ Stages (each resumable: run the same command again after an interruption):
 3. **distill** — layer-wise progressive distillation into the 4-block ``compact`` encoder;
 4. **student** — the distilled encoder with the teacher's prompt encoder and decoder, fine-tuned
    end to end on synthetic + development CT (the MR and DICOM-CT cases are held out for validation);
-5. **export** — fp16 safetensors named ``default`` (what ``fastsam3d.weights`` ships).
+5. **polish** — a second cosine cycle at half the learning rate (a warm restart);
+
+then the export: fp16 safetensors named ``default`` (what ``fastsam3d.weights`` ships).
 
 Budgets are in steps, so the same command gives the same weights on the same software (about
 an hour on a 2-core CPU); ``scale`` multiplies them for a longer run (e.g. on a GPU).
@@ -29,7 +31,7 @@ from .trainer import TrainSettings, train
 HOLDOUT = ("mr", "ct_dicom")
 
 
-TEACHER_STEPS, LABEL_CROPS, DISTILL_EPOCHS, STUDENT_STEPS = 1000, 120, 10, 1400
+TEACHER_STEPS, LABEL_CROPS, DISTILL_EPOCHS, STUDENT_STEPS, POLISH_STEPS = 1000, 120, 10, 1400, 1000
 
 
 def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed: int = 0, progress: bool = True) -> Path:
@@ -63,8 +65,13 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
         print(f"[4/5] student fine-tuning: {round(STUDENT_STEPS * scale)} steps", flush=True)
         train(out / "student", TrainSettings(init=str(student), data=data, holdout=HOLDOUT if data else (),
                                              max_steps=round(STUDENT_STEPS * scale), lr=2e-4, warmup_steps=20, **common), resume=True)
-    print("[5/5] export", flush=True)
-    model = load_model(str(tuned))
+    polished = out / "polish" / "model.safetensors"
+    if not polished.is_file():
+        print(f"[5/5] second fine-tuning cycle: {round(POLISH_STEPS * scale)} steps", flush=True)
+        train(out / "polish", TrainSettings(init=str(tuned), data=data, holdout=HOLDOUT if data else (),
+                                            max_steps=round(POLISH_STEPS * scale), lr=1e-4, warmup_steps=20, **common), resume=True)
+    print("export", flush=True)
+    model = load_model(str(polished))
     model.config = replace(model.config, name="default", description="the model shipped with fastsam3d",
                            weights="default.safetensors")
     return save_model(model, out / "default.safetensors", half=True)
