@@ -52,7 +52,7 @@ def test_progressive_distillation_lowers_the_trained_layers_loss(teacher_feature
     folder, teacher, labels = teacher_features
     student_path = distill(labels, folder / "student", "tiny-student", epochs=5, layer_epochs=3, accumulation=1,
                            lr=2e-3, progress=False)
-    rows = list(csv.reader(open(folder / "student" / "distill.csv")))
+    rows = list(csv.reader((folder / "student" / "distill.csv").read_text().splitlines()))
     header, rows = rows[0], rows[1:]
     assert header[:5] == ["epoch", "training", "mse s2<-t2", "mse s4<-t4", "mse neck<-neck"]
     assert [r[1] for r in rows] == ["s2<-t2"] * 3 + ["s4<-t4"] * 2  # a new layer every 3 epochs

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from fastsam3d.data.shapes import SyntheticShapes
+from fastsam3d.data.streams import IndexedStream, SyntheticSource
+from fastsam3d.errors import FastSAM3DError
 from fastsam3d.evaluation.clicks import center_click, dice
 from fastsam3d.registry import build_model
-from fastsam3d.data.streams import IndexedStream, SyntheticSource
 from fastsam3d.training.interactive import InteractiveLoss, sample_error_click
 from fastsam3d.training.trainer import TrainSettings, learning_rate, train
 
@@ -75,8 +76,8 @@ def test_training_steps_reduce_the_loss():
 
 
 def _tiny(**overrides) -> TrainSettings:
-    settings = dict(config="tiny-student", minutes=None, rounds=2, workers=0, validation_samples=1, epoch_steps=1000,
-                    progress=False, loss_size=32)
+    settings = {"config": "tiny-student", "minutes": None, "rounds": 2, "workers": 0, "validation_samples": 1,
+                "epoch_steps": 1000, "progress": False, "loss_size": 32}
     return TrainSettings(**(settings | overrides))
 
 
@@ -123,6 +124,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     validation = (interrupted / "validation.csv").read_text().splitlines()
     assert validation[0].startswith("step,set,dice_click1") and len(validation) == 2
+    with pytest.raises(FastSAM3DError, match="written by another run"):
+        train(interrupted, _tiny(max_steps=6, seed=1), resume=True)
 
 
 def test_learning_rate_warms_up_then_decays():

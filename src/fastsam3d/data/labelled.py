@@ -11,10 +11,9 @@ the resampler does it), and MONAI gamma / noise / smoothing on the normalised cr
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
-import torch
 from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandGaussianSmooth
 from monai.utils import convert_to_tensor
 from scipy import ndimage

@@ -9,7 +9,8 @@ would have drawn. Under ``torchrun`` each rank takes its own interleaved share o
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

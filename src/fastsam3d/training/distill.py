@@ -47,7 +47,7 @@ from ..errors import CheckpointError, FastSAM3DError
 from ..modeling import ImageEncoderViT3D, Sam3D
 from ..registry import ModelConfig, build_model, get_config, load_model, save_model
 from . import distributed
-from .trainer import TrainSettings, CsvLog, atomic_save, build_sources
+from .trainer import CsvLog, TrainSettings, atomic_save, build_sources
 
 LAYER_MAPS = ("official", "uniform")
 

@@ -47,8 +47,8 @@ class Distributed:
 
 def setup(device: str | None = None) -> Distributed:
     """Join the torchrun process group if there is one; pick the device (GPU if present)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

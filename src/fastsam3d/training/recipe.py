@@ -41,7 +41,7 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     data = str(manifest) if manifest else None
     if data is None:
         print("development data not found (run `fastsam3d data fetch`): training on synthetic crops only")
-    common = dict(device=device, seed=seed, progress=progress, workers=1, rounds=3, minutes=None)
+    common = {"device": device, "seed": seed, "progress": progress, "workers": 1, "rounds": 3, "minutes": None}
     label_crops = round(LABEL_CROPS * scale)
     teacher = out / "teacher" / "model.safetensors"
     if not teacher.is_file():

@@ -135,6 +135,7 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
     checkpoint_path = out / "checkpoint.pt"
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, weights_only=True, map_location=group.device)
+        _check_same_run(state.get("settings", {}), settings, checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
@@ -235,6 +236,15 @@ def _export(model: Sam3D, settings: TrainSettings, out: Path) -> Path:
     return save_model(model.eval(), out / "model.safetensors", half=True)
 
 
+def _check_same_run(saved: dict, settings: TrainSettings, path: Path) -> None:
+    """A checkpoint resumes only the run that wrote it (same model, adapters, seed and batch)."""
+    keys = ("config", "init", "peft", "cluster_after", "seed", "batch_size", "data")
+    different = [k for k in keys if k in saved and saved[k] != getattr(settings, k)]
+    if different:
+        raise FastSAM3DError(f"{path} was written by another run (" + ", ".join(
+            f"{k}: {saved[k]!r} there, {getattr(settings, k)!r} now" for k in different) + "): use a new --out or the same options")
+
+
 def _drop_rows_after(path: Path, step: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
@@ -256,7 +266,7 @@ class CsvLog:
         self.handle = None
         if enabled:
             new = not path.exists()
-            self.handle = open(path, "a", newline="", buffering=1)
+            self.handle = open(path, "a", newline="", buffering=1)  # noqa: SIM115 (kept open for the run)
             self.writer = csv.writer(self.handle)
             if new:
                 self.writer.writerow(header)
