@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,6 @@ class TrainSettings:
     device: str | None = None
     amp: bool = True
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def build_sources(settings: TrainSettings, size: int) -> tuple[Source, dict[str, Source]]:
