@@ -159,3 +159,20 @@ def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_pa
         torch.testing.assert_close(tuned.state_dict()[key], base.state_dict()[key].half().float())
     assert any(not torch.equal(tuned.state_dict()[k], base.state_dict()[k].half().float())
                for k in base.state_dict() if k.startswith("mask_decoder."))
+
+
+def test_a_non_finite_loss_skips_the_batch_without_touching_the_weights(tmp_path, monkeypatch):
+    forward = InteractiveLoss.forward
+
+    def broken(self, *args):
+        loss, scores = forward(self, *args)
+        return loss * float("nan"), scores
+
+    monkeypatch.setattr(InteractiveLoss, "forward", broken)
+    torch.manual_seed(0)
+    before = build_model("tiny-student").state_dict()
+    train(tmp_path, _tiny(max_steps=2))
+    after = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert after["step"] == 2
+    for key, value in before.items():
+        assert torch.equal(after["model"][key], value), key

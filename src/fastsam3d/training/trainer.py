@@ -172,9 +172,12 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
         rng = np.random.default_rng([settings.seed, group.rank, step, 1])
         loss, scores = objective(images.to(group.device), targets.to(group.device), rng)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
+        if group.mean(float(torch.isfinite(loss))) < 1:  # a bad batch on any rank: every rank skips it
+            tqdm.write(f"step {step + 1}: non-finite loss, batch skipped")
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
         step += 1
         loss_value = group.mean(loss.item())
         metrics.write([step, f"{loss_value:.4f}", f"{scores[0]:.4f}", f"{scores[-1]:.4f}",
