@@ -131,3 +131,17 @@ def test_nifti_with_a_trailing_singleton_axis_is_3d(tmp_path):
     volume = read_volume(tmp_path / "t.nii.gz")
     assert volume.shape == (6, 7, 8) and np.array_equal(volume.array, array[..., 0])
     assert np.allclose(volume.direction, np.diag([-1.0, -1.0, 1.0]))  # RAS affine seen in LPS
+
+
+def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
+    from fastsam3d.io import atomic_output
+
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as temp:
+        temp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with atomic_output(target) as temp:
+        temp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

@@ -11,7 +11,10 @@ Conventions, used everywhere in fastsam3d:
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +206,21 @@ def check_writable(path: str | Path) -> Path:
     if path.is_dir():
         raise VolumeError(f"cannot write {path}: it is a directory")
     return path
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` (not created: the writer creates it, with the usual
+    permissions); renamed onto ``path`` on success, removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..errors import FastSAM3DError
 from ..evaluation.datasets import Case, load_cases
-from ..io import Volume, write_volume
+from ..io import Volume, atomic_output, write_volume
 
 NNUNET_PREFIX = re.compile(r"^(Dataset|Task)\d+_")
 NNUNET_NORMALISATIONS = {"nonorm", "zscore", "rescale_to_0_1", "rgb_to_0_1"}  # channel names that are no modality
@@ -179,11 +179,8 @@ def _training_cases(source: Path, classes: list[str] | None) -> list[Case]:
 
 def _link(existing: Path, path: Path) -> None:
     """Hard link (copy across file systems), replacing atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{path.name}")
-    temp.unlink(missing_ok=True)
-    try:
-        os.link(existing, temp)
-    except OSError:
-        shutil.copyfile(existing, temp)
-    os.replace(temp, path)
+    with atomic_output(path) as temp:
+        try:
+            os.link(existing, temp)
+        except OSError:
+            shutil.copyfile(existing, temp)

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ..data.streams import sample_rng
 from ..errors import CheckpointError, FastSAM3DError
+from ..io import atomic_output
 from ..modeling import ImageEncoderViT3D, Sam3D
 from ..registry import ModelConfig, build_model, get_config, load_model, save_model
 from . import distributed
@@ -98,9 +99,8 @@ def prepare_labels(teacher: str, out: Path, count: int, settings: TrainSettings 
             image, _ = source.draw(sample_rng(settings.seed, index))
             _, features = model.image_encoder(image[None].to(group.device), return_intermediates=True)
             tensors = {"image": image.half()} | {f"feature{k}": f[0].half().cpu().contiguous() for k, f in enumerate(features)}
-            temp = path.with_name(f".tmp-{path.name}")
-            save_file(tensors, str(temp))
-            temp.replace(path)
+            with atomic_output(path) as temp:
+                save_file(tensors, str(temp))
         group.barrier()
         if group.is_main:
             description = {"teacher": teacher, "teacher_config": model.config.to_json(), "count": count,
@@ -177,7 +177,8 @@ def distill(
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_collate)
         if group.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        log = _open_log(out / "distill.csv", pairs, group.is_main)
+        log = CsvLog(out / "distill.csv", ["epoch", "training"] + [f"mse {_pair_name(p)}" for p in pairs] + ["elapsed_s"],
+                     group.is_main)
         started = time.perf_counter()
         for epoch in range(first_epoch, epochs):
             stage = min(epoch // layer_epochs, len(pairs) - 1)
@@ -231,6 +232,3 @@ def _check_compatible(student: ModelConfig, teacher: ModelConfig) -> None:
             + ", ".join(f"{k} ({getattr(student, k)} vs {getattr(teacher, k)})" for k in different)
         )
 
-
-def _open_log(path: Path, pairs: list[tuple[int, int]], enabled: bool) -> CsvLog:
-    return CsvLog(path, ["epoch", "training"] + [f"mse {_pair_name(p)}" for p in pairs] + ["elapsed_s"], enabled)

@@ -68,7 +68,7 @@ class InteractiveLoss(nn.Module):
         factor = model.img_size // low_res[0]
         targets_low = (F.adaptive_max_pool3d(targets, low_res)[:, 0] > 0.5).cpu().numpy()  # thin targets stay visible
         targets_loss = targets if self.loss_size == model.img_size else F.adaptive_avg_pool3d(targets, self.loss_size)
-        with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        with self._mixed_precision(device):
             embedding = model.encode(images)
         previous = torch.zeros(batch, 1, *low_res, device=device)
         points: list[list[np.ndarray]] = [[] for _ in range(batch)]
@@ -84,7 +84,7 @@ class InteractiveLoss(nn.Module):
                 points[b].append(index * factor + (factor - 1) / 2 + rng.uniform(-1, 1, 3))
                 labels[b].append(label)
             coords, point_labels = _pad_points(points, labels, device)
-            with torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            with self._mixed_precision(device):
                 logits, _ = model.decode(embedding, coords, point_labels, boxes, previous)
             logits = logits.float()
             resized = F.interpolate(logits, size=(self.loss_size,) * 3, mode="trilinear", align_corners=False)
@@ -96,6 +96,9 @@ class InteractiveLoss(nn.Module):
                 overlap = 2 * (hits & truth).sum(1) / (hits.sum(1) + truth.sum(1)).clamp_min(1)
                 scores.append(float(overlap.mean()))
         return torch.stack(losses).mean(), scores
+
+    def _mixed_precision(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
 
     @staticmethod
     def _boxes(targets: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

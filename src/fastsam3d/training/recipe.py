@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..data.devdata import dev_manifest
 from ..errors import FastSAM3DError
+from ..io import atomic_output
 from ..registry import WEIGHTS_DIR, load_model, save_model
 from .distill import distill, prepare_labels
 from .trainer import TrainSettings, train
@@ -39,6 +40,7 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     out = Path(out)
     manifest = dev_manifest()
     data = str(manifest) if manifest else None
+    holdout = HOLDOUT if data else ()
     if data is None:
         print("development data not found (run `fastsam3d data fetch`): training on synthetic crops only")
     common = {"device": device, "seed": seed, "progress": progress, "workers": 1, "rounds": 3, "minutes": None}
@@ -54,7 +56,7 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     if not (labels / "labels.json").is_file():
         print(f"[2/5] teacher features for {label_crops} crops", flush=True)
         prepare_labels(str(teacher), labels, label_crops,
-                       TrainSettings(data=data, holdout=HOLDOUT if data else (), device=device, seed=seed + 1), progress)
+                       TrainSettings(data=data, holdout=holdout, device=device, seed=seed + 1), progress)
     student = out / "distill" / "student.safetensors"
     if not student.is_file():
         print("[3/5] layer-wise progressive distillation", flush=True)
@@ -63,12 +65,12 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     tuned = out / "student" / "model.safetensors"
     if not tuned.is_file():
         print(f"[4/5] student fine-tuning: {round(STUDENT_STEPS * scale)} steps", flush=True)
-        train(out / "student", TrainSettings(init=str(student), data=data, holdout=HOLDOUT if data else (),
+        train(out / "student", TrainSettings(init=str(student), data=data, holdout=holdout,
                                              max_steps=round(STUDENT_STEPS * scale), lr=2e-4, warmup_steps=20, **common), resume=True)
     polished = out / "polish" / "model.safetensors"
     if not polished.is_file():
         print(f"[5/5] second fine-tuning cycle: {round(POLISH_STEPS * scale)} steps", flush=True)
-        train(out / "polish", TrainSettings(init=str(tuned), data=data, holdout=HOLDOUT if data else (),
+        train(out / "polish", TrainSettings(init=str(tuned), data=data, holdout=holdout,
                                             max_steps=round(POLISH_STEPS * scale), lr=1e-4, warmup_steps=20, **common), resume=True)
     print("export", flush=True)
     model = load_model(str(polished))
@@ -83,7 +85,6 @@ def install_default(path: Path) -> Path:
     if model.config.name != "default":
         raise FastSAM3DError(f"{path} is not an exported default model (config {model.config.name!r})")
     target = WEIGHTS_DIR / "default.safetensors"
-    temp = target.with_name(f".tmp-{target.name}")
-    shutil.copyfile(path, temp)
-    temp.replace(target)
+    with atomic_output(target) as temp:
+        shutil.copyfile(path, temp)
     return target

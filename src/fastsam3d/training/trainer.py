@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from ..data.streams import IndexedStream, MixedSource, Source, SyntheticSource, fixed_samples
 from ..errors import FastSAM3DError
+from ..io import atomic_output
 from ..modeling import Sam3D
 from ..modeling.peft import apply_peft, merge_peft, peft_state_dict
 from ..registry import build_model, load_model, save_model
@@ -90,9 +90,8 @@ def learning_rate(settings: TrainSettings, step: int, elapsed: float) -> float:
 
 
 def atomic_save(state: dict, path: Path) -> None:
-    temp = path.with_name(f".tmp-{path.name}")
-    torch.save(state, temp)
-    os.replace(temp, path)
+    with atomic_output(path) as temp:
+        torch.save(state, temp)
 
 
 def _build_model(settings: TrainSettings) -> Sam3D:
@@ -105,14 +104,14 @@ def _build_model(settings: TrainSettings) -> Sam3D:
     return model
 
 
-def train(out: Path, settings: TrainSettings | None = None, resume: bool = False, **overrides) -> Path | None:
+def train(out: Path, settings: TrainSettings | None = None, resume: bool = False) -> Path | None:
     """Train until the step or time budget (summed over resumed runs); export fp16 safetensors.
 
     Returns the exported model (rank 0; ``None`` on other ranks). With ``peft`` the trainable part
     also goes to ``adapters.safetensors``; low-rank adapters are merged into ``model.safetensors``,
     bottleneck adapters live only in the adapter file (then that file is returned).
     """
-    settings = settings or TrainSettings(**overrides)
+    settings = settings or TrainSettings()
     if settings.max_steps is None and not settings.minutes:
         raise FastSAM3DError("give a step budget (--steps) or a time budget (--minutes)")
     out = Path(out)
@@ -172,14 +171,14 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
         rng = np.random.default_rng([settings.seed, group.rank, step, 1])
         loss, scores = objective(images.to(group.device), targets.to(group.device), rng)
         optimizer.zero_grad(set_to_none=True)
-        if group.mean(float(torch.isfinite(loss))) < 1:  # a bad batch on any rank: every rank skips it
-            tqdm.write(f"step {step + 1}: non-finite loss, batch skipped")
-        else:
+        loss_value = group.mean(loss.item())  # non-finite when any rank's batch is bad: every rank skips it
+        if math.isfinite(loss_value):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
+        else:
+            tqdm.write(f"step {step + 1}: non-finite loss, batch skipped")
         step += 1
-        loss_value = group.mean(loss.item())
         metrics.write([step, f"{loss_value:.4f}", f"{scores[0]:.4f}", f"{scores[-1]:.4f}",
                        f"{optimizer.param_groups[0]['lr']:.2e}", f"{elapsed:.0f}"])
         bar.update(1)
@@ -203,18 +202,14 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
 def _validate(model: Sam3D, validation: dict, step: int, out: Path, group: distributed.Distributed, final: bool = False) -> None:
     """Dice per click on each validation set (rank 0), appended to ``validation.csv``."""
     if group.is_main and any(validation.values()):
-        path = out / "validation.csv"
-        new = not path.exists()
-        with open(path, "a") as handle:
-            if new:
-                handle.write("step,set," + ",".join(f"dice_click{c + 1}" for c in range(5)) + "\n")
-            for name, samples in validation.items():
-                if not samples:
-                    continue
+        log = CsvLog(out / "validation.csv", ["step", "set"] + [f"dice_click{c + 1}" for c in range(5)], enabled=True)
+        for name, samples in validation.items():
+            if samples:
                 scores = validate(model, samples)
-                handle.write(f"{step},{name}," + ",".join(f"{s:.4f}" for s in scores) + "\n")
+                log.write([step, name] + [f"{s:.4f}" for s in scores])
                 label = "final " if final else ""
                 tqdm.write(f"{label}step {step} validation ({name}) Dice per click " + " ".join(f"{s:.3f}" for s in scores))
+        log.close()
     group.barrier()
 
 
@@ -251,9 +246,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
         kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
-        temp = path.with_name(f".tmp-{path.name}")
-        temp.write_text("".join(kept))
-        os.replace(temp, path)
+        with atomic_output(path) as temp:
+            temp.write_text("".join(kept))
 
 
 def _plain(settings: TrainSettings) -> dict:
