@@ -31,7 +31,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def make_client(data_dir: Path, **settings) -> TestClient:
-    return TestClient(create_app(ServerSettings(data_dir=data_dir, **settings), model=IntensityModel()))
+    settings.setdefault("temp_dir", data_dir.parent / "server-temp")
+    return TestClient(create_app(ServerSettings(data_dir=data_dir, **settings), model=IntensityModel()),
+                      base_url="http://127.0.0.1")
 
 
 @pytest.fixture

@@ -7,29 +7,35 @@ OpenAPI docs at ``/docs``; the viewer at ``/``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hmac
 import shutil
 import time
+import uuid
 import zlib
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Request, Security, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..errors import FastSAM3DError, PromptError
+from ..errors import FastSAM3DError, PromptError, VolumeError
 from ..io import write_volume
-from .store import ServerSession, ServerSettings, SessionLimitError, SessionStore, UnknownSessionError, new_upload_folder
+from ..session import Session
+from .guard import RequestGuard
+from .store import (CHUNK, UPLOAD_SUFFIXES, ServerSession, ServerSettings, SessionLimitError, SessionStore,
+                    UnknownSessionError, display_name)
+from .worker import Job, SessionBusyError, SessionWorker, all_or_nothing
 
 STATIC_DIR = Path(__file__).parent / "static"
-CHUNK = 1 << 20
 
 
 class OpenRequest(BaseModel):
@@ -64,191 +70,237 @@ class UncertaintyRequest(ObjectRef):
 def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -> FastAPI:
     """The FastAPI application; the model (``settings.model``, or ``model`` when given) is loaded once."""
     store = SessionStore(settings, model)
+    worker = SessionWorker(settings.max_sessions, settings.request_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        expiry = asyncio.create_task(_expire_idle(store))
         yield
+        expiry.cancel()
+        worker.shutdown()  # running work stops at its next step
         store.close_all()  # remove every session's temporary files
 
-    app = FastAPI(title="fastsam3d", version=__version__, description=__doc__, lifespan=lifespan)
+    app = FastAPI(title="fastsam3d", version=__version__, description=__doc__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # /docs is a packaged page below (no CDN)
     app.state.store = store
-
-    def check_key(x_api_key: str | None = Header(None, description="required when the server has an API key")):
-        if settings.api_key and not (x_api_key and hmac.compare_digest(x_api_key, settings.api_key)):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
-
-    api = Depends(check_key)
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_key=settings.api_key,
+                       upload_bytes=int(settings.max_upload_mb * 2**20))
+    api = APIRouter(prefix="/api", dependencies=[Security(APIKeyHeader(
+        name="X-API-Key", auto_error=False, description="required when the server has an API key"))])
 
     @app.exception_handler(FastSAM3DError)
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
-        status = 404 if isinstance(error, UnknownSessionError) else 429 if isinstance(error, SessionLimitError) else 400
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        status = {UnknownSessionError: 404, SessionLimitError: 429, SessionBusyError: 503}.get(type(error), 400)
+        return JSONResponse({"detail": store.scrub(str(error))}, status_code=status)
 
-    @app.get("/api/health", dependencies=[api])
-    def health() -> dict:
+    @api.get("/health")
+    async def health() -> dict:
         return {"status": "ok", "version": __version__, "model": settings.model, "sessions": len(store),
                 "max_sessions": settings.max_sessions}
 
-    @app.get("/api/models", dependencies=[api])
-    def models() -> dict:
+    @api.get("/models")
+    async def models() -> dict:
         return {"default": settings.model, "models": store.available_models()}
 
-    @app.get("/api/files", dependencies=[api])
-    def files() -> dict:
-        return {"files": store.data_files()}
+    @api.get("/files")
+    async def files() -> dict:
+        return {"files": await worker.open(store.data_files)}
 
-    @app.post("/api/sessions", dependencies=[api])
-    def open_path(request: OpenRequest) -> dict:
-        return _describe(store.open_path(request.path, request.model))
+    @api.post("/sessions")
+    async def open_path(request: OpenRequest) -> dict:
+        return _describe(await worker.open(lambda: store.open_path(request.path, request.model)))
 
-    @app.post("/api/sessions/upload", dependencies=[api])
-    def open_upload(request: Request, file: UploadFile = File(...), model: str | None = None) -> dict:
-        limit = settings.max_upload_mb * 2**20
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + CHUNK:
-            raise HTTPException(413, f"upload larger than {settings.max_upload_mb:.0f} MB")
-        name = Path(file.filename or "upload.nii.gz").name
-        if not name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha", ".zip")):
-            raise HTTPException(400, "upload a .nii.gz, .nii, .nrrd, .mha file or a .zip of a DICOM series")
-        folder = new_upload_folder()
-        size = 0
-        with open(folder / name, "wb") as sink:
-            while chunk := file.file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    sink.close()
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise HTTPException(413, f"upload larger than {settings.max_upload_mb:.0f} MB")
-                sink.write(chunk)
-        return _describe(store.open_upload(folder, name, model))
+    @api.post("/sessions/upload")
+    async def open_upload(file: UploadFile = File(...), model: str | None = None) -> dict:
+        return _describe(await worker.open(lambda: store.open_upload(file.file, file.filename, model)))
 
-    @app.get("/api/sessions/{session_id}", dependencies=[api])
-    def describe(session_id: str) -> dict:
+    @api.get("/sessions/{session_id}")
+    async def describe(session_id: str) -> dict:
         return _describe(store.get(session_id))
 
-    @app.post("/api/sessions/{session_id}/heartbeat", dependencies=[api])
-    def heartbeat(session_id: str) -> dict:
+    @api.post("/sessions/{session_id}/heartbeat")
+    async def heartbeat(session_id: str) -> dict:
         store.get(session_id)
         return {"status": "ok"}
 
-    @app.delete("/api/sessions/{session_id}", dependencies=[api])
-    def close(session_id: str) -> dict:
-        store.close(session_id)
+    @api.delete("/sessions/{session_id}")
+    async def close(session_id: str) -> dict:
+        await asyncio.to_thread(store.close, session_id)
         return {"closed": session_id}
 
-    @app.get("/api/sessions/{session_id}/image.nii.gz", dependencies=[api])
-    def image(session_id: str) -> FileResponse:
+    @api.get("/sessions/{session_id}/image.nii.gz")
+    async def image(session_id: str) -> FileResponse:
         entry = store.get(session_id)
         path = entry.folder / "image.nii.gz"
-        with entry.lock:
+
+        def write(session: Session, job: Job) -> None:
             if not path.exists():
-                write_volume(entry.session.volume, path)
+                write_volume(session.volume, path)
+
+        await worker.run(entry, write)
         return FileResponse(path, media_type="application/gzip", filename="image.nii.gz")
 
-    @app.post("/api/sessions/{session_id}/objects", dependencies=[api])
-    def add_object(session_id: str, request: ObjectRequest) -> dict:
+    @api.post("/sessions/{session_id}/objects")
+    async def add_object(session_id: str, request: ObjectRequest) -> dict:
         entry = store.get(session_id)
-        with entry.lock:
-            label = entry.session.add_object(request.name)
-        return {"object": label, "objects": _objects(entry)}
 
-    @app.post("/api/sessions/{session_id}/clicks", dependencies=[api])
-    def clicks(session_id: str, request: ClickRequest) -> dict:
+        def work(session: Session, job: Job) -> dict:
+            label = session.add_object(request.name)
+            if not job.commit():
+                session.remove_object(label)
+                raise SessionBusyError("cancelled")
+            return {"object": label, "objects": _objects(session)}
+
+        return await worker.run(entry, work)
+
+    @api.post("/sessions/{session_id}/clicks")
+    async def clicks(session_id: str, request: ClickRequest) -> dict:
+        """Add clicks in order, all or none: every point is checked before the first is applied."""
         entry = store.get(session_id)
+        if len(request.points) > settings.max_points:
+            raise PromptError(f"{len(request.points)} points in one request; this server accepts at most {settings.max_points}")
         signs = request.positive if isinstance(request.positive, list) else [request.positive] * len(request.points)
         if len(signs) != len(request.points) or any(len(p) != 3 for p in request.points):
             raise PromptError("give three coordinates per point and one 'positive' per point (or one for all)")
-        world = request.coordinates != "voxel"
-        return _interact(entry, lambda s: [s.add_click(p, sign, world=world, ras=request.coordinates == "ras", label=request.object)
-                                           for p, sign in zip(request.points, signs)])
+        world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
-    @app.post("/api/sessions/{session_id}/box", dependencies=[api])
-    def box(session_id: str, request: BoxRequest) -> dict:
+        def action(session: Session, job: Job):
+            indices = [session.to_index(p, world=world, ras=ras) for p in request.points]
+            return all_or_nothing(session, request.object, [partial(session.add_click, index, sign, label=request.object)
+                                                            for index, sign in zip(indices, signs)], job)
+
+        return await _interact(worker, entry, action)
+
+    @api.post("/sessions/{session_id}/box")
+    async def box(session_id: str, request: BoxRequest) -> dict:
         entry = store.get(session_id)
         world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
-        def action(s):
-            corners = [s.to_index(c, world=world, ras=ras) for c in (request.corner_a, request.corner_b)]
-            s.set_box(*corners, label=request.object)
+        def action(session: Session, job: Job):
+            corners = [session.to_index(c, world=world, ras=ras) for c in (request.corner_a, request.corner_b)]
+            return all_or_nothing(session, request.object, [partial(session.set_box, *corners, label=request.object)], job)
 
-        return _interact(entry, action)
+        return await _interact(worker, entry, action)
 
-    @app.post("/api/sessions/{session_id}/mask", dependencies=[api])
-    def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
+    @api.post("/sessions/{session_id}/mask")
+    async def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
         """Start an object from a mask file on the image's voxels (any non-zero voxel is inside)."""
-        from ..evaluation.datasets import align_label
-        from ..io import read_volume
-
         entry = store.get(session_id)
-        name = Path(file.filename or "mask.nii.gz").name
-        path = entry.folder / ("mask-" + name)
-        try:
-            with open(path, "wb") as sink:
-                shutil.copyfileobj(file.file, sink, CHUNK)
-            mask = align_label(entry.session.volume, read_volume(path), "the image", name).array > 0
-        finally:
-            path.unlink(missing_ok=True)
-        return _interact(entry, lambda s: s.set_mask(mask, label=object))
+        mask = await worker.open(lambda: _read_mask(store, entry, file))
+        return await _interact(worker, entry, lambda session, job: all_or_nothing(
+            session, object, [partial(session.set_mask, mask, label=object)], job))
 
-    @app.post("/api/sessions/{session_id}/undo", dependencies=[api])
-    def undo(session_id: str, request: ObjectRef) -> dict:
-        return _interact(store.get(session_id), lambda s: s.undo(request.object), report="changed")
+    @api.post("/sessions/{session_id}/undo")
+    async def undo(session_id: str, request: ObjectRef) -> dict:
+        return await _interact(worker, store.get(session_id), lambda s, job: _step(s, request.object, -1, job), report="changed")
 
-    @app.post("/api/sessions/{session_id}/redo", dependencies=[api])
-    def redo(session_id: str, request: ObjectRef) -> dict:
-        return _interact(store.get(session_id), lambda s: s.redo(request.object), report="changed")
+    @api.post("/sessions/{session_id}/redo")
+    async def redo(session_id: str, request: ObjectRef) -> dict:
+        return await _interact(worker, store.get(session_id), lambda s, job: _step(s, request.object, +1, job), report="changed")
 
-    @app.post("/api/sessions/{session_id}/reset", dependencies=[api])
-    def reset(session_id: str, request: ObjectRef) -> dict:
-        return _interact(store.get(session_id), lambda s: s.reset(request.object))
+    @api.post("/sessions/{session_id}/reset")
+    async def reset(session_id: str, request: ObjectRef) -> dict:
+        return await _interact(worker, store.get(session_id), lambda session, job: all_or_nothing(
+            session, request.object, [partial(session.reset, request.object)], job))
 
-    @app.post("/api/sessions/{session_id}/uncertainty", dependencies=[api])
-    def uncertainty(session_id: str, request: UncertaintyRequest) -> dict:
-        entry = store.get(session_id)
+    @api.post("/sessions/{session_id}/uncertainty")
+    async def uncertainty(session_id: str, request: UncertaintyRequest) -> dict:
         started = time.perf_counter()
-        with entry.lock:
-            result = entry.session.uncertainty(samples=request.samples, label=request.object)
-        quantised = np.clip(np.rint(result.entropy * 255), 0, 255).astype(np.uint8)  # bits in [0, 1]
-        return {"region": _encode(result.box, quantised), "scale": 1 / 255, "unit": "bits",
-                "timings_ms": {"total": 1e3 * (time.perf_counter() - started)}}
 
-    @app.get("/api/sessions/{session_id}/labels", dependencies=[api])
-    def labels(session_id: str, format: Literal["nii.gz", "nrrd", "dcm"] = "nii.gz") -> FileResponse:
+        def work(session: Session, job: Job) -> dict:
+            result = session.uncertainty(samples=request.samples, label=request.object)
+            quantised = np.clip(np.rint(result.entropy * 255), 0, 255).astype(np.uint8)  # bits in [0, 1]
+            return {"region": _encode(result.box, quantised), "scale": 1 / 255, "unit": "bits"}
+
+        answer = await worker.run(store.get(session_id), work)
+        return answer | {"timings_ms": {"total": 1e3 * (time.perf_counter() - started)}}
+
+    @api.get("/sessions/{session_id}/labels")
+    async def labels(session_id: str, format: Literal["nii.gz", "nrrd", "dcm"] = "nii.gz") -> FileResponse:
         entry = store.get(session_id)
         path = entry.folder / f"labels.{format}"
-        with entry.lock:
+
+        def export(session: Session, job: Job) -> None:
             if format == "dcm":
                 if entry.dicom_dir is None:
                     raise FastSAM3DError("DICOM-SEG export needs a session opened from a DICOM series")
                 from .dicom_seg import write_dicom_seg
 
-                names = {label: obj.name for label, obj in entry.session.objects.items()}
-                write_dicom_seg(entry.session.label_map(), entry.session.volume, entry.dicom_dir, names, path)
+                names = {label: obj.name for label, obj in session.objects.items()}
+                write_dicom_seg(session.label_map(), session.volume, entry.dicom_dir, names, path)
             else:
-                entry.session.save_labels(path)
+                session.save_labels(path)
+
+        await worker.run(entry, export)
         media = {"nii.gz": "application/gzip", "nrrd": "application/octet-stream", "dcm": "application/dicom"}[format]
         return FileResponse(path, media_type=media, filename=f"{Path(entry.name).name.split('.')[0]}-labels.{format}")
+
+    app.include_router(api)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
     if STATIC_DIR.is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
     return app
 
 
-def _interact(entry: ServerSession, action, report: str = "") -> dict:
-    """Run one interaction under the session's lock; answer with the changed region and timings."""
+async def _expire_idle(store: SessionStore) -> None:
+    """Close idle sessions in the background (not only when a request looks one up)."""
+    interval = min(60.0, max(1.0, store.settings.idle_seconds / 10))
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(store.expire)
+
+
+def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> np.ndarray:
+    """An uploaded mask, checked and aligned to the session's image (voxels > 0 are inside)."""
+    from ..evaluation.datasets import align_label
+
+    name = display_name(file.filename, "mask.nii.gz")
+    suffix = next((s for s in UPLOAD_SUFFIXES[:-1] if (file.filename or name).lower().endswith(s)), None)
+    if suffix is None:
+        raise VolumeError("upload the mask as a .nii.gz, .nii, .nrrd or .mha file")
+    path = entry.folder / f"mask-{uuid.uuid4().hex}{suffix}"
+    try:
+        with open(path, "wb") as sink:
+            shutil.copyfileobj(file.file, sink, CHUNK)
+        return align_label(entry.session.volume, store.read(path, name), "the image", name).array > 0
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _step(session: Session, label: int | None, step: int, job: Job) -> bool:
+    """Undo (-1) or redo (+1), taken back when the request was cancelled meanwhile."""
+    move, back = (session.undo, session.redo) if step < 0 else (session.redo, session.undo)
+    changed = move(label)
+    if not job.commit():
+        if changed:
+            back(label)
+        raise SessionBusyError("cancelled")
+    return changed
+
+
+async def _interact(worker: SessionWorker, entry: ServerSession, action, report: str = "") -> dict:
+    """Run one interaction as the session's job; answer with the changed region and timings."""
     started = time.perf_counter()
-    with entry.lock:
-        session = entry.session
-        result = action(session)
+
+    def work(session: Session, job: Job) -> dict:
+        result = action(session, job)
+        region = result if isinstance(result, tuple) else session.changed_region
         answer = {
             "object": session.active,
-            "objects": _objects(entry),
-            "region": _encode(session.changed_region, session.labels[session.changed_region]) if session.changed_region else None,
+            "objects": _objects(session),
+            "region": _encode(region, session.labels[region]) if region else None,
             "timings_ms": {"encoder": 1e3 * session.timings.encoder, "decoder": 1e3 * session.timings.decoder,
                            "paste": 1e3 * session.timings.paste},
         }
-    if report:
-        answer[report] = bool(result)
+        if report:
+            answer[report] = bool(result)
+        return answer
+
+    answer = await worker.run(entry, work)
     answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
     return answer
 
@@ -261,16 +313,15 @@ def _encode(box, crop: np.ndarray) -> dict:
             "order": "F", "encoding": "zlib+base64", "data": base64.b64encode(data).decode()}
 
 
-def _objects(entry: ServerSession) -> list[dict]:
-    return [{"label": label, "name": obj.name} for label, obj in entry.session.objects.items()]
+def _objects(session: Session) -> list[dict]:
+    return [{"label": label, "name": obj.name} for label, obj in session.objects.items()]
 
 
 def _describe(entry: ServerSession) -> dict:
     volume = entry.session.volume
     return {"id": entry.id, "name": entry.name, "shape": list(volume.shape), "spacing": volume.spacing.tolist(),
             "origin": volume.origin.tolist(), "direction": volume.direction.tolist(), "orientation": volume.orientation,
-            "dicom": entry.dicom_dir is not None, "objects": _objects(entry),
-            "intensity": [float(volume.array.min()), float(volume.array.max())]}
+            "dicom": entry.dicom_dir is not None, "objects": _objects(entry.session), "intensity": list(entry.intensity)}
 
 
 def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:

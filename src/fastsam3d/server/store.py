@@ -1,22 +1,34 @@
 """Server-side state: one interactive :class:`Session` per opened volume, with limits and expiry.
 
 All sessions share one loaded model (its weights are read once); each keeps its own cached
-embeddings. A session is locked while it works, so one client's clicks run in order while other
-sessions run in parallel. Uploaded files are written to a private temporary folder that is removed
-with the session.
+embeddings. A session runs one piece of work at a time (see :mod:`.worker`), so one client's
+clicks run in order while other sessions run in parallel. Every file a session writes lives in a
+private folder under this server's temporary folder, removed with the session; the folders of
+servers that died are removed when the next server starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
+import fcntl
+import gc
+import math
+import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+import SimpleITK as sitk
 import torch
 
 from ..errors import FastSAM3DError, VolumeError
@@ -25,6 +37,11 @@ from ..registry import load_model
 from ..session import Session
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+MAX_PATH_CHARS = 1024
+MAX_NAME_CHARS = 255
+CHUNK = 1 << 20
 
 
 class SessionLimitError(FastSAM3DError):
@@ -44,10 +61,16 @@ class ServerSettings:
     checkpoint: str | None = None
     device: str | None = None
     api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
     max_sessions: int = 8
-    max_upload_mb: float = 2048.0
-    max_unzipped_mb: float = 4096.0
+    max_upload_mb: float = 2048.0  # volume and mask uploads
+    max_unpacked_mb: float = 2048.0  # decoded image bytes, and the unpacked size of a zip
+    max_voxels: int = 2**28
+    max_zip_entries: int = 5000
+    max_points: int = 100  # per click request
+    request_seconds: float = 120.0  # one request's wait for its session plus its work
     idle_seconds: float = 1800.0
+    temp_dir: Path | None = None  # default: <system temp>/fastsam3d-server
 
 
 @dataclass
@@ -57,12 +80,62 @@ class ServerSession:
     session: Session
     folder: Path  # private temporary folder (upload, exports; removed on close)
     dicom_dir: Path | None  # the DICOM series the volume came from, for DICOM-SEG export
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while work runs (see worker.py)
+    waiting: int = 0  # requests queued for the lock
+    closed: bool = False
+    intensity: tuple[float, float] = (0.0, 0.0)
     last_used: float = field(default_factory=time.monotonic)
 
 
+class TempFolder:
+    """This server's folder under the temp root, marked live by a lock held while the process runs.
+
+    A folder whose lock file is not locked belongs to a server that died (even by kill -9: the
+    kernel drops the lock), so it is removed at start-up.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root or Path(tempfile.gettempdir()) / "fastsam3d-server").resolve()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.stale_removed = self._remove_stale()
+        handle, pending = tempfile.mkstemp(prefix=".pending-", dir=self.root)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = handle
+        self.path = self.root / f"server-{uuid.uuid4().hex[:12]}"
+        self.path.mkdir(mode=0o700)
+        os.rename(pending, self.path.with_suffix(".lock"))  # visible only once locked
+
+    def new_folder(self) -> Path:
+        """A private folder for one session's files."""
+        return Path(tempfile.mkdtemp(prefix="session-", dir=self.path))
+
+    def remove(self) -> None:
+        """Remove this server's folder (at shutdown)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+    def _remove_stale(self) -> int:
+        removed = 0
+        for lock in self.root.glob("server-*.lock"):
+            try:
+                handle = os.open(lock, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+                removed += 1
+            except OSError:
+                pass  # a live server holds the lock
+            finally:
+                os.close(handle)
+        return removed
+
+
 class SessionStore:
-    """Open, find, expire and close sessions."""
+    """Open, find, expire and close sessions; check every file against the size limits first."""
 
     def __init__(self, settings: ServerSettings, model: torch.nn.Module | None = None) -> None:
         self.settings = settings
@@ -71,6 +144,7 @@ class SessionStore:
         self._models: dict[str, torch.nn.Module] = {settings.model: self.model}  # loaded on first use, kept
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
+        self.temp = TempFolder(settings.temp_dir)
 
     def available_models(self) -> list[str]:
         """The server's model and every registered 3D model whose weights ship with fastsam3d."""
@@ -105,12 +179,20 @@ class SessionStore:
         return found
 
     def resolve_data_path(self, relative: str) -> Path:
-        """A path inside the data folder; anything that escapes it is refused."""
+        """A path inside the data folder; anything that escapes it (or is no valid path) is refused."""
         root = self._data_root()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root) or not path.exists():
-            raise VolumeError(f"no volume {relative!r} in the data folder")
-        return path
+        missing = VolumeError(f"no volume {display_name(relative, '?')!r} in the data folder")
+        if len(relative) > MAX_PATH_CHARS or re.search(r"[\x00-\x1f]", relative):
+            raise missing
+        if any(len(part.encode()) > MAX_NAME_CHARS for part in relative.split("/")):
+            raise missing
+        try:
+            path = (root / relative).resolve()
+            if path.is_relative_to(root) and path.exists():
+                return path
+        except (OSError, RuntimeError, ValueError):  # symlink loops, names the OS refuses
+            pass
+        raise missing
 
     def _data_root(self) -> Path:
         if self.settings.data_dir is None:
@@ -118,84 +200,184 @@ class SessionStore:
         return Path(self.settings.data_dir).resolve()
 
     def open_path(self, relative: str, model: str | None = None) -> ServerSession:
+        """A session on a volume of the data folder (runs in a worker thread)."""
+        self._check_room()
         network = self.model_for(model)
         path = self.resolve_data_path(relative)
-        volume = read_volume(path)
+        volume = self.read(path, display_name(relative, "volume"))
         dicom_dir = path if path.is_dir() else None
-        return self._add(volume, relative, folder=None, dicom_dir=dicom_dir, model=network)
+        return self._add(volume, relative, folder=self.temp.new_folder(), dicom_dir=dicom_dir, model=network)
 
-    def open_upload(self, folder: Path, filename: str, model: str | None = None) -> ServerSession:
-        """A session from an upload already saved as ``folder/filename`` (a volume or a zipped DICOM series)."""
+    def open_upload(self, source: BinaryIO, filename: str | None, model: str | None = None) -> ServerSession:
+        """A session from an uploaded volume or zipped DICOM series (runs in a worker thread).
+
+        The upload is stored under a name of our own; the client's name is only shown."""
+        name = display_name(filename, "upload.nii.gz")
+        suffix = next((s for s in UPLOAD_SUFFIXES if (filename or name).lower().endswith(s)), None)
+        if suffix is None:
+            raise VolumeError("upload a .nii.gz, .nii, .nrrd, .mha file or a .zip of a DICOM series")
+        self._check_room()
+        network = self.model_for(model)
+        folder = self.temp.new_folder()
         try:
-            network = self.model_for(model)
-            path = folder / filename
+            path = folder / f"upload{suffix}"
+            with open(path, "wb") as sink:
+                shutil.copyfileobj(source, sink, CHUNK)
             dicom_dir = None
-            if filename.lower().endswith(".zip"):
-                dicom_dir = folder / "dicom"
-                _safe_unzip(path, dicom_dir, self.settings.max_unzipped_mb)
-                path = _single_series(dicom_dir)
-                dicom_dir = path
-            volume = read_volume(path)
-            return self._add(volume, filename, folder=folder, dicom_dir=dicom_dir, model=network)
+            if suffix == ".zip":
+                unpacked = folder / "dicom"
+                _safe_unzip(path, unpacked, self.settings.max_unpacked_mb * 2**20, self.settings.max_zip_entries)
+                path.unlink()
+                path = dicom_dir = _single_series(unpacked)
+            volume = self.read(path, name)
+            return self._add(volume, name, folder=folder, dicom_dir=dicom_dir, model=network)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def _add(self, volume: Volume, name: str, folder: Path | None, dicom_dir: Path | None, model: torch.nn.Module) -> ServerSession:
-        self.expire()
-        with self._lock:
-            if len(self._sessions) >= self.settings.max_sessions:
-                raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
-            session = Session(model, device=self.device)
-            session.set_image(volume)
-            entry = ServerSession(uuid.uuid4().hex, name, session, folder or new_upload_folder(), dicom_dir)
-            self._sessions[entry.id] = entry
+    def read(self, path: Path, name: str) -> Volume:
+        """Read a volume after checking its header against the voxel and byte limits; errors name
+        it ``name``, never by its path on the server."""
+        try:
+            self.check_size(path, name)
+            return read_volume(path)
+        except VolumeError as error:
+            raise VolumeError(str(error).replace(str(path), name)) from None
+
+    def check_size(self, path: Path, name: str) -> None:
+        """Refuse an image whose header promises more voxels or bytes than the limits (before decoding)."""
+        header = sitk.ImageFileReader()
+        try:
+            if path.is_dir() or path.suffix.lower() == ".dcm":
+                folder = path if path.is_dir() else path.parent
+                reader = sitk.ImageSeriesReader()
+                series = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in reader.GetGDCMSeriesIDs(str(folder)) or []]
+                files = max(series, key=len, default=())
+                if not files:
+                    raise VolumeError(f"no DICOM series found in {name}")
+                header.SetFileName(files[0])
+                header.ReadImageInformation()
+                size = (*header.GetSize()[:2], len(files))
+            else:
+                header.SetFileName(str(path))
+                header.ReadImageInformation()
+                size = header.GetSize()
+        except RuntimeError:
+            raise VolumeError(f"cannot read {name}: file is corrupt, truncated or not a supported image "
+                              "(NIfTI, NRRD, MHA, DICOM)") from None
+        voxels = math.prod(size) * header.GetNumberOfComponents()
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(header.GetPixelID()))
+        megabytes = voxels * (int(bits.group(1)) // 8 if bits else 8) / 2**20
+        shape = "x".join(map(str, size))
+        if voxels > self.settings.max_voxels:
+            raise VolumeError(f"{name} has {voxels} voxels ({shape}); this server accepts at most {self.settings.max_voxels}")
+        if megabytes > self.settings.max_unpacked_mb:
+            raise VolumeError(f"{name} unpacks to {megabytes:.0f} MB ({shape}); this server accepts at most "
+                              f"{self.settings.max_unpacked_mb:.0f} MB")
+
+    def _check_room(self) -> None:
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
+
+    def _add(self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None, model: torch.nn.Module) -> ServerSession:
+        try:
+            with self._lock:
+                self._check_room()
+                session = Session(model, device=self.device)
+                session.set_image(volume)
+                entry = ServerSession(uuid.uuid4().hex, name, session, folder, dicom_dir,
+                                      intensity=(float(volume.array.min()), float(volume.array.max())))
+                self._sessions[entry.id] = entry
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return entry
 
     def get(self, session_id: str) -> ServerSession:
-        self.expire()
         entry = self._sessions.get(session_id)
+        if entry is not None and self._idle(entry, time.monotonic() - self.settings.idle_seconds):
+            self.close(session_id)
+            entry = None
         if entry is None:
-            raise UnknownSessionError(f"no session {session_id!r} (closed, expired or never opened)")
+            raise UnknownSessionError(f"no session {display_name(session_id, '?')!r} (closed, expired or never opened)")
         entry.last_used = time.monotonic()
         return entry
 
     def close(self, session_id: str) -> None:
+        """Close a session; its files go once its running work (if any) ends."""
         with self._lock:
             entry = self._sessions.pop(session_id, None)
         if entry is None:
-            raise UnknownSessionError(f"no session {session_id!r} (closed, expired or never opened)")
-        _release(entry)
+            raise UnknownSessionError(f"no session {display_name(session_id, '?')!r} (closed, expired or never opened)")
+        entry.closed = True
+        if not entry.lock.locked():
+            release(entry)
 
-    def expire(self) -> None:
-        """Close sessions idle for longer than ``idle_seconds``."""
+    def expire(self) -> int:
+        """Close sessions idle for longer than ``idle_seconds`` (and not working); returns how many."""
         limit = time.monotonic() - self.settings.idle_seconds
         with self._lock:
-            stale = [key for key, entry in self._sessions.items() if entry.last_used < limit and not entry.lock.locked()]
+            stale = [key for key, entry in self._sessions.items() if self._idle(entry, limit)]
             entries = [self._sessions.pop(key) for key in stale]
         for entry in entries:
-            _release(entry)
+            entry.closed = True
+            release(entry)
+        return len(entries)
+
+    @staticmethod
+    def _idle(entry: ServerSession, since: float) -> bool:
+        return entry.last_used < since and not entry.lock.locked() and not entry.waiting
 
     def close_all(self) -> None:
+        """Close every session and remove this server's temporary folder (at shutdown)."""
         with self._lock:
             entries = list(self._sessions.values())
             self._sessions.clear()
         for entry in entries:
-            _release(entry)
+            entry.closed = True
+        self.temp.remove()
+        release_memory()
+
+    def scrub(self, message: str) -> str:
+        """A message without this server's temporary or data folder paths."""
+        roots = [str(self.temp.root)] + ([str(self._data_root())] if self.settings.data_dir is not None else [])
+        for root in roots:
+            message = message.replace(root + os.sep, "").replace(root, "<server folder>")
+        return message
 
 
-def new_upload_folder() -> Path:
-    """A private temporary folder for one session's files."""
-    return Path(tempfile.mkdtemp(prefix="fastsam3d-session-"))
+def display_name(name: str | None, default: str) -> str:
+    """A client-given file name made safe to show: its last part, no control characters, ≤ 100 characters."""
+    name = re.sub(r"[\x00-\x1f\x7f]", "", (name or "").replace("\\", "/").rsplit("/", 1)[-1])[:100]
+    return name or default
 
 
-def _release(entry: ServerSession) -> None:
+def release(entry: ServerSession) -> None:
+    """Remove a closed session's files and give its memory back to the system."""
     shutil.rmtree(entry.folder, ignore_errors=True)
+    release_memory()
+
+
+_LIBC = ctypes.CDLL(None) if os.name == "posix" else None
+
+
+def release_memory() -> None:
+    """Collect garbage, then return free heap pages to the system (glibc ``malloc_trim``).
+
+    Without the trim, the freed arrays of a closed session stay in glibc's per-thread arenas
+    (fragmentation), and RSS does not come down after the sessions close."""
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _holds_dicom(folder: Path) -> bool:
     """Whether a folder's first files are DICOM (the ``DICM`` marker after the 128-byte preamble)."""
-    files = [p for p in sorted(folder.iterdir())[:20] if p.is_file()][:3]
+    try:
+        files = [p for p in sorted(folder.iterdir())[:20] if p.is_file()][:3]
+    except OSError:
+        return False
     for file in files:
         try:
             with open(file, "rb") as handle:
@@ -206,24 +388,33 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
-def _safe_unzip(archive: Path, target: Path, max_mb: float) -> None:
-    """Extract a zip, refusing members that escape ``target`` and archives that inflate past ``max_mb``."""
+def _safe_unzip(archive: Path, target: Path, max_bytes: float, max_entries: int) -> None:
+    """Extract a zip, refusing members that escape ``target``, more than ``max_entries`` files, and
+    archives that inflate past ``max_bytes`` (counted while writing: declared sizes can lie)."""
     try:
         with zipfile.ZipFile(archive) as handle:
             members = [m for m in handle.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > max_mb * 2**20:
-                raise VolumeError(f"the zip file unpacks to more than {max_mb:.0f} MB")
+            if len(members) > max_entries:
+                raise VolumeError(f"the zip file holds {len(members)} files; this server accepts at most {max_entries}")
+            too_big = VolumeError(f"the zip file unpacks to more than {max_bytes / 2**20:.0f} MB")
+            if sum(m.file_size for m in members) > max_bytes:
+                raise too_big
             target.mkdir(parents=True, exist_ok=True)
             root = target.resolve()
+            written = 0
             for member in members:
                 destination = (target / member.filename).resolve()
                 if not destination.is_relative_to(root):
-                    raise VolumeError(f"the zip file has a member outside its folder: {member.filename!r}")
+                    raise VolumeError(f"the zip file has a member outside its folder: {display_name(member.filename, '?')!r}")
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with handle.open(member) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-    except zipfile.BadZipFile as error:
-        raise VolumeError(f"not a valid zip file: {error}") from None
+                    while chunk := source.read(CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise too_big
+                        sink.write(chunk)
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError, zlib.error):
+        raise VolumeError("the zip file cannot be unpacked (corrupt, encrypted, or a member name the system refuses)") from None
 
 
 def _single_series(folder: Path) -> Path:

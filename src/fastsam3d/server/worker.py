@@ -1,0 +1,145 @@
+"""Session work off the event loop: one job per session at a time, each with a deadline.
+
+The event loop only waits; the work runs in a thread pool sized to the session limit, so a busy
+(or stuck) session never blocks ``/api/health`` or another session. A request that cannot get
+its session within the deadline, or whose work runs past it, is answered 503; work that changes
+a session is cancelled at its next step and rolled back (see :func:`all_or_nothing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..errors import FastSAM3DError
+from ..session import Session, Slices
+from .store import ServerSession, UnknownSessionError, release
+
+T = TypeVar("T")
+MAX_WAITING = 16  # requests queued on one session before new ones are refused
+
+
+class SessionBusyError(FastSAM3DError):
+    """The session is busy: too many queued requests, or the deadline passed (nothing was applied)."""
+
+
+class Job:
+    """One piece of session work: cancelled by the waiting request, or committed by the work;
+    whichever comes first wins, so a reply of 'not applied' is always true."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "running"
+
+    def cancel(self) -> bool:
+        """Cancel unless already committed; True when cancelled."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "cancelled"
+            return self._state == "cancelled"
+
+    def commit(self) -> bool:
+        """Commit unless already cancelled; True when committed."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "committed"
+            return self._state == "committed"
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+
+class SessionWorker:
+    """Runs session work in threads with a per-request deadline; opening volumes has its own pool."""
+
+    def __init__(self, threads: int, seconds: float) -> None:
+        self.seconds = seconds
+        self.pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="fastsam3d-session")
+        self.open_pool = ThreadPoolExecutor(2, thread_name_prefix="fastsam3d-open")
+        self._jobs: set[Job] = set()
+
+    async def run(self, entry: ServerSession, work: Callable[[Session, Job], T]) -> T:
+        """``work(session, job)`` under the session's lock, in a thread, within the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        if entry.waiting >= MAX_WAITING:
+            raise SessionBusyError(f"{entry.waiting} requests are waiting for this session; try again later")
+        entry.waiting += 1
+        try:
+            await asyncio.wait_for(entry.lock.acquire(), self.seconds)
+        except TimeoutError:
+            raise SessionBusyError(f"the session stayed busy for {self.seconds:.0f} s; the request was not applied") from None
+        finally:
+            entry.waiting -= 1
+        if entry.closed:
+            self._done(entry, None)
+            raise UnknownSessionError(f"no session {entry.id!r} (closed, expired or never opened)")
+        job = Job()
+        self._jobs.add(job)
+        future = loop.run_in_executor(self.pool, work, entry.session, job)
+        future.add_done_callback(lambda _: self._done(entry, job))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(deadline - loop.time(), 0.1))
+        except TimeoutError:
+            if job.cancel():
+                raise SessionBusyError(f"the request took longer than {self.seconds:.0f} s and was not applied") from None
+            return await future  # committed just in time: its answer stands
+
+    async def open(self, work: Callable[[], T]) -> T:
+        """Open a session (read and check a volume) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.open_pool, work)
+
+    def _done(self, entry: ServerSession, job: Job | None) -> None:
+        self._jobs.discard(job)
+        entry.lock.release()
+        if entry.closed and not entry.lock.locked() and not entry.waiting:
+            threading.Thread(target=release, args=(entry,), daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Cancel running work (it stops at its next step) and stop taking new work."""
+        for job in list(self._jobs):
+            job.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.open_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[], object]], job: Job) -> Slices | None:
+    """Apply prompt steps (each pushes one state of one object) in order, or none of them; returns
+    the box of the label map they changed together.
+
+    Every step's input should be validated before this runs; if a step fails or the job is
+    cancelled, the steps applied so far are undone and the object's history restored."""
+    new_object = label is None and session.active is None
+    target = session.objects.get(session.active if label is None else label)
+    saved = (list(target.history), target.position) if target is not None and not new_object else None
+    applied = 0
+    changed = None
+    try:
+        for step in steps:
+            if job.cancelled:
+                raise SessionBusyError("cancelled")
+            step()
+            applied += 1
+            changed = _union(changed, session.changed_region)
+        if not job.commit():
+            raise SessionBusyError("cancelled")
+        return changed
+    except BaseException:
+        if new_object and session.active is not None:
+            session.remove_object(session.active)
+        elif saved is not None and applied:
+            for _ in range(applied):
+                session.undo(target.label)
+            target.history[:], target.position = saved
+        raise
+
+
+def _union(a: Slices | None, b: Slices | None) -> Slices | None:
+    """The smallest box holding both boxes (either may be None)."""
+    if a is None or b is None:
+        return a or b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
