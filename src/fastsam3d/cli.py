@@ -112,13 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="REST server with the web viewer",
         description="Serves the API (OpenAPI docs at /docs) and the viewer at /. Binds to localhost unless --host is given.",
     )
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs --api-key (or --insecure)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data", type=Path, help="folder whose volumes clients may open (nothing outside it is readable)")
     serve.add_argument("--api-key", help="require this key in the X-API-Key header (default: $FASTSAM3D_API_KEY)")
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
+    serve.add_argument("--allowed-hosts", default="", help="comma-separated Host header names accepted besides "
+                       "localhost, 127.0.0.1, ::1 and --host ('*': any)")
     serve.add_argument("--max-sessions", type=int, default=8)
-    serve.add_argument("--max-upload-mb", type=float, default=2048.0)
+    serve.add_argument("--max-upload-mb", type=float, default=2048.0, help="volume and mask uploads")
+    serve.add_argument("--max-unpacked-mb", type=float, default=2048.0, help="decoded image size, and unzipped DICOM size")
+    serve.add_argument("--max-voxels", type=int, default=2**28, help="voxels of an opened image (checked from its header)")
+    serve.add_argument("--max-zip-entries", type=int, default=5000, help="files in an uploaded DICOM zip")
+    serve.add_argument("--max-points", type=int, default=100, help="points in one click request")
+    serve.add_argument("--request-seconds", type=float, default=120.0, help="deadline of one request (waiting and working)")
     serve.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
+    serve.add_argument("--temp-dir", type=Path, help="temporary root (default: <system temp>/fastsam3d-server); "
+                       "folders of dead servers under it are removed at start")
     _add_model_arguments(serve)
 
     train = commands.add_parser(
@@ -184,10 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser(
         "train-default",
-        help="reproduce the shipped default model: teacher, features, distillation, student fine-tuning (~1 h CPU)",
+        help="reproduce the shipped default model: interactive training on synthesis from real label maps "
+        "(resumable: run again to continue; ~1.5 h on 2 CPU cores)",
     )
     recipe.add_argument("--out", type=Path, default=Path("runs/default"))
-    recipe.add_argument("--scale", type=float, default=1.0, help="multiply the step budgets (longer runs on a GPU)")
+    recipe.add_argument("--scale", type=float, default=1.0, help="multiply the step budget (longer runs on a GPU)")
+    recipe.add_argument("--init", help="start from these weights, e.g. `default` to continue the shipped model")
+    recipe.add_argument("--seed", type=int, default=0)
     recipe.add_argument("--device")
     recipe.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
 
@@ -323,7 +336,7 @@ def _training(args: argparse.Namespace) -> None:
     if args.command == "train-default":
         from .training.recipe import install_default, train_default
 
-        path = train_default(args.out, args.scale, args.device)
+        path = train_default(args.out, args.scale, args.device, seed=args.seed, init=args.init)
         print(f"wrote {path}")
         if args.install:
             print(f"installed as the default model: {install_default(path)}")
@@ -382,23 +395,37 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import ipaddress
     import os
 
     import uvicorn
 
     from .server.app import create_app
-    from .server.store import ServerSettings
+    from .server.store import LOOPBACK_HOSTS, ServerSettings
 
     if args.data is not None and not args.data.is_dir():
         raise FastSAM3DError(f"--data {args.data} is not a folder")
+    api_key = args.api_key or os.environ.get("FASTSAM3D_API_KEY")
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not api_key and not args.insecure:
+        raise FastSAM3DError(f"--host {args.host} exposes the server beyond this machine: give --api-key "
+                             "(or $FASTSAM3D_API_KEY), or --insecure to serve without one")
+    extra_hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     settings = ServerSettings(
-        data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device,
-        api_key=args.api_key or os.environ.get("FASTSAM3D_API_KEY"), max_sessions=args.max_sessions,
-        max_upload_mb=args.max_upload_mb, idle_seconds=60 * args.idle_minutes,
+        data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device, api_key=api_key,
+        allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts), max_sessions=args.max_sessions,
+        max_upload_mb=args.max_upload_mb, max_unpacked_mb=args.max_unpacked_mb, max_voxels=args.max_voxels,
+        max_zip_entries=args.max_zip_entries, max_points=args.max_points, request_seconds=args.request_seconds,
+        idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir,
     )
     app = create_app(settings)
+    if not loopback and not api_key:
+        print(f"fastsam3d: warning: serving on {args.host} without an API key (--insecure)", file=sys.stderr)
     print(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 def _models() -> None:
