@@ -81,7 +81,7 @@ class SessionWorker:
         job = Job()
         self._jobs.add(job)
         future = loop.run_in_executor(self.pool, work, entry.session, job)
-        future.add_done_callback(lambda _: self._done(entry, job))
+        future.add_done_callback(lambda done: self._done(entry, job, done))
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline - loop.time(), 0.1))
         except TimeoutError:
@@ -93,7 +93,9 @@ class SessionWorker:
         """Open a session (read and check a volume) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.open_pool, work)
 
-    def _done(self, entry: ServerSession, job: Job | None) -> None:
+    def _done(self, entry: ServerSession, job: Job | None, future: asyncio.Future | None = None) -> None:
+        if future is not None and not future.cancelled():
+            future.exception()  # retrieved: the answer of a cancelled job is nobody's
         self._jobs.discard(job)
         entry.lock.release()
         if entry.closed and not entry.lock.locked() and not entry.waiting:
