@@ -138,6 +138,7 @@ class SessionStore:
     """Open, find, expire and close sessions; check every file against the size limits first."""
 
     def __init__(self, settings: ServerSettings, model: torch.nn.Module | None = None) -> None:
+        tune_allocator()
         self.settings = settings
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model if model is not None else load_model(settings.model, settings.checkpoint).to(self.device)
@@ -359,13 +360,25 @@ def release(entry: ServerSession) -> None:
 
 
 _LIBC = ctypes.CDLL(None) if os.name == "posix" else None
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def tune_allocator() -> None:
+    """Serve every allocation of 1 MB or more with its own mmap (glibc), returned to the system on free.
+
+    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which
+    the multi-MB arrays of clicks (crops, logits, label boxes) come from the per-thread heaps and
+    fragment them: measured with 8 sessions on a 384x384x200 CT, RSS after closing them all stayed
+    at 910 MB (one session: 567 MB) and grew with every round; with a fixed 1 MB threshold it
+    came back to 537 MB, the same every round. A no-op without glibc."""
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_memory() -> None:
-    """Collect garbage, then return free heap pages to the system (glibc ``malloc_trim``).
-
-    Without the trim, the freed arrays of a closed session stay in glibc's per-thread arenas
-    (fragmentation), and RSS does not come down after the sessions close."""
+    """Collect garbage, then return free heap pages to the system (glibc ``malloc_trim``)."""
     gc.collect()
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
