@@ -8,13 +8,16 @@ synthetic CT (int16 noise around soft tissue with a brighter ellipsoid, 0.8x0.8x
 data folder. Latency: one session, a first click (encoder), then ``--clicks`` clicks near it (the
 cached embedding); each round trip is timed in the client around the HTTP call, answer decoded.
 Load: ``--clients`` threads, each with its own session on the same file, clicking for
-``--minutes``; the server's RSS is sampled once every session is open and at the end (growth
-beyond the sessions' caches would show up there), and every non-200 answer counts as an error.
+``--minutes``; the server's RSS is sampled every 15 s while every session is open (growth beyond
+the sessions' caches would show up there; flatness over the last 2 minutes is printed), and once
+all sessions have closed, against its level with one session open; ``/api/health`` is timed once a
+second throughout; every non-200 answer counts as an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import statistics
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--model", default="default", help="the server's --model (a name or a checkpoint file)")
     args = parser.parse_args()
     import httpx
 
@@ -64,7 +68,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="fastsam3d-load-"))
     centre = make_ct(folder / "ct.nii.gz", shape)
     command = [sys.executable, "-m", "fastsam3d.cli", "serve", "--data", str(folder), "--port", str(args.port),
-               "--max-sessions", str(args.clients + 2)]
+               "--max-sessions", str(args.clients + 2), "--model", args.model]
     server = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -96,10 +100,12 @@ def main() -> None:
                 print(f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
                       f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
                       f"answer median {statistics.median(sizes) / 1024:.0f} kB")
+            one_session = rss_mb(server.pid)
+            print(f"server RSS with one session open: {one_session:.0f} MB")
             client.delete(f"/api/sessions/{session}")
         if args.clients <= 0:
             return
-        results = {"clicks": 0, "errors": 0, "times": []}
+        results = {"clicks": 0, "errors": collections.Counter(), "times": [], "examples": {}}
         lock = threading.Lock()
         opened = threading.Barrier(args.clients + 1)
         stop = time.monotonic() + 60 * args.minutes + 600  # refined once all sessions are open
@@ -119,11 +125,24 @@ def main() -> None:
                     elapsed = 1e3 * (time.perf_counter() - started)
                     with lock:
                         results["clicks"] += 1
-                        results["errors"] += response.status_code != 200
+                        if response.status_code != 200:
+                            results["errors"][response.status_code] += 1
+                            results["examples"].setdefault(response.status_code, response.text[:160])
                         results["times"].append(elapsed)
                 client.delete(f"/api/sessions/{session}")
 
+        health = []  # /api/health round trips (ms) while the clients work
+
+        def health_loop() -> None:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                while time.monotonic() < stop:
+                    started = time.perf_counter()
+                    client.get("/api/health")
+                    health.append(1e3 * (time.perf_counter() - started))
+                    time.sleep(1.0)
+
         threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(args.clients)]
+        threads.append(threading.Thread(target=health_loop))
         for thread in threads:
             thread.start()
         opened.wait()
@@ -136,12 +155,26 @@ def main() -> None:
         samples.append(rss_mb(server.pid))
         for thread in threads:
             thread.join()
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for _ in range(100):  # closed sessions are released in the background
+                if client.get("/api/health").json()["sessions"] == 0:
+                    break
+                time.sleep(0.1)
+        time.sleep(2.0)
+        closed = rss_mb(server.pid)
         times = sorted(results["times"])
-        print(f"load: {args.clients} clients x {args.minutes:g} min: {results['clicks']} requests, {results['errors']} errors, "
+        print(f"load: {args.clients} clients x {args.minutes:g} min: {results['clicks']} requests, {sum(results['errors'].values())} errors, "
               f"median {statistics.median(times):.0f} ms, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms, "
               f"{results['clicks'] / (60 * args.minutes):.1f} requests/s")
+        for status, count in results["errors"].most_common():
+            print(f"  {count} x {status}, e.g. {results['examples'][status]}")
+        last = samples[-9:]  # the last 2 minutes
+        health.sort()
         print(f"server RSS with all sessions open: {samples[0]:.0f} MB after warm-up, max {max(samples):.0f} MB, "
-              f"{samples[-1]:.0f} MB just before the end; {rss_mb(server.pid):.0f} MB after the sessions closed")
+              f"{samples[-1]:.0f} MB just before the end; last 2 min within {100 * (max(last) / min(last) - 1):.1f} %")
+        print(f"server RSS after all sessions closed: {closed:.0f} MB ({100 * (closed / one_session - 1):+.0f} % "
+              f"against one session open, {one_session:.0f} MB)")
+        print(f"/api/health under load: median {statistics.median(health):.0f} ms, max {health[-1]:.0f} ms ({len(health)} calls)")
         print("RSS samples (MB, every 15 s): " + " ".join(f"{v:.0f}" for v in samples))
     finally:
         server.terminate()
