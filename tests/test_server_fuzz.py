@@ -70,6 +70,9 @@ def nifti_header_only(shape: tuple[int, ...], dtype=np.uint8) -> bytes:
     return gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
 
 
+NRRD_BOMB = b"NRRD0004\ntype: int16\ndimension: 3\nsizes: 2048 2048 64\nencoding: gzip\n\n" + gzip.compress(bytes(1024))
+
+
 def zip_of(files: dict[str, bytes]) -> bytes:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
@@ -91,6 +94,7 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
         ("post", "/api/sessions/upload", {"files": {"file": ("a\x00b.nii.gz", b"\x1f\x8b junk")}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nii.gz", nifti_header_only((1024, 1024, 512)))}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nii.gz", nifti_header_only((600, 600, 600), np.float64))}}, 400),
+        ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nrrd", NRRD_BOMB)}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("many.zip", zip_of({f"{i}.dcm": b"x" for i in range(60)}))}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("zeros.zip", zip_of({"a.dcm": bytes(4 << 20)}))}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("long.zip", zip_of({"x" * 300 + ".dcm": b"x"}))}}, 400),
@@ -119,6 +123,13 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
         assert long_name.status_code == 200, long_name.text
         assert len(long_name.json()["name"]) <= 100
         assert len(session_folders(temp_root)) == 1
+        mask = client.post(f"/api/sessions/{long_name.json()['id']}/mask", headers=key,
+                           files={"file": ("mask.nii.gz", bytes(4 << 20))})
+        assert mask.status_code == 413
+        mask = client.post(f"/api/sessions/{long_name.json()['id']}/mask", headers=key,
+                           files={"file": ("mask.nii.gz", nifti_header_only((1024, 1024, 512)))})
+        assert mask.status_code == 400 and "voxels" in mask.json()["detail"]
+        assert len(list(session_folders(temp_root)[0].iterdir())) == 1  # only the upload itself
         assert client.delete(f"/api/sessions/{long_name.json()['id']}", headers=key).status_code == 200
         assert client.get("/api/health", headers=key).json()["status"] == "ok"
     assert leftovers(temp_root) == []
@@ -160,6 +171,7 @@ def test_points_capped_and_applied_all_or_nothing(data_dir, temp_root):
         clicks = f"/api/sessions/{session}/clicks"
         too_many = client.post(clicks, json={"points": [[60, 50, 22]] * 6})
         assert too_many.status_code == 400 and "at most 5" in too_many.json()["detail"]
+        assert client.post(clicks, json={"points": [[60, 50, 22]] * 100_000}).status_code == 413  # > 1 MB of JSON
         mixed = {"points": [[60, 50, 22], [500, 5, 5]]}
         refused = client.post(clicks, json=mixed)
         assert refused.status_code == 400 and "outside the volume" in refused.json()["detail"]

@@ -422,6 +422,8 @@ def _serve(args: argparse.Namespace) -> None:
         idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir,
     )
     app = create_app(settings)
+    if app.state.store.temp.stale_removed:
+        print(f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly")
     if not loopback and not api_key:
         print(f"fastsam3d: warning: serving on {args.host} without an API key (--insecure)", file=sys.stderr)
     print(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
