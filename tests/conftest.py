@@ -64,12 +64,9 @@ class IntensityModel(torch.nn.Module):
     radius 12 ROI voxels around each exclude click. Lets tests check geometry exactly."""
 
     img_size = 128
+    roi_spacing = 1.5
     low_res_size = (32, 32, 32)
-
-    class _Prompt:
-        supports_boxes = False
-
-    prompt_encoder = _Prompt()
+    supports_boxes = False
 
     def encode(self, crop: torch.Tensor) -> torch.Tensor:
         return crop

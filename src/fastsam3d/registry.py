@@ -19,6 +19,7 @@ import torch
 
 from .errors import CheckpointError
 from .modeling import ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D, Sam3D
+from .modeling.click_unet import ClickUNet3D, ClickUNetConfig
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_METADATA_KEY = "fastsam3d_config"
@@ -62,20 +63,24 @@ class ModelConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> "ModelConfig | ClickUNetConfig":
+        """A config stored by :func:`save_model` (a 3D SAM's, or a ClickUNet's with ``kind``)."""
         data = json.loads(text)
-        known = {f.name for f in fields(cls)}
+        config_class = ClickUNetConfig if data.get("kind") == "click-unet" else cls
+        known = {f.name for f in fields(config_class)}
         unknown = set(data) - known
         if unknown:
             raise CheckpointError(f"model config has unknown fields {sorted(unknown)}: written by a newer fastsam3d?")
-        data["global_attn_indexes"] = tuple(data.get("global_attn_indexes", ()))
-        return cls(**data)
+        for key, value in data.items():
+            if isinstance(value, list):
+                data[key] = tuple(value)
+        return config_class(**data)
 
 
-MODEL_CONFIGS: dict[str, ModelConfig] = {}
+MODEL_CONFIGS: dict[str, ModelConfig | ClickUNetConfig] = {}
 
 
-def register_config(config: ModelConfig) -> ModelConfig:
+def register_config(config: ModelConfig | ClickUNetConfig) -> ModelConfig | ClickUNetConfig:
     MODEL_CONFIGS[config.name] = config
     return config
 
@@ -138,7 +143,14 @@ register_config(
         depth=8,
     )
 )
-register_config(replace(COMPACT, name="default", description="the model shipped with fastsam3d", weights="default.safetensors"))
+register_config(
+    ClickUNetConfig(
+        name="default",
+        description="the model shipped with fastsam3d: a click-conditioned 3D U-Net (64³ ROI at 3 mm), see weights/MODEL_CARD.md",
+        weights="default.safetensors",
+    )
+)
+register_config(ClickUNetConfig(name="click-unet", description="the architecture of the shipped default, untrained"))
 TINY = register_config(
     ModelConfig(
         name="tiny-teacher",
@@ -168,10 +180,12 @@ register_config(
 )
 
 
-def build_model(config: ModelConfig | str) -> Sam3D:
+def build_model(config: ModelConfig | ClickUNetConfig | str) -> Sam3D | ClickUNet3D:
     """Build an untrained model of a named or given config."""
     if isinstance(config, str):
         config = get_config(config)
+    if isinstance(config, ClickUNetConfig):
+        return ClickUNet3D(config).eval()
     encoder = ImageEncoderViT3D(
         img_size=config.img_size,
         patch_size=config.patch_size,
@@ -295,7 +309,9 @@ def infer_config(state_dict: dict[str, torch.Tensor], block_style: str | None = 
     )
 
 
-def _describe(config: ModelConfig) -> str:
+def _describe(config: ModelConfig | ClickUNetConfig) -> str:
+    if isinstance(config, ClickUNetConfig):
+        return f"a click-conditioned 3D U-Net (channels {'-'.join(map(str, config.channels))}), not a 3D SAM"
     attention = config.depth - config.skip_layer
     return f"{config.depth} encoder blocks ({config.skip_layer} MLP-only, {attention} with attention), width {config.embed_dim}"
 
@@ -344,7 +360,7 @@ def load_model(
     decoder_checkpoint: str | Path | None = None,
     block_style: str | None = None,
     device: str | torch.device = "cpu",
-) -> Sam3D:
+) -> Sam3D | ClickUNet3D:
     """Build a model and load its weights.
 
     Args:
@@ -390,14 +406,14 @@ def load_model(
         config = stored_config or infer_config(state_dict)
         if stored_config is None:
             config = replace(config, name=Path(checkpoint).stem)
-    if block_style is not None:
+    if block_style is not None and isinstance(config, ModelConfig):
         config = replace(config, block_style=block_style)
     built = build_model(config)
     load_state_dict_strict(built, state_dict, str(checkpoint))
     return built.to(device)
 
 
-def save_model(model: Sam3D, path: str | Path, half: bool = False) -> Path:
+def save_model(model: Sam3D | ClickUNet3D, path: str | Path, half: bool = False) -> Path:
     """Write weights + config as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save_file
 

@@ -369,7 +369,7 @@ class Session:
         return True
 
     def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
-        return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size)
+        return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size, spacing=self.model.roi_spacing)
 
     def _embedding(self, roi: RoiGrid) -> torch.Tensor:
         """The image embedding of a ROI, computed once and cached (LRU)."""
@@ -402,7 +402,7 @@ class Session:
             clicks = clicks[-1:]
         points = [roi.index_to_roi(np.array(c.index))[0] for c in clicks]
         labels = [int(c.positive) for c in clicks]
-        if state.box is not None and not self.model.prompt_encoder.supports_boxes:
+        if state.box is not None and not self.model.supports_boxes:
             centre = (np.array(state.box[0]) + np.array(state.box[1])) / 2.0
             points.append(roi.index_to_roi(centre)[0])
             labels.append(1)
@@ -435,7 +435,7 @@ class Session:
         return ((fraction - 0.5) * 2 * MASK_PROMPT_LOGIT)[None, None].to(self.device)
 
     def _box_tensor(self, state: ObjectState, roi: RoiGrid) -> torch.Tensor | None:
-        if state.box is None or not self.model.prompt_encoder.supports_boxes:
+        if state.box is None or not self.model.supports_boxes:
             return None
         corners = roi.index_to_roi(np.array(state.box, dtype=np.float64))
         box = np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)
@@ -540,7 +540,7 @@ class Session:
 
     def _clip_to_box(self, state: ObjectState, values: np.ndarray, box: Slices | None = None) -> np.ndarray:
         """Zero everything outside the object's box prompt (for models without box embeddings)."""
-        if state.box is None or self.model.prompt_encoder.supports_boxes:
+        if state.box is None or self.model.supports_boxes:
             return values
         offset = [0, 0, 0] if box is None else [s.start for s in box]
         keep = tuple(

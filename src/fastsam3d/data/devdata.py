@@ -11,6 +11,10 @@ extracts the three image/label-map pairs and writes a ``dataset.json`` manifest 
   ``example_seg_dicom.nii.gz`` (its label map is stored with the j axis flipped; the loader
   aligns it onto the image grid).
 
+and, listed under ``training`` (not evaluated by default), the whole-torso CT the ``ct`` case is
+cut from: ``example_ct.nii.gz`` (122x101x112, 3 mm) + ``example_seg_fast_force_split.nii.gz``
+(61 structures), the label map the default model's synthesis is built from.
+
 The label maps are TotalSegmentator predictions, not manual labels. Everything under
 ``aorta_report/`` and ``pulmonary_report/`` is reserved for independent evaluation and is
 never extracted here.
@@ -36,6 +40,7 @@ CASES = {
     "mr": ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr"),
     "ct_dicom": ("example_ct_dicom", "example_seg_dicom.nii.gz", "total"),
 }
+TRAINING = {"ct_torso": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz", "total")}
 
 
 def default_root() -> Path:
@@ -45,9 +50,17 @@ def default_root() -> Path:
 
 
 def dev_manifest(root: Path | None = None) -> Path | None:
-    """The manifest of already fetched development data, or None."""
+    """The manifest of already fetched development data (with its training cases), or None."""
     manifest = (root or default_root()) / "dataset.json"
-    return manifest if manifest.is_file() else None
+    if not manifest.is_file() or "training" not in json.loads(manifest.read_text()):
+        return None
+    return manifest
+
+
+def training_cases(manifest: Path) -> list[tuple[Path, Path]]:
+    """(image, label map) paths of the manifest's training cases."""
+    data = json.loads(Path(manifest).read_text())
+    return [(Path(manifest).parent / c["image"], Path(manifest).parent / c["label"]) for c in data.get("training", [])]
 
 
 def fetch_dev_data(root: Path | None = None, source: Path | None = None) -> Path:
@@ -61,15 +74,17 @@ def fetch_dev_data(root: Path | None = None, source: Path | None = None) -> Path
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         archive = source or _download(Path(scratch))
         class_maps = _extract(archive, root)
-    cases = []
-    for name, (image, label, class_map) in CASES.items():
-        cases.append({"name": name, "image": f"reference_files/{image}", "label": f"reference_files/{label}",
-                      "labels": {str(k): v for k, v in sorted(class_maps[class_map].items())}})
+    def entries(cases: dict) -> list[dict]:
+        return [{"name": name, "image": f"reference_files/{image}", "label": f"reference_files/{label}",
+                 "labels": {str(k): v for k, v in sorted(class_maps[class_map].items())}}
+                for name, (image, label, class_map) in cases.items()]
+
     manifest = {
         "name": "TotalSegmentator development data",
         "source": f"pip download --no-binary :all: {PACKAGE} (tests/reference_files)",
         "note": "labels are TotalSegmentator predictions; aorta_report/ and pulmonary_report/ excluded",
-        "cases": cases,
+        "cases": entries(CASES),
+        "training": entries(TRAINING),
     }
     path = root / "dataset.json"
     temporary = path.with_suffix(".tmp")
@@ -90,7 +105,8 @@ def _download(folder: Path) -> Path:
 
 def _extract(archive: Path, root: Path) -> dict[str, dict[int, str]]:
     """Extract the needed reference files into ``root/reference_files``; return the class maps."""
-    wanted = {image for image, _, _ in CASES.values()} | {label for _, label, _ in CASES.values()}
+    pairs = [*CASES.values(), *TRAINING.values()]
+    wanted = {image for image, _, _ in pairs} | {label for _, label, _ in pairs}
     class_maps: dict[str, dict[int, str]] = {}
     try:
         with tarfile.open(archive) as tar:

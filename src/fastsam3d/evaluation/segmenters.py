@@ -72,7 +72,8 @@ class SamSegmenter(Segmenter):
         self._roi_centre = roi_centre
         self._roi = None
         if roi_centre is not None:
-            self._roi = RoiGrid.centred(self.session.volume, roi_centre, size=self.session.model.img_size)
+            self._roi = RoiGrid.centred(self.session.volume, roi_centre, size=self.session.model.img_size,
+                                        spacing=self.session.model.roi_spacing)
 
     def region(self) -> Slices | None:
         return None if self._roi is None else self._roi.covered_slices()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..preprocess import TARGET_SPACING_MM
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -26,6 +27,16 @@ class Sam3D(nn.Module):
     def img_size(self) -> int:
         """Edge of the cubic crop the encoder takes (128 for the official models)."""
         return self.image_encoder.img_size
+
+    @property
+    def roi_spacing(self) -> float:
+        """Millimetres per crop voxel (the models were trained at 1.5 mm)."""
+        return TARGET_SPACING_MM
+
+    @property
+    def supports_boxes(self) -> bool:
+        """Whether boxes are encoded (learned box corners) rather than emulated by the session."""
+        return self.prompt_encoder.supports_boxes
 
     @property
     def low_res_size(self) -> tuple[int, int, int]:

@@ -1,0 +1,282 @@
+"""ClickUNet3D: a convolutional interactive segmenter that keeps the engine's cached-embedding contract.
+
+The heavy part sees the image only and runs once per ROI; the light part takes the prompts:
+
+* ``encode``: a 3D U-Net over the ROI (encoder and image decoder, instance norm) returns its
+  decoded features at every scale, finest first: ``(B, c0, S, S, S)``, ``(B, c1, S/2, ...)``, ...
+  The input is turned into two intensity channels that do not depend on the scanner's range:
+  the crop's histogram-equalised intensities (its empirical CDF: any monotone rescaling, uint8,
+  float [0, 1] or Hounsfield units, gives the same channel) and a robust linear rescaling
+  (1st → 0, 99th percentile → 1).
+* ``decode``: prompt maps (include clicks, exclude clicks, the previous probability, the box)
+  plus two *similarity* maps (cosine similarity of every voxel's fine features with the features
+  under the include / exclude clicks) enter a small decoder at every scale: 3×3×3 convolutions
+  at the two coarsest scales (which structure is meant), 1×1×1 fusions at the finer ones, and a
+  full-resolution head, so a click can move the mask by one voxel where it was placed.
+
+Logits come out at the ROI resolution (``low_res_size == (S, S, S)``). With ``honour_clicks``
+the logits on the 2×2×2 cells around each click are pushed past ±``CLICK_MARGIN`` (include /
+exclude), so the clicked point is inside (outside) the mask whatever the network predicted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLICK_SIGMA = 1.5  # voxels: width of the Gaussian drawn for each click
+CLICK_MARGIN = 2.0  # logit a clicked cell is at least pushed to (include) / below (exclude)
+PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclude similarity
+STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
+CHANNELS_LAST = torch.channels_last_3d
+CDF_BINS = 256  # piecewise-linear histogram equalisation
+
+
+@dataclass(frozen=True)
+class ClickUNetConfig:
+    """The architecture numbers of :class:`ClickUNet3D` (channels per scale, finest first)."""
+
+    name: str = "click-unet"
+    description: str = ""
+    kind: str = "click-unet"
+    img_size: int = 64
+    spacing: float = 3.0
+    channels: tuple[int, ...] = (8, 24, 48, 96, 128)
+    fine_channels: int = 16  # decoded features at the ROI resolution (cached, used by the similarity maps)
+    prompt_channels: tuple[int, ...] = (8, 16, 24, 32, 48)
+    weights: str = field(default="", compare=False)  # file name under the package's weights folder, if shipped
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv3d (no bias) + InstanceNorm3d (affine) + LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel: int = 3) -> None:
+        conv = (nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False) if kernel > 1
+                else Pointwise(in_channels, out_channels, bias=False))
+        super().__init__(
+            conv,
+            nn.InstanceNorm3d(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class Pointwise(nn.Conv3d):
+    """A 1×1×1 ``Conv3d`` (same parameters) computed as one matrix product over channels-last memory,
+    where oneDNN falls back to a slow kernel for few channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.permute(0, 2, 3, 4, 1)
+        return F.linear(channels_last, self.weight.flatten(1), self.bias).permute(0, 4, 1, 2, 3)
+
+
+class DoubleConv(nn.Sequential):
+    """Two :class:`ConvNormAct` (the first may stride)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(ConvNormAct(in_channels, out_channels, stride), ConvNormAct(out_channels, out_channels))
+
+
+def intensity_channels(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *S) any intensities -> (B, 2, *S): empirical CDF and robust [1 %, 99 %] rescaling."""
+    flat = image.flatten(1).float()
+    ordered, _ = flat[:, ::7].sort(dim=1)  # a fixed subsample sets the quantiles
+    count = ordered.shape[1]
+    low, high = ordered[:, int(0.01 * (count - 1))], ordered[:, int(0.99 * (count - 1))]
+    linear = ((flat - low[:, None]) / (high - low).clamp_min(1e-6)[:, None]).clamp(-1.0, 2.0)
+    quantiles = ordered[:, torch.linspace(0, count - 1, CDF_BINS + 1).round().long()].contiguous()
+    upper = torch.searchsorted(quantiles, flat.contiguous(), right=True).clamp(1, CDF_BINS)
+    below, above = quantiles.gather(1, upper - 1), quantiles.gather(1, upper)
+    within = ((flat - below) / (above - below).clamp_min(1e-12)).clamp(0, 1)
+    cdf = (upper - 1 + within) / CDF_BINS
+    return torch.stack([cdf, linear], 1).view(image.shape[0], 2, *image.shape[2:])
+
+
+def click_maps(coords: torch.Tensor | None, labels: torch.Tensor | None, size: int, sigma: float = CLICK_SIGMA) -> torch.Tensor:
+    """(B, 2, S, S, S) include / exclude maps: the max over clicks of a Gaussian at each click.
+
+    ``coords`` (B, N, 3) in ROI voxels (tensor index order), ``labels`` (B, N): 1 include,
+    0 exclude, -1 padding. Each Gaussian is the outer product of three 1D profiles.
+    """
+    if coords is None:
+        return torch.zeros(1, 2, size, size, size)
+    axis = torch.arange(size, dtype=torch.float32, device=coords.device)
+    profiles = torch.exp(-((axis - coords[..., None].float()) ** 2) / (2 * sigma**2))  # (B, N, 3, S)
+    blobs = profiles[:, :, 0, :, None, None] * profiles[:, :, 1, None, :, None] * profiles[:, :, 2, None, None, :]
+    maps = []
+    for value in (1, 0):
+        chosen = (labels == value).to(blobs.dtype)[..., None, None, None]
+        maps.append((blobs * chosen).amax(1) if blobs.shape[1] else blobs.new_zeros(blobs.shape[0], size, size, size))
+    return torch.stack(maps, 1)
+
+
+def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.device) -> torch.Tensor:
+    """(B, 1, S, S, S): 1 inside the box (B, 6) = (low corner, high corner) in ROI voxels, else 0."""
+    if boxes is None:
+        return torch.zeros(batch, 1, size, size, size, device=device)
+    axis = torch.arange(size, dtype=torch.float32, device=device)
+    inside = [((axis >= boxes[:, a, None] - 0.5) & (axis <= boxes[:, a + 3, None] + 0.5)).float() for a in range(3)]
+    return (inside[0][:, :, None, None] * inside[1][:, None, :, None] * inside[2][:, None, None, :])[:, None]
+
+
+class ClickUNetFeatures(NamedTuple):
+    """What :meth:`ClickUNet3D.encode` caches per ROI (all channels-last 3D tensors)."""
+
+    levels: list[torch.Tensor]  # decoded features of scales 1, 2, ... (S/2, S/4, ...)
+    unit: torch.Tensor  # (B, fine_channels, S, S, S) unit-length fine features, for the similarity maps
+    head: torch.Tensor  # (B, prompt_channels[0], S, S, S) the fine features' share of the first head layer
+
+    def expand(self, batch: int) -> "ClickUNetFeatures":
+        """The same features for a batch of ``batch`` prompt sets (from a batch of one)."""
+        if self.unit.shape[0] == batch:
+            return self
+        grow = [t.expand(batch, *t.shape[1:]) for t in (*self.levels, self.unit, self.head)]
+        return ClickUNetFeatures(grow[: len(self.levels)], grow[-2], grow[-1])
+
+
+class ClickUNet3D(nn.Module):
+    """U-Net image features cached per ROI + a light prompt decoder (see the module docstring)."""
+
+    supports_boxes = True
+
+    def __init__(self, config: ClickUNetConfig = ClickUNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c, p, levels = config.channels, config.prompt_channels, len(config.channels)
+        self.down = nn.ModuleList(
+            DoubleConv(STEM_CHANNELS if i == 0 else c[i - 1], c[i], 1 if i == 0 else 2) for i in range(levels)
+        )
+        self.project = nn.ModuleList(Pointwise(c[i + 1], c[i]) for i in range(levels - 1))
+        self.merge = nn.ModuleList(
+            ConvNormAct(2 * c[i], c[i]) if i else ConvNormAct(2 * c[0], config.fine_channels, kernel=1) for i in range(levels - 1)
+        )
+        prompts = PROMPT_MAPS
+        self.coarse = nn.Sequential(nn.Conv3d(c[-1] + prompts, p[-1], 3, padding=1), nn.LeakyReLU(0.01, inplace=True))
+        self.fuse = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(p[i + 1] + c[i] + prompts, p[i], 3, padding=1) if i > 1 else Pointwise(p[i + 1] + c[i] + prompts, p[i]),
+                          nn.LeakyReLU(0.01, inplace=True))
+            for i in range(1, levels - 1)
+        )
+        # The first head layer on [upsampled decoder, fine features, prompts] is split in three:
+        # the fine features' share is computed once per ROI, the decoder's before upsampling.
+        self.head_fine = Pointwise(config.fine_channels, p[0])
+        self.head_decoder = Pointwise(p[1], p[0], bias=False)
+        self.head_prompts = Pointwise(prompts, p[0], bias=False)
+        self.head_out = Pointwise(p[0], 1)
+        self.to(memory_format=CHANNELS_LAST)  # oneDNN's fast 3D kernels, forward and backward
+
+    @property
+    def img_size(self) -> int:
+        return self.config.img_size
+
+    @property
+    def roi_spacing(self) -> float:
+        return self.config.spacing
+
+    @property
+    def low_res_size(self) -> tuple[int, int, int]:
+        return (self.config.img_size,) * 3
+
+    def encode(self, image: torch.Tensor) -> ClickUNetFeatures:
+        """(B, 1, S, S, S) crop (any intensity range) -> the cached features."""
+        x = intensity_channels(image)
+        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, STEM_CHANNELS - x.shape[1])).contiguous(memory_format=CHANNELS_LAST)
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        decoded = [x]
+        for level in reversed(range(len(self.merge))):
+            x = F.interpolate(self.project[level](x), scale_factor=2, mode="trilinear", align_corners=False)
+            x = self.merge[level](torch.cat([x, skips[level]], 1))
+            decoded.append(x)
+        fine = decoded[-1]
+        unit = fine * torch.rsqrt((fine * fine).sum(1, keepdim=True) + 1e-12)
+        return ClickUNetFeatures(decoded[-2::-1], unit, self.head_fine(fine))
+
+    def decode(
+        self,
+        image_embedding: ClickUNetFeatures,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        honour_clicks: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts on cached features -> logits (B, 1, S, S, S) and a placeholder score (B, 1).
+
+        Args:
+            point_coords: (B, N, 3) ROI voxel coordinates in tensor index order; labels (B, N)
+                with 1 include, 0 exclude, -1 padding.
+            boxes: (B, 6) low and high corners in ROI voxels.
+            mask_input: (B, 1, S, S, S) logits of the previous prediction (None = zero logits).
+        The prompts' batch may exceed the features' batch of one (uncertainty runs).
+        """
+        prompt_batch = max(t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None) if any(
+            t is not None for t in (point_coords, boxes, mask_input)) else image_embedding.unit.shape[0]
+        features = image_embedding.expand(max(prompt_batch, image_embedding.unit.shape[0]))
+        batch, size, device = features.unit.shape[0], features.unit.shape[-1], features.unit.device
+        clicks = click_maps(point_coords, point_labels, size).to(device).expand(batch, -1, -1, -1, -1)
+        if mask_input is None:  # no previous prediction: zero logits, as the engine and training pass
+            mask_input = torch.zeros(1, 1, size, size, size, device=device)
+        previous = torch.sigmoid(mask_input)
+        prompts = torch.cat([clicks, previous.expand(batch, -1, -1, -1, -1), box_map(boxes, batch, size, device),
+                             self._similarity(features.unit, point_coords, point_labels)], 1)
+        prompts = prompts.contiguous(memory_format=CHANNELS_LAST)
+        pyramid = [prompts]
+        for _ in features.levels:
+            pyramid.append(F.max_pool3d(pyramid[-1], 2))
+        x = self.coarse(torch.cat([features.levels[-1], pyramid[-1]], 1))
+        for level in reversed(range(1, len(features.levels))):
+            x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+            x = self.fuse[level - 1](torch.cat([x, features.levels[level - 1], pyramid[level]], 1))
+        x = F.interpolate(self.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
+        logits = self.head_out(F.leaky_relu(x + features.head + self.head_prompts(prompts), 0.01))
+        if honour_clicks and point_coords is not None:
+            logits = self._honour(logits, point_coords, point_labels)
+        return logits.contiguous(), logits.new_ones(batch, 1)
+
+    @staticmethod
+    def _similarity(unit: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, 2, S, S, S): max cosine similarity (clamped at 0) to the features under include / exclude clicks."""
+        batch, channels, size = unit.shape[:3]
+        result = unit.new_zeros(batch, 2, size, size, size)
+        if coords is None:
+            return result
+        index = coords.round().long().clamp(0, size - 1)
+        flat = unit.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view for channels-last features
+        for b in range(batch):
+            vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
+            for channel, value in enumerate((1, 0)):
+                chosen = vectors[:, labels[b] == value]
+                if chosen.shape[1]:
+                    similarity = (flat[b] @ chosen).amax(1).clamp_min(0)
+                    result[b, channel] = similarity.view(size, size, size)
+        return result
+
+    @staticmethod
+    def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Push the 2×2×2 cells around each click past ±CLICK_MARGIN (later clicks win)."""
+        logits = logits.clone()
+        size = logits.shape[-1]
+        low = coords.floor().long()
+        for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True)):
+            cells = tuple(slice(max(int(low[b, n, a]), 0), min(int(low[b, n, a]) + 2, size)) for a in range(3))
+            region = logits[b, 0][cells]
+            logits[b, 0][cells] = region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)
+        return logits
+
+    def upsample(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """The logits are already at the ROI resolution."""
+        return low_res_logits

@@ -1,0 +1,85 @@
+"""ClickUNet3D (the default model's architecture): the engine contract, range invariance, clicks honoured."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastsam3d.io import Volume
+from fastsam3d.modeling.click_unet import ClickUNet3D, ClickUNetConfig, intensity_channels
+from fastsam3d.registry import build_model, load_model, save_model
+from fastsam3d.session import Session
+
+SMALL = ClickUNetConfig(name="click-unet-small", img_size=32, channels=(8, 8, 16), prompt_channels=(8, 8, 8))
+
+
+def test_features_are_cached_once_and_logits_keep_the_roi_resolution():
+    model = ClickUNet3D(SMALL).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        features = model.encode(image)
+        logits, score = model.decode(features, torch.tensor([[[16.0, 16, 16]]]), torch.tensor([[1]]))
+    assert [tuple(level.shape[2:]) for level in features.levels] == [(16, 16, 16), (8, 8, 8)]
+    assert logits.shape == (1, 1, 32, 32, 32) and model.low_res_size == (32, 32, 32) and score.shape == (1, 1)
+
+
+def test_a_batch_of_prompt_sets_shares_one_embedding():
+    """Uncertainty runs decode several jittered prompt sets on the features of one ROI."""
+    model = ClickUNet3D(SMALL).eval()
+    with torch.inference_mode():
+        features = model.encode(torch.randn(1, 1, 32, 32, 32))
+        coords = torch.tensor([[[10.0, 12, 14]], [[20.0, 18, 16]]])
+        batched, _ = model.decode(features, coords, torch.tensor([[1], [1]]), mask_input=torch.zeros(1, 1, 32, 32, 32))
+        single, _ = model.decode(features, coords[1:], torch.tensor([[1]]))
+    assert batched.shape[0] == 2
+    torch.testing.assert_close(batched[1:], single, atol=1e-5, rtol=1e-5)
+
+
+def test_intensity_channels_ignore_the_scanner_range():
+    """uint8 [0, 255], float [0, 1] and Hounsfield-like versions of one image give one input."""
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(0, 1, (1, 1, 24, 24, 24)).astype(np.float32))
+    unit = (image - image.min()) / (image.max() - image.min())
+    hounsfield = unit * 2000 - 1000
+    torch.testing.assert_close(intensity_channels(unit), intensity_channels(hounsfield), atol=1e-4, rtol=0)
+    quantised = torch.round(unit * 255)
+    difference = (intensity_channels(quantised) - intensity_channels(unit)).abs()
+    assert difference.mean() < 0.01 and difference.max() < 0.05
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_clicks_are_honoured_whatever_the_network_predicts(positive):
+    model = ClickUNet3D(SMALL).eval()
+    with torch.no_grad():
+        model.head_out.bias.fill_(-50.0 if positive else 50.0)  # the network says the opposite everywhere
+        features = model.encode(torch.randn(1, 1, 32, 32, 32))
+        point = torch.tensor([[[10.3, 20.7, 5.5]]])
+        logits, _ = model.decode(features, point, torch.tensor([[int(positive)]]))
+    from fastsam3d.preprocess import linear_weights
+
+    weights = [torch.from_numpy(linear_weights(np.array([c]), 32))[0] for c in point[0, 0].tolist()]
+    at_click = torch.einsum("xyz,x,y,z->", logits[0, 0], *weights)  # trilinear value at the click
+    assert (at_click > 0) == positive
+
+
+def test_config_and_weights_round_trip(tmp_path):
+    model = build_model(SMALL)
+    path = save_model(model, tmp_path / "small.safetensors")
+    loaded = load_model(str(path))
+    assert isinstance(loaded, ClickUNet3D) and loaded.config == SMALL
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_session_uses_the_models_roi_grid():
+    """A 64³ ROI at 3 mm: the session asks the model for its spacing, not the SAM 1.5 mm."""
+    model = ClickUNet3D(ClickUNetConfig(img_size=64, channels=(8, 8, 16), prompt_channels=(8, 8, 8))).eval()
+    volume = Volume(np.random.default_rng(0).normal(0, 1, (80, 70, 40)).astype(np.float32), (1.0, 1.0, 2.0), np.zeros(3), np.eye(3))
+    session = Session(model)
+    session.set_image(volume)
+    session.add_click((40, 35, 20))
+    (roi, logits), = session.objects[session.active].state.logits
+    assert roi.size == 64 and logits.shape[-1] == 64
+    assert np.abs(roi.step) == pytest.approx((3.0, 3.0, 1.5))
+    assert session.mask()[40, 35, 20]  # the clicked voxel is inside (clicks are honoured)
+    session.add_click((40, 35, 20), positive=False)
+    assert not session.mask()[40, 35, 20]
