@@ -71,7 +71,7 @@ class SessionWorker:
         entry.waiting += 1
         try:
             await asyncio.wait_for(entry.lock.acquire(), self.seconds)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             raise SessionBusyError(f"the session stayed busy for {self.seconds:.0f} s; the request was not applied") from None
         finally:
             entry.waiting -= 1
@@ -84,7 +84,7 @@ class SessionWorker:
         future.add_done_callback(lambda done: self._done(entry, job, done))
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline - loop.time(), 0.1))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             if job.cancel():
                 raise SessionBusyError(f"the request took longer than {self.seconds:.0f} s and was not applied") from None
             return await future  # committed just in time: its answer stands
