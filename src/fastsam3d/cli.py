@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--scale", type=float, default=1.0, help="multiply the step budget (longer runs on a GPU)")
     recipe.add_argument("--init", help="start from these weights, e.g. `default` to continue the shipped model")
     recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--minutes", type=float, help="a wall-time budget instead of the step budget (not bit-reproducible)")
     recipe.add_argument("--device")
     recipe.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
 
@@ -336,7 +337,7 @@ def _training(args: argparse.Namespace) -> None:
     if args.command == "train-default":
         from .training.recipe import install_default, train_default
 
-        path = train_default(args.out, args.scale, args.device, seed=args.seed, init=args.init)
+        path = train_default(args.out, args.scale, args.device, seed=args.seed, init=args.init, minutes=args.minutes)
         print(f"wrote {path}")
         if args.install:
             print(f"installed as the default model: {install_default(path)}")

@@ -43,6 +43,7 @@ class ClickTrainSettings:
     validate_every: int = 250
     checkpoint_every: int = 50
     init: str | None = None  # start from these weights (e.g. "default" to continue the shipped model)
+    minutes: float | None = None  # a wall-time budget: the schedule follows elapsed time and stops at it
 
 
 def interactive_loss(model: ClickUNet3D, images: torch.Tensor, targets: torch.Tensor, settings: ClickTrainSettings,
@@ -123,10 +124,16 @@ def validation_crops(manifest: Path, cases: tuple[str, ...], structures: tuple[s
     return crops
 
 
-def _learning_rate(settings: ClickTrainSettings, step: int) -> float:
+def _progress(settings: ClickTrainSettings, step: int, elapsed: float) -> float:
+    """Fraction of the budget used: of the steps, or of the minutes if a time budget is set and binds first."""
+    used = step / settings.steps
+    return used if settings.minutes is None else max(used, elapsed / (settings.minutes * 60))
+
+
+def _learning_rate(settings: ClickTrainSettings, step: int, progress: float) -> float:
+    """Linear warm-up, then a cosine decay to zero over the budget."""
     if step < settings.warmup_steps:
         return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(settings.steps - settings.warmup_steps, 1)
     return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -142,7 +149,7 @@ def train_click_model(out: Path, source, settings: ClickTrainSettings, validatio
     model = load_model(settings.init) if settings.init else build_model(config)
     model = model.to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    start = 0
+    start, elapsed = 0, 0.0
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.is_file():
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -150,13 +157,16 @@ def train_click_model(out: Path, source, settings: ClickTrainSettings, validatio
             raise ValueError(f"{checkpoint_path} belongs to a run with other settings: use another output folder")
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
-        start = saved["step"]
+        start, elapsed = saved["step"], saved["elapsed"]
     metrics = CsvLog(out / "metrics.csv", ["step", "loss", "dice_last_click", "lr", "seconds"], True)
     validation_log = CsvLog(out / "validation.csv", ["step", "crops", *[f"dice_click{i + 1}" for i in range(5)]], True)
     bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc="train")
-    began = time.perf_counter()
+    began = time.perf_counter() - elapsed
     for step in bar:
-        lr = _learning_rate(settings, step)
+        elapsed = time.perf_counter() - began
+        if _progress(settings, step, elapsed) >= 1:
+            break
+        lr = _learning_rate(settings, step, _progress(settings, step, elapsed))
         for group in optimiser.param_groups:
             group["lr"] = lr
         samples = [source.draw(sample_rng(settings.seed, step * settings.batch_size + b)) for b in range(settings.batch_size)]
@@ -168,19 +178,22 @@ def train_click_model(out: Path, source, settings: ClickTrainSettings, validatio
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
-        metrics.write([step + 1, f"{loss.item():.5f}", f"{score:.4f}", f"{lr:.6g}", f"{time.perf_counter() - began:.1f}"])
+        elapsed = time.perf_counter() - began
+        metrics.write([step + 1, f"{loss.item():.5f}", f"{score:.4f}", f"{lr:.6g}", f"{elapsed:.1f}"])
         bar.set_postfix(loss=f"{loss.item():.3f}", dice=f"{score:.2f}")
         done = step + 1
-        if done % settings.checkpoint_every == 0 or done == settings.steps:
+        last = done == settings.steps or _progress(settings, done, elapsed) >= 1
+        if done % settings.checkpoint_every == 0 or last:
             with atomic_output(checkpoint_path) as temp:
                 torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": done,
-                            "settings": asdict(settings)}, temp)
-        if validation and (done % settings.validate_every == 0 or done == settings.steps):
+                            "elapsed": elapsed, "settings": asdict(settings)}, temp)
+        if validation and (done % settings.validate_every == 0 or last):
             model.eval()
             per_click = validate(model, [(image, target) for _, image, target in validation])
             model.train()
             validation_log.write([done, len(validation), *[f"{d:.4f}" for d in per_click]])
             tqdm.write(f"step {done}: held-out Dice per click {' '.join(f'{d:.3f}' for d in per_click)}")
+            began = time.perf_counter() - elapsed  # validation time does not count
     metrics.close()
     validation_log.close()
     model.eval()

@@ -7,7 +7,9 @@ DICOM CT are never trained on: their labelled structures are the validation set,
 and written to ``validation.csv`` as Dice per click.
 
 Budgets are in steps, so the same command gives the same weights on the same software; run it
-again after an interruption and it resumes from its last checkpoint. ``scale`` multiplies the
+again after an interruption and it resumes from its last checkpoint. ``minutes`` replaces the
+step budget by a wall-time one (the schedule follows elapsed time): for a session on a shared
+machine, at the cost of bit-for-bit reproducibility. ``scale`` multiplies the
 steps (e.g. on a GPU); ``init="default"`` continues from the shipped weights as a new run.
 """
 
@@ -34,7 +36,7 @@ CROP_SIZE = 48  # training crops at 3 mm (the network is fully convolutional; it
 
 
 def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed: int = 0, progress: bool = True,
-                  init: str | None = None) -> Path:
+                  init: str | None = None, minutes: float | None = None) -> Path:
     """Train (or resume) and export ``out/default.safetensors``."""
     out = Path(out)
     manifest = dev_manifest()
@@ -43,7 +45,7 @@ def train_default(out: Path, scale: float = 1.0, device: str | None = None, seed
     atlases = [LabelMapAtlas.from_files(image, label) for image, label in training_cases(manifest)]
     source = SynthesisSource(atlases, size=CROP_SIZE)
     validation = validation_crops(manifest, HOLDOUT, VALIDATION_STRUCTURES)
-    settings = ClickTrainSettings(steps=round(STEPS * scale), seed=seed, init=init)
+    settings = ClickTrainSettings(steps=round(STEPS * scale), seed=seed, init=init, minutes=minutes)
     print(f"training the default model: {settings.steps} steps of {settings.batch_size} synthetic crops; "
           f"validation on {len(validation)} held-out real structures", flush=True)
     model = train_click_model(out / "train", source, settings, validation, device, progress)
