@@ -119,3 +119,14 @@ def test_paste_mask_equals_thresholded_paste_logits():
     assert mask.size < 0.2 * logits.size  # only the positive neighbourhood was computed
     empty_box, empty = roi.paste_mask(torch.full((32, 32, 32), -1.0))
     assert empty.size == 0 and not pasted[empty_box].any()
+
+
+def test_paste_mask_of_logits_outside_the_volume_is_empty():
+    """A ROI at the volume's corner whose positive logits all lie beyond the volume: nothing to paste."""
+    volume = Volume(np.zeros((20, 20, 20), np.float32), (1.0, 1.0, 1.0), np.zeros(3), np.eye(3))
+    roi = RoiGrid.centred(volume, np.zeros(3), size=32, spacing=1.0)
+    logits = torch.full((32, 32, 32), -5.0)
+    outside = [int(np.clip(roi.index_to_roi(np.array([[-8.0, -8.0, -8.0]]))[0, a], 0, 31)) for a in range(3)]
+    logits[outside[0], outside[1], outside[2]] = 5.0
+    box, mask = roi.paste_mask(logits)
+    assert mask.size == 0 and all(s.stop == s.start for s in box)

@@ -70,12 +70,15 @@ def make_phantom(seed: int = 0) -> tuple[Volume, dict[str, np.ndarray]]:
     return probe.with_array(np.clip(image, -1024, 3000).astype(np.int16)), masks
 
 
-def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Path) -> Path:
-    """Three orthogonal slices through the volume centre: image, predicted labels, truth contours."""
+def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Path, legend: dict[int, str] | None = None) -> Path:
+    """Three orthogonal slices through the volume centre: image, predicted labels, truth contours;
+    ``legend`` names each label value (with its colour) under the slices."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     centre = [s // 2 for s in volume.shape]
     views = [
@@ -93,7 +96,11 @@ def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Pa
         axis.set_title(title)
         axis.axis("off")
     figure.suptitle("fastsam3d demo: prediction (colour) and ground truth (yellow contours)")
-    figure.tight_layout()
+    colours = plt.get_cmap("tab10")
+    handles = [Patch(facecolor=colours(value / 10), alpha=0.7, label=name) for value, name in (legend or {}).items()]
+    handles.append(Line2D([], [], color="yellow", linewidth=1.5, label="ground truth"))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".tmp-{path.name}")
     figure.savefig(temp, dpi=90, format="png")
@@ -110,7 +117,7 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
     session = Session(model, device=device)
     session.set_image(volume)
     truth = np.zeros(volume.shape, np.uint8)
-    results = {}
+    results, legend = {}, {}
     print(f"{'structure':14s} " + " ".join(f"click{c + 1:<2d}" for c in range(clicks)) + "  first click  next clicks")
     for name, target in masks.items():
         label = session.add_object(name)
@@ -126,6 +133,7 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
             times.append(session.timings.total)
             scores.append(dice(session.mask(), target))
         results[name] = scores
+        legend[label] = f"{name} (Dice {scores[-1]:.2f})"
         later = f"{1e3 * np.mean(times[1:]):7.0f} ms" if len(times) > 1 else "        -"
         print(f"{name:14s} " + " ".join(f"{d:7.3f}" for d in scores) + f"  {times[0]:9.2f} s  {later}")
     out = Path(out)
@@ -133,7 +141,7 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
         write_volume(volume, out / "image.nii.gz"),
         write_volume(volume.with_array(truth), out / "truth.nii.gz"),
         session.save_labels(out / "segmentation.nii.gz"),
-        save_overlay(volume, session.label_map(), truth, out / "overlay.png"),
+        save_overlay(volume, session.label_map(), truth, out / "overlay.png", legend),
     ]
     final = [scores[-1] for scores in results.values()]
     print(f"mean Dice after {clicks} clicks: {np.mean(final):.3f}; total {time.perf_counter() - started:.1f} s")

@@ -180,6 +180,8 @@ class RoiGrid:
         for a in range(3):
             low, high = positive[:, a].min().item(), positive[:, a].max().item()
             rows = torch.nonzero(matrices[a][:, low : high + 1].sum(1) > 0)[:, 0]
+            if len(rows) == 0:  # the positive logits lie where the ROI leaves the volume
+                return tuple(slice(s.start, s.start) for s in covered), np.zeros((0, 0, 0), dtype=bool)
             first, last = rows.min().item(), rows.max().item()
             cropped.append(matrices[a][first : last + 1])
             span = covered[self.axes[a]]

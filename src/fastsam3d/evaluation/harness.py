@@ -27,7 +27,7 @@ from .segmenters import Segmenter, build_segmenter
 
 COLUMNS = (
     "model", "protocol", "case", "class_id", "structure", "step", "prompt", "dice", "nsd", "hd95",
-    "encoder_ms", "decoder_ms", "total_ms", "peak_rss_mb", "peak_gpu_mb", "status", "error",
+    "encoder_ms", "decoder_ms", "total_ms", "clicks_honoured", "peak_rss_mb", "peak_gpu_mb", "status", "error",
 )
 
 
@@ -93,13 +93,23 @@ def _interact(segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, se
         if prompts:
             prediction, timing = segmenter.apply(prompts)
             metrics = segmentation_metrics(prediction, target, spacing, settings.nsd_tolerance, settings.hd95)
-            times = {"encoder_ms": 1e3 * timing.encoder, "decoder_ms": 1e3 * timing.decoder, "total_ms": 1e3 * timing.total}
+            times = {"encoder_ms": 1e3 * timing.encoder, "decoder_ms": 1e3 * timing.decoder, "total_ms": 1e3 * timing.total,
+                     "clicks_honoured": clicks_honoured(prompts, prediction)}
         elif metrics is None:
             raise RuntimeError("the protocol gave no prompt for the first step")
         else:
             times = {"encoder_ms": 0.0, "decoder_ms": 0.0, "total_ms": 0.0}  # nothing left to correct
         rows.append(_row(entry, step=step, prompt=_prompt_text(prompts), **metrics, **times, **_memory(), status="ok"))
     return rows
+
+
+def clicks_honoured(prompts: list[Prompt], prediction: np.ndarray) -> float:
+    """Share of the step's clicks whose voxel has the clicked side: inside the mask for an include
+    click, outside for an exclude click (NaN for a step without clicks)."""
+    clicks = [p for p in prompts if p.point is not None]
+    if not clicks:
+        return float("nan")
+    return float(np.mean([bool(prediction[tuple(int(v) for v in p.point)]) == p.positive for p in clicks]))
 
 
 def _prompt_text(prompts: list[Prompt]) -> str:

@@ -54,6 +54,7 @@ def summarise(rows: list[dict]) -> dict:
             "first_step_encoder_ms": _mean(first, "encoder_ms"),
             "later_step_ms": _mean(later, "total_ms"),
             "later_step_decoder_ms": _mean(later, "decoder_ms"),
+            "clicks_honoured": _mean([r for r in ok if r.get("clicks_honoured", "") != ""], "clicks_honoured"),
             "peak_rss_mb": max((_number(r["peak_rss_mb"]) for r in ok), default=float("nan")),
         }
     return summary
@@ -121,13 +122,14 @@ def _plot(summary: dict, out: Path, protocol: str) -> None:
 def _markdown(summary: dict, rows: list[dict], settings) -> str:
     steps = settings.step_count
     header = "| model | structures | " + " | ".join(f"Dice@{s}" for s in range(1, steps + 1))
-    header += " | Dice AUC | NSD@last | first step ms | later step ms | peak RSS MB | failed |"
+    header += " | Dice AUC | NSD@last | clicks honoured | first step ms | later step ms | peak RSS MB | failed |"
     lines = [
         f"# Interactive evaluation: protocol `{settings.protocol}`",
         "",
         f"{steps} steps per structure, seed {settings.seed}, NSD tolerance {settings.nsd_tolerance} mm. "
         "Dice and NSD are means over structures; times are means per step (the first step includes "
-        "the image encoder, later steps reuse the cached embedding). Rows: `results.csv`.",
+        "the image encoder, later steps reuse the cached embedding). Clicks honoured: the share of "
+        "clicks whose voxel ends on the clicked side (inside for include, outside for exclude). Rows: `results.csv`.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -136,7 +138,7 @@ def _markdown(summary: dict, rows: list[dict], settings) -> str:
         dice = " | ".join(f"{v:.3f}" for v in s["dice_per_step"]) or "-"
         nsd = s["nsd_per_step"][-1] if s["nsd_per_step"] else float("nan")
         lines.append(
-            f"| {model} | {s['structures']} | {dice} | {s['dice_auc']:.3f} | {nsd:.3f} | "
+            f"| {model} | {s['structures']} | {dice} | {s['dice_auc']:.3f} | {nsd:.3f} | {100 * s['clicks_honoured']:.1f} % | "
             f"{s['first_step_ms']:.0f} | {s['later_step_ms']:.0f} | {s['peak_rss_mb']:.0f} | {s['failed']} |"
         )
     lines += ["", "![Dice per step](dice_per_click.png)", "", "![time per step](time_per_click.png)", ""]
