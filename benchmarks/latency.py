@@ -3,9 +3,10 @@
     python benchmarks/latency.py                       # CPU, 2 threads, fastsam3d + sam-med3d
     python benchmarks/latency.py --device cuda         # on a GPU
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
+    python benchmarks/latency.py --models default      # the shipped model's architecture (64³ ROI at 3 mm)
 
 Random weights (timing does not depend on them). Each model runs in its own process so that
-peak RSS is per model. Per model it reports: encoder time per 128³ ROI (first click), the time of
+peak RSS is per model. Per model it reports: encoder time per ROI (128³ for the SAMs, 64³ for the default; first click), the time of
 a further click with the cached embedding (prompt encoder + decoder + upsampling + paste back
 into a 512x512x300 int16 volume, measured around ``Session.add_click``), the same split by
 stage, uncertainty with N=16 decoder runs, and the process's peak RSS after the clicks and at the end.
@@ -49,7 +50,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     session.set_image(volume)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    crop = torch.randn(1, 1, 128, 128, 128, device=device)
+    crop = torch.randn(1, 1, *(model.img_size,) * 3, device=device)
     with torch.inference_mode():
         model.encode(crop)  # warm-up
         sync()
@@ -80,7 +81,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
         "peak_rss_clicks_mb": rss_clicks,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if verify_padding and model.config.window_size:
+    if verify_padding and getattr(model.config, "window_size", 0):
         with torch.inference_mode():
             for name_, parameter in model.image_encoder.named_parameters():
                 if "rel_pos" in name_ or "pos_embed" in name_:  # zero at init: make the check meaningful

@@ -267,10 +267,11 @@ def test_refused_before_the_body_busy_session_and_shutdown(data_dir, temp_root):
                 time.sleep(0.05)
             for clicker in clickers:
                 clicker.join()
-            assert max(latencies) < 0.5, latencies  # the target is 0.1 s; shared CI machines vary
-            assert set(statuses) <= {200, 503} and 503 in statuses  # 4 x 0.3 s per request > 1.5 s deadline
+            # the target is 0.1 s (benchmarks/server_load.py); here: never stuck behind the ~3.6 s of queued work
+            assert max(latencies) < 1.0, latencies
+            assert set(statuses) <= {200, 503} and 503 in statuses  # 12 x 0.3 s queued on one session > 1.5 s deadline
             time.sleep(1.5)  # let the cancelled work roll back
-            applied = 4 * statuses.count(200)  # clicks; the refused requests left none
+            applied = statuses.count(200)  # one undo step per request (its 4 clicks are one interaction); the refused left none
             assert len(client.get(f"/api/sessions/{session}").json()["objects"]) == (applied > 0)
             undo = [client.post(f"/api/sessions/{session}/undo", json={}).json()["changed"] for _ in range(applied + 1 if applied else 0)]
             assert undo == [True] * applied + [False] * bool(applied)

@@ -245,3 +245,28 @@ def test_needs_encoder_tells_cached_clicks_apart(intensity_model):
     session.set_image(volume)  # a new image clears the cache
     session.add_object()
     assert session.needs_encoder(centre)
+
+
+def test_several_clicks_are_one_interaction_and_one_decoder_pass(intensity_model):
+    volume, _ = sphere_volume()
+    session = Session(intensity_model, max_rois=1)
+    session.set_image(volume)
+    session.add_clicks([(60, 50, 22), (62, 48, 22), (58, 52, 21)], [True, True, False])
+    assert session.decoder_runs == 1 and len(session.objects[session.active].state.clicks) == 3
+    assert session.undo() and not session.mask().any() and not session.undo()
+    with pytest.raises(PromptError, match="outside the volume"):
+        session.add_clicks([(60, 50, 22), (999, 0, 0)], [True, True])
+    assert session.decoder_runs == 1  # nothing applied: every point is checked first
+
+
+def test_embedding_cache_is_bounded_in_megabytes():
+    model = build_model("tiny-student")
+    volume, _ = sphere_volume()
+    session = Session(model, max_rois=1, cache_size=8)
+    session.set_image(volume)
+    session.add_click((20, 20, 10))
+    one = session.cached_bytes()
+    session.cache_bytes = int(1.5 * one)  # room for one embedding and a half
+    session.add_object()
+    session.add_click((100, 80, 35))
+    assert len(session._embeddings) == 1 and session.cached_bytes() == one

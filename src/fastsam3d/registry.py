@@ -123,7 +123,7 @@ register_config(
 COMPACT = register_config(
     ModelConfig(
         name="compact",
-        description="compact student (4 pre-norm blocks, width 192, 128³ crop): the architecture of the shipped default",
+        description="compact 3D SAM student (4 pre-norm blocks, width 192, 128³ crop), for training experiments",
         embed_dim=192,
         depth=4,
         num_heads=4,
@@ -139,7 +139,7 @@ register_config(
     replace(
         COMPACT,
         name="compact-teacher",
-        description="compact teacher (8 pre-norm blocks, width 192): distilled into `compact` for the shipped default",
+        description="compact 3D SAM teacher (8 pre-norm blocks, width 192), distils into `compact`",
         depth=8,
     )
 )

@@ -34,7 +34,8 @@ from .registry import load_model
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
-MAX_HISTORY = 100  # undo steps kept per object (each holds 32³ logits per ROI it touched)
+MAX_HISTORY = 100  # undo steps kept per object (each holds the low-res logits of every ROI it touched)
+HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 Slices = tuple[slice, slice, slice]
 
@@ -104,6 +105,7 @@ class Session:
             logits (as SAM-Med3D training does); ``"last"`` feeds only the newest click with the
             previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, REFERENCE.md fact 5).
         cache_size: how many ROI embeddings to keep.
+        cache_mb: and at most this many megabytes of them (the newest is always kept).
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
@@ -117,6 +119,7 @@ class Session:
         cache_size: int = 8,
         checkpoint: str | Path | None = None,
         max_rois: int = 4,
+        cache_mb: float = 512.0,
     ) -> None:
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
@@ -126,6 +129,7 @@ class Session:
         self.model = model.to(self.device).eval()
         self.click_history = click_history
         self.cache_size = cache_size
+        self.cache_bytes = int(cache_mb * 2**20)
         self.max_rois = max(1, max_rois)
         self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.volume: Volume | None = None
@@ -210,6 +214,23 @@ class Session:
             roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre))
             rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
         self._update(obj, replace(state, clicks=clicks), rois)
+
+    def add_clicks(self, points, positives, *, world: bool = False, ras: bool = False, label: int | None = None) -> None:
+        """Several clicks as one interaction: one undo step, one decoder pass per ROI they touch
+        (work linear in their number). Every point is checked before any is applied."""
+        indices = [self.to_index(point, world, ras) for point in points]
+        positives = [bool(p) for p in positives]
+        if not indices or len(positives) != len(indices):
+            raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
+        obj = self._object_for_prompt(label)
+        state = obj.state
+        clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives))
+        rois: dict[tuple, RoiGrid] = {}
+        for index in indices:
+            inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+            inside = inside or [roi for roi in rois.values() if roi.contains(index)[0]] or [self._new_roi(index)]
+            rois.update((roi.key, roi) for roi in inside)
+        self._update(obj, replace(state, clicks=clicks), list(rois.values()))
 
     def needs_encoder(self, point, *, label: int | None = None) -> bool:
         """Whether a click at this voxel would run the image encoder (its ROI is not cached yet).
@@ -318,7 +339,7 @@ class Session:
                         jittered,
                         labels.expand(batch, -1),
                         boxes=None if boxes is None else boxes.expand(batch, -1),
-                        mask_input=previous.expand(batch, -1, -1, -1, -1),
+                        mask_input=previous.float().expand(batch, -1, -1, -1, -1),
                     )
                 total += torch.sigmoid(logits[:, 0].float()).sum(0)
             mean = (total / samples).clamp(1e-6, 1 - 1e-6)
@@ -386,9 +407,15 @@ class Session:
         self.timings.encoder += time.perf_counter() - started
         self.encoder_runs += 1
         self._embeddings[key] = embedding
-        while len(self._embeddings) > self.cache_size:
+        while len(self._embeddings) > 1 and (
+            len(self._embeddings) > self.cache_size or self.cached_bytes() > self.cache_bytes
+        ):
             self._embeddings.popitem(last=False)
         return embedding
+
+    def cached_bytes(self) -> int:
+        """Memory held by the cached ROI embeddings."""
+        return sum(_nbytes(embedding) for embedding in self._embeddings.values())
 
     def _previous_logits(self, obj: SegmentObject, roi: RoiGrid) -> torch.Tensor | None:
         return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
@@ -414,7 +441,7 @@ class Session:
         label_tensor = torch.tensor([labels], dtype=torch.int64, device=self.device)
         low_res = self.model.low_res_size
         if previous is not None:
-            mask_input = previous
+            mask_input = previous.float()
         elif state.initial_mask is not None:
             mask_input = self._mask_prompt(state.initial_mask, roi, low_res[0])
         else:
@@ -473,7 +500,7 @@ class Session:
             )
         self.decoder_runs += 1
         self.timings.decoder += time.perf_counter() - started
-        return low_res.float()
+        return low_res.to(HISTORY_DTYPE)
 
     def _growth(self, roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, torch.Tensor]]:
         """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume.
@@ -588,6 +615,13 @@ class Uncertainty:
         values = np.zeros(shape, dtype=np.float32)
         values[self.box] = getattr(self, which)
         return values
+
+
+def _nbytes(embedding) -> int:
+    """Bytes of a tensor or of a (nested) tuple/list of tensors."""
+    if isinstance(embedding, torch.Tensor):
+        return embedding.element_size() * embedding.nelement()
+    return sum(_nbytes(part) for part in embedding)
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:

@@ -106,18 +106,20 @@ def click_maps(coords: torch.Tensor | None, labels: torch.Tensor | None, size: i
     """(B, 2, S, S, S) include / exclude maps: the max over clicks of a Gaussian at each click.
 
     ``coords`` (B, N, 3) in ROI voxels (tensor index order), ``labels`` (B, N): 1 include,
-    0 exclude, -1 padding. Each Gaussian is the outer product of three 1D profiles.
+    0 exclude, -1 padding. Each Gaussian is the outer product of three 1D profiles; clicks are
+    accumulated one at a time, so memory does not grow with their number.
     """
     if coords is None:
         return torch.zeros(1, 2, size, size, size)
+    batch = coords.shape[0]
     axis = torch.arange(size, dtype=torch.float32, device=coords.device)
     profiles = torch.exp(-((axis - coords[..., None].float()) ** 2) / (2 * sigma**2))  # (B, N, 3, S)
-    blobs = profiles[:, :, 0, :, None, None] * profiles[:, :, 1, None, :, None] * profiles[:, :, 2, None, None, :]
-    maps = []
-    for value in (1, 0):
-        chosen = (labels == value).to(blobs.dtype)[..., None, None, None]
-        maps.append((blobs * chosen).amax(1) if blobs.shape[1] else blobs.new_zeros(blobs.shape[0], size, size, size))
-    return torch.stack(maps, 1)
+    maps = torch.zeros(batch, 2, size, size, size, device=coords.device)
+    for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True)):
+        x, y, z = profiles[b, n]
+        channel = maps[b, 0 if labels[b, n] == 1 else 1]
+        torch.maximum(channel, x[:, None, None] * y[None, :, None] * z[None, None, :], out=channel)
+    return maps
 
 
 def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.device) -> torch.Tensor:

@@ -155,7 +155,8 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @api.post("/sessions/{session_id}/clicks")
     async def clicks(session_id: str, request: ClickRequest) -> dict:
-        """Add clicks in order, all or none: every point is checked before the first is applied."""
+        """Add clicks as one interaction (one undo step, one model pass), all or none: every point
+        is checked before any is applied."""
         entry = store.get(session_id)
         if len(request.points) > settings.max_points:
             raise PromptError(f"{len(request.points)} points in one request; this server accepts at most {settings.max_points}")
@@ -166,8 +167,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
         def action(session: Session, job: Job):
             indices = [session.to_index(p, world=world, ras=ras) for p in request.points]
-            return all_or_nothing(session, request.object, [partial(session.add_click, index, sign, label=request.object)
-                                                            for index, sign in zip(indices, signs)], job)
+            return all_or_nothing(session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job)
 
         return await _interact(worker, entry, action)
 
