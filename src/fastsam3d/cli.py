@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-hosts", default="", help="comma-separated Host header names accepted besides "
                        "localhost, 127.0.0.1, ::1 and --host ('*': any)")
     serve.add_argument("--max-sessions", type=int, default=8)
+    serve.add_argument("--cache-mb", type=float, default=256.0,
+                       help="cached ROI features per session in MB (at most max-sessions x this in all; default 256)")
     serve.add_argument("--max-upload-mb", type=float, default=2048.0, help="volume and mask uploads")
     serve.add_argument("--max-unpacked-mb", type=float, default=2048.0, help="decoded image size, and unzipped DICOM size")
     serve.add_argument("--max-voxels", type=int, default=2**28, help="voxels of an opened image (checked from its header)")
@@ -417,7 +419,7 @@ def _serve(args: argparse.Namespace) -> None:
     extra_hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     settings = ServerSettings(
         data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device, api_key=api_key,
-        allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts), max_sessions=args.max_sessions,
+        allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts), max_sessions=args.max_sessions, cache_mb=args.cache_mb,
         max_upload_mb=args.max_upload_mb, max_unpacked_mb=args.max_unpacked_mb, max_voxels=args.max_voxels,
         max_zip_entries=args.max_zip_entries, max_points=args.max_points, request_seconds=args.request_seconds,
         idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir,

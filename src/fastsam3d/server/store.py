@@ -62,6 +62,7 @@ class ServerSettings:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
     max_sessions: int = 8
+    cache_mb: float = 256.0  # cached ROI features per session (the server holds at most max_sessions x this)
     max_upload_mb: float = 2048.0  # volume and mask uploads
     max_unpacked_mb: float = 2048.0  # decoded image bytes, and the unpacked size of a zip
     max_voxels: int = 2**28
@@ -283,7 +284,7 @@ class SessionStore:
         try:
             with self._lock:
                 self._check_room()
-                session = Session(model, device=self.device)
+                session = Session(model, device=self.device, cache_mb=self.settings.cache_mb)
                 session.set_image(volume)
                 entry = ServerSession(uuid.uuid4().hex, name, session, folder, dicom_dir,
                                       intensity=(float(volume.array.min()), float(volume.array.max())))
