@@ -1,6 +1,6 @@
 """Fast 3D SAM accuracy: Dice per click after the same fine-tuning budget, per method.
 
-    python benchmarks/peft_dice.py [--init default] [--steps 150] [--out runs/peft-dice]
+    python benchmarks/peft_dice.py --init SAM_CHECKPOINT [--steps 150] [--out runs/peft-dice]
 
 Fine-tunes ``--init`` on the development CT (``fastsam3d data fetch``; the MR and DICOM-CT cases
 held out) with each method for the same number of steps, then runs the evaluation harness
@@ -62,7 +62,7 @@ def dice_per_click(data: Path, model: str, out: Path) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--init", default="default")
+    parser.add_argument("--init", required=True, help="a 3D SAM to fine-tune: official .pth or a `fastsam3d train` output")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", type=Path, default=Path("runs/peft-dice"))
     args = parser.parse_args()

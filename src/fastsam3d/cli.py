@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", default="center", choices=("fastsam3d", "center", "random", "box+5"))
     evaluate.add_argument("--clicks", type=int, help="interaction steps per structure (default 5; 6 for box+5)")
     evaluate.add_argument("--classes", help="comma-separated class names or ids (default: all present)")
+    evaluate.add_argument("--cases", help="comma-separated case names to evaluate (default: all)")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
     evaluate.add_argument("--workers", type=int, default=1, help="cases evaluated in parallel processes")
     evaluate.add_argument("--seed", type=int, default=2023)
@@ -281,14 +282,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise FastSAM3DError("--workers must be at least 1")
     classes = [c for c in (args.classes or "").split(",") if c.strip()] or None
+    cases = [c.strip() for c in (args.cases or "").split(",") if c.strip()] or None
     summary, failed = evaluate(
-        args.data, args.models, args.out, protocol=args.protocol, steps=args.clicks, classes=classes,
+        args.data, args.models, args.out, protocol=args.protocol, steps=args.clicks, classes=classes, case_names=cases,
         workers=args.workers, seed=args.seed, nsd_tolerance=args.nsd_tolerance, hd95=args.hd95,
         device=args.device, progress=not args.quiet,
     )
     for model, values in summary.items():
         curve = ", ".join(f"{v:.3f}" for v in values["dice_per_step"])
         print(f"{model}: {values['structures']} structures, Dice per step [{curve}], "
+              f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
               f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms")
     if summary:
         print(f"report: {args.out / 'report.md'}")

@@ -29,6 +29,7 @@ def evaluate(
     steps: int | None = None,
     classes: list[str] | None = None,
     workers: int = 1,
+    case_names: list[str] | None = None,
     seed: int = 2023,
     nsd_tolerance: float = 2.0,
     hd95: bool = False,
@@ -47,6 +48,11 @@ def evaluate(
         raise FastSAM3DError("name at least one model")
     out = Path(out)
     cases = load_cases(data, classes)
+    if case_names:
+        unknown = set(case_names) - {c.name for c in cases}
+        if unknown:
+            raise FastSAM3DError(f"no case {sorted(unknown)} in {data}; cases: {', '.join(c.name for c in cases)}")
+        cases = [c for c in cases if c.name in case_names]
     settings = EvaluationSettings(models=list(models), protocol=protocol, steps=steps, seed=seed,
                                   nsd_tolerance=nsd_tolerance, hd95=hd95, device=device,
                                   requested=set(classes or ()))

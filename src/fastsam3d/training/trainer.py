@@ -96,6 +96,9 @@ def atomic_save(state: dict, path: Path) -> None:
 
 def _build_model(settings: TrainSettings) -> Sam3D:
     model = load_model(settings.init) if settings.init else build_model(settings.config)
+    if not isinstance(model, Sam3D):
+        raise FastSAM3DError(f"`fastsam3d train` fine-tunes 3D SAMs; {settings.init or settings.config!r} is a click-conditioned "
+                             "U-Net: continue it with `fastsam3d train-default --init default`")
     model.train()
     if settings.cluster_after is not None:  # kept in the exported config: inference clusters too
         model.image_encoder.enable_token_clustering(settings.cluster_after)
