@@ -51,7 +51,7 @@ def test_default_model_segments_a_sphere_from_one_click(default_model):
 
 
 def test_a_negative_click_removes_the_voxel_it_was_placed_on(default_model):
-    volume, ball = ball_volume()
+    volume, _ball = ball_volume()
     session = Session(default_model)
     session.set_image(volume)
     centre = np.array(volume.shape) // 2

@@ -18,7 +18,7 @@ def _ball_atlas() -> LabelMapAtlas:
         labels[np.linalg.norm(position - centre, axis=-1) < radius] = value
     body = np.linalg.norm(position - 19.5, axis=-1) < 17
     hounsfield = np.where(body, 40.0, -1000.0).astype(np.float32)
-    geometry = dict(spacing=(3.0, 3.0, 3.0), origin=np.zeros(3), direction=np.diag([-1.0, -1.0, 1.0]))
+    geometry = {"spacing": (3.0, 3.0, 3.0), "origin": np.zeros(3), "direction": np.diag([-1.0, -1.0, 1.0])}
     return LabelMapAtlas.from_volumes(Volume(hounsfield, **geometry), Volume(labels, **geometry))
 
 

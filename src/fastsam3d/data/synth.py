@@ -43,14 +43,14 @@ class LabelMapAtlas:
     targets: np.ndarray  # label values that can be targets (the real structures)
 
     @classmethod
-    def from_files(cls, image_path: str | Path, label_path: str | Path) -> "LabelMapAtlas":
+    def from_files(cls, image_path: str | Path, label_path: str | Path) -> LabelMapAtlas:
         image, labels = read_volume(image_path), read_volume(label_path)
         if image.shape != labels.shape:
             raise ValueError(f"{label_path} is not on the grid of {image_path}")
         return cls.from_volumes(image, labels)
 
     @classmethod
-    def from_volumes(cls, image: Volume, labels: Volume) -> "LabelMapAtlas":
+    def from_volumes(cls, image: Volume, labels: Volume) -> LabelMapAtlas:
         centre = (np.array(image.shape) - 1) / 2
         roi = RoiGrid.centred(image, centre, size=1, spacing=1.0)  # only for the RAS axis order and signs
         order = roi.axes

@@ -138,7 +138,7 @@ class ClickUNetFeatures(NamedTuple):
     unit: torch.Tensor  # (B, fine_channels, S, S, S) unit-length fine features, for the similarity maps
     head: torch.Tensor  # (B, prompt_channels[0], S, S, S) the fine features' share of the first head layer
 
-    def expand(self, batch: int) -> "ClickUNetFeatures":
+    def expand(self, batch: int) -> ClickUNetFeatures:
         """The same features for a batch of ``batch`` prompt sets (from a batch of one)."""
         if self.unit.shape[0] == batch:
             return self
