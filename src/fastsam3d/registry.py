@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
+from .io import atomic_output
 from .modeling import ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D, Sam3D
 from .modeling.click_unet import ClickUNet3D, ClickUNetConfig
 
@@ -415,17 +414,10 @@ def load_model(
 
 def save_model(model: Sam3D | ClickUNet3D, path: str | Path, half: bool = False) -> Path:
     """Write weights + config as safetensors, atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, temp, metadata={CONFIG_METADATA_KEY: model.config.to_json()})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as temp:  # written by Python: the umask's permissions (safetensors' own writer uses 0600)
+        temp.write_bytes(save(state, metadata={CONFIG_METADATA_KEY: model.config.to_json()}))
     return path
