@@ -130,3 +130,14 @@ def test_paste_mask_of_logits_outside_the_volume_is_empty():
     logits[outside[0], outside[1], outside[2]] = 5.0
     box, mask = roi.paste_mask(logits)
     assert mask.size == 0 and all(s.stop == s.start for s in box)
+
+
+def test_extract_can_continue_the_border_beyond_the_volume():
+    array = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 6, 4), np.float32)
+    volume = Volume(array, (1.0, 1.0, 1.0), np.zeros(3), np.diag([-1.0, -1.0, 1.0]))  # RAS storage: ROI axes = input axes
+    roi = RoiGrid.centred(volume, np.array([9.0, 3.0, 2.0]), size=8, spacing=1.0)
+    zero, edge = roi.extract(array), roi.extract(array, outside="edge")
+    inside = roi.index_to_roi(np.array([[9.0, 3.0, 2.0]]))[0].round().astype(int)
+    line_zero, line_edge = zero[:, inside[1], inside[2]], edge[:, inside[1], inside[2]]  # along axis 0, inside on 1, 2
+    torch.testing.assert_close(line_zero[: inside[0] + 1], line_edge[: inside[0] + 1])  # inside: the same
+    assert (line_zero[inside[0] + 2 :] == 0).all() and (line_edge[inside[0] + 1 :] == 9).all()

@@ -134,13 +134,16 @@ class RoiGrid:
             slices[self.axes[a]] = slice(low, max(high + 1, low))
         return tuple(slices)
 
-    def extract(self, array: np.ndarray) -> torch.Tensor:
-        """Linearly resample the input array into the ROI: (size, size, size) float32, zero outside."""
+    def extract(self, array: np.ndarray, outside: str = "zero") -> torch.Tensor:
+        """Linearly resample the input array into the ROI: (size, size, size) float32; where the ROI
+        leaves the volume, zero (``outside="zero"``, ITK's default) or the nearest border voxel (``"edge"``)."""
         sources: list[slice] = []
         matrices = []
         for a in range(3):
             positions = self._input_positions(a)
             length = self.volume_shape[self.axes[a]]
+            if outside == "edge":
+                positions = np.clip(positions, 0, length - 1)
             low = int(np.clip(np.floor(positions.min()), 0, length - 1))
             high = int(np.clip(np.ceil(positions.max()), 0, length - 1))
             sources.append(slice(low, high + 1))

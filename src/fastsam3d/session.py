@@ -399,7 +399,7 @@ class Session:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         started = time.perf_counter()
-        crop = normalise_intensity(roi.extract(self._require_image().array))
+        crop = normalise_intensity(roi.extract(self._require_image().array, outside=self.model.roi_padding))
         with torch.inference_mode():
             embedding = self.model.encode(crop[None, None].to(self.device))
         if self.device.type == "cuda":

@@ -186,6 +186,12 @@ class ClickUNet3D(nn.Module):
         return self.config.spacing
 
     @property
+    def roi_padding(self) -> str:
+        """The crop continues the volume's border voxels where it leaves the volume: thin slabs (a
+        20-slice CT) would otherwise be mostly zeros, which the model over-segments into."""
+        return "edge"
+
+    @property
     def low_res_size(self) -> tuple[int, int, int]:
         return (self.config.img_size,) * 3
 

@@ -34,6 +34,11 @@ class Sam3D(nn.Module):
         return TARGET_SPACING_MM
 
     @property
+    def roi_padding(self) -> str:
+        """What the crop holds where it leaves the volume: zeros, as in training (torchio CropOrPad)."""
+        return "zero"
+
+    @property
     def supports_boxes(self) -> bool:
         """Whether boxes are encoded (learned box corners) rather than emulated by the session."""
         return self.prompt_encoder.supports_boxes

@@ -118,7 +118,7 @@ def validation_crops(manifest: Path, cases: tuple[str, ...], structures: tuple[s
             depth = ndimage.distance_transform_edt(mask, sampling=image.spacing)
             centre = np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), dtype=np.float64)
             roi = RoiGrid.centred(image, centre, size=size, spacing=spacing)
-            crop = roi.extract(image.array)[None]
+            crop = roi.extract(image.array, outside="edge")[None]  # as the engine crops for ClickUNet3D
             target = (roi.extract(mask.astype(np.float32)) > 0.5).float()[None]
             crops.append((f"{case['name']}:{name}", crop, target))
     return crops
