@@ -78,6 +78,7 @@ def test_default_model_segments_a_held_out_real_organ(default_model, structure):
     target = label.array == next(k for k, v in case.classes.items() if v == structure)
     session = Session(default_model)
     session.set_image(image)
+    session.add_object(structure)
     for _ in range(5):
         click = center_click(session.mask(), target, image.spacing)
         if click is None:
