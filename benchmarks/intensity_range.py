@@ -55,6 +55,7 @@ def main() -> None:
             for kind in kinds:
                 session = Session(model)
                 session.set_image(image.with_array(rescaled(image.array, kind)))
+                session.add_object(name)
                 for _ in range(args.clicks):
                     click = center_click(session.mask(), target, image.spacing)
                     if click is None:
