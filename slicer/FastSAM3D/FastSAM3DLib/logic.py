@@ -83,6 +83,7 @@ class FastSAM3DLogic:
         array_kji = np.asarray(array_kji)
         if array_kji.ndim != 3:
             raise ValueError(f"a 3D volume is needed, got an array of shape {array_kji.shape}")
+        self.models()  # the key first, with a small request: the server refuses a keyless upload unread
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "volume.nii.gz")
             write_nifti(array_kji, ijk_to_ras, path)

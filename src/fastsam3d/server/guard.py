@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UPLOAD_PATH = re.compile(r"^/api/sessions/(upload|[^/]+/mask)$")
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers around an upload
+DRAIN_BYTES = 1 << 20  # a refused request declaring at most this much is read first (see refuse)
 
 
 class RequestGuard:
@@ -40,12 +41,12 @@ class RequestGuard:
             return
         headers = dict(scope["headers"])  # raw bytes; the last of a repeated header wins
         if "*" not in self.allowed_hosts and host_name(headers.get(b"host", b"")) not in self.allowed_hosts:
-            await reply(send, 400, "Host header not allowed (start the server with --allowed-hosts NAME)")
+            await refuse(headers, receive, send, 400, "Host header not allowed (start the server with --allowed-hosts NAME)")
             return
         if self.api_key and scope["path"].startswith("/api/"):
             given = headers.get(b"x-api-key", b"")
             if not hmac.compare_digest(given, self.api_key):  # constant time, on bytes: any byte is fine
-                await reply(send, 401, "missing or wrong API key (header X-API-Key)")
+                await refuse(headers, receive, send, 401, "missing or wrong API key (header X-API-Key)")
                 return
         limit = self.upload_bytes if UPLOAD_PATH.match(scope["path"]) else self.body_bytes
         declared = headers.get(b"content-length", b"")
@@ -83,6 +84,19 @@ def host_name(host: bytes) -> str:
     if text.startswith("["):
         return text[1:].split("]", 1)[0]
     return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+async def refuse(headers: dict, receive: Receive, send: Send, status: int, detail: str) -> None:
+    """Answer an error; a small declared body (≤ ``DRAIN_BYTES``) is read first, because clients
+    that send the whole body before reading (urllib, the Slicer module) otherwise see a broken pipe
+    instead of the answer. Larger bodies are never read: the answer goes at once."""
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and 0 < int(declared) <= DRAIN_BYTES:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+    await reply(send, status, detail)
 
 
 async def reply(send: Send, status: int, detail: str) -> None:
