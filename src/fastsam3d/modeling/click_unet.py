@@ -231,9 +231,8 @@ class ClickUNet3D(nn.Module):
             mask_input: (B, 1, S, S, S) logits of the previous prediction (None = zero logits).
         The prompts' batch may exceed the features' batch of one (uncertainty runs).
         """
-        prompt_batch = max(t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None) if any(
-            t is not None for t in (point_coords, boxes, mask_input)) else image_embedding.unit.shape[0]
-        features = image_embedding.expand(max(prompt_batch, image_embedding.unit.shape[0]))
+        given = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
+        features = image_embedding.expand(max([image_embedding.unit.shape[0], *given]))
         batch, size, device = features.unit.shape[0], features.unit.shape[-1], features.unit.device
         clicks = click_maps(point_coords, point_labels, size).to(device).expand(batch, -1, -1, -1, -1)
         if mask_input is None:  # no previous prediction: zero logits, as the engine and training pass

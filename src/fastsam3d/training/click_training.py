@@ -11,6 +11,7 @@ seeded stream, so an interrupted run resumed from its checkpoint continues exact
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from ..io import atomic_output, read_volume
@@ -96,11 +98,7 @@ def validation_crops(manifest: Path, cases: tuple[str, ...], structures: tuple[s
                      spacing: float = 3.0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, image (1, S, S, S) raw intensities, target) crops of real held-out structures, each
     ROI centred on the structure's interior-most voxel (where the first `center` click goes)."""
-    import json
-
-    from scipy import ndimage
-
-    from ..evaluation.datasets import align_label
+    from ..evaluation.datasets import align_label  # evaluation sits above training: imported on use
 
     data = json.loads(Path(manifest).read_text())
     crops = []
