@@ -8,11 +8,26 @@
 """
 
 from .errors import CheckpointError, FastSAM3DError, PromptError, VolumeError
-from .io import Volume, read_volume, write_volume
-from .registry import MODEL_CONFIGS, ModelConfig, build_model, load_model, save_model
-from .session import Session
 
 __version__ = "0.1.0"
+
+# The rest imports torch (seconds on a busy CPU): loaded on first use, so `fastsam3d weights list` and
+# `--version` answer at once.
+_LAZY = {
+    "Volume": "io", "read_volume": "io", "write_volume": "io",
+    "MODEL_CONFIGS": "registry", "ModelConfig": "registry", "build_model": "registry", "load_model": "registry",
+    "save_model": "registry", "Session": "session",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastsam3d' has no attribute {name!r}")
 
 __all__ = [
     "MODEL_CONFIGS",

@@ -224,7 +224,15 @@ def get_config(name: str) -> ModelConfig:
     try:
         return MODEL_CONFIGS[name]
     except KeyError:
-        raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}") from None
+        raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(all_model_names())}") from None
+
+
+def all_model_names() -> list[str]:
+    """Every name ``--model`` takes: 3D configs, official downloads (e.g. fastsam3d-encoder) and 2D models."""
+    from .hub import CATALOGUE
+    from .registry2d import MODEL_2D_CONFIGS
+
+    return sorted({*MODEL_CONFIGS, *(n for n, e in CATALOGUE.items() if e.runnable), *MODEL_2D_CONFIGS})
 
 
 # --- reading checkpoints ---------------------------------------------------------------
@@ -232,13 +240,21 @@ def get_config(name: str) -> ModelConfig:
 
 def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of an official ``.pth`` file, read without arbitrary unpickling."""
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no such checkpoint: {path}") from None
     except Exception as error:  # noqa: BLE001 - any unpickling failure becomes one clear message
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            raise CheckpointError(
+                f"{path} holds Python objects besides weights{f' ({found.group(1)})' if found else ''}, which fastsam3d "
+                "does not unpickle: save its state dict (torch.save(model.state_dict(), ...)) or use the official file"
+            ) from None
+        first_line = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
     for key in ("model_state_dict", "state_dict", "model"):  # FastSAM3D/SAM-Med3D, generic, SAM-Med2D
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -247,6 +263,31 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(f"{path} holds no model state dict (expected tensors, or them under 'model_state_dict')")
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse early, in words, a file that is not a torch checkpoint (torch's own message is cryptic)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(352)
+    except FileNotFoundError:
+        raise CheckpointError(f"no such checkpoint: {path}") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
+        return
+    if head[:2] == b"\x1f\x8b" or head[344:348] in (b"n+1\0", b"ni1\0") or head[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c"):
+        what = "an image (NIfTI / gzip)"
+    elif head.startswith(b"NRRD") or b"ObjectType" in head[:64]:
+        what = "an image (NRRD / MetaImage)"
+    elif head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:64]):
+        what = "a text file"
+    else:
+        what = "a binary file of another kind"
+    raise CheckpointError(
+        f"{path} is {what}, not a model checkpoint: give the weights file (.pth from the publisher, or a "
+        "fastsam3d .safetensors), e.g. `fastsam3d weights path sam-med3d-turbo`"
+    )
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
@@ -372,6 +413,11 @@ def load_model(
         block_style: override the residual form ("prenorm" or "fastsam3d"), see REFERENCE.md fact 2.
     """
     config: ModelConfig | None
+    if isinstance(model, str) and checkpoint is None:
+        from .hub import resolve_for_model  # official checkpoints by name: cache, else download once
+
+        if official := resolve_for_model(model):
+            model, checkpoint, decoder_checkpoint = official[0], official[1], decoder_checkpoint or official[2]
     if isinstance(model, str) and model in MODEL_CONFIGS and checkpoint is None:
         config = MODEL_CONFIGS[model]
         if not config.weights:
@@ -387,9 +433,7 @@ def load_model(
     elif Path(model).suffix in (".pth", ".pt", ".safetensors", ".ckpt"):
         checkpoint, config = Path(model), None
     else:
-        raise CheckpointError(
-            f"unknown model {str(model)!r}: give one of {', '.join(sorted(MODEL_CONFIGS))} or a checkpoint file"
-        )
+        raise CheckpointError(f"unknown model {str(model)!r}: give one of {', '.join(all_model_names())} or a checkpoint file")
     state_dict, stored_config = read_checkpoint(checkpoint)
     if "pos_embed" in state_dict and "image_encoder.pos_embed" not in state_dict:
         if decoder_checkpoint is None:
