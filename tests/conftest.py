@@ -54,6 +54,17 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _no_weight_downloads(monkeypatch, tmp_path_factory):
+    """Tests never reach the real hub: official model names resolve offline from an empty cache
+    (tests/test_hub.py serves them from a loopback stand-in)."""
+    root = tmp_path_factory.getbasetemp() / "weights-cache"
+    monkeypatch.setenv("FASTSAM3D_WEIGHTS", str(root / "fastsam3d"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield

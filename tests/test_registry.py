@@ -1,5 +1,6 @@
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,8 +87,9 @@ def test_unsafe_pickle_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model_state_dict": {}, "payload": Evil()}, path)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="holds Python objects besides weights") as error:
         load_model(path)
+    assert "weights_only" not in str(error.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
@@ -104,8 +106,26 @@ def test_missing_and_unknown():
         load_model("does-not-exist.pth")
     with pytest.raises(CheckpointError, match="unknown model"):
         load_model("no-such-model")
-    with pytest.raises(CheckpointError, match="no weights ship"):
+    with pytest.raises(CheckpointError, match="unknown model 'no-such-model'.*litemedsam.*medsam.*sam-med2d.*sam-vit-b"):
+        load_model("no-such-model")
+    with pytest.raises(CheckpointError, match="not downloaded and HF_HUB_OFFLINE is set"):  # conftest: offline
         load_model("sam-med3d-turbo")
+    with pytest.raises(CheckpointError, match="no weights ship"):
+        load_model("sam-med3d")
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    from fastsam3d.io import Volume, write_volume
+
+    text = tmp_path / "notes.pth"
+    text.write_text("these are my notes, not weights\n")
+    with pytest.raises(CheckpointError, match="is a text file, not a model checkpoint"):
+        load_model(text)
+    volume = Volume(np.zeros((4, 4, 4), np.float32), np.ones(3), np.zeros(3), np.eye(3))
+    for name in ("ct.nii.gz", "ct.nii", "ct.nrrd"):
+        image = write_volume(volume, tmp_path / name).rename(tmp_path / f"{name}.pth")
+        with pytest.raises(CheckpointError, match="is an image .*, not a model checkpoint"):
+            load_model("tiny-teacher", checkpoint=image)
 
 
 def test_registry_holds_official_configs():

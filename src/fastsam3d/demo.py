@@ -8,6 +8,7 @@ truth, the label map and a PNG overlay, and prints Dice per click and timings.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from .evaluation.clicks import center_click, dice
-from .io import Volume, write_volume
+from .io import Volume, atomic_output, write_volume
 from .session import Session
 
 
@@ -101,11 +102,9 @@ def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Pa
     handles.append(Line2D([], [], color="yellow", linewidth=1.5, label="ground truth"))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(temp, dpi=90, format="png")
+    with atomic_output(path) as temp:
+        figure.savefig(temp, dpi=90, format="png")
     plt.close(figure)
-    temp.replace(path)
     return path
 
 
@@ -141,8 +140,11 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
         write_volume(volume, out / "image.nii.gz"),
         write_volume(volume.with_array(truth), out / "truth.nii.gz"),
         session.save_labels(out / "segmentation.nii.gz"),
-        save_overlay(volume, session.label_map(), truth, out / "overlay.png", legend),
     ]
+    if importlib.util.find_spec("matplotlib") is not None:
+        written.append(save_overlay(volume, session.label_map(), truth, out / "overlay.png", legend))
+    else:
+        print("no overlay.png: it needs matplotlib (pip install 'fastsam3d[eval]')")
     final = [scores[-1] for scores in results.values()]
     print(f"mean Dice after {clicks} clicks: {np.mean(final):.3f}; total {time.perf_counter() - started:.1f} s")
     print("wrote " + ", ".join(str(p) for p in written))

@@ -277,9 +277,12 @@ def _unavailable(entry: OfficialWeights, why: str) -> WeightsUnavailable:
     )
 
 
-def fetch(name: str, accept_licence: bool = False, progress: bool = True, interactive: bool = True) -> Path:
-    """The local file of an official checkpoint, downloaded first if needed; sha256 checked."""
+def fetch(name: str, accept_licence: bool = False, progress: bool | None = None, interactive: bool = True) -> Path:
+    """The local file of an official checkpoint, downloaded first if needed (a progress bar on stderr unless
+    ``progress=False`` or ``HF_HUB_DISABLE_PROGRESS_BARS`` is set); sha256 checked."""
     entry = get(name)
+    if progress is None:
+        progress = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").upper() not in ("1", "ON", "YES", "TRUE")
     path = cached_path(name)
     kind, _, where = entry.source.partition(":")
     if path is None and kind == "shipped":
@@ -309,9 +312,11 @@ def fetch(name: str, accept_licence: bool = False, progress: bool = True, intera
 def _fetch_hub(entry: OfficialWeights, kind: str, repo_id: str, progress: bool) -> tuple[Path, str | None]:
     require_extra("weights", "huggingface_hub", f"downloading {entry.name}")
     import huggingface_hub
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    (enable_progress_bars if progress else disable_progress_bars)()
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
     repo_type = "dataset" if kind == "hf-dataset" else None
     try:
         if not entry.filename:
@@ -326,6 +331,9 @@ def _fetch_hub(entry: OfficialWeights, kind: str, repo_id: str, progress: bool) 
     except Exception as error:  # noqa: BLE001 - network, HTTP and cache errors all become one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _unavailable(entry, f"the download failed ({type(error).__name__}: {reason[:160]})") from None
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
     blob = path.resolve().name
     return path, blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
 
@@ -422,7 +430,7 @@ def verify(names: list[str] | None = None) -> list[tuple[str, str]]:
     return results
 
 
-def resolve_for_model(name: str, progress: bool = True) -> tuple[str, Path, Path | None] | None:
+def resolve_for_model(name: str, progress: bool | None = None) -> tuple[str, Path, Path | None] | None:
     """For ``load_model(name)`` without a checkpoint: (config name, checkpoint, decoder checkpoint), fetched
     on first use; None when ``name`` is not a downloadable official model."""
     if not is_downloadable(name):

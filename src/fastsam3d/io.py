@@ -205,18 +205,57 @@ def check_writable(path: str | Path) -> Path:
         raise VolumeError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
     if path.is_dir():
         raise VolumeError(f"cannot write {path}: it is a directory")
+    check_folder(path.parent)
     return path
+
+
+def check_folder(folder: str | Path) -> Path:
+    """An output folder that exists or can be created: refuses one under a regular file, in one line."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise VolumeError(f"cannot write into {folder}: {parent} is a file, not a folder; choose another path")
+            break
+    return folder
+
+
+def file_mode() -> int:
+    """The mode a new file gets from the umask (0o644 under umask 022), read without changing the umask
+    (``os.umask`` is process-wide and racy in a threaded server)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def make_folder(folder: str | Path) -> Path:
+    """Create an output folder (and its parents); one clear line when that is impossible."""
+    folder = check_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VolumeError(f"cannot create the folder {folder}: {error.strerror}") from None
+    return folder
 
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A fresh temporary path beside ``path`` (not created: the writer creates it, with the usual
-    permissions); renamed onto ``path`` on success, removed on failure."""
+    """A fresh temporary path beside ``path`` (not created: the writer creates it); renamed onto ``path``
+    on success, with the umask's permissions (0644 under 022) whatever mode the writer used; removed on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     temp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
     try:
         yield temp
+        if temp.is_file():
+            os.chmod(temp, file_mode())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -227,14 +266,15 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
     """Write atomically: a temporary file beside the target, then a rename."""
     path = check_writable(path)
     suffix = _suffix(path)
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name[: -len(suffix)]}-", suffix=suffix)
         os.close(handle)
     except OSError as error:
         raise VolumeError(f"cannot write {path}: {error.strerror}") from None
     try:
         sitk.WriteImage(volume.to_sitk(), temp, useCompression=compress)
+        os.chmod(temp, file_mode())  # mkstemp made it 0600
         os.replace(temp, path)
     except (RuntimeError, OSError) as error:
         Path(temp).unlink(missing_ok=True)

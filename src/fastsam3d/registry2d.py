@@ -93,9 +93,12 @@ def load_sam2d(
     BatchNorms into its convs (same outputs to ~1e-6, a third faster on CPU)."""
     config = MODEL_2D_CONFIGS[name]
     if checkpoint is None:
-        if name != "litemedsam":
-            raise CheckpointError(f"{name} needs --checkpoint (its weights cannot be downloaded here)")
-        checkpoint = litemedsam_weights()
+        if name == "litemedsam":
+            checkpoint = litemedsam_weights()
+        else:
+            from .hub import fetch  # the publisher's file: from the cache, else downloaded once
+
+            checkpoint = fetch(name)
     state, _ = read_checkpoint(Path(checkpoint))
     model = build_sam2d(name)
     model.name = name
