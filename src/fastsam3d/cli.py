@@ -1,15 +1,19 @@
-"""Command line: ``fastsam3d segment | demo | evaluate | data | models | info``. Parsing only; the
-work is in the API."""
+"""Command line: ``fastsam3d segment | demo | evaluate | weights | data | models | info | serve | train ...``.
+Parsing only; the work is in the API. Messages go through ``logging`` (``-q`` / ``-v``); progress bars
+are tqdm on stderr."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import FastSAM3DError
 
 EXIT_USER_ERROR = 2
+log = logging.getLogger("fastsam3d")
 
 
 def _click(kind: str):
@@ -58,8 +62,31 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
+def _verbosity(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors; no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand takes -q / -v too (before or after its name)."""
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        add_parser = action.add_parser
+
+        def add_with_verbosity(*args, **kw):
+            sub = add_parser(*args, **kw)
+            _verbosity(sub, argparse.SUPPRESS)
+            return sub
+
+        action.add_parser = add_with_verbosity
+        return action
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsam3d", description="Fast interactive 3D segmentation with 3D SAMs.")
+    parser = _Parser(prog="fastsam3d", description="Fast interactive 3D segmentation with 3D SAMs.")
+    parser.add_argument("--version", action="version", version=f"fastsam3d {__version__}")
+    _verbosity(parser, False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser(
@@ -106,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--nsd-tolerance", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
     evaluate.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
     evaluate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     serve = commands.add_parser(
         "serve",
@@ -132,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
     serve.add_argument("--temp-dir", type=Path, help="temporary root (default: <system temp>/fastsam3d-server); "
                        "folders of dead servers under it are removed at start")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                       help="server log level; 'info' and 'debug' include the access log (default info)")
+    serve.add_argument("--no-access-log", action="store_true", help="no line per request")
     _add_model_arguments(serve)
 
     train = commands.add_parser(
@@ -228,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=("fetch",), help="fetch: download TotalSegmentator's test volumes with pip")
     data.add_argument("--root", type=Path, help="destination (default $FASTSAM3D_DATA or ~/.cache/fastsam3d)")
 
+    weights = commands.add_parser(
+        "weights",
+        help="official checkpoints: list, fetch, path, verify",
+        description="Official checkpoints by name, from where their publishers host them (Hugging Face hub, Google "
+        "Drive, HTTPS), into the Hugging Face cache ($HF_HOME) or $FASTSAM3D_WEIGHTS (default ~/.cache/fastsam3d/"
+        "weights). `--model NAME` downloads them on first use; HF_HUB_OFFLINE=1 forbids downloads.",
+    )
+    weights_actions = weights.add_subparsers(dest="action", required=True, metavar="ACTION")
+    weights_actions.add_parser("list", help="name, what it is, licence, size, source, cached or not")
+    fetch = weights_actions.add_parser("fetch", help="download (resumable) and record the sha256")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    fetch.add_argument("--accept-licence", "--accept-license", action="store_true",
+                       help="accept a non-open licence without asking (it is printed first)")
+    path = weights_actions.add_parser("path", help="print the local file of a cached checkpoint")
+    path.add_argument("name", metavar="NAME")
+    verify = weights_actions.add_parser("verify", help="re-hash cached files against their recorded sha256")
+    verify.add_argument("names", nargs="*", metavar="NAME")
+
     models = commands.add_parser("models", help="list model configs and whether their weights are present")
     models.set_defaults(clicks=None)
     info = commands.add_parser("info", help="print an image's shape, spacing and orientation")
@@ -254,7 +301,7 @@ def _segment(args: argparse.Namespace) -> None:
     if is_2d_model(args.model):
         _segment_slicewise(args)
         return
-    model = load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
+    model = _load_model(args)
     session = Session(model, device=args.device)
     volume = session.set_image(args.image)
     session.add_object()
@@ -267,10 +314,10 @@ def _segment(args: argparse.Namespace) -> None:
         steps.append((f"uncertainty ({args.samples} samples)", session.timings))
         written.append(session.save_map(uncertainty.full("entropy", volume.shape), args.uncertainty))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
+    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
     if args.timing:
         for name, timing in steps:
-            print(
+            log.info(
                 f"  {name}: encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.1f} ms, "
                 f"paste {timing.paste * 1e3:.1f} ms"
             )
@@ -290,13 +337,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     for model, values in summary.items():
         curve = ", ".join(f"{v:.3f}" for v in values["dice_per_step"])
-        print(f"{model}: {values['structures']} structures, Dice per step [{curve}], "
-              f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
-              f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms")
+        log.info(f"{model}: {values['structures']} structures, Dice per step [{curve}], "
+                 f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
+                 f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms")
     if summary:
-        print(f"report: {args.out / 'report.md'}")
+        log.info(f"report: {args.out / 'report.md'}")
     if failed:
-        print(f"fastsam3d: {failed} case(s) or structure(s) failed; see {args.out / 'results.csv'}", file=sys.stderr)
+        log.error(f"{failed} case(s) or structure(s) failed; see {args.out / 'results.csv'}")
         return 1
     return 0
 
@@ -330,10 +377,10 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
     steps, mask = _apply_prompts(session, args)
     written = session.save_labels(args.out)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    print(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")
+    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")
     if args.timing:
         for name, timing in steps:
-            print(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
+            log.info(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
 
 
 def _training(args: argparse.Namespace) -> None:
@@ -343,9 +390,9 @@ def _training(args: argparse.Namespace) -> None:
         from .training.recipe import install_default, train_default
 
         path = train_default(args.out, args.scale, args.device, seed=args.seed, init=args.init, minutes=args.minutes)
-        print(f"wrote {path}")
+        log.info(f"wrote {path}")
         if args.install:
-            print(f"installed as the default model: {install_default(path)}")
+            log.info(f"installed as the default model: {install_default(path)}")
         return
     if args.command == "distill":
         from .training.distill import distill
@@ -353,7 +400,7 @@ def _training(args: argparse.Namespace) -> None:
         path = distill(args.labels, args.out, args.student, args.epochs, args.layer_epochs, args.layer_map, args.lr,
                        accumulation=args.accumulation, seed=args.seed, resume=args.resume, device=args.device)
         if path:
-            print(f"wrote {path}; fine-tune it with: fastsam3d train --init {path} --out RUN")
+            log.info(f"wrote {path}; fine-tune it with: fastsam3d train --init {path} --out RUN")
         return
     holdout = tuple(name.strip() for name in args.holdout.split(",") if name.strip())
     if args.data:
@@ -368,7 +415,7 @@ def _training(args: argparse.Namespace) -> None:
         from .training.distill import prepare_labels
 
         settings = TrainSettings(data=args.data, real_fraction=args.real_fraction, holdout=holdout, device=args.device, seed=args.seed)
-        print(f"wrote {prepare_labels(args.teacher, args.out, args.count, settings)}")
+        log.info(f"wrote {prepare_labels(args.teacher, args.out, args.count, settings)}")
     else:
         from .modeling.peft import PEFT_METHODS
         from .training.trainer import train
@@ -382,10 +429,11 @@ def _training(args: argparse.Namespace) -> None:
             minutes=args.minutes, max_steps=args.steps, batch_size=args.batch_size, rounds=args.rounds, lr=args.lr,
             seed=args.seed, epoch_steps=args.epoch_steps, workers=args.workers, peft=args.peft,
             cluster_after=args.cluster_after, loss_size=args.loss_size, device=args.device, amp=not args.no_amp,
+            progress=not args.quiet,
         )
         path = train(args.out, settings, resume=args.resume)
         if path:
-            print(f"wrote {path}")
+            log.info(f"wrote {path}")
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -397,13 +445,16 @@ def _prepare(args: argparse.Namespace) -> None:
         raise FastSAM3DError("--min-volume must not be negative")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = prepare_nnunet(args.source, args.target, args.spacing, args.min_volume, classes, args.overwrite)
-    print(summary.report())
+    log.info(summary.report())
 
 
 def _serve(args: argparse.Namespace) -> None:
     import ipaddress
     import os
 
+    from .extras import require_extra
+
+    require_extra("server", "fastapi", "uvicorn", "multipart", feature="fastsam3d serve")
     import uvicorn
 
     from .server.app import create_app
@@ -429,11 +480,77 @@ def _serve(args: argparse.Namespace) -> None:
     )
     app = create_app(settings)
     if app.state.store.temp.stale_removed:
-        print(f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly")
+        log.info(f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly")
     if not loopback and not api_key:
-        print(f"fastsam3d: warning: serving on {args.host} without an API key (--insecure)", file=sys.stderr)
-    print(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+        log.warning(f"serving on {args.host} without an API key (--insecure)")
+    log.warning(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
+    level = "warning" if args.quiet else args.log_level
+    uvicorn.run(app, host=args.host, port=args.port, log_level=level, access_log=not args.no_access_log,
+                timeout_graceful_shutdown=3)
+
+
+def _load_model(args: argparse.Namespace):
+    """The model of --model / --checkpoint; official names download on first use (progress unless -q)."""
+    import os
+
+    from .registry import load_model
+
+    if args.quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from . import hub
+
+    if args.action == "list":
+        rows = hub.official_models()
+        print(f"{'name':18s} {'dims':4s} {'cached':6s} {'size':9s} {'licence':28s} description / source")
+        for row in rows:
+            print(f"{row['name']:18s} {str(row['dims']) + 'D':4s} {'yes' if row['cached'] else 'no':6s} "
+                  f"{row['size']:9s} {row['licence']:28s} {row['description']}\n{'':69s} {row['source']}")
+        return 0
+    if args.action == "path":
+        path = hub.cached_path(hub.get(args.name).name)
+        if path is None:
+            raise FastSAM3DError(f"{args.name} is not downloaded: run `fastsam3d weights fetch {args.name}`")
+        print(path)
+        return 0
+    if args.action == "fetch":
+        for name in args.names:
+            entry = hub.get(name)
+            path = hub.fetch(name, accept_licence=args.accept_licence, progress=not args.quiet)
+            log.info(f"{entry.name}: {path}")
+        return 0
+    failures = 0
+    for name, status in hub.verify(args.names or None):
+        failures += status.startswith("MISMATCH")
+        print(f"{name:18s} {status}")
+    if failures:
+        log.error(f"{failures} file(s) changed since download: delete them and fetch again")
+        return 1
+    return 0
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """Info on stdout as plain lines, warnings and errors on stderr as `fastsam3d: warning: ...`."""
+
+    class _Format(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            return text if record.levelno < logging.WARNING else f"fastsam3d: {record.levelname.lower()}: {text}"
+
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(_Format("%(message)s"))
+    log.handlers[:] = [out, err]
+    log.propagate = False
+    log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
 
 
 def _models() -> None:
@@ -442,14 +559,18 @@ def _models() -> None:
     from .registry2d import MODEL_2D_CONFIGS, litemedsam_weights
 
     print(f"{'name':20s} {'weights':12s} description")
+    from .hub import cached_path, is_downloadable
+
     for name, config in MODEL_CONFIGS.items():
         if config.weights:
             present = "shipped" if (WEIGHTS_DIR / config.weights).is_file() else "MISSING"
+        elif is_downloadable(name):
+            present = "cached" if cached_path(name) else "downloadable"
         else:
             present = "--checkpoint"
         print(f"{name:20s} {present:12s} {config.description}")
     for name, config in MODEL_2D_CONFIGS.items():
-        present = "--checkpoint"
+        present = ("cached" if cached_path(name) else "downloadable") if is_downloadable(name) else "--checkpoint"
         if name == "litemedsam":
             try:
                 litemedsam_weights()
@@ -477,14 +598,16 @@ def _info(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(args)
     try:
         if args.command == "segment":
             _segment(args)
         elif args.command == "demo":
             from .demo import run_demo
-            from .registry import load_model
+            from .io import check_folder
 
-            run_demo(load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style), args.out, args.clicks, args.device)
+            check_folder(args.out)
+            run_demo(_load_model(args), args.out, args.clicks, args.device)
         elif args.command == "evaluate":
             return _evaluate(args)
         elif args.command in ("train", "prepare-labels", "distill", "train-default"):
@@ -496,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             from .data.devdata import fetch_dev_data
 
-            print(f"development data: {fetch_dev_data(args.root / 'totalsegmentator' if args.root else None)}")
+            log.info(f"development data: {fetch_dev_data(args.root / 'totalsegmentator' if args.root else None)}")
+        elif args.command == "weights":
+            return _weights(args)
         elif args.command == "models":
             _models()
         elif args.command == "info":
@@ -507,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastsam3d: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only folder, ...: one line, not a traceback
+        if error.strerror is None:
+            raise
+        print(f"fastsam3d: error: {error.strerror}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
