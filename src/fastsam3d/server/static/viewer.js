@@ -1,29 +1,40 @@
 // fastsam3d web viewer: NiiVue for display, the fastsam3d REST API for segmentation.
-// The label overlay is patched in place from each answer's changed region (never reloaded).
+//
+// Frames: the server's voxels (i, j, k) and world LPS millimetres are the session's own (see its
+// `origin`, `spacing`, `direction`); NiiVue holds the image reoriented to RAS voxels and reports
+// world RAS millimetres. Clicks travel as RAS points (or, for boxes, as server voxels computed here).
+// The label map lives in NiiVue's drawing layer (one uint8 3D texture on NiiVue's grid): each answer's
+// changed region is written into it and only that sub-box is uploaded (texSubImage3D), then the
+// scene is drawn once. No volume is re-uploaded per interaction.
 "use strict";
 
 const COLOURS = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
   [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]];
+const UNCERTAINTY_MIN_BITS = 0.1;  // entropy below this is not shown
+const UNCERTAINTY_NEAR = 4;  // voxels: entropy is shown only this close to the object
 const $ = (id) => document.getElementById(id);
-const state = { session: null, objects: [], active: null, mode: "include", corner: null, pending: null, busy: false };
-const nv = new niivue.Niivue({ backColor: [0.07, 0.07, 0.07, 1], show3Dcrosshair: true, dragAndDropEnabled: false,
-  multiplanarShowRender: niivue.SHOW_RENDER ? niivue.SHOW_RENDER.ALWAYS : 2 });
-window.fastsam3d = { nv, state };  // for tests and the console
+const state = {
+  session: null, models: [], model: null, objects: [], active: null, mode: "include", corner: null, pending: null,
+  busy: false, labels: null, labelled: 0, ras: null, history: {}, hover: null, paintMs: null, lastPoint: null,
+};
+const nv = new niivue.Niivue({
+  backColor: [0.07, 0.07, 0.07, 1], show3Dcrosshair: true, dragAndDropEnabled: false, isRadiologicalConvention: true,
+  viewModeHotKey: "", clipPlaneHotKey: "", multiplanarShowRender: niivue.SHOW_RENDER ? niivue.SHOW_RENDER.ALWAYS : 2,
+});
+window.fastsam3d = {  // for tests and the console
+  nv, state, markers: () => drawMarkers(), interact: (path, body) => interact(path, body),
+  toCanvas: (mm, tile = 0) => {  // a world RAS point on a 2D tile (0 axial, 1 coronal, 2 sagittal), CSS pixels
+    const slice = nv.screenSlices.find((s) => s.axCorSag === tile && s.AxyzMxy && s.AxyzMxy.length >= 4);
+    const at = tileOf(mm, slice), dpr = $("gl").width / $("gl").clientWidth;
+    return [at.x / dpr, at.y / dpr];
+  },
+};
+
+// --- server ------------------------------------------------------------------------------------
 
 function headers(extra = {}) {
   const key = $("apikey").value.trim();
   return key ? { ...extra, "X-API-Key": key } : extra;
-}
-
-function setStatus(status, text) {
-  document.body.dataset.status = status;
-  if (text !== undefined) $("status").textContent = text;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
-  setStatus("error");
 }
 
 async function api(path, options = {}) {
@@ -42,39 +53,290 @@ async function api(path, options = {}) {
   return response;
 }
 
+async function readAnswer(response, onProgress) {
+  // A plain JSON answer, or (servers that stream, `?stream=true`) newline-delimited JSON events:
+  // {"event": "progress", "region": ...} while slices are segmented, then "result" or "error".
+  if (!(response.headers.get("content-type") || "").includes("ndjson")) return response.json();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let result = null;
+  const handle = async (line) => {
+    if (!line.trim()) return;
+    const event = JSON.parse(line);
+    if (event.event === "progress") await onProgress(event);
+    else if (event.event === "result") result = event;
+    else if (event.event === "error") throw new Error(event.detail || `server error ${event.status || ""}`);
+  };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + 1);
+      await handle(line);
+    }
+    if (done) break;
+  }
+  await handle(buffer);
+  if (!result) throw new Error("the server's answer ended without a result");
+  return result;
+}
+
 async function inflate(base64) {
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-async function patch(volume, region) {
-  // Write a changed box (i fastest) into a NiiVue volume's voxels, then re-upload it.
+async function regionValues(region) {
   const raw = await inflate(region.data);
-  const values = region.dtype === "uint16" ? new Uint16Array(raw.buffer) : raw;
-  const [nx, ny] = volume.hdr.dims.slice(1, 3);
-  const [i0, j0, k0] = region.start;
-  const [i1, j1, k1] = region.stop;
-  const w = i1 - i0, h = j1 - j0;
-  const img = volume.img;
-  let n = 0;
-  for (let k = k0; k < k1; k++) {
-    for (let j = j0; j < j1; j++) {
-      const row = i0 + nx * (j + ny * k);
-      img.set(values.subarray(n, n + w), row);
-      n += w;
-    }
-  }
-  nv.updateGLVolume();
+  return region.dtype === "uint16" ? new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2) : raw;
 }
 
-function labelColormap(count) {
+// --- geometry: server voxels <-> world ---------------------------------------------------------
+
+function matrix3Inverse(m) {
+  const [[a, b, c], [d, e, f], [g, h, i]] = m;
+  const A = e * i - f * h, B = -(d * i - f * g), C = d * h - e * g;
+  const det = a * A + b * B + c * C;
+  return [[A / det, -(b * i - c * h) / det, (b * f - c * e) / det],
+    [B / det, (a * i - c * g) / det, -(a * f - c * d) / det],
+    [C / det, -(a * h - b * g) / det, (a * e - b * d) / det]];
+}
+
+function geometry(session) {
+  // index -> LPS: origin + direction @ (spacing * index); its inverse for world -> index
+  const linear = session.direction.map((row) => row.map((v, axis) => v * session.spacing[axis]));
+  return { linear, inverse: matrix3Inverse(linear), origin: session.origin, shape: session.shape, spacing: session.spacing,
+    // the server axis closest to superior-inferior: its index is the axial slice number
+    axial: [0, 1, 2].reduce((best, axis) => (Math.abs(session.direction[2][axis]) > Math.abs(session.direction[2][best]) ? axis : best), 0) };
+}
+
+function rasToIndex(mm) {
+  const g = state.session.geometry;
+  const d = [-mm[0] - g.origin[0], -mm[1] - g.origin[1], mm[2] - g.origin[2]];
+  return g.inverse.map((row) => row[0] * d[0] + row[1] * d[1] + row[2] * d[2]);
+}
+
+function indexToRas(index) {
+  const g = state.session.geometry;
+  const lps = g.linear.map((row, r) => g.origin[r] + row[0] * index[0] + row[1] * index[1] + row[2] * index[2]);
+  return [-lps[0], -lps[1], lps[2]];
+}
+
+function rasMapping(volume) {
+  // NiiVue's RAS voxel (x, y, z) holds native voxel start[0] + x*step[0] + start[1] + y*step[1] + start[2] + z*step[2].
+  // For each RAS axis: the native axis it runs along and whether it runs backwards.
+  const dims = volume.hdr.dims.slice(1, 4);
+  const strides = [1, dims[0], dims[0] * dims[1]];
+  const step = volume.img2RASstep, start = volume.img2RASstart;
+  const axis = [0, 1, 2].map((r) => {
+    const candidates = [0, 1, 2].filter((a) => strides[a] === Math.abs(step[r]));
+    return candidates.length === 1 ? candidates[0] : candidates.find((a) => dims[a] === volume.dimsRAS[r + 1]);
+  });
+  return { dims, rasDims: volume.dimsRAS.slice(1, 4), step, start, axis, flip: step.map((s) => s < 0) };
+}
+
+// --- labels: the drawing layer, patched per region --------------------------------------------
+
+async function paintRegion(region) {
+  // Write an answer's changed box (server voxels, i fastest) into the label map and NiiVue's
+  // drawing texture; upload only that box, then draw the scene once.
+  const values = await regionValues(region);
+  const m = state.ras;
+  const [nx, ny] = m.dims;
+  const [i0, j0, k0] = region.start;
+  const [i1, j1, k1] = region.stop;
+  const labels = state.labels;
+  let n = 0, delta = 0;
+  for (let k = k0; k < k1; k++) {
+    for (let j = j0; j < j1; j++) {
+      let at = i0 + nx * (j + ny * k);
+      for (let i = i0; i < i1; i++, at++, n++) {
+        const value = values[n];
+        delta += (value !== 0) - (labels[at] !== 0);
+        labels[at] = value;
+      }
+    }
+  }
+  state.labelled += delta;
+  document.body.dataset.labelled = String(state.labelled);
+  // the same box on NiiVue's RAS grid
+  const lo = [0, 0, 0], size = [0, 0, 0];
+  for (let r = 0; r < 3; r++) {
+    const a = m.axis[r];
+    const [s, e] = [region.start[a], region.stop[a]];
+    lo[r] = m.flip[r] ? m.dims[a] - e : s;
+    size[r] = e - s;
+  }
+  if (size.some((s) => s <= 0)) return;
+  const [X, Y] = m.rasDims;
+  const bitmap = nv.drawBitmap;
+  const sub = new Uint8Array(size[0] * size[1] * size[2]);
+  n = 0;
+  for (let z = lo[2]; z < lo[2] + size[2]; z++) {
+    const zAt = m.start[2] + z * m.step[2];
+    for (let y = lo[1]; y < lo[1] + size[1]; y++) {
+      const yzAt = zAt + m.start[1] + y * m.step[1];
+      let out = lo[0] + X * (y + Y * z);
+      for (let x = lo[0]; x < lo[0] + size[0]; x++, out++, n++) {
+        const label = labels[m.start[0] + x * m.step[0] + yzAt];
+        const value = label > 255 ? ((label - 1) % 255) + 1 : label;  // the drawing layer holds 255 labels
+        bitmap[out] = value;
+        sub[n] = value;
+      }
+    }
+  }
+  const gl = nv.gl;
+  gl.activeTexture(gl.TEXTURE7);  // NiiVue's drawing unit
+  gl.bindTexture(gl.TEXTURE_3D, nv.drawTexture);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+  gl.texSubImage3D(gl.TEXTURE_3D, 0, lo[0], lo[1], lo[2], size[0], size[1], size[2], gl.RED, gl.UNSIGNED_BYTE, sub);
+}
+
+function drawLut() {
   const cmap = { R: [], G: [], B: [], A: [], I: [] };
-  for (let i = 0; i <= Math.max(count, 1); i++) {
-    const c = COLOURS[i % COLOURS.length];
+  for (let i = 0; i < 256; i++) {
+    const c = COLOURS[i === 0 ? 0 : 1 + ((i - 1) % (COLOURS.length - 1))];
     cmap.R.push(c[0]); cmap.G.push(c[1]); cmap.B.push(c[2]); cmap.A.push(i === 0 ? 0 : 255); cmap.I.push(i);
   }
   return cmap;
+}
+
+function colour(label) {
+  return COLOURS[label === 0 ? 0 : 1 + ((label - 1) % 255 % (COLOURS.length - 1))];
+}
+
+// --- point and box markers (follow undo/redo) --------------------------------------------------
+
+function historyOf(label) {
+  if (!state.history[label]) state.history[label] = { done: [], undone: [] };
+  return state.history[label];
+}
+
+function visibleSteps(label) {
+  const done = historyOf(label).done;
+  let from = 0;
+  done.forEach((step, index) => { if (step.reset) from = index + 1; });
+  return done.slice(from);
+}
+
+function record(label, path, body, answer) {
+  const history = historyOf(label);
+  if (path === "undo" || path === "redo") {
+    if (answer.changed === false) return;
+    const [source, target] = path === "undo" ? [history.done, history.undone] : [history.undone, history.done];
+    if (source.length) target.push(source.pop());
+    return;
+  }
+  history.undone = [];
+  if (path === "clicks") {
+    const signs = Array.isArray(body.positive) ? body.positive : body.points.map(() => body.positive);
+    history.done.push({ points: body.points.map((p, i) => ({ mm: body.coordinates === "ras" ? p : indexToRas(p), positive: signs[i] })) });
+  } else if (path === "box") {
+    history.done.push({ box: [body.corner_a, body.corner_b].map(indexToRas) });
+  } else if (path === "reset") {
+    history.done.push({ reset: true });
+  }
+}
+
+function tileOf(mm, slice) {
+  // Where a world RAS point falls in a 2D tile (canvas pixels) and how far it lies from the tile's plane (mm).
+  let r = mm;
+  if (slice.axCorSag === 1) r = [mm[0], mm[2], mm[1]];
+  if (slice.axCorSag === 2) r = [mm[1], mm[2], mm[0]];
+  const a = slice.AxyzMxy;
+  const depth = Math.abs(r[2] - (a[2] + a[4] * (r[1] - a[1]) - a[3] * (r[0] - a[0])));
+  const fx = (r[0] - slice.leftTopMM[0]) / slice.fovMM[0], fy = (r[1] - slice.leftTopMM[1]) / slice.fovMM[1];
+  const ltwh = slice.leftTopWidthHeight.slice();
+  let x = fx;
+  if (ltwh[2] < 0) { ltwh[0] += ltwh[2]; ltwh[2] = -ltwh[2]; x = 1 - fx; }
+  return { x: ltwh[0] + x * ltwh[2], y: ltwh[1] + (1 - fy) * ltwh[3], depth, inside: fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1 };
+}
+
+function drawMarkers() {
+  // Draw the visible prompts of every object on the 2D tiles whose slice they lie on; returns what
+  // was drawn (CSS pixels, for tests).
+  const canvas = $("marks"), gl = $("gl");
+  if (canvas.width !== gl.width || canvas.height !== gl.height) { canvas.width = gl.width; canvas.height = gl.height; }
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const drawn = [];
+  if (!state.session || !nv.screenSlices) return drawn;
+  const dpr = gl.width / gl.clientWidth || 1;
+  const tolerance = Math.min(...state.session.spacing) / 2 + 0.01;
+  const tiles = nv.screenSlices.filter((s) => s.axCorSag <= 2 && s.AxyzMxy && s.AxyzMxy.length >= 4);
+  const steps = [];
+  for (const obj of state.objects) for (const step of visibleSteps(obj.label)) steps.push([obj.label, step]);
+  if (state.corner) steps.push([state.active, { corner: state.corner, hover: state.hover }]);
+  for (const slice of tiles) {
+    for (const [label, step] of steps) {
+      ctx.globalAlpha = label === state.active ? 1 : 0.5;
+      for (const point of step.points || []) {
+        const at = tileOf(point.mm, slice);
+        if (!at.inside || at.depth > tolerance) continue;
+        ctx.beginPath();
+        ctx.arc(at.x, at.y, 5 * dpr, 0, 2 * Math.PI);
+        ctx.fillStyle = point.positive ? "rgb(0, 230, 0)" : "rgb(255, 30, 30)";
+        ctx.fill();
+        ctx.lineWidth = 1.5 * dpr;
+        ctx.strokeStyle = "black";
+        ctx.stroke();
+        drawn.push({ kind: point.positive ? "include" : "exclude", tile: slice.axCorSag, x: at.x / dpr, y: at.y / dpr, label });
+      }
+      const corners = step.box || (step.corner && step.hover ? [step.corner, step.hover] : null);
+      if (corners) {
+        const [a, b] = corners.map((mm) => tileOf(mm, slice));
+        if (step.box ? boxSpans(corners, slice, tolerance) : a.depth <= tolerance) {
+          ctx.lineWidth = 2 * dpr;
+          ctx.strokeStyle = "rgb(255, 220, 0)";
+          ctx.setLineDash(step.box ? [] : [6 * dpr, 4 * dpr]);
+          ctx.strokeRect(Math.min(a.x, b.x), Math.min(a.y, b.y), Math.abs(a.x - b.x), Math.abs(a.y - b.y));
+          ctx.setLineDash([]);
+          drawn.push({ kind: step.box ? "box" : "box-preview", tile: slice.axCorSag, x: Math.min(a.x, b.x) / dpr,
+            y: Math.min(a.y, b.y) / dpr, width: Math.abs(a.x - b.x) / dpr, height: Math.abs(a.y - b.y) / dpr, label });
+        }
+      } else if (step.corner) {
+        const at = tileOf(step.corner, slice);
+        if (at.depth <= tolerance) {
+          ctx.strokeStyle = "rgb(255, 220, 0)";
+          ctx.lineWidth = 2 * dpr;
+          ctx.beginPath();
+          ctx.moveTo(at.x - 6 * dpr, at.y); ctx.lineTo(at.x + 6 * dpr, at.y);
+          ctx.moveTo(at.x, at.y - 6 * dpr); ctx.lineTo(at.x, at.y + 6 * dpr);
+          ctx.stroke();
+          drawn.push({ kind: "corner", tile: slice.axCorSag, x: at.x / dpr, y: at.y / dpr, label });
+        }
+      }
+    }
+  }
+  ctx.globalAlpha = 1;
+  return drawn;
+}
+
+function boxSpans(corners, slice, tolerance) {
+  // whether a box's range along the tile's normal contains the tile's plane (the crosshair)
+  const axis = [2, 1, 0][slice.axCorSag];
+  const at = nv.frac2mm(nv.scene.crosshairPos)[axis];
+  const depths = corners.map((mm) => mm[axis]);
+  return at >= Math.min(...depths) - tolerance && at <= Math.max(...depths) + tolerance;
+}
+
+const drawScene = nv.drawScene.bind(nv);
+nv.drawScene = (...args) => { const result = drawScene(...args); drawMarkers(); return result; };
+
+// --- interactions -----------------------------------------------------------------------------
+
+function setStatus(status, text) {
+  document.body.dataset.status = status;
+  if (text !== undefined) $("status").textContent = text;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  setStatus("error", `error: ${message}`);
 }
 
 function renderObjects() {
@@ -82,23 +344,14 @@ function renderObjects() {
   list.innerHTML = "";
   for (const obj of state.objects) {
     const item = document.createElement("li");
-    const c = COLOURS[obj.label % COLOURS.length];
-    item.innerHTML = `<span class="swatch" style="background: rgb(${c})"></span>${obj.name}`;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${colour(obj.label)})`;
+    item.append(swatch, document.createTextNode(obj.name));
     item.classList.toggle("active", obj.label === state.active);
-    item.onclick = () => { state.active = obj.label; renderObjects(); };
+    item.onclick = () => { state.active = obj.label; renderObjects(); nv.drawScene(); };
     list.appendChild(item);
   }
-  if (nv.volumes.length > 1) {
-    nv.volumes[1].setColormapLabel(labelColormap(Math.max(0, ...state.objects.map((o) => o.label))));
-    nv.updateGLVolume();
-  }
-}
-
-function countLabels() {
-  const img = nv.volumes.length > 1 ? nv.volumes[1].img : [];
-  let count = 0;
-  for (let i = 0; i < img.length; i++) if (img[i]) count++;
-  document.body.dataset.labelled = String(count);
 }
 
 async function interact(path, body) {
@@ -106,46 +359,78 @@ async function interact(path, body) {
   state.busy = true;
   setStatus("busy", "segmenting…");
   const started = performance.now();
+  let paint = 0;
   try {
-    const answer = await (await api(`/api/sessions/${state.session.id}/${path}`, { json: body })).json();
-    if (answer.region) await patch(nv.volumes[1], answer.region);
+    const streams = path === "clicks" || path === "box";
+    const response = await api(`/api/sessions/${state.session.id}/${path}${streams ? "?stream=true" : ""}`, { json: body });
+    const answer = await readAnswer(response, async (event) => {
+      if (!event.region) return;
+      await paintRegion(event.region);
+      nv.drawScene();
+      setStatus("busy", `segmenting… ${event.done}${event.total ? ` / ${event.total}` : ""} slices`);
+    });
+    const received = performance.now();
+    if (answer.region) await paintRegion(answer.region);
     state.objects = answer.objects;
     state.active = answer.object ?? state.active;
+    record(body.object ?? state.active, path, body, answer);
     renderObjects();
-    countLabels();
-    const t = answer.timings_ms;
-    $("latency").textContent = `${(performance.now() - started).toFixed(0)} ms round trip (server ${t.server.toFixed(0)}: ` +
-      `encoder ${t.encoder.toFixed(0)}, decoder ${t.decoder.toFixed(0)}, paste ${t.paste.toFixed(0)})`;
+    nv.drawScene();  // one draw: overlay, markers
+    paint = performance.now() - received;
+    state.paintMs = paint;
+    document.body.dataset.paintMs = paint.toFixed(1);
+    const t = answer.timings_ms || {};
+    const f = (v) => (v === undefined ? "–" : v.toFixed(0));
+    $("latency").textContent = `${(received - started).toFixed(0)} ms round trip (server ${f(t.server)}: ` +
+      `encoder ${f(t.encoder)}, decoder ${f(t.decoder)}, paste ${f(t.paste)}); painted in ${paint.toFixed(0)} ms`;
     $("error").hidden = true;
     setStatus("ready", "ready");
   } catch (error) {
     showError(error.message);
   } finally {
     state.busy = false;
-    if ($("uncertainty").checked) refreshUncertainty();
+    if ($("uncertainty").checked && document.body.dataset.status !== "error") await refreshUncertainty();
   }
 }
 
 async function openSession(answer) {
-  state.session = answer;
+  clearUncertainty();
+  state.session = { ...answer, geometry: geometry(answer) };
   state.objects = answer.objects;
   state.active = null;
-  const url = (name) => ({ url: `/api/sessions/${answer.id}/${name}`, headers: headers() });
-  await nv.loadVolumes([
-    { ...url("image.nii.gz"), name: "image.nii.gz", colormap: "gray" },
-    { ...url("labels?format=nii.gz"), name: "labels.nii.gz", opacity: Number($("opacity").value) },
-  ]);
+  state.history = {};
+  state.corner = null;
+  nv.opts.isRadiologicalConvention = $("radiological").checked;
+  await nv.loadVolumes([{ url: `/api/sessions/${answer.id}/image.nii.gz`, headers: headers(), name: "image.nii.gz", colormap: "gray" }]);
   nv.setSliceType(nv.sliceTypeMultiplanar);
-  applyWindow();
+  const volume = nv.volumes[0];
+  state.ras = rasMapping(volume);
+  state.labels = new Uint16Array(answer.shape[0] * answer.shape[1] * answer.shape[2]);
+  state.labelled = 0;
+  document.body.dataset.labelled = "0";
+  nv.createEmptyDrawing();
+  nv.drawOpacity = Number($("opacity").value);
+  // a CT (intensities reaching air in HU) opens in the soft-tissue window, anything else in auto
+  const [low, high] = answer.intensity || [0, 0];
+  $("window").value = low <= -500 && high >= 300 ? "40,400" : "auto";
+  setWindow();
+  nv.setDrawColormap(drawLut());  // uploads the volume once, with the window set above
   renderObjects();
-  countLabels();
   $("dicom-seg").disabled = !answer.dicom;
   $("error").hidden = true;
-  setStatus("ready", `${answer.name}: ${answer.shape.join("×")} voxels, ${answer.spacing.map((s) => s.toFixed(2)).join("×")} mm, ${answer.orientation}`);
+  const model = answer.model ? `, model ${answer.model}${answer.dims === 2 ? " (2D, slice by slice)" : ""}` : "";
+  setStatus("ready", `${answer.name}: ${answer.shape.join("×")} voxels, ${answer.spacing.map((s) => s.toFixed(2)).join("×")} mm, ` +
+    `${answer.orientation}${model}`);
+  showCrosshair();
 }
 
 function applyWindow() {
   if (!nv.volumes.length) return;
+  setWindow();
+  nv.updateGLVolume();
+}
+
+function setWindow() {
   const volume = nv.volumes[0];
   const choice = $("window").value;
   if (choice === "auto") {
@@ -156,69 +441,185 @@ function applyWindow() {
     volume.cal_min = level - width / 2;
     volume.cal_max = level + width / 2;
   }
-  nv.updateGLVolume();
 }
+
+// --- uncertainty: entropy near the object only, with a legend ----------------------------------
 
 async function refreshUncertainty() {
   if (!state.session || state.active == null) return;
   try {
-    const answer = await (await api(`/api/sessions/${state.session.id}/uncertainty`, { json: { samples: 8 } })).json();
-    if (nv.volumes.length < 3) {
-      await nv.addVolumeFromUrl({ url: `/api/sessions/${state.session.id}/labels?format=nii.gz`, headers: headers(),
-        name: "uncertainty.nii.gz", colormap: "warm", opacity: 0.6 });
+    const answer = await (await api(`/api/sessions/${state.session.id}/uncertainty`, { json: { samples: 8, object: state.active } })).json();
+    const region = answer.region;
+    const values = await regionValues(region);
+    const near = nearObject(region, state.active, UNCERTAINTY_NEAR);
+    if (nv.volumes.length < 2) {
+      const overlay = niivue.NVImage.zerosLike(nv.volumes[0], "uint8");
+      overlay.name = "uncertainty";
+      nv.addVolume(overlay);
     }
-    const volume = nv.volumes[2];
+    const volume = nv.volumes[1];
     volume.img.fill(0);
-    volume.cal_min = 1; volume.cal_max = 255;
+    const [nx, ny] = state.ras.dims;
+    const [i0, j0, k0] = region.start;
+    const [i1, j1, k1] = region.stop;
+    const floor = Math.round(UNCERTAINTY_MIN_BITS / (answer.scale || 1 / 255));
+    let n = 0, shown = 0;
+    for (let k = k0; k < k1; k++) {
+      for (let j = j0; j < j1; j++) {
+        let at = i0 + nx * (j + ny * k);
+        for (let i = i0; i < i1; i++, at++, n++) {
+          if (near[n] && values[n] >= floor) { volume.img[at] = values[n]; shown++; }
+        }
+      }
+    }
+    volume.cal_min = floor;
+    volume.cal_max = Math.round(1 / (answer.scale || 1 / 255));
     volume.setColormap("warm");
-    await patch(volume, answer.region);
+    volume.opacity = 0.8;
+    document.body.dataset.uncertain = String(shown);
+    $("legend-low").textContent = String(UNCERTAINTY_MIN_BITS);
+    $("legend").hidden = false;
+    nv.updateGLVolume();
   } catch (error) {
     showError(`uncertainty: ${error.message}`);
   }
 }
 
+function nearObject(region, label, radius) {
+  // 1 where a voxel of the region lies within `radius` voxels (a box) of the object: separable dilation
+  const size = [0, 1, 2].map((a) => region.stop[a] - region.start[a]);
+  const [sx, sy, sz] = size;
+  const [nx, ny] = state.ras.dims;
+  let mask = new Uint8Array(sx * sy * sz);
+  let n = 0;
+  for (let k = region.start[2]; k < region.stop[2]; k++) {
+    for (let j = region.start[1]; j < region.stop[1]; j++) {
+      let at = region.start[0] + nx * (j + ny * k);
+      for (let i = 0; i < sx; i++, at++, n++) mask[n] = state.labels[at] === label ? 1 : 0;
+    }
+  }
+  const strides = [1, sx, sx * sy];
+  for (let axis = 0; axis < 3; axis++) {
+    const out = new Uint8Array(mask.length);
+    const length = size[axis], stride = strides[axis];
+    for (let base = 0; base < mask.length; base++) {
+      if (Math.floor(base / stride) % length !== 0) continue;  // start of a line along `axis`
+      let count = 0;
+      for (let t = 0; t < Math.min(radius, length); t++) count += mask[base + t * stride];
+      for (let t = 0; t < length; t++) {
+        if (t + radius < length) count += mask[base + (t + radius) * stride];
+        if (t - radius - 1 >= 0) count -= mask[base + (t - radius - 1) * stride];
+        out[base + t * stride] = count > 0 ? 1 : 0;
+      }
+    }
+    mask = out;
+  }
+  return mask;
+}
+
 function clearUncertainty() {
-  if (nv.volumes.length > 2) nv.removeVolume(nv.volumes[2]);
+  if (nv.volumes.length > 1) nv.removeVolume(nv.volumes[1]);
+  $("legend").hidden = true;
+  delete document.body.dataset.uncertain;
 }
 
 // --- clicks on the canvas ----------------------------------------------------------------------
 
 $("gl").addEventListener("pointerdown", (event) => {
-  if (event.button === 0) state.pending = { shift: event.shiftKey, time: performance.now() };
+  state.pending = event.button === 0 && !event.altKey && state.mode !== "navigate"
+    ? { shift: event.shiftKey, time: performance.now() } : null;
 });
 
+$("gl").addEventListener("pointermove", (event) => {
+  if (!state.session) return;
+  const rect = $("gl").getBoundingClientRect();
+  const dpr = $("gl").width / rect.width || 1;
+  const frac = nv.canvasPos2frac([(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr]);
+  if (!frac || frac[0] < 0) { $("cursor").textContent = ""; state.hover = null; return; }
+  const mm = Array.from(nv.frac2mm(frac)).slice(0, 3);
+  const vox = nv.frac2vox(frac);
+  const value = nv.volumes[0].getValue(vox[0], vox[1], vox[2]);
+  $("cursor").textContent = `cursor: ${describePoint(mm)}, value ${Number(value).toFixed(0)}`;
+  if (state.corner) { state.hover = mm; drawMarkers(); }
+});
+
+function describePoint(mm) {
+  const index = rasToIndex(mm).map((v) => Math.round(v));
+  return `voxel (${index.join(", ")}) · RAS (${mm.map((v) => v.toFixed(1)).join(", ")}) mm`;
+}
+
+function showCrosshair() {
+  if (!state.session || !nv.volumes.length) return;
+  const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3);
+  const g = state.session.geometry;
+  const index = rasToIndex(mm).map((v) => Math.round(v));
+  $("crosshair").textContent = `axial slice ${index[g.axial] + 1} / ${g.shape[g.axial]} · ${describePoint(mm)}`;
+}
+
 nv.onLocationChange = (location) => {
+  showCrosshair();
   const pending = state.pending;
   state.pending = null;
   if (!pending || performance.now() - pending.time > 1000 || !state.session || !location.mm) return;
-  // NiiVue's voxel indices refer to its RAS-reoriented copy of the image; world millimetres (RAS)
-  // are unambiguous, so clicks travel as RAS points and the server maps them to its voxels.
   const point = Array.from(location.mm).slice(0, 3);
   state.lastPoint = point;
   if (state.mode === "box") {
     if (!state.corner) {
       state.corner = point;
+      state.hover = null;
       setStatus("ready", `box: first corner at ${point.map((v) => v.toFixed(1)).join(", ")} mm; click the opposite corner`);
+      drawMarkers();
       return;
     }
-    const body = { corner_a: state.corner, corner_b: point, coordinates: "ras", object: state.active };
+    const corners = boxCorners(state.corner, point);
     state.corner = null;
-    interact("box", body);
+    state.hover = null;
+    if (corners) interact("box", { corner_a: corners[0], corner_b: corners[1], coordinates: "voxel", object: state.active });
     return;
   }
   const positive = state.mode === "include" && !pending.shift;
   interact("clicks", { points: [point], positive, coordinates: "ras", object: state.active });
 };
 
+function boxCorners(a, b) {
+  // Two clicked corners (RAS mm) -> two server voxel corners. Corners on one slice make a flat box:
+  // a 2D model gets it as is (it segments that slice and propagates); for a 3D model it becomes a
+  // slab `box depth` mm thick (0: as deep as the rectangle's mean side), centred on the slice.
+  const g = state.session.geometry;
+  const low = rasToIndex(a), high = rasToIndex(b);
+  for (let axis = 0; axis < 3; axis++) {
+    if (low[axis] > high[axis]) [low[axis], high[axis]] = [high[axis], low[axis]];
+  }
+  const extent = [0, 1, 2].map((axis) => Math.round(high[axis]) - Math.round(low[axis]));
+  const flat = [0, 1, 2].filter((axis) => extent[axis] === 0);
+  if (flat.length > 1) {
+    showError("the two box corners lie on one line: click opposite corners of a rectangle");
+    return null;
+  }
+  if (flat.length === 1 && state.session.dims !== 2) {
+    const axis = flat[0];
+    const sides = [0, 1, 2].filter((other) => other !== axis).map((other) => (high[other] - low[other]) * g.spacing[other]);
+    const depth = Number($("box-depth").value) || (sides[0] + sides[1]) / 2;
+    const half = Math.max(depth / 2 / g.spacing[axis], 1);
+    const centre = Math.round(low[axis]);
+    low[axis] = Math.max(0, centre - half);
+    high[axis] = Math.min(g.shape[axis] - 1, centre + half);
+  }
+  const clip = (index) => index.map((v, axis) => Math.min(Math.max(v, 0), g.shape[axis] - 1));
+  return [clip(low), clip(high)];
+}
+
 // --- controls ---------------------------------------------------------------------------------
 
-for (const button of document.querySelectorAll(".modes button")) {
-  button.onclick = () => {
-    state.mode = button.dataset.mode;
-    state.corner = null;
-    for (const other of document.querySelectorAll(".modes button")) other.classList.toggle("active", other === button);
-  };
+function setMode(mode) {
+  state.mode = mode;
+  state.corner = null;
+  state.hover = null;
+  for (const button of document.querySelectorAll(".modes button")) button.classList.toggle("active", button.dataset.mode === mode);
+  drawMarkers();
 }
+
+for (const button of document.querySelectorAll(".modes button")) button.onclick = () => setMode(button.dataset.mode);
 $("undo").onclick = () => interact("undo", { object: state.active });
 $("redo").onclick = () => interact("redo", { object: state.active });
 $("reset").onclick = () => interact("reset", { object: state.active });
@@ -229,17 +630,40 @@ $("new-object").onclick = async () => {
     state.objects = answer.objects;
     state.active = answer.object;
     renderObjects();
+    nv.drawScene();
   } catch (error) { showError(error.message); }
 };
 $("window").onchange = applyWindow;
-$("opacity").oninput = () => { if (nv.volumes.length > 1) nv.setOpacity(1, Number($("opacity").value)); };
-$("uncertainty").onchange = () => ($("uncertainty").checked ? refreshUncertainty() : clearUncertainty());
+$("radiological").onchange = () => nv.setRadiologicalConvention($("radiological").checked);
+$("opacity").oninput = () => { nv.drawOpacity = Number($("opacity").value); nv.drawScene(); };
+$("uncertainty").onchange = () => {
+  if ($("uncertainty").checked) refreshUncertainty();
+  else { clearUncertainty(); nv.updateGLVolume(); }
+};
+
+// Shortcuts work whatever has focus, except while typing in a text field.
 document.addEventListener("keydown", (event) => {
-  if (event.target.tagName === "INPUT") return;
-  if ((event.ctrlKey || event.metaKey) && event.key === "z") $("undo").click();
-  if ((event.ctrlKey || event.metaKey) && event.key === "y") $("redo").click();
-  if (event.key === "n") $("new-object").click();
-});
+  const target = event.target;
+  const typing = (target.tagName === "INPUT" && !["checkbox", "radio", "range", "button", "file"].includes(target.type)) ||
+    target.tagName === "TEXTAREA" || target.isContentEditable;
+  if (typing) return;
+  const key = event.key.toLowerCase();
+  const command = event.ctrlKey || event.metaKey;
+  let handled = true;
+  if (command && key === "z" && !event.shiftKey) $("undo").click();
+  else if (command && (key === "y" || (key === "z" && event.shiftKey))) $("redo").click();
+  else if (command || event.altKey) handled = false;
+  else if (key === "i") setMode("include");
+  else if (key === "e") setMode("exclude");
+  else if (key === "b") setMode("box");
+  else if (key === "v") setMode("navigate");
+  else if (key === "n") $("new-object").click();
+  else if (key === "u") { $("uncertainty").checked = !$("uncertainty").checked; $("uncertainty").onchange(); }
+  else if (key === "escape") { state.corner = null; state.hover = null; drawMarkers(); }
+  else handled = false;
+  if (handled) { event.preventDefault(); event.stopPropagation(); }
+}, true);
+
 for (const button of document.querySelectorAll(".download")) {
   button.onclick = async () => {
     if (!state.session) return;
@@ -255,12 +679,17 @@ for (const button of document.querySelectorAll(".download")) {
     } catch (error) { showError(error.message); }
   };
 }
+
+function modelQuery() {
+  return $("model").value ? `?model=${encodeURIComponent($("model").value)}` : "";
+}
+
 $("open").onclick = async () => {
   const path = $("files").value;
   if (!path) return;
   try {
     setStatus("busy", `opening ${path}…`);
-    await openSession(await (await api("/api/sessions", { json: { path } })).json());
+    await openSession(await (await api("/api/sessions", { json: { path, model: $("model").value || null } })).json());
   } catch (error) { showError(error.message); }
 };
 $("upload").onchange = async () => {
@@ -270,19 +699,42 @@ $("upload").onchange = async () => {
   form.append("file", file);
   try {
     setStatus("busy", `uploading ${file.name}…`);
-    await openSession(await (await api("/api/sessions/upload", { method: "POST", body: form })).json());
+    await openSession(await (await api(`/api/sessions/upload${modelQuery()}`, { method: "POST", body: form })).json());
   } catch (error) { showError(error.message); }
 };
 $("apikey").value = localStorage.getItem("fastsam3d-api-key") || "";
-$("apikey").onchange = () => { localStorage.setItem("fastsam3d-api-key", $("apikey").value); loadFiles(); };
+$("apikey").onchange = () => { localStorage.setItem("fastsam3d-api-key", $("apikey").value); loadFiles(); loadModels(); };
 
 async function loadFiles() {
   try {
     const { files } = await (await api("/api/files")).json();
-    $("files").innerHTML = files.map((f) => `<option>${f}</option>`).join("");
+    $("files").innerHTML = "";
+    for (const name of files) $("files").appendChild(new Option(name, name));
   } catch (error) {
     $("files").innerHTML = "";
     if (!/without --data/.test(error.message)) showError(error.message);
+  }
+}
+
+async function loadModels() {
+  // {"default": name, "models": [{name, dims, prompts, available, description}]} or, from older
+  // servers, {"models": [name, ...]}: every model is listed, unavailable ones greyed out.
+  try {
+    const answer = await (await api("/api/models")).json();
+    state.models = (answer.models || []).map((m) => (typeof m === "string" ? { name: m, available: true } : m));
+    $("model").innerHTML = "";
+    for (const m of state.models) {
+      const detail = [m.dims ? `${m.dims}D` : "", m.prompts && !m.prompts.includes("point") ? "box first" : "",
+        m.available === false ? "not installed" : ""].filter(Boolean).join(", ");
+      const option = new Option(detail ? `${m.name} (${detail})` : m.name, m.name);
+      option.disabled = m.available === false;
+      option.title = m.description || "";
+      $("model").appendChild(option);
+    }
+    const preferred = answer.default || (state.models[0] && state.models[0].name);
+    if (preferred) $("model").value = preferred;
+  } catch (error) {
+    $("model").innerHTML = "";
   }
 }
 
@@ -290,6 +742,6 @@ setInterval(() => { if (state.session) api(`/api/sessions/${state.session.id}/he
 
 (async () => {
   await nv.attachTo("gl");
-  await loadFiles();
+  await Promise.all([loadFiles(), loadModels()]);
   setStatus("idle");
 })();
