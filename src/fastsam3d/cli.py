@@ -60,6 +60,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
     parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                        help="image encoder arithmetic: auto (default: int8 for the 3D SAMs on a CPU, else fp32), "
+                        "fp32, bf16, int8 (CPU only)")
 
 
 def _verbosity(parser: argparse.ArgumentParser, default) -> None:
@@ -316,6 +319,7 @@ def _segment(args: argparse.Namespace) -> None:
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
     if args.timing:
+        log.info(f"  precision: {session.precision} (--precision {args.precision})")
         for name, timing in steps:
             log.info(
                 f"  {name}: encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.1f} ms, "
@@ -476,7 +480,7 @@ def _serve(args: argparse.Namespace) -> None:
         allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts), max_sessions=args.max_sessions, cache_mb=args.cache_mb,
         max_upload_mb=args.max_upload_mb, max_unpacked_mb=args.max_unpacked_mb, max_voxels=args.max_voxels,
         max_zip_entries=args.max_zip_entries, max_points=args.max_points, request_seconds=args.request_seconds,
-        idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir,
+        idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir, precision=args.precision,
     )
     app = create_app(settings)
     if app.state.store.temp.stale_removed:
@@ -497,7 +501,11 @@ def _load_model(args: argparse.Namespace):
 
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device,
+                      precision=args.precision)
 
 
 def _weights(args: argparse.Namespace) -> int:

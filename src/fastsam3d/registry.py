@@ -19,6 +19,7 @@ from .errors import CheckpointError
 from .io import atomic_output
 from .modeling import ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D, Sam3D
 from .modeling.click_unet import ClickUNet3D, ClickUNetConfig
+from .modeling.precision import apply_model_precision
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_METADATA_KEY = "fastsam3d_config"
@@ -400,6 +401,7 @@ def load_model(
     decoder_checkpoint: str | Path | None = None,
     block_style: str | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> Sam3D | ClickUNet3D:
     """Build a model and load its weights.
 
@@ -411,6 +413,8 @@ def load_model(
         decoder_checkpoint: for an encoder-only FastSAM3D student checkpoint (keys without the
             ``image_encoder.`` prefix), a full checkpoint to take the prompt encoder and decoder from.
         block_style: override the residual form ("prenorm" or "fastsam3d"), see REFERENCE.md fact 2.
+        precision: ``"fp32"`` (trainable), ``"int8"``, ``"bf16"`` or ``"auto"`` (the fastest that keeps
+            the masks on ``device``), see :mod:`fastsam3d.modeling.precision`.
     """
     config: ModelConfig | None
     if isinstance(model, str) and checkpoint is None:
@@ -453,7 +457,8 @@ def load_model(
         config = replace(config, block_style=block_style)
     built = build_model(config)
     load_state_dict_strict(built, state_dict, str(checkpoint))
-    return built.to(device)
+    del state_dict
+    return apply_model_precision(built.to(device), precision, device)
 
 
 def save_model(model: Sam3D | ClickUNet3D, path: str | Path, half: bool = False) -> Path:

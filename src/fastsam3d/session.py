@@ -29,6 +29,7 @@ from scipy import ndimage
 from .errors import PromptError
 from .io import Volume, check_finite, ras_to_lps, read_volume, write_volume
 from .modeling import Sam3D
+from .modeling.precision import apply_model_precision
 from .preprocess import RoiGrid, normalise_intensity
 from .registry import load_model
 
@@ -109,6 +110,10 @@ class Session:
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
+        precision: ``"auto"`` (the fastest that keeps the masks: int8 image encoder for the 3D SAMs
+            on a CPU), ``"fp32"``, ``"bf16"`` or ``"int8"``. Default: ``"auto"`` for a model given
+            by name; a model object is used as it is unless a precision is given (then it is
+            converted in place). The one in use is ``session.precision``.
     """
 
     def __init__(
@@ -120,12 +125,18 @@ class Session:
         checkpoint: str | Path | None = None,
         max_rois: int = 4,
         cache_mb: float = 512.0,
+        precision: str | None = None,
     ) -> None:
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, (str, Path)):
-            model = load_model(model, checkpoint=checkpoint)
+            model = load_model(model, checkpoint=checkpoint, device=self.device, precision=precision or "auto")
+        elif precision is not None:
+            model = apply_model_precision(model.to(self.device), precision, self.device)
+        self.precision = getattr(model, "precision", "fp32")
+        if self.precision == "int8" and self.device.type != "cpu":
+            raise ValueError(f"the model runs in int8, which needs the CPU, not {self.device}")
         self.model = model.to(self.device).eval()
         self.click_history = click_history
         self.cache_size = cache_size

@@ -63,6 +63,7 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
     max_sessions: int = 8
     cache_mb: float = 256.0  # cached ROI features per session (the server holds at most max_sessions x this)
+    precision: str = "auto"  # image encoder arithmetic (fastsam3d.modeling.precision): auto, fp32, bf16, int8
     max_upload_mb: float = 2048.0  # volume and mask uploads
     max_unpacked_mb: float = 2048.0  # decoded image bytes, and the unpacked size of a zip
     max_voxels: int = 2**28
@@ -141,7 +142,8 @@ class SessionStore:
         tune_allocator()
         self.settings = settings
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model if model is not None else load_model(settings.model, settings.checkpoint).to(self.device)
+        self.model = model if model is not None else load_model(settings.model, settings.checkpoint, device=self.device,
+                                                                    precision=settings.precision)
         self._models: dict[str, torch.nn.Module] = {settings.model: self.model}  # loaded on first use, kept
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
@@ -161,7 +163,7 @@ class SessionStore:
             raise FastSAM3DError(f"model {name!r} is not offered by this server; choose from {', '.join(self.available_models())}")
         with self._lock:
             if name not in self._models:
-                self._models[name] = load_model(name).to(self.device)
+                self._models[name] = load_model(name, device=self.device, precision=self.settings.precision)
         return self._models[name]
 
     def __len__(self) -> int:
