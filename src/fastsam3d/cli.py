@@ -328,6 +328,9 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .extras import require_extra
+
+    require_extra("eval", "monai", "skimage", "matplotlib", feature="fastsam3d evaluate")
     from .evaluation.evaluate import evaluate
 
     if args.workers < 1:
@@ -388,6 +391,9 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
 
 
 def _training(args: argparse.Namespace) -> None:
+    from .extras import require_extra
+
+    require_extra("train", "monai", feature=f"fastsam3d {args.command}")
     from .training.trainer import TrainSettings
 
     if args.command == "train-default":

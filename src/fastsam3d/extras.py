@@ -10,6 +10,9 @@ import importlib.util
 from .errors import FastSAM3DError
 
 
+_PIP_NAMES = {"multipart": "python-multipart", "skimage": "scikit-image"}
+
+
 class MissingExtra(FastSAM3DError):
     """A feature whose optional dependencies are not installed."""
 
@@ -23,7 +26,7 @@ def require_extra(extra: str, *modules: str, feature: str = "") -> None:
     names = list(modules)
     if names and " " in names[-1]:
         feature = feature or names.pop()
-    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    missing = [_PIP_NAMES.get(name, name) for name in names if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingExtra(
             f"{feature or 'this command'} needs {', '.join(missing)}: pip install 'fastsam3d[{extra}]' "
