@@ -407,7 +407,8 @@ def official_models() -> list[dict]:
         path = cached_path(entry.name)
         rows.append({
             "name": entry.name, "dims": entry.dims, "description": entry.description, "licence": entry.licence,
-            "size": entry.size, "source": entry.page or entry.download_url, "cached": path is not None,
+            "size": entry.size, "source": entry.download_url if is_downloadable(entry.name) else entry.source,
+            "page": entry.page, "cached": path is not None,
             "path": str(path) if path else None, "runnable": entry.runnable,
         })
     return rows

@@ -1,0 +1,67 @@
+"""Outputs people can use: permissions from the umask, folders created, one-line errors."""
+
+import os
+
+import pytest
+
+import fastsam3d.registry
+from fastsam3d.cli import main
+from fastsam3d.io import write_volume
+
+from .test_session import sphere_volume
+
+
+@pytest.fixture
+def image(tmp_path):
+    return write_volume(sphere_volume()[0], tmp_path / "sphere.nii.gz")
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_outputs_honour_the_umask_and_missing_folders_are_created(capsys, tmp_path, image, intensity_model, monkeypatch, umask_022):
+    monkeypatch.setattr(fastsam3d.registry, "load_model", lambda *args, **kwargs: intensity_model)
+    out = tmp_path / "new" / "deeper" / "seg.nii.gz"
+    assert main(["segment", str(image), "--point", "60,50,22", "--out", str(out), "--uncertainty",
+                 str(tmp_path / "u.nrrd"), "--samples", "2"]) == 0, capsys.readouterr().err
+    for path in (out, tmp_path / "u.nrrd"):
+        assert path.stat().st_mode & 0o777 == 0o644
+    os.umask(0o027)
+    assert main(["segment", str(image), "--point", "60,50,22", "--out", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_one_line_errors(capsys, tmp_path, image, intensity_model, monkeypatch):
+    monkeypatch.setattr(fastsam3d.registry, "load_model", lambda *args, **kwargs: intensity_model)
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    for argv in (["segment", str(image), "--point", "1,1,1", "--out", str(blocker / "sub" / "seg.nii.gz")],
+                 ["demo", "--out", str(blocker / "demo")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{blocker} is a file, not a folder" in err, err
+    monkeypatch.undo()
+    assert main(["segment", str(image), "--point", "1,1,1", "--model", "no-such", "--out", str(tmp_path / "o.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(name in err for name in ("litemedsam", "medsam", "sam-vit-b", "sam-med2d", "sam-med3d-turbo"))
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights\n")
+    assert main(["segment", str(image), "--point", "1,1,1", "--model", "tiny-teacher", "--checkpoint", str(text),
+                 "--out", str(tmp_path / "o.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "text file" in err and "weights_only" not in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("fastsam3d 0.")
+
+
+def test_quiet_and_verbose_are_accepted_anywhere(capsys, tmp_path):
+    assert main(["-q", "weights", "list"]) == 0 and "sam-med3d-turbo" in capsys.readouterr().out
+    assert main(["weights", "list", "--verbose"]) == 0
