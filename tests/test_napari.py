@@ -1,4 +1,5 @@
-"""The napari plugin: open a volume, click, see the labels layer, screenshot, export, undo."""
+"""The napari plugin: open a volume, click, see the labels layer, screenshot, export, undo; a
+translated, anisotropic, oblique layer clicked where it is drawn; the reader contribution."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from fastsam3d.io import read_volume, write_volume
 from fastsam3d.session import Session
 
-from .conftest import IntensityModel
+from .conftest import IntensityModel, rotation
 from .test_session import sphere_volume
 
 napari = pytest.importorskip("napari", reason="pip install 'fastsam3d[napari]' (scripts/install.sh does)")
@@ -21,24 +22,31 @@ if not os.environ.get("DISPLAY"):
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "napari-widget.png"
 
 
-def test_widget_click_labels_screenshot_export_undo(make_napari_viewer, qtbot, tmp_path):
+def make_widget(viewer):
     from fastsam3d.napari import FastSAM3DWidget
 
-    viewer = make_napari_viewer(show=True)
-    volume, truth = sphere_volume()
-    write_volume(volume, tmp_path / "sphere.nii.gz")
     widget = FastSAM3DWidget(viewer)
     viewer.window.add_dock_widget(widget, name="FastSAM3D")
     widget.session = Session(IntensityModel(), device="cpu")  # stand-in model: exact, no weights to load
     widget.model_name = widget.model_box.currentText()
+    return widget
+
+
+def test_widget_click_labels_screenshot_export_undo(make_napari_viewer, qtbot, tmp_path):
+    from fastsam3d.napari.layers import index_to_world
+
+    viewer = make_napari_viewer(show=True)
+    volume, truth = sphere_volume()
+    write_volume(volume, tmp_path / "sphere.nii.gz")
+    widget = make_widget(viewer)
     layer = widget.open_volume(tmp_path / "sphere.nii.gz")
     widget.start(layer.name)
     centre = tuple(int(v) for v in np.argwhere(truth).mean(0).round())
-    viewer.dims.set_point(0, centre[0] * volume.spacing[0])  # show the slice (axis 0) through the click
+    viewer.dims.set_point(0, index_to_world(layer, centre)[0])  # show the axial slice through the click
 
     widget.click(centre, positive=True)
-    qtbot.waitUntil(lambda: not widget.busy and widget.labels_layer.data.any(), timeout=60_000)
-    labels = widget.labels_layer.data
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    labels = widget.session.labels
     assert labels[centre] == 1
     assert 2 * ((labels > 0) & truth).sum() / ((labels > 0).sum() + truth.sum()) > 0.9
     widget.labels_layer.visible = False
@@ -46,7 +54,7 @@ def test_widget_click_labels_screenshot_export_undo(make_napari_viewer, qtbot, t
     widget.labels_layer.visible = True
     overlay = viewer.screenshot(canvas_only=True)
     changed = np.abs(overlay[..., :3].astype(int) - plain[..., :3].astype(int)).sum(-1) > 60
-    assert changed.sum() > 500  # the labels are drawn on the canvas
+    assert changed.sum() > 500  # the labels are drawn on the canvas, over the image
     if os.environ.get("FASTSAM3D_DOCS_SCREENSHOT"):
         viewer.screenshot(path=str(SCREENSHOT), canvas_only=False)
 
@@ -54,5 +62,63 @@ def test_widget_click_labels_screenshot_export_undo(make_napari_viewer, qtbot, t
     np.testing.assert_array_equal(exported.array, labels)
     np.testing.assert_allclose(exported.direction, volume.direction, atol=1e-6)  # the source geometry, oblique
     widget.undo_button.click()
-    qtbot.waitUntil(lambda: not widget.busy and not widget.labels_layer.data.any(), timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.busy and not widget.session.labels.any(), timeout=60_000)
+    assert len(widget.points_layer.data) == 0  # the undone point is gone
     assert widget.last_latency_ms > 0
+
+
+def test_translated_anisotropic_oblique_layer_is_clicked_where_drawn(make_napari_viewer, qtbot):
+    """A layer placed by scale, translate and rotate (as a user or another reader sets them): a click at
+    a voxel's world position reaches the engine as that voxel, which ends up inside the mask."""
+    viewer = make_napari_viewer(show=False)
+    shape, radius = (40, 70, 80), 9.0
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    scale = np.array([3.0, 1.2, 0.8])
+    centre = np.array([22, 30, 47])
+    inside = np.linalg.norm((grid - centre) * scale, axis=-1) < radius * 2
+    array = np.where(inside, 200.0, 40.0).astype(np.float32) + np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
+    layer = viewer.add_image(array, name="oblique", scale=scale, translate=(-150.0, 60.0, 310.0), rotate=rotation(20, 15))
+    widget = make_widget(viewer)
+    widget.start(layer.name)
+    world = np.asarray(layer.data_to_world(centre.astype(float)))
+    assert np.linalg.norm(world - centre * scale) > 100  # far from where a scale-only mapping would put it
+    widget.points_layer.add(world[None])  # as a click in the viewer: world coordinates
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    assert widget.session.labels[tuple(centre)] == 1
+    assert (widget.session.labels.astype(bool) & inside).sum() > 0.9 * inside.sum()
+    np.testing.assert_allclose(widget.session.volume.spacing, scale, rtol=1e-6)
+
+    # undo removes the point, redo brings it back; a second object from the list; Ctrl+Z-bound undo
+    widget.undo()
+    qtbot.waitUntil(lambda: not widget.busy and not widget.session.labels.any(), timeout=60_000)
+    assert len(widget.points_layer.data) == 0
+    widget.redo()
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    assert len(widget.points_layer.data) == 1
+    np.testing.assert_allclose(widget.points_layer.data[0], world, atol=1e-6)
+    widget.new_object()
+    assert widget.objects_list.count() == 2 and widget.session.active == 2
+    widget.objects_list.setCurrentRow(0)
+    assert widget.session.active == 1
+
+    # the uncertainty runs in a worker and lands on the layer's grid
+    widget.show_uncertainty()
+    qtbot.waitUntil(lambda: not widget.busy and "FastSAM3D uncertainty" in viewer.layers, timeout=60_000)
+    assert viewer.layers["FastSAM3D uncertainty"].data.shape == array.shape
+
+
+def test_reader_sets_the_affine_and_the_ct_window(tmp_path):
+    from fastsam3d.io import Volume
+    from fastsam3d.napari.layers import REVERSE
+    from fastsam3d.napari.reader import get_reader
+
+    volume, _ = sphere_volume()
+    ct = Volume(volume.array * 10 - 1000, volume.spacing, volume.origin, volume.direction)
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    assert get_reader(str(tmp_path / "notes.txt")) is None and get_reader(str(tmp_path)) is None
+    [(data, kwargs, kind)] = get_reader(str(tmp_path / "ct.nii.gz"))(str(tmp_path / "ct.nii.gz"))
+    assert kind == "image" and data.shape == ct.shape[::-1]
+    index = np.array([7.0, 11.0, 13.0])
+    world = kwargs["affine"] @ np.append(index[::-1], 1.0)  # data axes (k, j, i) -> napari world (z, y, x)
+    np.testing.assert_allclose(REVERSE @ world[:3], ct.index_to_world(index), atol=1e-3)  # = LPS mm
+    assert kwargs["contrast_limits"] == (-160, 240)  # CT soft tissue

@@ -166,6 +166,7 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         page.click("#uncertainty")
         page.wait_for_function("Number(document.body.dataset.uncertain || -1) >= 0", timeout=120_000)
         uncertain = int(page.evaluate("document.body.dataset.uncertain"))
+        region = int(page.evaluate("document.body.dataset.uncertainRegion"))
         assert page.is_visible("#legend")
         page.keyboard.press("u")  # off again
         page.wait_for_function("document.body.dataset.uncertain === undefined")
@@ -175,7 +176,7 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         download.value.save_as(tmp_path / "seg.nii.gz")
         browser.close()
     print(f"overlay pixels before/after the click: {before}/{after}; answer to paint: click {paint_ms:.0f} ms, "
-          f"box {box_paint_ms:.0f} ms; uncertain voxels shown: {uncertain}")
+          f"box {box_paint_ms:.0f} ms; uncertain voxels shown: {uncertain} of {region}")
     assert not errors, errors
     assert np.linalg.norm(np.array(clicked) - target) < 2.0  # the click reached the server where it was aimed (mm)
     assert after > before + 1000, (before, after)  # the overlay is drawn (before: only crosshair edges)
@@ -188,4 +189,4 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
     distance = np.linalg.norm((np.argwhere(labels == 1) - centre_a) * SPACING, axis=1)
     assert distance.max() < 24.0 + 9.0, distance.max()
     assert labels[tuple(centre_b)] == 2 and ((labels == 2) & truth_b).sum() > 0.6 * truth_b.sum()  # the slab covers most of B
-    assert 0 < uncertain < truth_a.sum() * 2  # a band around the object, not the whole ROI
+    assert 0 < uncertain < 0.15 * region  # a band around the object, not the whole ROI

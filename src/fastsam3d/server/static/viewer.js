@@ -477,6 +477,7 @@ async function refreshUncertainty() {
     volume.setColormap("warm");
     volume.opacity = 0.8;
     document.body.dataset.uncertain = String(shown);
+    document.body.dataset.uncertainRegion = String(values.length);
     $("legend-low").textContent = String(UNCERTAINTY_MIN_BITS);
     $("legend").hidden = false;
     nv.updateGLVolume();
@@ -521,6 +522,7 @@ function clearUncertainty() {
   if (nv.volumes.length > 1) nv.removeVolume(nv.volumes[1]);
   $("legend").hidden = true;
   delete document.body.dataset.uncertain;
+  delete document.body.dataset.uncertainRegion;
 }
 
 // --- clicks on the canvas ----------------------------------------------------------------------
