@@ -381,13 +381,36 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
         raise FastSAM3DError("--probability and --uncertainty need a 3D model; 2D models give a mask only")
     session = SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
     volume = session.set_image(args.image)
-    steps, mask = _apply_prompts(session, args)
+    bar = _slice_progress(session, args.quiet)
+    try:
+        steps, mask = _apply_prompts(session, args)
+    finally:
+        if bar is not None:
+            bar.close()
     written = session.save_labels(args.out)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")
     if args.timing:
         for name, timing in steps:
             log.info(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
+
+
+def _slice_progress(session, quiet: bool):
+    """A tqdm bar on stderr for slice propagation (shown once it lasts over a second), or None."""
+    if quiet or not hasattr(session, "progress"):
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="slice", desc="propagating", file=sys.stderr, leave=False, delay=1.0)
+
+    def update(progress) -> None:
+        if progress.total is not None and bar.total != progress.total:
+            bar.total = progress.total
+        bar.n = progress.done
+        bar.refresh()
+
+    session.progress = update
+    return bar
 
 
 def _training(args: argparse.Namespace) -> None:
