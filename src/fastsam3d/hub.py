@@ -159,12 +159,12 @@ def cached_path(name: str) -> Path | None:
     manual = manual_path(entry)
     if manual.exists():
         return manual
-    if kind in ("hf", "hf-dataset") and entry.filename:
+    if kind in ("hf", "hf-dataset"):
         folder = Path(_hf_cache()) / f"{'datasets' if kind == 'hf-dataset' else 'models'}--{where.replace('/', '--')}"
         ref = folder / "refs" / "main"
         if ref.is_file():
-            path = folder / "snapshots" / ref.read_text().strip() / entry.filename
-            if path.is_file():
+            path = folder / "snapshots" / ref.read_text().strip() / entry.filename  # the snapshot, without a name
+            if path.exists():
                 return path
     return None
 
