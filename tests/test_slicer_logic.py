@@ -16,7 +16,8 @@ from .conftest import IntensityModel, running_server
 from .test_session import sphere_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer" / "FastSAM3D"))
-from FastSAM3DLib.logic import FastSAM3DLogic, ServerError, ras_to_ijk  # noqa: E402
+from FastSAM3DLib.logic import (Background, FastSAM3DLogic, ServerError, apply_segment_region,  # noqa: E402
+                                flat_box_corners, ras_to_ijk, segment_region)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def test_logic_segments_undoes_and_maps_geometry(server_url):
     array, ijk_to_ras, truth, volume = slicer_volume()
     logic = FastSAM3DLogic(server_url, api_key="k")
     assert logic.check()["status"] == "ok"
-    assert logic.models()[0] == "default"
+    models = logic.models()
+    assert models[0]["name"] == "default" and all({"name", "dims", "prompts", "available"} <= set(m) for m in models)
     info = logic.open_volume(array, ijk_to_ras, "sphere", model="default")
     assert info["shape"] == [120, 100, 44]  # i, j, k on the server
     np.testing.assert_allclose(info["spacing"], volume.spacing, rtol=1e-5)
@@ -80,4 +82,50 @@ def test_logic_reports_server_problems(server_url):
     logic.open_volume(array, ijk_to_ras)
     with pytest.raises(ServerError, match="outside the volume"):
         logic.click((5000.0, 0.0, 0.0))
+    logic.close()
+
+
+def test_effect_applies_only_the_changed_region_with_masking(server_url):
+    """The Segment Editor effect's path: each answer's changed box applied to one segment (Set mode,
+    within the extent, editable area and overwrite honoured) reproduces the server's object mask;
+    requests run in a background thread; a box by two corners on one slice gets a depth."""
+    array, ijk_to_ras, truth, volume = slicer_volume()
+    logic = FastSAM3DLogic(server_url, api_key="k")
+    Background(logic.open_volume, array, ijk_to_ras, "sphere").wait(60)
+    label = Background(logic.add_object, "sphere").wait(60)
+    centre_ijk = np.argwhere(truth).mean(0)[::-1]
+    ras = (ijk_to_ras @ np.append(centre_ijk, 1.0))[:3]
+    segment = np.zeros(array.shape, np.uint8)  # the selected segment, (K, J, I)
+    editable = np.ones(array.shape, bool)
+    editable[:, :, : array.shape[2] // 2] = False  # masking: only the half i >= I/2 may change
+    masked = np.zeros(array.shape, np.uint8)
+    other = np.zeros(array.shape, np.uint8)
+    other[truth] = 1  # another segment under the object, overwritten where the object is painted
+    sizes = []
+    for request in (lambda: logic.click(ras, True, label), lambda: logic.click(ras, False, label),
+                    lambda: logic.undo(label), lambda: logic.redo(label)):
+        answer = Background(request).wait(60)
+        extent, mask = segment_region(answer, logic.labels, label)
+        sizes.append(mask.size)
+        apply_segment_region(segment, extent, mask)
+        apply_segment_region(masked, extent, mask, editable_kji=editable, others_kji=other, overwrite_others=True)
+        np.testing.assert_array_equal(segment, logic.labels == label)  # changed regions add up to the full mask
+    assert sizes[1] < 0.5 * array.size  # the exclude click changed a box, not the volume
+    np.testing.assert_array_equal(masked[~editable], 0)
+    np.testing.assert_array_equal(masked[editable], (logic.labels == label)[editable])
+    assert not (other.astype(bool) & masked.astype(bool)).any()  # overwrite: the other segment gave way
+
+    # two corners on one axial slice: a slab for a 3D model, the flat box for a 2D model
+    k = int(round(centre_ijk[2]))
+    a = (ijk_to_ras @ np.array([centre_ijk[0] - 12, centre_ijk[1] - 12, k, 1.0]))[:3]
+    b = (ijk_to_ras @ np.array([centre_ijk[0] + 12, centre_ijk[1] + 12, k, 1.0]))[:3]
+    low, high = (ras_to_ijk(ijk_to_ras, c) for c in logic.flat_box(ijk_to_ras, a, b))
+    assert abs(high[2] - low[2]) >= 2 and round(min(low[2], high[2])) < k < round(max(low[2], high[2]))
+    flat = [ras_to_ijk(ijk_to_ras, c) for c in flat_box_corners(ijk_to_ras, a, b, dims=2)]
+    assert round(flat[0][2]) == round(flat[1][2]) == k
+    second = logic.add_object("box")
+    answer = logic.box(*logic.flat_box(ijk_to_ras, a, b), label=second)
+    assert segment_region(answer, logic.labels, second)[1].any()
+    with pytest.raises(ServerError, match="cannot reach"):
+        Background(FastSAM3DLogic("http://127.0.0.1:9", timeout=2).check).wait(10)
     logic.close()

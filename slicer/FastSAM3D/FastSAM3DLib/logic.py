@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,9 +48,15 @@ class FastSAM3DLogic:
         """The server's health answer (model, sessions); raises :class:`ServerError` when unreachable."""
         return self._request("GET", "/api/health")
 
-    def models(self) -> list[str]:
-        """The models the server offers (its default first)."""
-        return self._request("GET", "/api/models")["models"]
+    def models(self) -> list[dict]:
+        """Every model the server lists, its default first: ``{"name", "dims", "prompts", "available",
+        "description"}`` (servers that list names only get ``dims`` 3, both prompts, available)."""
+        answer = self._request("GET", "/api/models")
+        models = [{"name": m, "dims": 3, "prompts": ["point", "box"], "available": True, "description": ""}
+                  if isinstance(m, str) else {"dims": 3, "prompts": ["point", "box"], "available": True, "description": "", **m}
+                  for m in answer.get("models", [])]
+        default = answer.get("default")
+        return sorted(models, key=lambda m: m["name"] != default)
 
     def _request(self, method: str, path: str, payload: dict | None = None, body: bytes | None = None,
                  content_type: str | None = None, raw: bool = False):
@@ -100,6 +107,7 @@ class FastSAM3DLogic:
         return self.session
 
     def _start(self, answer: dict, shape_kji) -> None:
+        answer.setdefault("dims", 3)
         self.session = answer
         self.labels = np.zeros(shape_kji, dtype=np.uint16)
         self.objects = answer["objects"]
@@ -129,6 +137,14 @@ class FastSAM3DLogic:
         """A 3D box by two opposite corners in world RAS millimetres (e.g. a markups ROI's bounds)."""
         return self._apply(self._call("box", {"corner_a": list(map(float, ras_a)), "corner_b": list(map(float, ras_b)),
                                               "coordinates": "ras", "object": label or self.active}))
+
+    def flat_box(self, ijk_to_ras: np.ndarray, ras_a, ras_b, depth_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Two corners clicked on one slice (world RAS) -> the two RAS corners to send. For a 2D model
+        the flat box as is (it segments that slice and propagates); for a 3D model a slab ``depth_mm``
+        thick (default: as deep as the rectangle's mean side) centred on the slice, as the web viewer
+        and the napari plugin do."""
+        return flat_box_corners(ijk_to_ras, ras_a, ras_b, self.session.get("dims", 3) if self.session else 3,
+                                self.labels.shape[::-1] if self.labels is not None else None, depth_mm)
 
     def undo(self, label: int | None = None) -> dict:
         return self._apply(self._call("undo", {"object": label or self.active}))
@@ -161,6 +177,88 @@ class FastSAM3DLogic:
         self.objects = answer.get("objects", self.objects)
         self.last_timings = answer.get("timings_ms", {})
         return answer
+
+
+def segment_region(answer: dict, labels_kji: np.ndarray, label: int):
+    """The part of an answer a Segment Editor effect applies to the selected segment: the changed
+    box as an inclusive IJK extent ``(i0, i1, j0, j1, k0, k1)`` (what ``modifySelectedSegmentByLabelmap``
+    takes) and the object's binary mask inside it, (K, J, I) uint8; None when nothing changed."""
+    region = answer.get("region")
+    if not region:
+        return None
+    box = (slice(region["start"][2], region["stop"][2]), slice(region["start"][1], region["stop"][1]),
+           slice(region["start"][0], region["stop"][0]))
+    extent = tuple(v for a in range(3) for v in (region["start"][a], region["stop"][a] - 1))
+    return extent, (labels_kji[box] == label).astype(np.uint8)
+
+
+def apply_segment_region(segment_kji: np.ndarray, extent, mask_kji: np.ndarray, editable_kji: np.ndarray | None = None,
+                         others_kji: np.ndarray | None = None, overwrite_others: bool = True) -> None:
+    """What the Segment Editor does with ``modifySelectedSegmentByLabelmap(modifier, Set, extent)``,
+    in numpy (the effect calls Slicer's; this is its model for tests): inside ``extent`` only, the
+    segment becomes the mask where editing is allowed (``editable``: the masking settings' editable
+    area), and, with overwrite, voxels it takes are removed from the other segments."""
+    i0, i1, j0, j1, k0, k1 = extent
+    box = (slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1))
+    allowed = np.ones(mask_kji.shape, bool) if editable_kji is None else editable_kji[box].astype(bool)
+    if others_kji is not None and not overwrite_others:
+        allowed &= ~others_kji[box].astype(bool)
+    current = segment_kji[box]
+    current[allowed] = mask_kji[allowed]
+    if others_kji is not None and overwrite_others:
+        others_kji[box][allowed & (mask_kji > 0)] = 0
+
+
+def flat_box_corners(ijk_to_ras, ras_a, ras_b, dims: int = 3, shape_ijk=None, depth_mm: float | None = None):
+    """See :meth:`FastSAM3DLogic.flat_box`. Corners on different slices are returned unchanged."""
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    a, b = ras_to_ijk(matrix, ras_a), ras_to_ijk(matrix, ras_b)
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    flat = [axis for axis in range(3) if round(high[axis]) == round(low[axis])]
+    if len(flat) != 1 or dims == 2:
+        return np.asarray(ras_a, float), np.asarray(ras_b, float)
+    axis = flat[0]
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    sides = [(high[o] - low[o]) * spacing[o] for o in range(3) if o != axis]
+    half = max((depth_mm or sum(sides) / 2) / 2 / spacing[axis], 1.0)
+    centre = round(low[axis])
+    low[axis], high[axis] = centre - half, centre + half
+    if shape_ijk is not None:
+        low[axis], high[axis] = max(low[axis], 0), min(high[axis], shape_ijk[axis] - 1)
+    to_ras = lambda ijk: (matrix @ np.append(ijk, 1.0))[:3]  # noqa: E731
+    return to_ras(low), to_ras(high)
+
+
+class Background:
+    """Run one call off the GUI thread; the GUI polls :meth:`poll` (e.g. from a QTimer) and applies
+    the result on its own thread. Qt-free so that it is testable anywhere."""
+
+    def __init__(self, function, *args, **kwargs) -> None:
+        self.result = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+        def run():
+            try:
+                self.result = function(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 - handed to the GUI thread
+                self.error = error
+            finally:
+                self._done.set()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="fastsam3d-request")
+        self.thread.start()
+
+    def poll(self) -> bool:
+        """True once the call has finished (then read :attr:`result` or :attr:`error`)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None):
+        """Block until done (tests, scripts); returns the result or raises the error."""
+        self._done.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:
