@@ -62,6 +62,8 @@ class OfficialWeights:
             return f"{_endpoint()}/{prefix}{where}/resolve/main/{self.filename}"
         if kind == "drive":
             return f"https://drive.google.com/uc?id={where}"
+        if kind == "drive-folder":
+            return f"https://drive.google.com/drive/folders/{where} ({self.filename})"
         if kind == "url":
             return where
         return self.page
