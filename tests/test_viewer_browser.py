@@ -8,7 +8,9 @@ Playwright."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 SPACING = np.array([1.5, 1.5, 3.0])
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-viewer.png"
 
 
 def ct_volume():
@@ -168,6 +171,9 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         uncertain = int(page.evaluate("document.body.dataset.uncertain"))
         region = int(page.evaluate("document.body.dataset.uncertainRegion"))
         assert page.is_visible("#legend")
+        if os.environ.get("FASTSAM3D_DOCS_SCREENSHOT"):
+            page.evaluate(TO_CANVAS, [world(centre_a), 0])
+            page.screenshot(path=str(SCREENSHOT))
         page.keyboard.press("u")  # off again
         page.wait_for_function("document.body.dataset.uncertain === undefined")
 
