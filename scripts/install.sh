@@ -15,6 +15,8 @@ done_step() { echo "   done in $((SECONDS - step_started)) s"; }
 step "virtual environment .venv"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip  # a few seconds
+# --no-compile: byte-code is written on first import of the modules actually used, not for all of
+# torch, napari, Qt, MONAI at install time (the largest part of the install time on a small CPU).
 done_step
 
 torch_spec="${TORCH_SPEC:-torch==2.13.0}"
@@ -35,11 +37,11 @@ if [ -n "$TORCH_INDEX_URL" ]; then
   fi
 fi
 step "$torch_spec ${torch_args[*]:-(default index)}"
-.venv/bin/python -m pip install --progress-bar on "$torch_spec" "${torch_args[@]}"
+.venv/bin/python -m pip install --progress-bar on --no-compile "$torch_spec" "${torch_args[@]}"
 done_step
 
 step "fastsam3d with all extras and the test tools: pip install -e '.[all,test]'"
-.venv/bin/python -m pip install --progress-bar on -e ".[all,test]"
+.venv/bin/python -m pip install --progress-bar on --no-compile -e ".[all,test]"
 done_step
 echo "installed: $(.venv/bin/python -c 'import torch, fastsam3d; print("fastsam3d", fastsam3d.__version__, "torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")')"
 
