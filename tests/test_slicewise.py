@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import CheckpointError
+from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
 from fastsam3d.io import Volume
@@ -57,16 +58,23 @@ def test_propagation_stops_at_the_end_of_the_object():
     session.set_image(volume)
     assert session.axis == 2
     where = np.argwhere(inside[:, :, 10])
-    session.set_box((*where.min(0), 10), (*where.max(0), 10))  # a flat box: its slice range is slice 10 only
-    assert session.encoder_runs == 1 and np.nonzero(session.mask().any(axis=(0, 1)))[0].tolist() == [10]
-    session.reset()
-    session.set_box((*where.min(0), 0), (*where.max(0), 29))
+    events = []
+    session.progress = events.append
+    answer = session.set_box((*where.min(0), 10), (*where.max(0), 10))  # a box on one slice: up and down
     mask = session.mask()
     slices = np.nonzero(mask.any(axis=(0, 1)))[0]
     visible = np.nonzero(inside.sum(axis=(0, 1)) >= session.min_pixels)[0]  # the tips are single voxels
     assert slices.tolist() == visible.tolist() == list(range(6, 15))
-    assert 2 * (mask & inside).sum() / (mask.sum() + inside.sum()) > 0.95
-    assert session.encoder_runs == 11  # the object's 9 slices and one past each end (slice 10 was cached)
+    assert dice(mask, inside) > 0.95
+    assert session.encoder_runs == 11  # the object's 9 slices and one past each end
+    assert answer.changed_region == tuple(slice(int(w.min()), int(w.max()) + 1) for w in np.nonzero(mask))
+    assert [e.done for e in events] == list(range(1, 12)) and all(e.total is None for e in events)
+    painted = events[0].values  # the first event shows the box's slice with the object's label
+    assert events[0].region[2] == slice(10, 11) and np.array_equal(painted[..., 0] == 1, inside[:, :, 10])
+    session.reset()
+    session.set_box((*where.min(0), 8), (*where.max(0), 12))  # a box over slices 8-12: only those
+    assert np.nonzero(session.mask().any(axis=(0, 1)))[0].tolist() == list(range(8, 13))
+    assert session.encoder_runs == 11  # every slice was cached
 
 
 def test_slices_round_trip_in_every_orientation():
@@ -218,7 +226,7 @@ def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_i
         where = np.argwhere(truth)
         middle = (where[:, 2].min() + where[:, 2].max()) // 2
         plane = np.argwhere(truth[:, :, middle])  # the box from the label on the middle slice
-        session.reset()
+        session.add_object()
         session.set_box((*plane.min(0), where[:, 2].min()), (*plane.max(0), where[:, 2].max()))
         mask = session.mask()
         assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) >= 0.90

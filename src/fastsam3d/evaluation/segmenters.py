@@ -106,7 +106,7 @@ class SliceSegmenter(Segmenter):
         self.session.set_image(volume)
 
     def begin(self, protocol: Protocol, roi_centre: np.ndarray | None = None) -> None:
-        self.session.reset()  # new structure; cached slice embeddings are kept
+        self.session.add_object()  # new structure; cached slice embeddings are kept
 
     def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
         started = time.perf_counter()
