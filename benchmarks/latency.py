@@ -1,46 +1,57 @@
-"""Latency and memory of the interactive engine, teacher vs student, side by side.
+"""Latency and memory of the interactive engine per model, fp32 beside the fast path, in one run.
 
-    python benchmarks/latency.py                       # CPU, 2 threads, fastsam3d + sam-med3d
+    python benchmarks/latency.py                       # CPU, 2 threads, fastsam3d + sam-med3d, fp32 vs auto
+    python benchmarks/latency.py --models default fastsam3d --precisions fp32 int8 bf16
     python benchmarks/latency.py --device cuda         # on a GPU
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
-    python benchmarks/latency.py --models default      # the shipped model's architecture (64³ ROI at 3 mm)
 
-Random weights (timing does not depend on them). Each model runs in its own process so that
-peak RSS is per model. Per model it reports: encoder time per ROI (128³ for the SAMs, 64³ for the default; first click), the time of
-a further click with the cached embedding (prompt encoder + decoder + upsampling + paste back
-into a 512x512x300 int16 volume, measured around ``Session.add_click``), the same split by
-stage, uncertainty with N=16 decoder runs, and the process's peak RSS after the clicks and at the end.
-The volume alone is 157 MB (int16), the label map 78 MB.
+Random weights (timing does not depend on them). Each model and precision runs in its own process
+(under ``/usr/bin/time -v`` when present) so that peak RSS is per run. Per run it reports: encoder
+time per ROI (128³ for the SAMs, 64³ for the default; min and median of the repeats), the first
+click (encoder + decoder + paste, as ``Session.timings``), the time of a further click with the
+cached embedding (prompt encoder + decoder + upsampling + paste back into a 512x512x300 int16
+volume, measured around ``Session.add_click``), the same split by stage, uncertainty with N=16
+decoder runs, and peak RSS (after the clicks, at the end, and ``time -v``'s maximum resident set
+size). Then the speed-up of each precision over fp32. The volume alone is 157 MB (int16), the
+label map 78 MB. ``auto`` is what ``Session``/``segment``/``serve`` use by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def _median_time(function, repeats: int) -> float:
+def _times(function, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         function()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
-def worker(name: str, device: str, threads: int, repeats: int, verify_padding: bool) -> dict:
+def _median_time(function, repeats: int) -> float:
+    return statistics.median(_times(function, repeats))
+
+
+def worker(name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str = "fp32") -> dict:
     import numpy as np
     import torch
 
     from fastsam3d import Session, Volume, build_model
+    from fastsam3d.modeling.precision import apply_model_precision
 
     torch.set_num_threads(threads)
-    model = build_model(name).to(device)
+    model = apply_model_precision(build_model(name).to(device), precision, device)
     rng = np.random.default_rng(0)
     array = np.empty((512, 512, 300), dtype=np.int16)  # filled in slabs: no full-size temporaries
     for start in range(0, 512, 32):
@@ -54,7 +65,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     with torch.inference_mode():
         model.encode(crop)  # warm-up
         sync()
-        encoder = _median_time(lambda: (model.encode(crop), sync()), repeats)
+        encoder_times = _times(lambda: (model.encode(crop), sync()), repeats)
 
     session.add_click((256, 256, 150))  # first click: encoder + decoder
     first_click = session.timings.total
@@ -70,9 +81,11 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     uncertainty = _median_time(lambda: session.uncertainty(samples=16), 3)
     result = {
         "model": name,
+        "precision": model.precision,
         "device": device,
         "threads": threads,
-        "encoder_s": encoder,
+        "encoder_s": statistics.median(encoder_times),
+        "encoder_min_s": min(encoder_times),
         "first_click_s": first_click,
         "click_ms": 1e3 * statistics.median(clicks),
         "decoder_ms": 1e3 * statistics.median(s[0] for s in stages),
@@ -81,7 +94,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
         "peak_rss_clicks_mb": rss_clicks,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if verify_padding and getattr(model.config, "window_size", 0):
+    if verify_padding and getattr(model.config, "window_size", 0) and precision == "fp32":
         with torch.inference_mode():
             for name_, parameter in model.image_encoder.named_parameters():
                 if "rel_pos" in name_ or "pos_embed" in name_:  # zero at init: make the check meaningful
@@ -95,9 +108,28 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     return result
 
 
+def _run(name: str, precision: str, args: argparse.Namespace) -> dict:
+    """One model in one precision, in its own process; with ``time -v``'s peak RSS when available."""
+    command = [sys.executable, __file__, "--worker", name, "--precisions", precision, "--device", args.device,
+               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    command += ["--verify-padding"] if args.verify_padding else []
+    timed = Path("/usr/bin/time").is_file()
+    done = subprocess.run((["/usr/bin/time", "-v"] if timed else []) + command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{name} {precision} failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    if found:
+        row["time_v_max_rss_mb"] = int(found.group(1)) / 1024
+    row["requested"] = precision
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fastsam3d", "sam-med3d"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
+                        help="fp32, bf16, int8 or auto (default: fp32 and auto, side by side)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -105,25 +137,39 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.threads, args.repeats, args.verify_padding)))
+        print(json.dumps(worker(args.worker, args.device, args.threads, args.repeats, args.verify_padding,
+                                args.precisions[0])))
         return
-    rows = []
-    for name in args.models:
-        command = [sys.executable, __file__, "--worker", name, "--device", args.device, "--threads", str(args.threads),
-                   "--repeats", str(args.repeats)] + (["--verify-padding"] if args.verify_padding else [])
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+    rows = [_run(name, precision, args) for name in args.models for precision in args.precisions]
     import platform
 
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, {args.device}, {args.threads} threads, torch {torch.__version__}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.device}, {args.threads} threads, "
+          f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     columns = [
-        "model", "encoder_s", "first_click_s", "click_ms", "decoder_ms", "paste_ms", "uncertainty16_ms",
-        "peak_rss_clicks_mb", "peak_rss_mb",
+        "model", "requested", "precision", "encoder_min_s", "encoder_s", "first_click_s", "click_ms", "decoder_ms",
+        "paste_ms", "uncertainty16_ms", "peak_rss_clicks_mb", "peak_rss_mb", "time_v_max_rss_mb",
     ]
     extra = sorted({k for row in rows for k in row} - set(columns) - {"device", "threads"})
-    header = columns + extra
+    _table(rows, columns + extra)
+    speedups = []
+    for row in rows:
+        base = next((r for r in rows if r["model"] == row["model"] and r["precision"] == "fp32"), None)
+        if base is None or row is base:
+            continue
+        speedups.append({
+            "model": row["model"], "precision": row["precision"],
+            "encoder_min": base["encoder_min_s"] / row["encoder_min_s"], "encoder_median": base["encoder_s"] / row["encoder_s"],
+            "first_click": base["first_click_s"] / row["first_click_s"], "cached_click": base["click_ms"] / row["click_ms"],
+            "rss_mb_saved": base.get("time_v_max_rss_mb", base["peak_rss_mb"]) - row.get("time_v_max_rss_mb", row["peak_rss_mb"]),
+        })
+    if speedups:
+        print("\nspeed-up over fp32 (x; > 1 is faster)")
+        _table(speedups, list(speedups[0]))
+
+
+def _table(rows: list[dict], header: list[str]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

@@ -33,7 +33,8 @@ PRECISIONS = ("fp32", "bf16", "int8")
 def int8_available() -> bool:
     """Whether this PyTorch build has the CPU int8 kernels (x86 / fbgemm)."""
     engines = torch.backends.quantized.supported_engines
-    return any(engine in engines for engine in ("x86", "fbgemm"))
+    kernels = hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch, "quantize_per_channel")
+    return kernels and any(engine in engines for engine in ("x86", "fbgemm"))
 
 
 def _quantise_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,9 @@ def _quantise_weight(weight: torch.Tensor) -> torch.Tensor:
     weight = weight.detach().float().contiguous()
     scale = weight.abs().amax(1).clamp_min(1e-12).double() / 127.0
     zero = torch.zeros(weight.shape[0], dtype=torch.long)
-    return torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+    with warnings.catch_warnings():  # quantised tensors are deprecated in favour of torchao (not installed)
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
 
 
 class Int8Linear(nn.Module):
@@ -56,7 +59,8 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         bias = None if bias is None else bias.detach().float().contiguous()
         self.register_buffer("bias", bias)
-        self._packed = torch.ops.quantized.linear_prepack(_quantise_weight(weight), bias)
+        # No bias in the packed product: it is added after the per-token rescaling below.
+        self._packed = torch.ops.quantized.linear_prepack(_quantise_weight(weight), None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -69,8 +73,13 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        rows = x.float().reshape(-1, shape[-1])
+        # Per-token activation scale: each row is scaled to max |x| = 1 before the kernel's
+        # per-tensor quantisation, so one outlier token does not coarsen the others' steps.
+        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12)
         # reduce_range: 7-bit activations, so AVX2 int8 products (no VNNI) cannot saturate.
-        out = torch.ops.quantized.linear_dynamic(x.float().reshape(-1, shape[-1]).contiguous(), self._packed, True)
+        out = torch.ops.quantized.linear_dynamic((rows / scale).contiguous(), self._packed, True)
+        out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale)
         return out.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -224,6 +233,6 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
     target = encoder if encoder is not None else model
     if precision == "int8" and not any(isinstance(m, nn.Linear) for m in target.modules()):
         raise ValueError(f"int8 has no effect on {type(model).__name__} (no Linear layers to quantise); use fp32")
-    apply_precision(target, precision, convs="all" if encoder is not None else "patch")
+    apply_precision(target, precision)
     model.precision = precision
     return model
