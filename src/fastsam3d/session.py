@@ -27,7 +27,18 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
-from .io import Volume, check_finite, ras_to_lps, read_volume, write_volume
+from .interaction import (
+    Interaction,
+    Slices,
+    Timings,
+    Uncertainty,
+    binary_entropy,
+    bounding_box,
+    paint_labels,
+    union_box,
+    voxel_index,
+)
+from .io import Volume, check_finite, read_volume, write_volume
 from .modeling import Sam3D
 from .modeling.precision import apply_model_precision
 from .preprocess import RoiGrid, normalise_intensity
@@ -38,7 +49,6 @@ MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask
 MAX_HISTORY = 100  # undo steps kept per object (each holds the low-res logits of every ROI it touched)
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
-Slices = tuple[slice, slice, slice]
 
 
 @dataclass(frozen=True)
@@ -81,19 +91,6 @@ class SegmentObject:
         overflow = max(len(self.history) - 1 - self.max_history, 0)
         del self.history[:overflow]
         self.position = len(self.history) - 1
-
-
-@dataclass
-class Timings:
-    """Seconds spent by the last interaction, by stage."""
-
-    encoder: float = 0.0
-    decoder: float = 0.0
-    paste: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return self.encoder + self.decoder + self.paste
 
 
 class Session:
@@ -183,32 +180,24 @@ class Session:
         self._object(label)
         self.active = label
 
-    def remove_object(self, label: int) -> None:
+    def remove_object(self, label: int) -> Interaction:
         obj = self._object(label)
         boxes = self._boxes(obj.state)
         del self.objects[label]
         self.active = max(self.objects, default=None) if self.active == label else self.active
-        self._repaint(boxes)
+        self.timings = Timings()
+        return self._repaint(boxes)
 
     # --- prompts ----------------------------------------------------------------------
 
     def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
         """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
-        volume = self._require_image()
-        point = np.asarray(point, dtype=np.float64).reshape(-1)
-        if point.shape != (3,) or not np.isfinite(point).all():
-            raise PromptError(f"a point needs three finite coordinates, got {point.tolist()}")
-        if world:
-            point = volume.world_to_index(ras_to_lps(point) if ras else point)
-        if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
-            unit = "world point (mm)" if world else "voxel"
-            raise PromptError(f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
-        return point
+        return voxel_index(self._require_image(), point, world, ras)
 
     def add_click(
         self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None,
         roi_centre=None,
-    ):
+    ) -> Interaction:
         """Add an include (``positive``) or exclude click to an object and update its mask.
 
         ``point`` is an input voxel index (i, j, k) (ITK index order = nibabel ``data[i, j, k]``),
@@ -224,9 +213,10 @@ class Session:
         if not rois:
             roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre))
             rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
-        self._update(obj, replace(state, clicks=clicks), rois)
+        return self._update(obj, replace(state, clicks=clicks), rois)
 
-    def add_clicks(self, points, positives, *, world: bool = False, ras: bool = False, label: int | None = None) -> None:
+    def add_clicks(self, points, positives, *, world: bool = False, ras: bool = False,
+                   label: int | None = None) -> Interaction:
         """Several clicks as one interaction: one undo step, one decoder pass per ROI they touch
         (work linear in their number). Every point is checked before any is applied."""
         indices = [self.to_index(point, world, ras) for point in points]
@@ -241,7 +231,7 @@ class Session:
             inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
             inside = inside or [roi for roi in rois.values() if roi.contains(index)[0]] or [self._new_roi(index)]
             rois.update((roi.key, roi) for roi in inside)
-        self._update(obj, replace(state, clicks=clicks), list(rois.values()))
+        return self._update(obj, replace(state, clicks=clicks), list(rois.values()))
 
     def needs_encoder(self, point, *, label: int | None = None) -> bool:
         """Whether a click at this voxel would run the image encoder (its ROI is not cached yet).
@@ -251,7 +241,7 @@ class Session:
         rois = [roi for roi, _ in state.logits if roi.contains(index)[0]] or [self._new_roi(index)]
         return any(roi.key not in self._embeddings for roi in rois)
 
-    def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> None:
+    def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> Interaction:
         """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
 
         Models with box embeddings encode it; for the official weights, which have none, the box
@@ -266,9 +256,9 @@ class Session:
         state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
         centre = (low + high) / 2.0
         rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
-        self._update(obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))])
+        return self._update(obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))])
 
-    def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> None:
+    def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> Interaction:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
         volume = self._require_image()
         mask = np.asarray(mask)
@@ -279,22 +269,24 @@ class Session:
         obj = self._object_for_prompt(label)
         old_boxes = self._boxes(obj.state)
         obj.push(ObjectState(initial_mask=mask.astype(bool)))
-        self._repaint(old_boxes, self._boxes(obj.state))
+        self.timings = Timings()
+        return self._repaint(old_boxes, self._boxes(obj.state))
 
-    def undo(self, label: int | None = None) -> bool:
-        """Step the object one interaction back; False when there is nothing to undo."""
+    def undo(self, label: int | None = None) -> Interaction | None:
+        """Step the object one interaction back; None when there is nothing to undo."""
         return self._move(label, -1)
 
-    def redo(self, label: int | None = None) -> bool:
-        """Step forward again after an undo; False when there is nothing to redo."""
+    def redo(self, label: int | None = None) -> Interaction | None:
+        """Step forward again after an undo; None when there is nothing to redo."""
         return self._move(label, +1)
 
-    def reset(self, label: int | None = None) -> None:
+    def reset(self, label: int | None = None) -> Interaction:
         """Clear the object's prompts (itself undoable)."""
         obj = self._object(label)
         boxes = self._boxes(obj.state)
         obj.push(ObjectState())
-        self._repaint(boxes)
+        self.timings = Timings()
+        return self._repaint(boxes)
 
     # --- results ----------------------------------------------------------------------
 
@@ -320,7 +312,7 @@ class Session:
             np.maximum(probability[box], _sigmoid(values), out=probability[box])
         return self._clip_to_box(obj.state, probability)
 
-    def uncertainty(self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None) -> "Uncertainty":
+    def uncertainty(self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs.
 
         Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm) per axis; all runs
@@ -362,7 +354,7 @@ class Session:
             np.maximum(probability[target], _sigmoid(values), out=probability[target])
         probability = self._clip_to_box(obj.state, probability, box)
         self.timings = Timings(decoder=time.perf_counter() - started)
-        return Uncertainty(box, probability, _binary_entropy(probability))
+        return Uncertainty(box, probability, binary_entropy(probability))
 
     def save_labels(self, path: str | Path) -> Path:
         """Write the label map on the input grid (atomically)."""
@@ -390,15 +382,15 @@ class Session:
             self.add_object()
         return self._object(label)
 
-    def _move(self, label: int | None, step: int) -> bool:
+    def _move(self, label: int | None, step: int) -> Interaction | None:
         obj = self._object(label)
         target = obj.position + step
         if not 0 <= target < len(obj.history):
-            return False
+            return None
         boxes = self._boxes(obj.state)
         obj.position = target
-        self._repaint(boxes, self._boxes(obj.state))
-        return True
+        self.timings = Timings()
+        return self._repaint(boxes, self._boxes(obj.state))
 
     def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
         return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size, spacing=self.model.roi_spacing)
@@ -479,7 +471,7 @@ class Session:
         box = np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)
         return torch.tensor(box[None], device=self.device)
 
-    def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> None:
+    def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> Interaction:
         """Decode ``state``'s prompts in ``rois`` (and grow into neighbouring ROIs where the mask
         reaches a ROI face), push the new state and repaint the label map."""
         self.timings = Timings()
@@ -497,8 +489,9 @@ class Session:
                     queue.append((neighbour, prompt))
         started = time.perf_counter()
         obj.push(replace(state, logits=tuple(logits.values())))
-        self._repaint(old_boxes, self._boxes(obj.state))
+        answer = self._repaint(old_boxes, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
+        return answer
 
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
@@ -562,7 +555,7 @@ class Session:
         if not state.logits:
             regions = []
             if state.initial_mask is not None:
-                box = _bounding_box(state.initial_mask)
+                box = bounding_box(state.initial_mask)
                 regions = [(box, state.initial_mask[box])]
         else:
             regions = []
@@ -588,44 +581,14 @@ class Session:
         clipped[keep] = values[keep]
         return clipped
 
-    def _repaint(self, *box_lists: list[Slices]) -> None:
-        """Recompose the label map inside the union of the given boxes.
-
-        Where objects overlap the higher label wins, so the composite is a voxel-wise maximum of
-        ``mask * label`` (branch-free, unlike masked assignment).
-        """
-        boxes = [box for boxes in box_lists for box in boxes if all(s.stop > s.start for s in box)]
-        self.changed_region = None
-        if not boxes:
-            return
-        box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+    def _repaint(self, *box_lists: list[Slices]) -> Interaction:
+        """Recompose the label map inside the union of the given boxes; the interaction's answer."""
+        box = union_box(box for boxes in box_lists for box in boxes)
         self.changed_region = box
-        region = self.labels[box]
-        region.fill(0)
-        for label, obj in self.objects.items():
-            for sub_box, sub in self._regions(obj.state):
-                overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, sub_box))
-                if any(s.stop <= s.start for s in overlap):
-                    continue
-                target = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
-                source = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, sub_box))
-                painted = np.multiply(sub[source], label, dtype=region.dtype)
-                np.maximum(region[target], painted, out=region[target])
-
-
-@dataclass(frozen=True)
-class Uncertainty:
-    """Per-voxel mean probability and entropy (bits) on the input voxels inside ``box``."""
-
-    box: Slices
-    probability: np.ndarray
-    entropy: np.ndarray
-
-    def full(self, which: str, shape: tuple[int, int, int]) -> np.ndarray:
-        """``"probability"`` or ``"entropy"`` as a full-size float32 map (0 outside ``box``)."""
-        values = np.zeros(shape, dtype=np.float32)
-        values[self.box] = getattr(self, which)
-        return values
+        if box is not None:
+            pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
+            paint_labels(self.labels, box, pieces)
+        return Interaction(box, self.timings)
 
 
 def _nbytes(embedding) -> int:
@@ -635,16 +598,5 @@ def _nbytes(embedding) -> int:
     return sum(_nbytes(part) for part in embedding)
 
 
-def _binary_entropy(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-7, 1 - 1e-7)
-    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-    return np.where(p > 0, entropy, 0.0).astype(np.float32)
-
-
 def _sigmoid(values: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(values, -60, 60)))).astype(np.float32)
-
-
-def _bounding_box(mask: np.ndarray) -> Slices:
-    where = np.nonzero(mask)
-    return tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
