@@ -4,8 +4,9 @@ texture (texSubImage3D of the changed box only) and the scene is drawn once.
 
     python benchmarks/viewer_paint.py [--shape 512,512,300] [--clicks 8] [--model default]
 
-Prints per click: round trip (request to answer), region size, answer-to-paint (decode + texture
-sub-upload + one draw, ending with NiiVue's gl.finish), and answer-to-next-frame.
+Prints per click: round trip (request to answer), the changed region's size, answer-to-paint (decode,
+label copy and texture sub-upload of the region, then one draw ending with NiiVue's gl.finish),
+first with the 3D rendering tile shown, then without it.
 """
 
 from __future__ import annotations
@@ -68,26 +69,31 @@ def main() -> None:
             page.click("#open")
             page.wait_for_selector("body[data-status=ready]", timeout=600_000)
             print(f"{shape} CT opened in the viewer in {time.perf_counter() - started:.1f} s; "
-                  f"window {page.input_value('#window')}")
+                  f"window {page.input_value('#window')}", flush=True)
             rng = np.random.default_rng(0)
-            rows = []
-            for n in range(args.clicks):
-                point = (centre + (rng.uniform(-20, 20, 3) if n else 0)).tolist()
-                result = page.evaluate("""async (point) => {
-                    let frame = null;
-                    const f = window.fastsam3d;
-                    const started = performance.now();
-                    await f.interact('clicks', {points: [point], positive: true, coordinates: 'ras'});
-                    await new Promise((resolve) => requestAnimationFrame(() => { frame = performance.now(); resolve(); }));
-                    return {total: performance.now() - started, paint: f.state.paintMs, frame: frame - started,
-                            latency: document.getElementById('latency').textContent, status: document.body.dataset.status};
-                }""", point)
-                rows.append(result)
-                print(f"click {n + 1}: {result['latency']} [{result['status']}]")
+            summary = {}
+            for view in ("with", "without"):  # the 3D rendering tile on, then off
+                if view == "without":
+                    page.click("#render")
+                rows = []
+                for n in range(args.clicks):
+                    point = (centre + (rng.uniform(-20, 20, 3) if n or view == "without" else 0)).tolist()
+                    result = page.evaluate("""async (point) => {
+                        const f = window.fastsam3d;
+                        await f.interact('clicks', {points: [point], positive: true, coordinates: 'ras'});
+                        return {paint: f.state.paintMs, stages: f.state.paintStages,
+                                latency: document.getElementById('latency').textContent, status: document.body.dataset.status};
+                    }""", point)
+                    rows.append(result)
+                    stages = result["stages"] or {}
+                    print(f"{view} 3D view, click {n + 1}: {result['latency']} [{result['status']}]; region "
+                          f"{stages.get('voxels', 0) / 1e6:.1f} M voxels written in {stages.get('region', 0):.0f} ms, "
+                          f"drawn in {stages.get('draw', 0):.0f} ms", flush=True)
+                paints = [r["paint"] for r in rows[1:]] if view == "with" else [r["paint"] for r in rows]
+                summary[view] = (statistics.median(paints), max(paints))
             browser.close()
-    paints = [r["paint"] for r in rows[1:]] or [rows[0]["paint"]]
-    print(f"answer to painted overlay, cached clicks: median {statistics.median(paints):.0f} ms, "
-          f"max {max(paints):.0f} ms (first click {rows[0]['paint']:.0f} ms)")
+    for view, (median, worst) in summary.items():
+        print(f"answer to painted overlay, {view} the 3D view (cached clicks): median {median:.0f} ms, max {worst:.0f} ms")
 
 
 if __name__ == "__main__":

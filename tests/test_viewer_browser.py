@@ -8,6 +8,7 @@ Playwright."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -65,6 +66,22 @@ def object_pixels(png: bytes, colour=(230, 25, 75)) -> int:
     rgb = (mpimg.imread(io.BytesIO(png))[..., :3] * 255).astype(int)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     return int(((r > 150) & (g > 60) & (r - g > 60) & (r - b > 40)).sum())
+
+
+WRAPPED: list[str] = []
+
+
+def as_stream(route):
+    """Serve a plain answer as a stream: one progress event with its region, then the result (a
+    server that streams itself is passed through)."""
+    response = route.fetch()
+    if "ndjson" in response.headers.get("content-type", ""):
+        route.fulfill(response=response)
+        return
+    answer = response.json()
+    WRAPPED.append(route.request.url)
+    lines = [{"event": "progress", "done": 1, "total": 1, "region": answer["region"]}, {"event": "result", **answer}]
+    route.fulfill(status=200, content_type="application/x-ndjson", body="".join(json.dumps(line) + "\n" for line in lines))
 
 
 TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
@@ -142,12 +159,15 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         # box by two corners on one axial slice around sphere B: a slab with the depth rule, no error
         corner_a, corner_b = world(centre_b - np.array([14, 14, 0])), world(centre_b + np.array([14, 14, 0]))
         page.evaluate(TO_CANVAS, [world(centre_b), 0])
+        page.route("**/box?stream=true", as_stream)  # the streamed answer (issue 19's servers), made from the plain one
         click(corner_a)
         click(corner_b)
         settled("window.fastsam3d.state.labels.includes(2)")
         assert page.evaluate("document.body.dataset.status") == "ready", page.locator("#status").inner_text()
         boxes = [m for m in page.evaluate("window.fastsam3d.markers()") if m["kind"] == "box" and m["tile"] == 0]
         assert len(boxes) == 1 and boxes[0]["width"] > 20 and boxes[0]["height"] > 20, boxes
+        if WRAPPED:  # the mask was painted from the progress event's region first
+            assert page.evaluate("window.fastsam3d.state.progressEvents") >= 1
         box_paint_ms = float(page.evaluate("document.body.dataset.paintMs"))
 
         # navigate mode: a click moves the crosshair and sends nothing
@@ -163,6 +183,13 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         page.wait_for_selector("body[data-status=error]", timeout=30_000)
         assert "outside the volume" in page.locator("#status").inner_text()
         assert page.evaluate("window.fastsam3d.state.busy") is False
+        page.route("**/clicks?stream=true", lambda route: route.fulfill(status=200, content_type="application/x-ndjson",
+                   body='{"event": "progress", "done": 1, "total": null, "region": null}\n'
+                        '{"event": "error", "detail": "model failed on slice 3", "status": 500}\n'))
+        page.evaluate("window.fastsam3d.interact('clicks', {points: [[0, 0, 0]], positive: true, coordinates: 'ras'})")
+        assert "model failed on slice 3" in page.locator("#status").inner_text()  # a stream's error event
+        assert page.evaluate("window.fastsam3d.state.busy") is False
+        page.unroute("**/clicks?stream=true")
 
         # uncertainty of object 1: only near the object, with a legend
         page.locator("#objects li").first.click()

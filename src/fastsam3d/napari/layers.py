@@ -36,9 +36,8 @@ def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict]:
 
 
 def is_ct(array: np.ndarray) -> bool:
-    """CT in Hounsfield units: reaches air (about -1000) and dense tissue."""
-    low, high = float(np.min(array)), float(np.max(array))
-    return low <= -500 and high >= 300
+    """CT in Hounsfield units: reaches air (about -1000 HU); MR intensities do not go that low."""
+    return float(np.min(array)) <= -500
 
 
 def default_limits(array: np.ndarray) -> tuple[float, float]:

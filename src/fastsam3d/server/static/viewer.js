@@ -19,7 +19,7 @@ const state = {
 };
 const nv = new niivue.Niivue({
   backColor: [0.07, 0.07, 0.07, 1], show3Dcrosshair: true, dragAndDropEnabled: false, isRadiologicalConvention: true,
-  viewModeHotKey: "", clipPlaneHotKey: "", multiplanarShowRender: niivue.SHOW_RENDER ? niivue.SHOW_RENDER.ALWAYS : 2,
+  viewModeHotKey: "", clipPlaneHotKey: "", multiplanarShowRender: niivue.SHOW_RENDER.ALWAYS,
 });
 window.fastsam3d = {  // for tests and the console
   nv, state, markers: () => drawMarkers(), interact: (path, body) => interact(path, body),
@@ -364,6 +364,7 @@ async function interact(path, body) {
     const streams = path === "clicks" || path === "box";
     const response = await api(`/api/sessions/${state.session.id}/${path}${streams ? "?stream=true" : ""}`, { json: body });
     const answer = await readAnswer(response, async (event) => {
+      state.progressEvents = (state.progressEvents || 0) + 1;
       if (!event.region) return;
       await paintRegion(event.region);
       nv.drawScene();
@@ -371,6 +372,7 @@ async function interact(path, body) {
     });
     const received = performance.now();
     if (answer.region) await paintRegion(answer.region);
+    const written = performance.now();
     state.objects = answer.objects;
     state.active = answer.object ?? state.active;
     record(body.object ?? state.active, path, body, answer);
@@ -378,11 +380,15 @@ async function interact(path, body) {
     nv.drawScene();  // one draw: overlay, markers
     paint = performance.now() - received;
     state.paintMs = paint;
+    state.paintStages = { region: written - received, draw: performance.now() - written,
+      voxels: answer.region ? answer.region.stop.reduce((n, stop, a) => n * (stop - answer.region.start[a]), 1) : 0 };
     document.body.dataset.paintMs = paint.toFixed(1);
     const t = answer.timings_ms || {};
     const f = (v) => (v === undefined ? "–" : v.toFixed(0));
-    $("latency").textContent = `${(received - started).toFixed(0)} ms round trip (server ${f(t.server)}: ` +
-      `encoder ${f(t.encoder)}, decoder ${f(t.decoder)}, paste ${f(t.paste)}); painted in ${paint.toFixed(0)} ms`;
+    // stage timings belong to model passes; undo / redo / reset run none (the session's are stale then)
+    const stages = streams ? `: encoder ${f(t.encoder)}, decoder ${f(t.decoder)}, paste ${f(t.paste)}` : "";
+    $("latency").textContent = `${(received - started).toFixed(0)} ms round trip (server ${f(t.server)}${stages}); ` +
+      `painted in ${paint.toFixed(0)} ms`;
     $("error").hidden = true;
     setStatus("ready", "ready");
   } catch (error) {
@@ -410,9 +416,9 @@ async function openSession(answer) {
   document.body.dataset.labelled = "0";
   nv.createEmptyDrawing();
   nv.drawOpacity = Number($("opacity").value);
-  // a CT (intensities reaching air in HU) opens in the soft-tissue window, anything else in auto
+  // a CT (intensities down to air, about -1000 HU; MR never goes that low) opens in the soft-tissue window, else auto
   const [low, high] = answer.intensity || [0, 0];
-  $("window").value = low <= -500 && high >= 300 ? "40,400" : "auto";
+  $("window").value = low <= -500 && high > low ? "40,400" : "auto";
   setWindow();
   nv.setDrawColormap(drawLut());  // uploads the volume once, with the window set above
   renderObjects();
@@ -481,6 +487,8 @@ async function refreshUncertainty() {
     $("legend-low").textContent = String(UNCERTAINTY_MIN_BITS);
     $("legend").hidden = false;
     nv.updateGLVolume();
+    $("error").hidden = true;
+    setStatus("ready", `uncertainty of object ${state.active}: ${shown} voxels ≥ ${UNCERTAINTY_MIN_BITS} bit near it`);
   } catch (error) {
     showError(`uncertainty: ${error.message}`);
   }
@@ -637,6 +645,10 @@ $("new-object").onclick = async () => {
 };
 $("window").onchange = applyWindow;
 $("radiological").onchange = () => nv.setRadiologicalConvention($("radiological").checked);
+$("render").onchange = () => {  // the 3D rendering tile (the costliest part of a draw with software WebGL)
+  nv.opts.multiplanarShowRender = $("render").checked ? niivue.SHOW_RENDER.ALWAYS : niivue.SHOW_RENDER.NEVER;
+  nv.drawScene();
+};
 $("opacity").oninput = () => { nv.drawOpacity = Number($("opacity").value); nv.drawScene(); };
 $("uncertainty").onchange = () => {
   if ($("uncertainty").checked) refreshUncertainty();
