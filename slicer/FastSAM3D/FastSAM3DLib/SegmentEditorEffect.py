@@ -228,7 +228,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetControlKey():
             return False
-        ras = list(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget))
+        point = self.scriptedEffect.xyToRas(callerInteractor.GetEventPosition(), viewWidget)  # a QVector3D
+        ras = [point.x(), point.y(), point.z()] if hasattr(point, "x") else [float(v) for v in point]
         if self.mode == "box":
             if self.corner is None:
                 self.corner = ras
