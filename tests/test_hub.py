@@ -18,7 +18,7 @@ import torch
 from fastsam3d import hub
 from fastsam3d.cli import main
 from fastsam3d.errors import CheckpointError
-from fastsam3d.io import read_volume, write_volume
+from fastsam3d.io import Volume, read_volume, write_volume
 from fastsam3d.registry import MODEL_CONFIGS, build_model
 
 from .test_session import sphere_volume
@@ -34,6 +34,13 @@ def official_bytes(config="tiny-teacher") -> bytes:
     torch.save({"epoch": 1, "model_state_dict": build_model(config).state_dict(), "optimizer_state_dict": {},
                 "args": argparse.Namespace(model_type="vit_b_ori")}, buffer)
     return buffer.getvalue()
+
+
+def small_volume() -> Volume:
+    """80 mm across: within one region of interest of the tiny model (64³ at 1.5 mm), one encoder run."""
+    grid = np.linalg.norm(np.indices((40, 40, 24)) - np.array([20, 20, 12])[:, None, None, None], axis=0)
+    array = np.where(grid < 8, 200.0, 40.0) + np.random.default_rng(0).normal(0, 5, grid.shape)
+    return Volume(array.astype(np.float32), np.full(3, 2.0), np.zeros(3), np.eye(3))
 
 
 class FakeHub(ThreadingHTTPServer):
@@ -115,8 +122,8 @@ def fake_hub(monkeypatch, tmp_path):
 def test_segment_by_official_name_downloads_once_then_runs_offline(fake_hub, tmp_path, capsys, monkeypatch):
     old = os.umask(0o022)
     try:
-        image = write_volume(sphere_volume()[0], tmp_path / "sphere.nii.gz")
-        argv = ["segment", str(image), "--point", "60,50,22", "--model", "sam-med3d-turbo", "--box", "40,30,12,80,70,32"]
+        image = write_volume(small_volume(), tmp_path / "small.nii.gz")
+        argv = ["segment", str(image), "--point", "20,20,12", "--model", "sam-med3d-turbo"]
         assert main(argv + ["--out", str(tmp_path / "a" / "seg.nii.gz")]) == 0, capsys.readouterr().err
         assert [r[:2] for r in fake_hub.requests] == [("HEAD", TURBO), ("GET", TURBO)]
         path = hub.cached_path("sam-med3d-turbo")
