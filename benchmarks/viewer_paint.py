@@ -87,7 +87,8 @@ def main() -> None:
                     rows.append(result)
                     stages = result["stages"] or {}
                     print(f"{view} 3D view, click {n + 1}: {result['latency']} [{result['status']}]; region "
-                          f"{stages.get('voxels', 0) / 1e6:.1f} M voxels written in {stages.get('region', 0):.0f} ms, "
+                          f"{stages.get('voxels', 0) / 1e6:.1f} M voxels written in {stages.get('region', 0):.0f} ms "
+                          f"(inflate {stages.get('decode', 0):.0f}), "
                           f"drawn in {stages.get('draw', 0):.0f} ms", flush=True)
                 paints = [r["paint"] for r in rows[1:]] if view == "with" else [r["paint"] for r in rows]
                 summary[view] = (statistics.median(paints), max(paints))

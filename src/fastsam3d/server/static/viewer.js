@@ -143,7 +143,9 @@ function rasMapping(volume) {
 async function paintRegion(region) {
   // Write an answer's changed box (server voxels, i fastest) into the label map and NiiVue's
   // drawing texture; upload only that box, then draw the scene once.
+  const started = performance.now();
   const values = await regionValues(region);
+  state.decodeMs = performance.now() - started;
   const m = state.ras;
   const [nx, ny] = m.dims;
   const [i0, j0, k0] = region.start;
@@ -380,7 +382,7 @@ async function interact(path, body) {
     nv.drawScene();  // one draw: overlay, markers
     paint = performance.now() - received;
     state.paintMs = paint;
-    state.paintStages = { region: written - received, draw: performance.now() - written,
+    state.paintStages = { region: written - received, decode: answer.region ? state.decodeMs : 0, draw: performance.now() - written,
       voxels: answer.region ? answer.region.stop.reduce((n, stop, a) => n * (stop - answer.region.start[a]), 1) : 0 };
     document.body.dataset.paintMs = paint.toFixed(1);
     const t = answer.timings_ms || {};
