@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastsam3d.registry
 from fastsam3d import hub
 from fastsam3d.cli import main
 from fastsam3d.errors import CheckpointError
@@ -211,3 +212,21 @@ def test_official_models_for_servers():
     assert rows["default"]["cached"] and rows["default"]["dims"] == 3 and rows["medsam"]["dims"] == 2
     assert set(rows) >= {"sam-med3d-turbo", "fastsam3d", "fastsam3d-encoder", "fast3dsam", "sam-vit-b", "medsam", "sam-med2d"}
     assert all({"licence", "description", "cached", "source"} <= set(row) for row in rows.values())
+
+
+def test_encoder_only_official_model_takes_its_decoder_from_sam_med3d_turbo(fake_hub, monkeypatch):
+    """`--model fastsam3d-encoder`: the encoder-only distillation file plus SAM-Med3D-turbo's prompt
+    encoder and decoder, both fetched by name (the Drive file stands in as a plain URL here)."""
+    student = build_model("tiny-student")
+    encoder = {k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")}
+    buffer = io.BytesIO()
+    torch.save({"model_state_dict": encoder, "args": argparse.Namespace(epochs=1)}, buffer)
+    fake_hub.files["/encoder.pth"] = buffer.getvalue()
+    entry = replace(hub.CATALOGUE["fastsam3d-encoder"], source=f"url:{fake_hub.url}/encoder.pth")
+    monkeypatch.setitem(hub.CATALOGUE, "fastsam3d-encoder", entry)
+    monkeypatch.setitem(MODEL_CONFIGS, "fastsam3d", replace(MODEL_CONFIGS["tiny-student"], name="fastsam3d"))
+    model = fastsam3d.registry.load_model("fastsam3d-encoder")
+    assert model.config.name == "fastsam3d"
+    for key, value in student.image_encoder.state_dict().items():
+        assert torch.equal(model.image_encoder.state_dict()[key], value)
+    assert {p for _, p, _ in fake_hub.requests} == {"/encoder.pth", TURBO}
