@@ -289,7 +289,6 @@ def _segment(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .io import check_writable
-    from .registry import load_model
     from .session import Session
 
     if not args.clicks and args.box is None:

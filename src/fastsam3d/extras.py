@@ -9,7 +9,6 @@ import importlib.util
 
 from .errors import FastSAM3DError
 
-
 _PIP_NAMES = {"multipart": "python-multipart", "skimage": "scikit-image"}
 
 
