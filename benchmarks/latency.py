@@ -116,13 +116,57 @@ def _run(name: str, precision: str, args: argparse.Namespace) -> dict:
     timed = Path("/usr/bin/time").is_file()
     done = subprocess.run((["/usr/bin/time", "-v"] if timed else []) + command, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"{name} {precision} failed:\n{done.stderr[-3000:]}")
+        print(f"# {name} {precision}: failed: {done.stderr.strip().splitlines()[-1]}")
+        return None
     row = json.loads(done.stdout.strip().splitlines()[-1])
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     if found:
         row["time_v_max_rss_mb"] = int(found.group(1)) / 1024
     row["requested"] = precision
     return row
+
+
+def paired_encoder(name: str, precisions: list[str], device: str, threads: int, repeats: int) -> dict:
+    """Encoder seconds of fp32 and each precision called in turn in one process: on a shared, busy
+    machine the per-round ratio is steadier than two runs minutes apart."""
+    import copy
+
+    import torch
+
+    from fastsam3d import build_model
+    from fastsam3d.modeling.precision import apply_model_precision
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = apply_model_precision(build_model(name).to(device), "fp32", device)
+    models = {"fp32": base}
+    for precision in precisions:
+        try:
+            model = apply_model_precision(copy.deepcopy(base), precision, device)
+        except ValueError:  # e.g. int8 on the convolutional default model
+            continue
+        if model.precision != "fp32":
+            models[precision] = model
+    crop = torch.randn(1, 1, *(base.img_size,) * 3, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: dict[str, list[float]] = {key: [] for key in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.encode(crop)
+        for _ in range(repeats):
+            for key, model in models.items():
+                started = time.perf_counter()
+                model.encode(crop)
+                sync()
+                times[key].append(time.perf_counter() - started)
+    result = {"model": name}
+    for key, values in times.items():
+        result[f"{models[key].precision}_min_s"] = min(values)
+        result[f"{models[key].precision}_median_s"] = statistics.median(values)
+        if key != "fp32":
+            ratios = [a / b for a, b in zip(times["fp32"], values)]
+            result[f"{models[key].precision}_speedup_median"] = statistics.median(ratios)
+    return result
 
 
 def main() -> None:
@@ -134,13 +178,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--verify-padding", action="store_true")
+    parser.add_argument("--paired-repeats", type=int, default=8, help="rounds of the interleaved encoder timing (0: skip)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.paired:
+        print(json.dumps(paired_encoder(args.worker, args.precisions, args.device, args.threads, args.repeats)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.device, args.threads, args.repeats, args.verify_padding,
                                 args.precisions[0])))
         return
-    rows = [_run(name, precision, args) for name in args.models for precision in args.precisions]
+    rows = [row for name in args.models for precision in args.precisions if (row := _run(name, precision, args))]
     import platform
 
     import torch
@@ -165,8 +214,19 @@ def main() -> None:
             "rss_mb_saved": base.get("time_v_max_rss_mb", base["peak_rss_mb"]) - row.get("time_v_max_rss_mb", row["peak_rss_mb"]),
         })
     if speedups:
-        print("\nspeed-up over fp32 (x; > 1 is faster)")
+        print("\nspeed-up over fp32 (x; > 1 is faster; separate processes, minutes apart)")
         _table(speedups, list(speedups[0]))
+    fast = [p for p in args.precisions if p != "fp32"]
+    if fast and args.paired_repeats:
+        paired = []
+        for name in args.models:
+            command = [sys.executable, __file__, "--worker", name, "--paired", "--precisions", *fast, "--device",
+                       args.device, "--threads", str(args.threads), "--repeats", str(args.paired_repeats)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            paired.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"\nencoder seconds, fp32 and the fast paths called in turn in one process ({args.paired_repeats} rounds; "
+              "speed-up = median of the per-round ratios)")
+        _table(paired, list(dict.fromkeys(k for row in paired for k in row)))
 
 
 def _table(rows: list[dict], header: list[str]) -> None:

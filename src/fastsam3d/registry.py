@@ -117,6 +117,14 @@ register_config(
         description="FastSAM3D student with sparse (dilated 2x2x2) attention on the same weights",
     )
 )
+register_config(
+    replace(
+        MODEL_CONFIGS["fastsam3d"],
+        name="fastsam3d-clustered",
+        cluster_after=1,
+        description="FastSAM3D student with token clustering after block 1 (N/8 cluster tokens), same weights",
+    )
+)
 # The compact models use SAM-Med3D's pre-norm block: trained from scratch, the FastSAM3D block form
 # (normalised residual stream) had not started learning after 500 steps at depth 8 (validation
 # Dice 0.00), where the pre-norm teacher reached 0.26 after 250.
