@@ -56,7 +56,7 @@ def open_sphere(client) -> str:
 def test_health_files_and_viewer_page(client):
     assert client.get("/api/health").json()["status"] == "ok"
     assert client.get("/api/files").json()["files"] == ["sphere.nii.gz"]
-    assert client.get("/api/models").json()["models"][0] == "default"
+    assert client.get("/api/models").json()["models"][0]["name"] == "default"
     unknown = client.post("/api/sessions", json={"path": "sphere.nii.gz", "model": "no-such-model"})
     assert unknown.status_code == 400 and "choose from" in unknown.json()["detail"]
     page = client.get("/")

@@ -15,41 +15,11 @@ from fastsam3d.errors import CheckpointError
 from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
-from fastsam3d.io import Volume
 from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
-from fastsam3d.registry2d import Model2DConfig, build_sam2d, litemedsam_weights, load_sam2d
+from fastsam3d.registry2d import build_sam2d, litemedsam_weights, load_sam2d
 from fastsam3d.slicewise import SliceGeometry, SliceSession
 
-from .conftest import rotation
-
-
-class BrightInBox(torch.nn.Module):
-    """Stand-in 2D SAM: the bright (> 0.5) pixels of the slice inside the box prompt."""
-
-    img_size = 64
-    low_res_size = (64, 64)
-    config = Model2DConfig("stub", "tiny-vit", 64, 1.0, (0, 0, 0), (1, 1, 1), "test stand-in")
-
-    def encode(self, images):
-        return images
-
-    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=False):
-        image = embedding[0, 0]
-        inside = torch.zeros_like(image, dtype=torch.bool)
-        x0, y0, x1, y1 = boxes[0].tolist()
-        rows = torch.arange(64)[:, None].float()
-        cols = torch.arange(64)[None, :].float()
-        inside = (rows >= y0 - 0.5) & (rows <= y1 + 0.5) & (cols >= x0 - 0.5) & (cols <= x1 + 0.5)
-        logits = torch.where(inside & (image > 0.5), 10.0, -10.0)
-        return logits[None, None], torch.ones(1, 1)
-
-
-def ellipsoid_volume(direction=np.eye(3)):
-    shape = (40, 30, 30)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    inside = (((grid - [20, 15, 10]) / [12, 9, 5]) ** 2).sum(-1) <= 1  # k from 5 to 15
-    array = np.where(inside, 300.0, 100.0).astype(np.float32)
-    return Volume(array, (0.8, 1.2, 3.0), (0.0, 0.0, 0.0), direction), inside
+from .conftest import BrightInBox, ellipsoid_volume, rotation
 
 
 def test_propagation_stops_at_the_end_of_the_object():

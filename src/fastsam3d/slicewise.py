@@ -551,9 +551,7 @@ class SliceSession:
         will show; the callback may raise to cancel the interaction (nothing is applied)."""
         if self.progress is None:
             return
-        where = [slice(None)] * 3
-        where[self.axis] = slice(index, index + 1)
-        region = tuple(where)
+        region = tuple(slice(index, index + 1) if a == self.axis else slice(0, n) for a, n in enumerate(work.shape))
         values = self.labels[region].copy()
         inside = work[region]
         values[inside & (values < obj.label)] = obj.label

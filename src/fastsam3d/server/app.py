@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import time
 import uuid
@@ -21,21 +22,37 @@ from typing import Literal
 import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, File, Request, Security, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import FastSAM3DError, PromptError, VolumeError
+from ..interaction import Progress
 from ..io import write_volume
 from ..session import Session
+from ..slicewise import SliceSession
 from .guard import RequestGuard
-from .store import (CHUNK, UPLOAD_SUFFIXES, ServerSession, ServerSettings, SessionLimitError, SessionStore,
-                    UnknownSessionError, display_name)
+from .store import (
+    CHUNK,
+    UPLOAD_SUFFIXES,
+    ServerSession,
+    ServerSettings,
+    SessionLimitError,
+    SessionStore,
+    UnknownSessionError,
+    display_name,
+)
 from .worker import Job, SessionBusyError, SessionWorker, all_or_nothing
 
 STATIC_DIR = Path(__file__).parent / "static"
+AnySession = Session | SliceSession
+STREAM_DESCRIPTION = (
+    "stream=true answers application/x-ndjson: one JSON object per line, {event: 'progress', done, total, region} "
+    "after each slice a 2D model segments (region: that slice's label values, as in the answer), then "
+    "{event: 'result', ...the answer...} or {event: 'error', detail, status}"
+)
 
 
 class OpenRequest(BaseModel):
@@ -90,8 +107,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @app.exception_handler(FastSAM3DError)
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
-        status = {UnknownSessionError: 404, SessionLimitError: 429, SessionBusyError: 503}.get(type(error), 400)
-        return JSONResponse({"detail": store.scrub(str(error))}, status_code=status)
+        return JSONResponse({"detail": store.scrub(str(error))}, status_code=_status(error))
 
     @api.get("/health")
     async def health() -> dict:
@@ -100,7 +116,9 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @api.get("/models")
     async def models() -> dict:
-        return {"default": settings.model, "models": store.available_models()}
+        """Every model a session can be opened with (``dims`` 2 or 3, the ``prompts`` it takes) and
+        whether its weights are on this server (``available``)."""
+        return {"default": settings.model, "models": await asyncio.to_thread(store.models)}
 
     @api.get("/files")
     async def files() -> dict:
@@ -133,7 +151,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         entry = store.get(session_id)
         path = entry.folder / "image.nii.gz"
 
-        def write(session: Session, job: Job) -> None:
+        def write(session: AnySession, job: Job) -> None:
             if not path.exists():
                 write_volume(session.volume, path)
 
@@ -144,7 +162,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     async def add_object(session_id: str, request: ObjectRequest) -> dict:
         entry = store.get(session_id)
 
-        def work(session: Session, job: Job) -> dict:
+        def work(session: AnySession, job: Job) -> dict:
             label = session.add_object(request.name)
             if not job.commit():
                 session.remove_object(label)
@@ -153,8 +171,8 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
         return await worker.run(entry, work)
 
-    @api.post("/sessions/{session_id}/clicks")
-    async def clicks(session_id: str, request: ClickRequest) -> dict:
+    @api.post("/sessions/{session_id}/clicks", description=STREAM_DESCRIPTION)
+    async def clicks(session_id: str, request: ClickRequest, stream: bool = False):
         """Add clicks as one interaction (one undo step, one model pass), all or none: every point
         is checked before any is applied."""
         entry = store.get(session_id)
@@ -165,22 +183,27 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             raise PromptError("give three coordinates per point and one 'positive' per point (or one for all)")
         world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
-        def action(session: Session, job: Job):
+        def action(session: AnySession, job: Job):
             indices = [session.to_index(p, world=world, ras=ras) for p in request.points]
             return all_or_nothing(session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job)
 
-        return await _interact(worker, entry, action)
+        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
-    @api.post("/sessions/{session_id}/box")
-    async def box(session_id: str, request: BoxRequest) -> dict:
+    @api.post("/sessions/{session_id}/box", description=STREAM_DESCRIPTION)
+    async def box(session_id: str, request: BoxRequest, stream: bool = False):
+        """A box from two opposite corners. 2D models: a box on one slice segments it and propagates
+        up and down until the object ends. 3D models: a box on one slice gets a depth equal to the
+        mean of its in-plane sides in mm (centred on that slice)."""
         entry = store.get(session_id)
         world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
-        def action(session: Session, job: Job):
+        def action(session: AnySession, job: Job):
             corners = [session.to_index(c, world=world, ras=ras) for c in (request.corner_a, request.corner_b)]
+            if isinstance(session, Session):
+                corners = _with_depth(session, *corners)
             return all_or_nothing(session, request.object, [partial(session.set_box, *corners, label=request.object)], job)
 
-        return await _interact(worker, entry, action)
+        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
     @api.post("/sessions/{session_id}/mask")
     async def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
@@ -207,7 +230,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     async def uncertainty(session_id: str, request: UncertaintyRequest) -> dict:
         started = time.perf_counter()
 
-        def work(session: Session, job: Job) -> dict:
+        def work(session: AnySession, job: Job) -> dict:
             result = session.uncertainty(samples=request.samples, label=request.object)
             quantised = np.clip(np.rint(result.entropy * 255), 0, 255).astype(np.uint8)  # bits in [0, 1]
             return {"region": _encode(result.box, quantised), "scale": 1 / 255, "unit": "bits"}
@@ -220,7 +243,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         entry = store.get(session_id)
         path = entry.folder / f"labels.{format}"
 
-        def export(session: Session, job: Job) -> None:
+        def export(session: AnySession, job: Job) -> None:
             if format == "dcm":
                 if entry.dicom_dir is None:
                     raise FastSAM3DError("DICOM-SEG export needs a session opened from a DICOM series")
@@ -271,7 +294,7 @@ def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> n
         path.unlink(missing_ok=True)
 
 
-def _step(session: Session, label: int | None, step: int, job: Job) -> bool:
+def _step(session: AnySession, label: int | None, step: int, job: Job) -> bool:
     """Undo (-1) or redo (+1), taken back when the request was cancelled meanwhile."""
     move, back = (session.undo, session.redo) if step < 0 else (session.redo, session.undo)
     changed = move(label)
@@ -282,27 +305,98 @@ def _step(session: Session, label: int | None, step: int, job: Job) -> bool:
     return changed
 
 
-async def _interact(worker: SessionWorker, entry: ServerSession, action, report: str = "") -> dict:
-    """Run one interaction as the session's job; answer with the changed region and timings."""
+def _status(error: FastSAM3DError) -> int:
+    return {UnknownSessionError: 404, SessionLimitError: 429, SessionBusyError: 503}.get(type(error), 400)
+
+
+def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A box drawn on one slice, given a depth along its flat axis: the mean of its two in-plane
+    sides in mm, centred on the slice and clipped to the volume (boxes with depth pass unchanged)."""
+    low, high = np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b)
+    flat = [axis for axis in range(3) if round(high[axis]) == round(low[axis])]
+    if len(flat) != 1:
+        return corner_a, corner_b
+    axis = flat[0]
+    spacing = session.volume.spacing
+    sides_mm = [(high[a] - low[a]) * spacing[a] for a in range(3) if a != axis]
+    half = float(np.mean(sides_mm)) / 2 / spacing[axis]
+    low[axis] = max(low[axis] - half, 0)
+    high[axis] = min(high[axis] + half, session.volume.shape[axis] - 1)
+    return low, high
+
+
+async def _interact(worker: SessionWorker, entry: ServerSession, action, report: str = "", stream: bool = False,
+                    scrub=str):
+    """Run one interaction as the session's job; answer with the changed region and timings (with
+    ``stream``, as a stream of progress events ending in the answer)."""
     started = time.perf_counter()
 
-    def work(session: Session, job: Job) -> dict:
+    def work(session: AnySession, job: Job) -> dict:
         result = action(session, job)
         region = result if isinstance(result, tuple) else session.changed_region
+        timings = session.timings
         answer = {
             "object": session.active,
             "objects": _objects(session),
             "region": _encode(region, session.labels[region]) if region else None,
-            "timings_ms": {"encoder": 1e3 * session.timings.encoder, "decoder": 1e3 * session.timings.decoder,
-                           "paste": 1e3 * session.timings.paste},
+            "timings_ms": {"encoder": 1e3 * timings.encoder, "decoder": 1e3 * timings.decoder, "paste": 1e3 * timings.paste},
         }
+        if timings.slices:
+            answer["slices"] = timings.slices
         if report:
             answer[report] = bool(result)
         return answer
 
+    if stream:
+        return _streamed(worker, entry, work, started, scrub)
     answer = await worker.run(entry, work)
     answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
     return answer
+
+
+def _streamed(worker: SessionWorker, entry: ServerSession, work, started: float, scrub) -> StreamingResponse:
+    """The job's progress events (2D propagation) as NDJSON lines, then its answer or error."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict] = asyncio.Queue()
+
+    def reporting(session: AnySession, job: Job) -> dict:
+        def report(progress: Progress) -> None:
+            if job.cancelled:
+                raise SessionBusyError("cancelled")
+            region = _encode(progress.region, progress.values) if progress.region is not None else None
+            loop.call_soon_threadsafe(events.put_nowait, {"event": "progress", "done": progress.done,
+                                                          "total": progress.total, "region": region})
+
+        if isinstance(session, SliceSession):
+            session.progress = report
+        try:
+            return work(session, job)
+        finally:
+            if isinstance(session, SliceSession):
+                session.progress = None
+
+    async def lines():
+        task = asyncio.ensure_future(worker.run(entry, reporting))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # a gone client's answer
+        while True:
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield json.dumps(getter.result()) + "\n"
+                continue
+            getter.cancel()
+            while not events.empty():
+                yield json.dumps(events.get_nowait()) + "\n"
+            try:
+                answer = task.result()
+            except FastSAM3DError as error:
+                yield json.dumps({"event": "error", "detail": scrub(str(error)), "status": _status(error)}) + "\n"
+                return
+            answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
+            yield json.dumps({"event": "result", **answer}) + "\n"
+            return
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 def _encode(box, crop: np.ndarray) -> dict:
@@ -313,13 +407,15 @@ def _encode(box, crop: np.ndarray) -> dict:
             "order": "F", "encoding": "zlib+base64", "data": base64.b64encode(data).decode()}
 
 
-def _objects(session: Session) -> list[dict]:
+def _objects(session: AnySession) -> list[dict]:
     return [{"label": label, "name": obj.name} for label, obj in session.objects.items()]
 
 
 def _describe(entry: ServerSession) -> dict:
     volume = entry.session.volume
-    return {"id": entry.id, "name": entry.name, "shape": list(volume.shape), "spacing": volume.spacing.tolist(),
+    dims = 2 if isinstance(entry.session, SliceSession) else 3
+    return {"id": entry.id, "name": entry.name, "model": entry.model, "dims": dims, "shape": list(volume.shape),
+            "spacing": volume.spacing.tolist(),
             "origin": volume.origin.tolist(), "direction": volume.direction.tolist(), "orientation": volume.orientation,
             "dicom": entry.dicom_dir is not None, "objects": _objects(entry.session), "intensity": list(entry.intensity)}
 

@@ -33,7 +33,9 @@ import torch
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume, read_volume
 from ..registry import load_model
+from ..registry2d import MODEL_2D_CONFIGS, Model2DConfig, load_sam2d
 from ..session import Session
+from ..slicewise import SliceSession
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
@@ -78,7 +80,7 @@ class ServerSettings:
 class ServerSession:
     id: str
     name: str
-    session: Session
+    session: Session | SliceSession
     folder: Path  # private temporary folder (upload, exports; removed on close)
     dicom_dir: Path | None  # the DICOM series the volume came from, for DICOM-SEG export
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held while work runs (see worker.py)
@@ -86,6 +88,7 @@ class ServerSession:
     closed: bool = False
     intensity: tuple[float, float] = (0.0, 0.0)
     last_used: float = field(default_factory=time.monotonic)
+    model: str = ""
 
 
 class TempFolder:
@@ -142,29 +145,70 @@ class SessionStore:
         tune_allocator()
         self.settings = settings
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model if model is not None else load_model(settings.model, settings.checkpoint, device=self.device,
-                                                                    precision=settings.precision)
-        self._models: dict[str, torch.nn.Module] = {settings.model: self.model}  # loaded on first use, kept
+        if model is not None:
+            self._models: dict[str, tuple[torch.nn.Module, Model2DConfig | None]] = {settings.model: (model, None)}
+        else:  # loaded on first use, kept
+            self._models = {settings.model: self._load(settings.model, settings.checkpoint)}
+        self.model = self._models[settings.model][0]
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
         self.temp = TempFolder(settings.temp_dir)
 
-    def available_models(self) -> list[str]:
-        """The server's model and every registered 3D model whose weights ship with fastsam3d."""
+    def models(self) -> list[dict]:
+        """Every model a session can be opened with: the server's own (first), the shipped ones and
+        the official ones (3D and 2D), each with ``name, dims, prompts, available, description``;
+        ``available`` is false for official weights not downloaded on this server yet."""
+        from ..hub import official_models
         from ..registry import MODEL_CONFIGS, WEIGHTS_DIR
 
-        shipped = [name for name, c in MODEL_CONFIGS.items() if c.weights and (WEIGHTS_DIR / c.weights).is_file()]
-        return list(dict.fromkeys([self.settings.model, *self._models, *shipped]))
+        rows = {self.settings.model: self._describe_model(self.settings.model, True)}
+        for row in official_models():
+            if row["runnable"]:
+                rows.setdefault(row["name"], self._describe_model(row["name"], row["cached"], row["description"]))
+        for name, config in MODEL_CONFIGS.items():
+            if config.weights and (WEIGHTS_DIR / config.weights).is_file():
+                rows.setdefault(name, self._describe_model(name, True, config.description))
+        for name in self._models:
+            rows[name] = {**rows.get(name, self._describe_model(name, True)), "available": True}
+        return list(rows.values())
 
-    def model_for(self, name: str | None) -> torch.nn.Module:
-        """A model by name (one of :meth:`available_models`), loaded once and shared by all sessions."""
+    def available_models(self) -> list[str]:
+        """Names of the models a session can be opened with now."""
+        return [row["name"] for row in self.models() if row["available"]]
+
+    def model_for(self, name: str | None) -> tuple[torch.nn.Module, Model2DConfig | None]:
+        """A model by name (one of :meth:`available_models`) and, for a 2D model, its config;
+        loaded once and shared by all sessions."""
         name = name or self.settings.model
-        if name not in self.available_models():
-            raise FastSAM3DError(f"model {name!r} is not offered by this server; choose from {', '.join(self.available_models())}")
+        if name not in self._models:
+            rows = {row["name"]: row for row in self.models()}
+            if name not in rows:
+                raise FastSAM3DError(f"model {name!r} is not offered by this server; choose from "
+                                     f"{', '.join(self.available_models())}")
+            if not rows[name]["available"]:
+                raise FastSAM3DError(f"model {name!r}: its weights are not on this server; there run "
+                                     f"`fastsam3d weights fetch {name}`")
         with self._lock:
             if name not in self._models:
-                self._models[name] = load_model(name, device=self.device, precision=self.settings.precision)
+                self._models[name] = self._load(name, None)
         return self._models[name]
+
+    def _load(self, name: str, checkpoint: str | None) -> tuple[torch.nn.Module, Model2DConfig | None]:
+        if name in MODEL_2D_CONFIGS:
+            return load_sam2d(name, checkpoint, self.device)
+        return load_model(name, checkpoint, device=self.device, precision=self.settings.precision), None
+
+    def _describe_model(self, name: str, available: bool, description: str = "") -> dict:
+        from ..registry import MODEL_CONFIGS
+
+        config = MODEL_2D_CONFIGS.get(name) or self._models.get(name, (None, None))[1]
+        if config is None:
+            known = MODEL_CONFIGS.get(name)
+            return {"name": name, "dims": 3, "prompts": ["point", "box"], "available": available,
+                    "description": description or (known.description if known else "")}
+        return {"name": name, "dims": 2, "prompts": ["point", "box"] if config.point_prompts else ["box"],
+                "clicks": "points" if config.point_prompts else "box edits", "available": available,
+                "description": description or config.description}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -205,7 +249,7 @@ class SessionStore:
     def open_path(self, relative: str, model: str | None = None) -> ServerSession:
         """A session on a volume of the data folder (runs in a worker thread)."""
         self._check_room()
-        network = self.model_for(model)
+        network = (model or self.settings.model, *self.model_for(model))
         path = self.resolve_data_path(relative)
         volume = self.read(path, display_name(relative, "volume"))
         dicom_dir = path if path.is_dir() else None
@@ -220,7 +264,7 @@ class SessionStore:
         if suffix is None:
             raise VolumeError("upload a .nii.gz, .nii, .nrrd, .mha file or a .zip of a DICOM series")
         self._check_room()
-        network = self.model_for(model)
+        network = (model or self.settings.model, *self.model_for(model))
         folder = self.temp.new_folder()
         try:
             path = folder / f"upload{suffix}"
@@ -282,14 +326,19 @@ class SessionStore:
         if len(self._sessions) >= self.settings.max_sessions:
             raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
 
-    def _add(self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None, model: torch.nn.Module) -> ServerSession:
+    def _add(self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None,
+             model: tuple[str, torch.nn.Module, Model2DConfig | None]) -> ServerSession:
+        model_name, network, config = model
         try:
             with self._lock:
                 self._check_room()
-                session = Session(model, device=self.device, cache_mb=self.settings.cache_mb)
+                if config is None:
+                    session = Session(network, device=self.device, cache_mb=self.settings.cache_mb)
+                else:
+                    session = SliceSession(network, config=config, device=self.device, cache_mb=self.settings.cache_mb)
                 session.set_image(volume)
                 entry = ServerSession(uuid.uuid4().hex, name, session, folder, dicom_dir,
-                                      intensity=(float(volume.array.min()), float(volume.array.max())))
+                                      intensity=(float(volume.array.min()), float(volume.array.max())), model=model_name)
                 self._sessions[entry.id] = entry
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
