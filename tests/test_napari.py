@@ -107,18 +107,26 @@ def test_translated_anisotropic_oblique_layer_is_clicked_where_drawn(make_napari
     assert viewer.layers["FastSAM3D uncertainty"].data.shape == array.shape
 
 
-def test_reader_sets_the_affine_and_the_ct_window(tmp_path):
+def test_reader_places_the_volume_and_picks_the_ct_window(tmp_path):
+    from napari.layers import Image
+
     from fastsam3d.io import Volume
-    from fastsam3d.napari.layers import REVERSE
+    from fastsam3d.napari.layers import REVERSE, index_to_world, world_to_index
     from fastsam3d.napari.reader import get_reader
 
-    volume, _ = sphere_volume()
-    ct = Volume(volume.array * 10 - 1000, volume.spacing, volume.origin, volume.direction)
-    write_volume(ct, tmp_path / "ct.nii.gz")
+    oblique, _ = sphere_volume()
+    ras_stored = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # permuted and flipped, not oblique
     assert get_reader(str(tmp_path / "notes.txt")) is None and get_reader(str(tmp_path)) is None
-    [(data, kwargs, kind)] = get_reader(str(tmp_path / "ct.nii.gz"))(str(tmp_path / "ct.nii.gz"))
-    assert kind == "image" and data.shape == ct.shape[::-1]
-    index = np.array([7.0, 11.0, 13.0])
-    world = kwargs["affine"] @ np.append(index[::-1], 1.0)  # data axes (k, j, i) -> napari world (z, y, x)
-    np.testing.assert_allclose(REVERSE @ world[:3], ct.index_to_world(index), atol=1e-3)  # = LPS mm
-    assert kwargs["contrast_limits"] == (-160, 240)  # CT soft tissue
+    for name, direction in (("axis-aligned.nii.gz", ras_stored), ("oblique.nii.gz", oblique.direction)):
+        ct = Volume(oblique.array * 10 - 1000, oblique.spacing, oblique.origin, direction)
+        write_volume(ct, tmp_path / name)
+        [(data, kwargs, kind)] = get_reader(str(tmp_path / name))(str(tmp_path / name))
+        layer = Image(data, **kwargs)
+        index = np.array([7.0, 11.0, 13.0])
+        world = index_to_world(layer, index)
+        np.testing.assert_allclose(world_to_index(layer, world), index, atol=1e-6)  # a click lands on the voxel drawn there
+        assert data[tuple(np.round(layer.world_to_data(world)).astype(int))] == ct.array[7, 11, 13]
+        if name.startswith("axis"):  # exact world position (LPS), and the data axes run along z, y, x
+            np.testing.assert_allclose(REVERSE @ world, ct.index_to_world(index), atol=1e-3)
+            assert (np.asarray(layer.scale) > 0).all()
+        assert kind == "image" and kwargs["contrast_limits"] == (-160, 240)  # CT soft tissue

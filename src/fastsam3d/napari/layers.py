@@ -4,11 +4,16 @@ napari world frame used here: axes (z, y, x) of LPS millimetres, so napari's def
 last two axes on screen, the first on the slider) is an axial view in the radiological convention:
 anterior at the top, the patient's left on the right of the screen, superior on the slider.
 
-A volume read by the plugin is shown as its array transposed to (k, j, i) (a view, no copy) with the
-4x4 affine from those data axes to that world frame (spacing, direction and origin), so napari draws
-it where it lies, oblique or not. Any other image layer is used as napari sees it: its data axes are
-the session's voxel axes and its full transform (scale, translate, rotate, shear, affine) gives the
-geometry. ``world_to_index`` and ``index_to_world`` go through napari's own transform of the layer.
+A volume read by the plugin is shown as a view of its array with the voxel axes permuted and
+flipped to the closest of those world axes (as NiiVue and ITK-SNAP show volumes: no resampling),
+placed by its spacing and origin. For an axis-aligned volume (any orientation) that is its exact
+affine; an oblique one is shown without its obliquity, because napari draws 2D slices of a layer
+rotated out of the slice plane without that rotation (its "non-orthogonal slicing"), so clicks
+would land on other voxels than the ones drawn. The true geometry stays with the volume (export).
+Any other image layer is used as napari sees it: its data axes are the session's voxel axes and its
+full transform (scale, translate, rotate, shear, affine) gives the geometry. ``world_to_index`` and
+``index_to_world`` go through napari's own transform of the layer, so a click lands on the voxel
+napari draws there.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import numpy as np
 from ..io import Volume
 
 VOLUME_KEY = "fastsam3d_volume"  # layer metadata: the Volume in session voxel order (i, j, k)
-AXES_KEY = "fastsam3d_axes"  # layer metadata: data axis order relative to the session's (i, j, k)
+AXES_KEY = "fastsam3d_axes"  # layer metadata: the session axis (i, j, k) shown as each data axis
+FLIPS_KEY = "fastsam3d_flips"  # layer metadata: data axes that run backwards along their session axis
 REVERSE = np.eye(3)[::-1]  # LPS (x, y, z) <-> napari world (z, y, x)
 
 # (level, width) window presets; "CT soft tissue" is chosen for a CT (intensities down to air)
@@ -26,13 +32,31 @@ WINDOWS = {"CT soft tissue": (40, 400), "CT lung": (-600, 1500), "CT bone": (400
 
 
 def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict]:
-    """The (data, kwargs) of an image layer showing ``volume``: a (k, j, i) view and its affine."""
-    affine = np.eye(4)
-    affine[:3, :3] = REVERSE @ (volume.direction * volume.spacing) @ REVERSE  # (k, j, i) -> (z, y, x)
-    affine[:3, 3] = REVERSE @ volume.origin
-    kwargs = {"name": name, "affine": affine, "colormap": "gray", "contrast_limits": default_limits(volume.array),
-              "metadata": {VOLUME_KEY: volume, AXES_KEY: (2, 1, 0)}}
-    return volume.array.transpose(2, 1, 0), kwargs
+    """The (data, kwargs) of an image layer showing ``volume`` (a view of its array, see the module docstring)."""
+    linear = REVERSE @ (volume.direction * volume.spacing)  # session axis (column) -> world (z, y, x)
+    axes = closest_axes(volume.direction)
+    flips = tuple(bool(linear[w, axes[w]] < 0) for w in range(3))
+    view = volume.array.transpose(axes)[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    corner = np.array([volume.shape[axes[w]] - 1 if flips[w] else 0 for w in range(3)], float)
+    first = np.empty(3)
+    first[list(axes)] = corner  # the session index of data voxel (0, 0, 0)
+    kwargs = {"name": name, "scale": volume.spacing[list(axes)], "translate": REVERSE @ volume.index_to_world(first),
+              "colormap": "gray", "contrast_limits": default_limits(volume.array),
+              "metadata": {VOLUME_KEY: volume, AXES_KEY: axes, FLIPS_KEY: flips}}
+    return view, kwargs
+
+
+def closest_axes(direction: np.ndarray) -> tuple[int, int, int]:
+    """For napari world axes (z, y, x) = LPS (2, 1, 0): the session axis closest to each."""
+    weights = np.abs(np.asarray(direction))[::-1]  # rows: world z, y, x
+    axes: list[int] = [-1, -1, -1]
+    for _ in range(3):  # greedy on the largest remaining cosine: always a permutation
+        masked = weights.copy()
+        masked[[w for w in range(3) if axes[w] >= 0], :] = -1
+        masked[:, [a for a in axes if a >= 0]] = -1
+        w, a = np.unravel_index(np.argmax(masked), masked.shape)
+        axes[w] = int(a)
+    return tuple(axes)
 
 
 def is_ct(array: np.ndarray) -> bool:
@@ -58,6 +82,10 @@ def layer_axes(layer) -> tuple[int, int, int]:
     return tuple(layer.metadata.get(AXES_KEY, (0, 1, 2)))
 
 
+def layer_flips(layer) -> tuple[bool, bool, bool]:
+    return tuple(layer.metadata.get(FLIPS_KEY, (False, False, False)))
+
+
 def layer_volume(layer) -> Volume:
     """The volume a session works on for an image layer (session voxel order, LPS geometry)."""
     volume = layer.metadata.get(VOLUME_KEY)
@@ -76,16 +104,23 @@ def layer_volume(layer) -> Volume:
 def world_to_index(layer, world) -> np.ndarray:
     """napari world coordinates (z, y, x) -> continuous session voxel index (i, j, k) of the layer's volume."""
     data = np.asarray(layer.world_to_data(np.asarray(world, dtype=float)[-3:]), dtype=float)
-    index = np.empty(3)
-    index[list(layer_axes(layer))] = data
-    return index
+    return _data_to_index(layer, data)
 
 
 def index_to_world(layer, index) -> np.ndarray:
     """Session voxel index (i, j, k) -> napari world coordinates of the layer."""
     index = np.asarray(index, dtype=float)
-    data = index[list(layer_axes(layer))]
+    axes, flips, shape = layer_axes(layer), layer_flips(layer), np.shape(layer.data)
+    data = np.array([shape[w] - 1 - index[axes[w]] if flips[w] else index[axes[w]] for w in range(3)])
     return np.asarray(layer.data_to_world(data), dtype=float)
+
+
+def _data_to_index(layer, data: np.ndarray) -> np.ndarray:
+    axes, flips, shape = layer_axes(layer), layer_flips(layer), np.shape(layer.data)
+    index = np.empty(3)
+    for w in range(3):
+        index[axes[w]] = shape[w] - 1 - data[w] if flips[w] else data[w]
+    return index
 
 
 def layer_transform(layer) -> dict:
@@ -96,4 +131,5 @@ def layer_transform(layer) -> dict:
 
 def session_view(array: np.ndarray, layer) -> np.ndarray:
     """A session array (i, j, k) seen in the layer's data order (a view: updates show after a refresh)."""
-    return array.transpose(layer_axes(layer))
+    flips = layer_flips(layer)
+    return array.transpose(layer_axes(layer))[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
