@@ -407,9 +407,12 @@ def official_models() -> list[dict]:
     rows = []
     for entry in CATALOGUE.values():
         path = cached_path(entry.name)
+        size = entry.size
+        if path is not None and path.is_file():  # the real size once it is here
+            size = f"{path.stat().st_size / 1e6:.1f} MB"
         rows.append({
             "name": entry.name, "dims": entry.dims, "description": entry.description, "licence": entry.licence,
-            "size": entry.size, "source": entry.download_url if is_downloadable(entry.name) else entry.source,
+            "size": size, "source": entry.download_url if is_downloadable(entry.name) else entry.source,
             "page": entry.page, "cached": path is not None,
             "path": str(path) if path else None, "runnable": entry.runnable,
         })
