@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
-from fastsam3d.errors import CheckpointError
+from fastsam3d.errors import CheckpointError, PromptError
 from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
@@ -102,6 +102,20 @@ def test_box_edits_for_box_only_models():
     assert np.array_equal(session.mask(), after)
 
 
+def test_box_only_models_start_from_a_box_and_clicks_continue_the_object():
+    volume, inside = ellipsoid_volume()
+    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session.set_image(volume)
+    with pytest.raises(PromptError, match="takes a box first"):
+        session.add_click((20, 15, 10))
+    assert session.objects[session.active].state.box is None  # nothing applied
+    where = np.argwhere(inside[:, :, 10])
+    session.set_box((*where.min(0), 8), (*where.max(0), 12))  # slices 8-12 only
+    answer = session.add_click((20, 15, 13))  # the object continues on slice 13, and on beyond it
+    assert np.nonzero(session.mask().any(axis=(0, 1)))[0].tolist() == list(range(8, 15))
+    assert answer.changed_region[2] == slice(8, 15) and answer.timings.slices == 3  # 13, 14, and empty 15
+
+
 def test_tinyvit_batchnorm_folding_is_exact():
     encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 80), num_heads=(1, 2, 2, 4), out_chans=32).eval()
     for module in encoder.modules():
@@ -140,7 +154,7 @@ def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save(state, path)
     for name in ("sam-vit-b", "medsam"):
-        loaded, config = load_sam2d(name, path)
+        loaded, _config = load_sam2d(name, path)
         torch.testing.assert_close(loaded.image_encoder.pos_embed, state["image_encoder.pos_embed"])
     with torch.inference_mode():  # a 1024 x 1024 slice -> 64 x 64 embedding -> 256 x 256 logits
         embedding = loaded.encode(torch.rand(1, 3, 1024, 1024))
