@@ -7,10 +7,12 @@ Playwright."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -183,12 +185,18 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         page.wait_for_selector("body[data-status=error]", timeout=30_000)
         assert "outside the volume" in page.locator("#status").inner_text()
         assert page.evaluate("window.fastsam3d.state.busy") is False
+        # a stream that paints a slice, then fails: the slice is taken back
+        labelled = page.evaluate("document.body.dataset.labelled")
+        piece = {"start": [10, 10, 5], "stop": [30, 30, 6], "dtype": "uint8", "order": "F", "encoding": "zlib+base64",
+                 "data": base64.b64encode(zlib.compress(np.full(400, 3, np.uint8).tobytes())).decode()}
         page.route("**/clicks?stream=true", lambda route: route.fulfill(status=200, content_type="application/x-ndjson",
-                   body='{"event": "progress", "done": 1, "total": null, "region": null}\n'
+                   body=json.dumps({"event": "progress", "done": 1, "total": None, "region": piece}) + "\n"
                         '{"event": "error", "detail": "model failed on slice 3", "status": 500}\n'))
         page.evaluate("window.fastsam3d.interact('clicks', {points: [[0, 0, 0]], positive: true, coordinates: 'ras'})")
         assert "model failed on slice 3" in page.locator("#status").inner_text()  # a stream's error event
         assert page.evaluate("window.fastsam3d.state.busy") is False
+        assert page.evaluate("document.body.dataset.labelled") == labelled
+        assert page.evaluate("window.fastsam3d.nv.drawBitmap.includes(3)") is False
         page.unroute("**/clicks?stream=true")
 
         # uncertainty of object 1: only near the object, with a legend

@@ -140,16 +140,42 @@ function rasMapping(volume) {
 
 // --- labels: the drawing layer, patched per region --------------------------------------------
 
-async function paintRegion(region) {
+async function paintRegion(region, saved = null) {
   // Write an answer's changed box (server voxels, i fastest) into the label map and NiiVue's
-  // drawing texture; upload only that box, then draw the scene once.
+  // drawing texture, uploading only that box (the caller draws the scene once). With `saved`, the
+  // box's previous labels are pushed onto it first (to take a streamed answer back, see unpaint).
   const started = performance.now();
   const values = await regionValues(region);
   state.decodeMs = performance.now() - started;
+  if (saved) saved.push({ start: region.start, stop: region.stop, values: boxValues(region.start, region.stop) });
+  paintValues(region.start, region.stop, values);
+}
+
+function boxValues(start, stop) {
+  const [nx, ny] = state.ras.dims;
+  const out = new Uint16Array((stop[0] - start[0]) * (stop[1] - start[1]) * (stop[2] - start[2]));
+  let n = 0;
+  for (let k = start[2]; k < stop[2]; k++) {
+    for (let j = start[1]; j < stop[1]; j++) {
+      const at = start[0] + nx * (j + ny * k);
+      out.set(state.labels.subarray(at, at + stop[0] - start[0]), n);
+      n += stop[0] - start[0];
+    }
+  }
+  return out;
+}
+
+function unpaint(saved) {
+  // Restore boxes saved by paintRegion, newest first (a stream that ended in an error changed nothing).
+  for (const box of saved.reverse()) paintValues(box.start, box.stop, box.values);
+  saved.length = 0;
+}
+
+function paintValues(start, stop, values) {
   const m = state.ras;
   const [nx, ny] = m.dims;
-  const [i0, j0, k0] = region.start;
-  const [i1, j1, k1] = region.stop;
+  const [i0, j0, k0] = start;
+  const [i1, j1, k1] = stop;
   const labels = state.labels;
   let n = 0, delta = 0;
   for (let k = k0; k < k1; k++) {
@@ -168,7 +194,7 @@ async function paintRegion(region) {
   const lo = [0, 0, 0], size = [0, 0, 0];
   for (let r = 0; r < 3; r++) {
     const a = m.axis[r];
-    const [s, e] = [region.start[a], region.stop[a]];
+    const [s, e] = [start[a], stop[a]];
     lo[r] = m.flip[r] ? m.dims[a] - e : s;
     size[r] = e - s;
   }
@@ -362,13 +388,14 @@ async function interact(path, body) {
   setStatus("busy", "segmenting…");
   const started = performance.now();
   let paint = 0;
+  const streamed = [];  // boxes painted from progress events, with their previous labels
   try {
     const streams = path === "clicks" || path === "box";
     const response = await api(`/api/sessions/${state.session.id}/${path}${streams ? "?stream=true" : ""}`, { json: body });
     const answer = await readAnswer(response, async (event) => {
       state.progressEvents = (state.progressEvents || 0) + 1;
       if (!event.region) return;
-      await paintRegion(event.region);
+      await paintRegion(event.region, streamed);
       nv.drawScene();
       setStatus("busy", `segmenting… ${event.done}${event.total ? ` / ${event.total}` : ""} slices`);
     });
@@ -394,6 +421,7 @@ async function interact(path, body) {
     $("error").hidden = true;
     setStatus("ready", "ready");
   } catch (error) {
+    if (streamed.length) { unpaint(streamed); nv.drawScene(); }
     showError(error.message);
   } finally {
     state.busy = false;
