@@ -28,7 +28,7 @@ def make_widget(viewer):
     widget = FastSAM3DWidget(viewer)
     viewer.window.add_dock_widget(widget, name="FastSAM3D")
     widget.session = Session(IntensityModel(), device="cpu")  # stand-in model: exact, no weights to load
-    widget.model_name = widget.model_box.currentText()
+    widget.model_name = widget._chosen_model()
     return widget
 
 

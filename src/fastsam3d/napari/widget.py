@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io import read_volume
-from ..session import Session
+from ..session import Session, open_session
 from .layers import (WINDOWS, image_layer_data, index_to_world, is_ct, layer_transform, layer_volume, session_view,
                      window_limits, world_to_index)
 
@@ -53,8 +53,8 @@ class FastSAM3DWidget(QWidget):
         self._syncing = False
 
         self.model_box = QComboBox()
-        self.model_box.setEditable(True)
-        self.model_box.addItems([model] + [m for m in ("fastsam3d", "sam-med3d-turbo") if m != model])
+        self.model_box.setEditable(True)  # a checkpoint path may be typed in
+        self._fill_models(model)
         self.layer_box = QComboBox()
         self.start_button = QPushButton("Start on layer")
         self.open_button = QPushButton("Open volume…")
@@ -122,6 +122,28 @@ class FastSAM3DWidget(QWidget):
 
     # --- set-up -------------------------------------------------------------------------
 
+    def _fill_models(self, default: str) -> None:
+        """The default model, then every official 3D model; those whose weights are not here are
+        listed greyed out with the command that fetches them."""
+        try:
+            from ..hub import official_models
+
+            rows = [r for r in official_models() if r["runnable"] and r["dims"] == 3 and r["name"] != default]
+        except Exception:  # noqa: BLE001 - the catalogue is optional here
+            rows = []
+        self.model_box.addItem(default, default)
+        for row in rows:
+            text = row["name"] if row["cached"] else f"{row['name']} (not downloaded: fastsam3d weights fetch {row['name']})"
+            self.model_box.addItem(text, row["name"])
+            if not row["cached"]:
+                item = self.model_box.model().item(self.model_box.count() - 1)
+                item.setEnabled(False)
+
+    def _chosen_model(self) -> str:
+        text = self.model_box.currentText().strip()
+        index = self.model_box.findText(text)
+        return (self.model_box.itemData(index) if index >= 0 else text) or "default"
+
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_box.currentText()
         names = [layer.name for layer in self.viewer.layers if layer.__class__.__name__ == "Image" and layer.name != UNCERTAINTY]
@@ -154,9 +176,9 @@ class FastSAM3DWidget(QWidget):
             return
         layer = self.image_layer = self.viewer.layers[name]
         volume = layer_volume(layer)
-        model = self.model_box.currentText().strip() or "default"
+        model = self._chosen_model()
         if self.session is None or model != self.model_name:
-            self.session = Session(model)
+            self.session = open_session(model)
             self.model_name = model
         self.session.set_image(volume)
         self.session.add_object()
