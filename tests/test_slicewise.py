@@ -167,16 +167,22 @@ def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
         load_sam2d("sam-vit-b", tmp_path / "partial.pth")
 
 
-def test_cli_rejects_maps_for_2d_models(tmp_path, capsys):
-    volume, _ = ellipsoid_volume()
-    from fastsam3d.io import write_volume
+def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsys, monkeypatch):
+    volume, inside = ellipsoid_volume()
+    from fastsam3d import slicewise
+    from fastsam3d.io import read_volume, write_volume
 
+    monkeypatch.setattr(slicewise, "load_sam2d", lambda *args: (BrightInBox(), BrightInBox.config))
     write_volume(volume, tmp_path / "v.nii.gz")
-    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "5,5,5,30,20,15",
-                 "--out", str(tmp_path / "o.nii.gz"), "--uncertainty", str(tmp_path / "u.nii.gz")])
-    assert code == 2 and "3D model" in capsys.readouterr().err
-    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "5,5,5,30,20,15", "--out", str(tmp_path / "o.nii.gz")])
-    assert code == 2 and "--checkpoint" in capsys.readouterr().err
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "8,6,10,32,24,10",
+                 "--out", str(tmp_path / "o.nii.gz"), "--uncertainty", str(tmp_path / "u.nii.gz"), "--samples", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert dice(read_volume(tmp_path / "o.nii.gz").array > 0, inside) > 0.95  # a one-slice box, propagated
+    entropy = read_volume(tmp_path / "u.nii.gz").array
+    assert entropy.max() > 0.1 and not entropy[:, :, :5].any()  # unsure at the edges, nothing off the object
+    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--point", "20,15,10",
+                 "--out", str(tmp_path / "p.nii.gz")])
+    assert code == 2 and "takes a box first" in capsys.readouterr().err and not (tmp_path / "p.nii.gz").exists()
 
 
 # --- the real LiteMedSAM weights ------------------------------------------------------------

@@ -376,19 +376,24 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
 
     from .slicewise import SliceSession
 
-    if args.probability or args.uncertainty:
-        raise FastSAM3DError("--probability and --uncertainty need a 3D model; 2D models give a mask only")
     session = SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
     volume = session.set_image(args.image)
+    session.add_object()
     bar = _slice_progress(session, args.quiet)
     try:
         steps, mask = _apply_prompts(session, args)
     finally:
         if bar is not None:
             bar.close()
-    written = session.save_labels(args.out)
+    written = [session.save_labels(args.out)]
+    if args.probability or args.uncertainty:  # mean over jittered boxes on the cached slice embeddings
+        uncertainty = session.uncertainty(samples=args.samples)
+        steps.append((f"uncertainty ({args.samples} samples)", session.timings))
+        for path, which in ((args.probability, "probability"), (args.uncertainty, "entropy")):
+            if path:
+                written.append(session.save_map(uncertainty.full(which, volume.shape), path))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {written}")
+    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {', '.join(map(str, written))}")
     if args.timing:
         for name, timing in steps:
             log.info(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")

@@ -591,6 +591,20 @@ class Session:
         return Interaction(box, self.timings)
 
 
+def open_session(model: str | Path = "default", checkpoint: str | Path | None = None,
+                 device: str | torch.device | None = None, **options):
+    """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
+    ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.slicewise.SliceSession`,
+    every other model in a 3D :class:`Session`; both take the same verbs and answer alike."""
+    from .registry2d import is_2d_model
+
+    if is_2d_model(model):
+        from .slicewise import SliceSession
+
+        return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
+    return Session(model, device=device, checkpoint=checkpoint, **options)
+
+
 def _nbytes(embedding) -> int:
     """Bytes of a tensor or of a (nested) tuple/list of tensors."""
     if isinstance(embedding, torch.Tensor):

@@ -57,6 +57,7 @@ from .interaction import (
     voxel_index,
 )
 from .io import Volume, check_finite, read_volume, write_volume
+from .modeling.precision import apply_precision
 from .modeling.sam2d import Sam2D
 from .preprocess import canonical_axes, upsampling_weights
 from .registry2d import Model2DConfig, load_sam2d
@@ -152,19 +153,25 @@ class SliceSession:
         box_margin: pixels added around a slice's mask to prompt its neighbour.
         min_pixels: a slice mask smaller than this ends the object.
         cache_mb: slice embeddings kept (LRU; LiteMedSAM: 2 MB per slice).
+        precision: the image encoder's arithmetic, ``"fp32"`` (default), ``"int8"`` or ``"bf16"``
+            (:mod:`fastsam3d.modeling.precision`; see ``benchmarks/slicewise.py`` for their cost).
     """
 
     dims = 2
 
     def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
                  axis: int | None = None, box_margin: int = 3, min_pixels: int = 5, config: Model2DConfig | None = None,
-                 cache_mb: float = 1024.0) -> None:
+                 cache_mb: float = 1024.0, precision: str = "fp32") -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, str):
             model, config = load_sam2d(model, checkpoint, self.device)
         elif config is None:
             raise ValueError("a model instance needs its Model2DConfig")
         self.model, self.config = model.to(self.device).eval(), config
+        encoder = getattr(self.model, "image_encoder", self.model)
+        if precision != getattr(encoder, "precision", "fp32"):
+            apply_precision(encoder, precision)
+        self.precision = getattr(encoder, "precision", "fp32")
         self.requested_axis = axis
         self.box_margin = box_margin
         self.min_pixels = min_pixels
