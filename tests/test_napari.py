@@ -130,3 +130,14 @@ def test_reader_places_the_volume_and_picks_the_ct_window(tmp_path):
             np.testing.assert_allclose(REVERSE @ world, ct.index_to_world(index), atol=1e-3)
             assert (np.asarray(layer.scale) > 0).all()
         assert kind == "image" and kwargs["contrast_limits"] == (-160, 240)  # CT soft tissue
+
+
+def test_reader_opens_a_dicom_folder():
+    from fastsam3d.napari.reader import get_reader
+
+    folder = Path.home() / ".cache" / "fastsam3d" / "totalsegmentator" / "reference_files" / "example_ct_dicom"
+    if not folder.is_dir():
+        pytest.skip("development data not fetched (fastsam3d data fetch)")
+    [(data, kwargs, kind)] = get_reader(str(folder))(str(folder))
+    assert kind == "image" and data.ndim == 3 and kwargs["contrast_limits"] == (-160, 240)
+    assert (np.asarray(kwargs["scale"]) > 0).all()
