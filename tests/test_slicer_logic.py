@@ -129,3 +129,83 @@ def test_effect_applies_only_the_changed_region_with_masking(server_url):
     with pytest.raises(ServerError, match="cannot reach"):
         Background(FastSAM3DLogic("http://127.0.0.1:9", timeout=2).check).wait(10)
     logic.close()
+
+
+def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
+    """The Segment Editor effect's own Python (Slicer, Qt and VTK replaced by stand-ins): a click in
+    a slice view uploads the volume and segments in background calls, then hands the Segment Editor
+    one modifier labelmap with the changed extent, after saving an undo state. What Slicer does with
+    it is Slicer's; this checks the glue's wiring against a real server."""
+    import importlib
+    import time
+    import types
+    from unittest import mock
+
+    array, ijk_to_ras, truth, _ = slicer_volume()
+    scalars = {}
+
+    class Modifier:
+        def SetExtent(self, *extent):
+            self.extent = extent
+
+        def AllocateScalars(self, *args):
+            i0, i1, j0, j1, k0, k1 = self.extent
+            scalars["array"] = np.zeros((k1 - k0 + 1) * (j1 - j0 + 1) * (i1 - i0 + 1), np.uint8)
+
+        def SetImageToWorldMatrix(self, matrix):
+            pass
+
+        def GetPointData(self):
+            return mock.Mock(GetScalars=lambda: "scalars")
+
+    numpy_support = types.SimpleNamespace(vtk_to_numpy=lambda _: scalars["array"])
+    vtk = mock.MagicMock()
+    vtk.util.numpy_support = numpy_support
+    slicer = mock.MagicMock()
+    slicer.util.arrayFromVolume = lambda node: array
+    slicer.util.arrayFromVTKMatrix = lambda matrix: ijk_to_ras
+    slicer.vtkOrientedImageData = Modifier
+    base = types.ModuleType("SegmentEditorEffects")
+
+    class Abstract:
+        def __init__(self, scriptedEffect):
+            self.scriptedEffect = scriptedEffect
+
+    base.AbstractScriptedSegmentEditorEffect = Abstract
+    for name, module in (("qt", mock.MagicMock()), ("slicer", slicer), ("vtk", vtk), ("vtk.util", vtk.util),
+                         ("vtk.util.numpy_support", numpy_support), ("SegmentEditorEffects", base)):
+        monkeypatch.setitem(sys.modules, name, module)
+    effect_module = importlib.import_module("FastSAM3DLib.SegmentEditorEffect")
+    effect_module = importlib.reload(effect_module)
+    scripted = mock.MagicMock()
+    volume = mock.MagicMock()
+    volume.GetParentTransformNode.return_value = None
+    parameters = scripted.parameterSetNode.return_value
+    parameters.GetSourceVolumeNode.return_value = volume
+    parameters.GetSelectedSegmentID.return_value = "Segment_1"
+    parameters.GetSegmentationNode.return_value.GetSegmentation.return_value.GetSegment.return_value.GetName.return_value = "liver"
+    effect = effect_module.SegmentEditorEffect(scripted)
+    effect.modelBox = mock.MagicMock(currentData=None)
+    effect.statusLabel, effect.progress = mock.MagicMock(), mock.MagicMock()
+    effect.logic = FastSAM3DLogic(server_url, api_key="k")
+
+    def settle():
+        deadline = time.monotonic() + 60
+        while effect.pending is not None and time.monotonic() < deadline:
+            effect._poll()  # what the QTimer does
+            time.sleep(0.01)
+        assert effect.pending is None and "error" not in str(effect.statusLabel.text), effect.statusLabel.text
+
+    centre_ijk = np.argwhere(truth).mean(0)[::-1]
+    ras = (ijk_to_ras @ np.append(centre_ijk, 1.0))[:3].tolist()
+    effect.submit(lambda label: effect.logic.click(ras, True, label))
+    settle()
+    assert effect.objects == {"Segment_1": 1} and effect.logic.session["shape"] == [120, 100, 44]
+    calls = [c[0] for c in scripted.method_calls if c[0] in ("saveStateForUndo", "modifySelectedSegmentByLabelmap")]
+    assert calls == ["saveStateForUndo", "modifySelectedSegmentByLabelmap"]
+    modifier, _mode, extent = scripted.modifySelectedSegmentByLabelmap.call_args[0]
+    i0, i1, j0, j1, k0, k1 = extent
+    mask = scalars["array"].reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+    np.testing.assert_array_equal(mask, effect.logic.labels[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] == 1)
+    assert mask.sum() > 0.9 * truth.sum()
+    effect.logic.close()
