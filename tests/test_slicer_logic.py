@@ -16,8 +16,15 @@ from .conftest import IntensityModel, running_server
 from .test_session import sphere_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer" / "FastSAM3D"))
-from FastSAM3DLib.logic import (Background, FastSAM3DLogic, ServerError, apply_segment_region,  # noqa: E402
-                                flat_box_corners, ras_to_ijk, segment_region)
+from FastSAM3DLib.logic import (
+    Background,
+    FastSAM3DLogic,
+    ServerError,
+    apply_segment_region,
+    flat_box_corners,
+    ras_to_ijk,
+    segment_region,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,7 @@ def test_effect_applies_only_the_changed_region_with_masking(server_url):
     """The Segment Editor effect's path: each answer's changed box applied to one segment (Set mode,
     within the extent, editable area and overwrite honoured) reproduces the server's object mask;
     requests run in a background thread; a box by two corners on one slice gets a depth."""
-    array, ijk_to_ras, truth, volume = slicer_volume()
+    array, ijk_to_ras, truth, _ = slicer_volume()
     logic = FastSAM3DLogic(server_url, api_key="k")
     Background(logic.open_volume, array, ijk_to_ras, "sphere").wait(60)
     label = Background(logic.add_object, "sphere").wait(60)
@@ -116,7 +123,7 @@ def test_effect_applies_only_the_changed_region_with_masking(server_url):
     assert not (other.astype(bool) & masked.astype(bool)).any()  # overwrite: the other segment gave way
 
     # two corners on one axial slice: a slab for a 3D model, the flat box for a 2D model
-    k = int(round(centre_ijk[2]))
+    k = round(centre_ijk[2])
     a = (ijk_to_ras @ np.array([centre_ijk[0] - 12, centre_ijk[1] - 12, k, 1.0]))[:3]
     b = (ijk_to_ras @ np.array([centre_ijk[0] + 12, centre_ijk[1] + 12, k, 1.0]))[:3]
     low, high = (ras_to_ijk(ijk_to_ras, c) for c in logic.flat_box(ijk_to_ras, a, b))
@@ -203,7 +210,7 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
     assert effect.objects == {"Segment_1": 1} and effect.logic.session["shape"] == [120, 100, 44]
     calls = [c[0] for c in scripted.method_calls if c[0] in ("saveStateForUndo", "modifySelectedSegmentByLabelmap")]
     assert calls == ["saveStateForUndo", "modifySelectedSegmentByLabelmap"]
-    modifier, _mode, extent = scripted.modifySelectedSegmentByLabelmap.call_args[0]
+    _modifier, _mode, extent = scripted.modifySelectedSegmentByLabelmap.call_args[0]
     i0, i1, j0, j1, k0, k1 = extent
     mask = scalars["array"].reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
     np.testing.assert_array_equal(mask, effect.logic.labels[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] == 1)

@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 import qt
-import slicer
-import vtk
+from FastSAM3DLib.logic import Background, FastSAM3DLogic, ServerError
+from FastSAM3DLib.SegmentEditorEffect import world_ijk_to_ras
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -24,8 +24,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FastSAM3DLib.logic import Background, FastSAM3DLogic, ServerError
-from FastSAM3DLib.SegmentEditorEffect import world_ijk_to_ras
+import slicer
 
 try:  # Slicer >= 5.4
     from slicer.parameterNodeWrapper import parameterNodeWrapper

@@ -13,12 +13,11 @@ outside Slicer against a real server); this file is the thin Slicer glue.
 
 import os
 
-import numpy as np
 import qt
-import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+import slicer
 from FastSAM3DLib.logic import Background, FastSAM3DLogic, ServerError, segment_region
 
 POLL_MS = 50
@@ -176,7 +175,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             array, matrix, name = slicer.util.arrayFromVolume(volume).copy(), world_ijk_to_ras(volume), volume.GetName()
             self.volume_node, self.objects = volume, {}
             self.ijk_to_ras = matrix
-            opened = lambda: self.logic.open_volume(array, matrix, name, model=model or None)  # noqa: E731
+            opened = lambda: self.logic.open_volume(array, matrix, name, model=model or None)
             self._start(opened, lambda answer: self.submit(request), "uploading the volume…")
             return
         segment_name = parameters.GetSegmentationNode().GetSegmentation().GetSegment(segment_id).GetName()

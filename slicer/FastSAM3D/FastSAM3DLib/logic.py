@@ -225,7 +225,7 @@ def flat_box_corners(ijk_to_ras, ras_a, ras_b, dims: int = 3, shape_ijk=None, de
     low[axis], high[axis] = centre - half, centre + half
     if shape_ijk is not None:
         low[axis], high[axis] = max(low[axis], 0), min(high[axis], shape_ijk[axis] - 1)
-    to_ras = lambda ijk: (matrix @ np.append(ijk, 1.0))[:3]  # noqa: E731
+    to_ras = lambda ijk: (matrix @ np.append(ijk, 1.0))[:3]
     return to_ras(low), to_ras(high)
 
 

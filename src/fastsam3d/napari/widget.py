@@ -18,14 +18,32 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-    QVBoxLayout, QWidget,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..io import read_volume
 from ..session import Session, open_session
-from .layers import (WINDOWS, image_layer_data, index_to_world, is_ct, layer_transform, layer_volume, session_view,
-                     window_limits, world_to_index)
+from .layers import (
+    WINDOWS,
+    image_layer_data,
+    index_to_world,
+    is_ct,
+    layer_transform,
+    layer_volume,
+    session_view,
+    window_limits,
+    world_to_index,
+)
 
 POINTS = "FastSAM3D prompts"
 LABELS = "FastSAM3D labels"
