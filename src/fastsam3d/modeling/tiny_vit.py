@@ -40,13 +40,19 @@ class ConvBN(nn.Sequential):
 
 def fuse_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every :class:`ConvBN` below ``module`` by its fused conv, in place (after loading
-    weights; the fused model has other state-dict keys)."""
+    weights; the fused model has other state-dict keys), and store the weights channels-last: the
+    256² MobileNet stage then runs in oneDNN's native layout, and the blocks' token views need no
+    copies (same output to ~3e-6)."""
+    _fuse(module)
+    return module.to(memory_format=torch.channels_last)
+
+
+def _fuse(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, ConvBN):
             setattr(module, name, child.fused())
         else:
-            fuse_batchnorm(child)
-    return module
+            _fuse(child)
 
 
 class MBConv(nn.Module):
@@ -190,6 +196,8 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.neck[2].weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # see fuse_batchnorm
         x = self.patch_embed.seq(x)
         for layer in self.layers:
             x = layer(x)
