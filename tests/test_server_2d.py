@@ -153,3 +153,28 @@ def test_litemedsam_segments_liver_and_spleen_from_a_one_slice_box_through_the_s
                 assert not corrected[tuple(voxel)] and answer["timings_ms"]["encoder"] == 0
                 print(f"  after an exclude click: Dice {dice(corrected, truth):.3f} ({answer['timings_ms']['server']:.0f} ms)")
                 assert dice(corrected, truth) >= dice(mask, truth) - 0.02
+
+
+class SlowBrightInBox(BrightInBox):
+    """The stand-in at 0.3 s per slice."""
+
+    def decode(self, *args, **kwargs):
+        time.sleep(0.3)
+        return super().decode(*args, **kwargs)
+
+
+def test_each_propagated_slice_renews_the_deadline(tmp_path):
+    volume, inside = ellipsoid_volume()
+    (tmp_path / "data").mkdir()
+    write_volume(volume, tmp_path / "data" / "ellipsoid.nii.gz")
+    settings = ServerSettings(data_dir=tmp_path / "data", temp_dir=tmp_path / "temp", request_seconds=1.0)
+    app = create_app(settings, model=IntensityModel())
+    app.state.store._models["slow"] = (SlowBrightInBox(), BrightInBox.config)
+    where = np.argwhere(inside[:, :, 10])
+    box = {"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]}
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sid = client.post("/api/sessions", json={"path": "ellipsoid.nii.gz", "model": "slow"}).json()["id"]
+        started = time.perf_counter()
+        answer = client.post(f"/api/sessions/{sid}/box", json=box)  # 11 slices x 0.3 s > the 1 s deadline
+        assert answer.status_code == 200, answer.text
+        assert time.perf_counter() - started > 3 and answer.json()["slices"] == 11

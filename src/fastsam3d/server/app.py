@@ -349,9 +349,30 @@ async def _interact(worker: SessionWorker, entry: ServerSession, action, report:
 
     if stream:
         return _streamed(worker, entry, work, started, scrub)
-    answer = await worker.run(entry, work)
+    answer = await worker.run(entry, partial(_reporting, work, None))
     answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
     return answer
+
+
+def _reporting(work, send, session: AnySession, job: Job):
+    """Run ``work`` with the 2D session's progress hook set: each slice renews the job's deadline
+    (and, with ``send``, is sent as a progress event); a cancelled job stops at the next slice."""
+    if not isinstance(session, SliceSession):
+        return work(session, job)
+
+    def report(progress: Progress) -> None:
+        if job.cancelled:
+            raise SessionBusyError("cancelled")
+        job.progressed = time.monotonic()  # the event loop's clock
+        if send is not None:
+            region = _encode(progress.region, progress.values) if progress.region is not None else None
+            send({"event": "progress", "done": progress.done, "total": progress.total, "region": region})
+
+    session.progress = report
+    try:
+        return work(session, job)
+    finally:
+        session.progress = None
 
 
 def _streamed(worker: SessionWorker, entry: ServerSession, work, started: float, scrub) -> StreamingResponse:
@@ -359,24 +380,11 @@ def _streamed(worker: SessionWorker, entry: ServerSession, work, started: float,
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict] = asyncio.Queue()
 
-    def reporting(session: AnySession, job: Job) -> dict:
-        def report(progress: Progress) -> None:
-            if job.cancelled:
-                raise SessionBusyError("cancelled")
-            region = _encode(progress.region, progress.values) if progress.region is not None else None
-            loop.call_soon_threadsafe(events.put_nowait, {"event": "progress", "done": progress.done,
-                                                          "total": progress.total, "region": region})
-
-        if isinstance(session, SliceSession):
-            session.progress = report
-        try:
-            return work(session, job)
-        finally:
-            if isinstance(session, SliceSession):
-                session.progress = None
+    def send(event: dict) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
 
     async def lines():
-        task = asyncio.ensure_future(worker.run(entry, reporting))
+        task = asyncio.ensure_future(worker.run(entry, partial(_reporting, work, send)))
         task.add_done_callback(lambda done: done.cancelled() or done.exception())  # a gone client's answer
         while True:
             getter = asyncio.ensure_future(events.get())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -33,6 +34,7 @@ class Job:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = "running"
+        self.progressed = 0.0  # time.monotonic() of the work's last progress (see SessionWorker.run)
 
     def cancel(self) -> bool:
         """Cancel unless already committed; True when cancelled."""
@@ -63,7 +65,9 @@ class SessionWorker:
         self._jobs: set[Job] = set()
 
     async def run(self, entry: ServerSession, work: Callable[[Session, Job], T]) -> T:
-        """``work(session, job)`` under the session's lock, in a thread, within the deadline."""
+        """``work(session, job)`` under the session's lock, in a thread, within the deadline; work
+        that reports progress (``job.progressed``: each slice of a 2D propagation) gets a new
+        deadline from each report."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.seconds
         if entry.waiting >= MAX_WAITING:
@@ -82,12 +86,17 @@ class SessionWorker:
         self._jobs.add(job)
         future = loop.run_in_executor(self.pool, work, entry.session, job)
         future.add_done_callback(lambda done: self._done(entry, job, done))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), max(deadline - loop.time(), 0.1))
-        except asyncio.TimeoutError:
-            if job.cancel():
-                raise SessionBusyError(f"the request took longer than {self.seconds:.0f} s and was not applied") from None
-            return await future  # committed just in time: its answer stands
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), max(deadline - loop.time(), 0.1))
+            except asyncio.TimeoutError:
+                renewed = job.progressed + self.seconds - time.monotonic()
+                if renewed > 0:
+                    deadline = loop.time() + renewed
+                    continue
+                if job.cancel():
+                    raise SessionBusyError(f"the request took longer than {self.seconds:.0f} s and was not applied") from None
+                return await future  # committed just in time: its answer stands
 
     async def open(self, work: Callable[[], T]) -> T:
         """Open a session (read and check a volume) off the event loop."""
