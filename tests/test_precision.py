@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fastsam3d.cli import main
+from fastsam3d.errors import CheckpointError
 from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_model_precision, apply_precision, default_precision
 from fastsam3d.reference_check import config_from_reference
 from fastsam3d.registry import build_model, load_model, load_state_dict_strict, save_model
@@ -122,6 +123,8 @@ def test_auto_picks_int8_for_wide_3d_sams_on_cpu_and_fp32_otherwise(tmp_path, mo
         apply_model_precision(build_model("tiny-student"), "int8", device="cuda")  # checked before any CUDA call
     with pytest.raises(ValueError, match="already runs in int8"):
         apply_model_precision(apply_model_precision(build_model("tiny-student"), "int8"), "bf16")
+    with pytest.raises(CheckpointError, match="runs in int8"):  # its int8 weights are not in the state dict
+        save_model(apply_model_precision(build_model("tiny-student"), "int8"), tmp_path / "int8.safetensors")
 
 
 def test_cli_precision_option(capsys, tmp_path, monkeypatch, intensity_model):

@@ -473,6 +473,8 @@ def save_model(model: Sam3D | ClickUNet3D, path: str | Path, half: bool = False)
     """Write weights + config as safetensors, atomically (temp file + rename)."""
     from safetensors.torch import save
 
+    if getattr(model, "precision", "fp32") != "fp32":  # int8 layers keep their weights outside the state dict
+        raise CheckpointError(f"the model runs in {model.precision}; save it from an fp32 load (precision='fp32')")
     path = Path(path)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     with atomic_output(path) as temp:  # written by Python: the umask's permissions (safetensors' own writer uses 0600)
