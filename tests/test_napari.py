@@ -12,7 +12,7 @@ import pytest
 from fastsam3d.io import read_volume, write_volume
 from fastsam3d.session import Session
 
-from .conftest import IntensityModel, rotation
+from .conftest import BrightInBox, IntensityModel, ellipsoid_volume, rotation
 from .test_session import sphere_volume
 
 napari = pytest.importorskip("napari", reason="pip install 'fastsam3d[napari]' (scripts/install.sh does)")
@@ -105,6 +105,28 @@ def test_translated_anisotropic_oblique_layer_is_clicked_where_drawn(make_napari
     widget.show_uncertainty()
     qtbot.waitUntil(lambda: not widget.busy and "FastSAM3D uncertainty" in viewer.layers, timeout=60_000)
     assert viewer.layers["FastSAM3D uncertainty"].data.shape == array.shape
+
+
+def test_a_2d_model_segments_from_a_box_drawn_on_one_slice(make_napari_viewer, qtbot):
+    """A 2D model through the widget: a rectangle drawn on one axial slice is sent flat (no depth),
+    segmented and propagated through the object's slices."""
+    from fastsam3d.slicewise import SliceSession
+
+    viewer = make_napari_viewer(show=False)
+    volume, inside = ellipsoid_volume()
+    array, inside = volume.array.transpose(2, 1, 0), inside.transpose(2, 1, 0)  # napari: slices on axis 0
+    layer = viewer.add_image(array, name="ellipsoid", scale=volume.spacing[::-1])
+    widget = make_widget(viewer)
+    widget.session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")  # a 2D stand-in
+    widget.start(layer.name)
+    where = np.argwhere(inside[10])
+    (r0, c0), (r1, c1) = where.min(0), where.max(0)
+    corners = np.array([[10, r0, c0], [10, r0, c1], [10, r1, c1], [10, r1, c0]], dtype=float)
+    widget.boxes_layer.add_rectangles(np.array([layer.data_to_world(c) for c in corners]))
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    labels = widget.session.labels.astype(bool)
+    assert np.nonzero(labels.any(axis=(1, 2)))[0].tolist() == list(range(6, 15))  # beyond the drawn slice
+    assert 2 * (labels & inside).sum() / (labels.sum() + inside.sum()) > 0.95
 
 
 def test_reader_places_the_volume_and_picks_the_ct_window(tmp_path):

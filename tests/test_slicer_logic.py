@@ -12,7 +12,7 @@ from fastsam3d.io import lps_to_ras
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from .conftest import IntensityModel, running_server
+from .conftest import BrightInBox, IntensityModel, ellipsoid_volume, running_server
 from .test_session import sphere_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer" / "FastSAM3D"))
@@ -216,3 +216,32 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
     np.testing.assert_array_equal(mask, effect.logic.labels[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] == 1)
     assert mask.sum() > 0.9 * truth.sum()
     effect.logic.close()
+
+
+def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
+    """A 2D model through the Slicer logic: listed with its prompts, a box clicked on one axial slice
+    sent flat, segmented and propagated through the sphere's slices."""
+    app = create_app(ServerSettings(api_key="k"), model=IntensityModel())
+    app.state.store._models["bright-in-box"] = (BrightInBox(), BrightInBox.config)  # a loaded 2D model
+    volume, inside = ellipsoid_volume()  # noise-free: the stand-in model thresholds each slice
+    array, truth = volume.array.transpose(2, 1, 0), inside.transpose(2, 1, 0)
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    with running_server(app) as url:
+        logic = FastSAM3DLogic(url, api_key="k")
+        listed = {m["name"]: m for m in logic.models()}
+        assert listed["bright-in-box"]["dims"] == 2 and listed["bright-in-box"]["prompts"] == ["box"]
+        info = logic.open_volume(array, ijk_to_ras, "sphere", model="bright-in-box")
+        assert info["dims"] == 2
+        label = logic.add_object("sphere")
+        where = np.argwhere(truth)  # (k, j, i)
+        k = int(round(where[:, 0].mean()))
+        plane = np.argwhere(truth[k])  # (j, i) on the middle slice
+        a = (ijk_to_ras @ np.array([plane[:, 1].min() - 2, plane[:, 0].min() - 2, k, 1.0]))[:3]
+        b = (ijk_to_ras @ np.array([plane[:, 1].max() + 2, plane[:, 0].max() + 2, k, 1.0]))[:3]
+        corners = logic.flat_box(ijk_to_ras, a, b)
+        assert round(ras_to_ijk(ijk_to_ras, corners[0])[2]) == round(ras_to_ijk(ijk_to_ras, corners[1])[2]) == k
+        answer = logic.box(*corners, label=label)
+        mask = logic.labels == label
+        assert answer["slices"] > 5 and mask.any(axis=(1, 2)).sum() > 5  # propagated beyond the drawn slice
+        assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+        logic.close()

@@ -113,6 +113,8 @@ class Session:
             converted in place). The one in use is ``session.precision``.
     """
 
+    dims = 3
+
     def __init__(
         self,
         model: Sam3D | str | Path = "default",

@@ -141,17 +141,19 @@ class FastSAM3DWidget(QWidget):
     # --- set-up -------------------------------------------------------------------------
 
     def _fill_models(self, default: str) -> None:
-        """The default model, then every official 3D model; those whose weights are not here are
-        listed greyed out with the command that fetches them."""
+        """The default model, then every official 3D and 2D model (2D ones run slice by slice and
+        start from a box); those whose weights are not here are listed greyed out with the command
+        that fetches them."""
         try:
             from ..hub import official_models
 
-            rows = [r for r in official_models() if r["runnable"] and r["dims"] == 3 and r["name"] != default]
+            rows = [r for r in official_models() if r["runnable"] and r["name"] != default]
         except Exception:  # noqa: BLE001 - the catalogue is optional here
             rows = []
         self.model_box.addItem(default, default)
         for row in rows:
-            text = row["name"] if row["cached"] else f"{row['name']} (not downloaded: fastsam3d weights fetch {row['name']})"
+            text = row["name"] + (" (2D, box first)" if row["dims"] == 2 else "")
+            text += "" if row["cached"] else f" (not downloaded: fastsam3d weights fetch {row['name']})"
             self.model_box.addItem(text, row["name"])
             if not row["cached"]:
                 item = self.model_box.model().item(self.model_box.count() - 1)
@@ -295,13 +297,15 @@ class FastSAM3DWidget(QWidget):
     def _on_boxes(self, event=None) -> None:
         if not len(self.boxes_layer.data) or self._syncing:
             return
-        # a rectangle drawn on one slice: 4 world points -> voxel corners; its thin axis gets the box depth
+        # a rectangle drawn on one slice: 4 world points -> voxel corners; for a 3D model its thin axis
+        # gets the box depth, a 2D model takes it flat (it segments that slice and propagates)
         corners = np.array([world_to_index(self.image_layer, p) for p in np.asarray(self.boxes_layer.data[-1])])
         low, high = corners.min(0), corners.max(0)
-        flat = int(np.argmin((high - low) * self.session.volume.spacing))
-        depth = self.box_depth.value() / 2 / float(self.session.volume.spacing[flat])
-        low[flat] -= depth
-        high[flat] += depth
+        if self.session.dims == 3:
+            flat = int(np.argmin((high - low) * self.session.volume.spacing))
+            depth = self.box_depth.value() / 2 / float(self.session.volume.spacing[flat])
+            low[flat] -= depth
+            high[flat] += depth
         shape = np.array(self.session.volume.shape) - 1
         low, high = np.clip(low, 0, shape), np.clip(high, 0, shape)
         label = self.session.active
