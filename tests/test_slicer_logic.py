@@ -234,7 +234,7 @@ def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
         assert info["dims"] == 2
         label = logic.add_object("sphere")
         where = np.argwhere(truth)  # (k, j, i)
-        k = int(round(where[:, 0].mean()))
+        k = round(where[:, 0].mean())
         plane = np.argwhere(truth[k])  # (j, i) on the middle slice
         a = (ijk_to_ras @ np.array([plane[:, 1].min() - 2, plane[:, 0].min() - 2, k, 1.0]))[:3]
         b = (ijk_to_ras @ np.array([plane[:, 1].max() + 2, plane[:, 0].max() + 2, k, 1.0]))[:3]
