@@ -56,7 +56,8 @@ class Int8Linear(nn.Module):
     ``per_token`` (default) scales every row to max |x| = 1 before the kernel's per-call
     quantisation, so one outlier token does not coarsen the others' steps (a token 20x larger
     than the rest: correlation of the others 0.975 per call, 0.9999 per token; a random-weight
-    tiny student's first-click logits through the engine 0.9966 vs 0.9997). Its four extra
+    tiny student's first-click logits through the engine 0.9966 vs 0.9997; a trained 3D SAM's
+    masks on 65 real structures, min Dice vs fp32 0.909 vs 0.987). Its four extra
     element-wise passes cost speed: official student encoder 1.51x faster than fp32 per call,
     1.05x per token, interleaved on 2 busy cores. ``per_token=False`` is the faster, riskier form.
     """
