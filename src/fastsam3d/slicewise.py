@@ -161,7 +161,7 @@ class SliceSession:
 
     def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
                  axis: int | None = None, box_margin: int = 3, min_pixels: int = 5, config: Model2DConfig | None = None,
-                 cache_mb: float = 1024.0, precision: str = "fp32") -> None:
+                 cache_mb: float = 1024.0, precision: str = "fp32", min_score: float = 0.0) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, str):
             model, config = load_sam2d(model, checkpoint, self.device)
@@ -175,6 +175,7 @@ class SliceSession:
         self.requested_axis = axis
         self.box_margin = box_margin
         self.min_pixels = min_pixels
+        self.min_score = min_score
         self.cache_bytes = int(cache_mb * 2**20)
         self.volume: Volume | None = None
         self.objects: dict[int, SliceObject] = {}
@@ -528,7 +529,8 @@ class SliceSession:
         for step in directions:
             previous, index = plane, start + step
             while limits[0] <= index <= limits[1]:
-                current = self._segment(index, box=_box_of(previous, self.box_margin, previous.shape))
+                current = self._segment(index, box=_box_of(previous, self.box_margin, previous.shape),
+                                        min_score=self.min_score)
                 before = self._slice(work, index)
                 self._write(work, index, np.zeros_like(plane) if current is None else current)
                 self._report(obj, work, index)
@@ -590,22 +592,25 @@ class SliceSession:
             labels = torch.tensor([[int(p) for _, _, p in clicks]], device=self.device)
         return boxes, coords, labels
 
-    def _logits(self, index: int, boxes, coords, labels) -> torch.Tensor:
-        """Logits (B, H, W) on the slice grid for a batch of prompts on slice ``index``."""
+    def _logits(self, index: int, boxes, coords, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, H, W) on the slice grid and predicted IoUs (B,) for a batch of prompts on
+        slice ``index``."""
         embedding = self._embedding(index).float()
         started = time.perf_counter()
         with torch.inference_mode():
-            low_res, _ = self.model.decode(embedding, coords, labels, boxes=boxes)
+            low_res, scores = self.model.decode(embedding, coords, labels, boxes=boxes)
             logits = self._from_low_res[0] @ low_res[:, 0].float() @ self._from_low_res[1].T
         self.decoder_runs += 1
         self.timings.decoder += time.perf_counter() - started
-        return logits
+        return logits, scores[:, 0]
 
-    def _segment(self, index: int, box=None, clicks=None) -> np.ndarray | None:
-        """Mask (H, W) of one slice from a (row0, col0, row1, col1) box and/or clicks; None if empty."""
-        plane = (self._logits(index, *self._prompts(box, clicks))[0] > 0).cpu().numpy()
+    def _segment(self, index: int, box=None, clicks=None, min_score: float = 0.0) -> np.ndarray | None:
+        """Mask (H, W) of one slice from a (row0, col0, row1, col1) box and/or clicks; None if empty
+        or if the model's predicted IoU is below ``min_score``."""
+        logits, scores = self._logits(index, *self._prompts(box, clicks))
+        plane = (logits[0] > 0).cpu().numpy()
         self.timings.slices += 1
-        return plane if plane.sum() >= self.min_pixels else None
+        return plane if plane.sum() >= self.min_pixels and float(scores[0]) >= min_score else None
 
     def _sampled_probability(self, index: int, plane: np.ndarray, clicks, samples: int, jitter: float,
                              generator: torch.Generator) -> np.ndarray:
@@ -617,7 +622,7 @@ class SliceSession:
         if coords is not None:
             coords = coords + (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * 2.0
             labels = labels.expand(samples, -1)
-        return torch.sigmoid(self._logits(index, boxes, coords, labels)).mean(0).cpu().numpy()
+        return torch.sigmoid(self._logits(index, boxes, coords, labels)[0]).mean(0).cpu().numpy()
 
     # --- slice geometry -----------------------------------------------------------------
 
