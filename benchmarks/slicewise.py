@@ -49,7 +49,7 @@ def main() -> None:
         session.set_image(image)
         per_slice: list[float] = []
         session.progress = lambda _event, s=session, seen=per_slice: seen.append(s.timings.encoder - sum(seen))
-        for class_id in np.unique(label.array)[1:]:
+        for class_id in sorted(case.classes):
             truth = label.array == class_id
             where = np.argwhere(truth)
             middle = int((where[:, session.axis].min() + where[:, session.axis].max()) // 2)

@@ -95,6 +95,7 @@ def test_box_edits_for_box_only_models():
     session.add_click((20, 15, 10), positive=False)  # exclude the centre of the middle slice
     after = session.mask()
     assert not after[20, 15, 10] and after[:, :, 10].sum() < before[:, :, 10].sum()
+    np.testing.assert_array_equal(np.delete(after, 10, axis=2), np.delete(before, 10, axis=2))  # its slice only
     assert session.undo() and np.array_equal(session.mask(), before)
     assert session.redo() and np.array_equal(session.mask(), after) and not session.redo()
     world = volume.index_to_world(np.array([[20.0, 15.0, 10.0]]))[0]
