@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -47,6 +48,7 @@ from .store import (
 from .worker import Job, SessionBusyError, SessionWorker, all_or_nothing
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 AnySession = Session | SliceSession
 STREAM_DESCRIPTION = (
     "stream=true answers application/x-ndjson: one JSON object per line, {event: 'progress', done, total, region} "
@@ -399,6 +401,10 @@ def _streamed(worker: SessionWorker, entry: ServerSession, work, started: float,
                 answer = task.result()
             except FastSAM3DError as error:
                 yield json.dumps({"event": "error", "detail": scrub(str(error)), "status": _status(error)}) + "\n"
+                return
+            except Exception:  # a bug: logged; the client gets an ending line, not a cut stream
+                log.exception("streamed interaction failed")
+                yield json.dumps({"event": "error", "detail": "internal server error", "status": 500}) + "\n"
                 return
             answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
             yield json.dumps({"event": "result", **answer}) + "\n"
