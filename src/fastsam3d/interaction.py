@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .errors import PromptError
-from .io import Volume, ras_to_lps
+from .io import Volume, ras_to_lps, write_volume
 
 Slices = tuple[slice, slice, slice]
+MAX_HISTORY = 100  # undo steps kept per object
 
 
 @dataclass
@@ -129,3 +131,179 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-7, 1 - 1e-7)
     entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
     return np.where(p > 0, entropy, 0.0).astype(np.float32)
+
+
+@dataclass
+class SegmentObject:
+    """A labelled structure and its undo/redo history of immutable engine states (the oldest
+    steps beyond ``max_history`` are forgotten, so a long session's memory stays bounded)."""
+
+    label: int
+    name: str
+    history: list
+    position: int = 0
+    max_history: int = MAX_HISTORY
+
+    @property
+    def state(self):
+        return self.history[self.position]
+
+    def push(self, state) -> None:
+        del self.history[self.position + 1 :]
+        self.history.append(state)
+        del self.history[: max(len(self.history) - 1 - self.max_history, 0)]
+        self.position = len(self.history) - 1
+
+
+class ObjectEngine:
+    """Objects, undo/redo and the label map, shared by both engines. A subclass gives the empty
+    state of a new object (``_empty_state``) and a state's mask as (box, boolean piece) regions
+    (``_compute_regions``); every verb answers with an :class:`Interaction`."""
+
+    def __init__(self) -> None:
+        self.volume: Volume | None = None
+        self.objects: dict[int, SegmentObject] = {}
+        self.active: int | None = None
+        self.labels: np.ndarray | None = None
+        self.timings = Timings()
+        self.changed_region: Slices | None = None  # label-map box the last interaction repainted
+        self._region_cache: dict[int, tuple[object, list[tuple[Slices, np.ndarray]]]] = {}
+
+    def _empty_state(self):
+        raise NotImplementedError
+
+    def _compute_regions(self, state) -> list[tuple[Slices, np.ndarray]]:
+        raise NotImplementedError
+
+    # --- image and objects ------------------------------------------------------------
+
+    def _start_image(self, volume: Volume) -> None:
+        """Take a new volume: no objects, an empty label map."""
+        self.volume = volume
+        self.objects.clear()
+        self._region_cache.clear()
+        self.active = None
+        self.labels = np.zeros(volume.shape, dtype=np.uint8)
+
+    def add_object(self, name: str | None = None) -> int:
+        """Start a new object; it becomes the active one. Returns its label value."""
+        self._require_image()
+        label = max(self.objects, default=0) + 1
+        if label > 65535:
+            raise PromptError("too many objects (at most 65535)")
+        if label > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(np.uint16)
+        self.objects[label] = SegmentObject(label, name or f"object {label}", [self._empty_state()])
+        self.active = label
+        return label
+
+    def select(self, label: int) -> None:
+        self._object(label)
+        self.active = label
+
+    def remove_object(self, label: int) -> Interaction:
+        obj = self._object(label)
+        boxes = self._boxes(obj.state)
+        del self.objects[label]
+        self.active = max(self.objects, default=None) if self.active == label else self.active
+        self.timings = Timings()
+        return self._repaint(boxes)
+
+    def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
+        """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
+        return voxel_index(self._require_image(), point, world, ras)
+
+    # --- history ----------------------------------------------------------------------
+
+    def undo(self, label: int | None = None) -> Interaction | None:
+        """Step the object one interaction back; None when there is nothing to undo."""
+        return self._move(label, -1)
+
+    def redo(self, label: int | None = None) -> Interaction | None:
+        """Step forward again after an undo; None when there is nothing to redo."""
+        return self._move(label, +1)
+
+    def reset(self, label: int | None = None) -> Interaction:
+        """Clear the object's prompts and mask (itself undoable); cached embeddings are kept."""
+        obj = self._object(label)
+        boxes = self._boxes(obj.state)
+        obj.push(self._empty_state())
+        self.timings = Timings()
+        return self._repaint(boxes)
+
+    # --- results ----------------------------------------------------------------------
+
+    def mask(self, label: int | None = None) -> np.ndarray:
+        """Boolean mask of one object on the input grid."""
+        return self._mask_of(self._object(label).state)
+
+    def label_map(self) -> np.ndarray:
+        """All objects as one label map on the input grid (the higher label wins where they overlap)."""
+        self._require_image()
+        return self.labels.copy()
+
+    def save_labels(self, path: str | Path) -> Path:
+        """Write the label map on the input grid (atomically)."""
+        return write_volume(self._require_image().with_array(self.label_map()), path)
+
+    def save_map(self, array: np.ndarray, path: str | Path) -> Path:
+        """Write a full-size float map (probability, entropy) on the input grid (atomically)."""
+        return write_volume(self._require_image().with_array(array.astype(np.float32, copy=False)), path)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _require_image(self) -> Volume:
+        if self.volume is None:
+            raise PromptError("no image: call set_image() first")
+        return self.volume
+
+    def _object(self, label: int | None) -> SegmentObject:
+        label = self.active if label is None else label
+        if label is None or label not in self.objects:
+            raise PromptError(f"no object {label}; objects: {sorted(self.objects) or 'none'}")
+        return self.objects[label]
+
+    def _object_for_prompt(self, label: int | None) -> SegmentObject:
+        if label is None and self.active is None:
+            self.add_object()
+        return self._object(label)
+
+    def _move(self, label: int | None, step: int) -> Interaction | None:
+        obj = self._object(label)
+        target = obj.position + step
+        if not 0 <= target < len(obj.history):
+            return None
+        boxes = self._boxes(obj.state)
+        obj.position = target
+        self.timings = Timings()
+        return self._repaint(boxes, self._boxes(obj.state))
+
+    def _regions(self, state) -> list[tuple[Slices, np.ndarray]]:
+        """A state's mask as (input box, boolean piece) regions; cached for the objects' current states."""
+        cached = self._region_cache.get(id(state))
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        regions = self._compute_regions(state)
+        current = {id(obj.state) for obj in self.objects.values()}
+        for key in [k for k in self._region_cache if k not in current]:
+            del self._region_cache[key]
+        self._region_cache[id(state)] = (state, regions)
+        return regions
+
+    def _boxes(self, state) -> list[Slices]:
+        return [box for box, _ in self._regions(state)]
+
+    def _mask_of(self, state) -> np.ndarray:
+        mask = np.zeros(self._require_image().shape, dtype=bool)
+        for box, piece in self._regions(state):
+            mask[box] |= piece
+        return mask
+
+    def _repaint(self, *box_lists: list[Slices]) -> Interaction:
+        """Recompose the label map inside the union of the given boxes; the interaction's answer."""
+        box = union_box(box for boxes in box_lists for box in boxes)
+        self.changed_region = box
+        if box is not None:
+            pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
+            paint_labels(self.labels, box, pieces)
+        return Interaction(box, self.timings)

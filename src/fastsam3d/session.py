@@ -29,16 +29,15 @@ from scipy import ndimage
 from .errors import PromptError
 from .interaction import (
     Interaction,
+    ObjectEngine,
+    SegmentObject,
     Slices,
     Timings,
     Uncertainty,
     binary_entropy,
     bounding_box,
-    paint_labels,
-    union_box,
-    voxel_index,
 )
-from .io import Volume, check_finite, read_volume, write_volume
+from .io import Volume, check_finite, read_volume
 from .modeling import Sam3D
 from .modeling.precision import apply_model_precision
 from .preprocess import RoiGrid, normalise_intensity
@@ -46,7 +45,6 @@ from .registry import load_model
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
-MAX_HISTORY = 100  # undo steps kept per object (each holds the low-res logits of every ROI it touched)
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 
@@ -70,30 +68,7 @@ class ObjectState:
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
 
 
-@dataclass
-class SegmentObject:
-    """A labelled structure and its undo/redo history (the oldest steps beyond ``max_history`` are
-    forgotten, so a long session's memory stays bounded)."""
-
-    label: int
-    name: str
-    history: list[ObjectState] = field(default_factory=lambda: [ObjectState()])
-    position: int = 0
-    max_history: int = MAX_HISTORY
-
-    @property
-    def state(self) -> ObjectState:
-        return self.history[self.position]
-
-    def push(self, state: ObjectState) -> None:
-        del self.history[self.position + 1 :]
-        self.history.append(state)
-        overflow = max(len(self.history) - 1 - self.max_history, 0)
-        del self.history[:overflow]
-        self.position = len(self.history) - 1
-
-
-class Session:
+class Session(ObjectEngine):
     """Interactive segmentation of one volume with a 3D SAM.
 
     Args:
@@ -126,6 +101,7 @@ class Session:
         cache_mb: float = 512.0,
         precision: str | None = None,
     ) -> None:
+        super().__init__()
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -142,15 +118,8 @@ class Session:
         self.cache_bytes = int(cache_mb * 2**20)
         self.max_rois = max(1, max_rois)
         self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.volume: Volume | None = None
-        self.objects: dict[int, SegmentObject] = {}
-        self.active: int | None = None
-        self.labels: np.ndarray | None = None
-        self._region_cache: dict[int, tuple[ObjectState, list]] = {}
-        self.timings = Timings()
         self.encoder_runs = 0
         self.decoder_runs = 0
-        self.changed_region: Slices | None = None  # label-map box the last interaction repainted
 
     # --- image and objects ------------------------------------------------------------
 
@@ -158,43 +127,11 @@ class Session:
         """Load (or take) the volume; clears objects and cached embeddings."""
         volume = image if isinstance(image, Volume) else read_volume(image)
         check_finite(volume)
-        self.volume = volume
-        self.objects.clear()
-        self._region_cache.clear()
-        self.active = None
+        self._start_image(volume)
         self._embeddings.clear()
-        self.labels = np.zeros(volume.shape, dtype=np.uint8)
         return volume
 
-    def add_object(self, name: str | None = None) -> int:
-        """Start a new object; it becomes the active one. Returns its label value."""
-        self._require_image()
-        label = max(self.objects, default=0) + 1
-        if label > 65535:
-            raise PromptError("too many objects (at most 65535)")
-        if label > np.iinfo(self.labels.dtype).max:
-            self.labels = self.labels.astype(np.uint16)
-        self.objects[label] = SegmentObject(label, name or f"object {label}")
-        self.active = label
-        return label
-
-    def select(self, label: int) -> None:
-        self._object(label)
-        self.active = label
-
-    def remove_object(self, label: int) -> Interaction:
-        obj = self._object(label)
-        boxes = self._boxes(obj.state)
-        del self.objects[label]
-        self.active = max(self.objects, default=None) if self.active == label else self.active
-        self.timings = Timings()
-        return self._repaint(boxes)
-
     # --- prompts ----------------------------------------------------------------------
-
-    def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
-        """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
-        return voxel_index(self._require_image(), point, world, ras)
 
     def add_click(
         self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None,
@@ -274,36 +211,7 @@ class Session:
         self.timings = Timings()
         return self._repaint(old_boxes, self._boxes(obj.state))
 
-    def undo(self, label: int | None = None) -> Interaction | None:
-        """Step the object one interaction back; None when there is nothing to undo."""
-        return self._move(label, -1)
-
-    def redo(self, label: int | None = None) -> Interaction | None:
-        """Step forward again after an undo; None when there is nothing to redo."""
-        return self._move(label, +1)
-
-    def reset(self, label: int | None = None) -> Interaction:
-        """Clear the object's prompts (itself undoable)."""
-        obj = self._object(label)
-        boxes = self._boxes(obj.state)
-        obj.push(ObjectState())
-        self.timings = Timings()
-        return self._repaint(boxes)
-
     # --- results ----------------------------------------------------------------------
-
-    def mask(self, label: int | None = None) -> np.ndarray:
-        """Boolean mask of one object on the input grid."""
-        obj = self._object(label)
-        mask = np.zeros(self._require_image().shape, dtype=bool)
-        for box, sub in self._regions(obj.state):
-            mask[box] |= sub
-        return mask
-
-    def label_map(self) -> np.ndarray:
-        """All objects as one label map on the input grid (the higher label wins where they overlap)."""
-        self._require_image()
-        return self.labels.copy()
 
     def probability(self, label: int | None = None) -> np.ndarray:
         """Foreground probability of one object on the input grid (0 outside its ROIs)."""
@@ -358,41 +266,7 @@ class Session:
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
 
-    def save_labels(self, path: str | Path) -> Path:
-        """Write the label map on the input grid (atomically)."""
-        return write_volume(self._require_image().with_array(self.label_map()), path)
-
-    def save_map(self, array: np.ndarray, path: str | Path) -> Path:
-        """Write a full-size float map (probability, entropy) on the input grid (atomically)."""
-        return write_volume(self._require_image().with_array(array.astype(np.float32, copy=False)), path)
-
     # --- internals --------------------------------------------------------------------
-
-    def _require_image(self) -> Volume:
-        if self.volume is None:
-            raise PromptError("no image: call set_image() first")
-        return self.volume
-
-    def _object(self, label: int | None) -> SegmentObject:
-        label = self.active if label is None else label
-        if label is None or label not in self.objects:
-            raise PromptError(f"no object {label}; objects: {sorted(self.objects) or 'none'}")
-        return self.objects[label]
-
-    def _object_for_prompt(self, label: int | None) -> SegmentObject:
-        if label is None and self.active is None:
-            self.add_object()
-        return self._object(label)
-
-    def _move(self, label: int | None, step: int) -> Interaction | None:
-        obj = self._object(label)
-        target = obj.position + step
-        if not 0 <= target < len(obj.history):
-            return None
-        boxes = self._boxes(obj.state)
-        obj.position = target
-        self.timings = Timings()
-        return self._repaint(boxes, self._boxes(obj.state))
 
     def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
         return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size, spacing=self.model.roi_spacing)
@@ -546,29 +420,21 @@ class Session:
                 grown.append((neighbour, Click(tuple(float(v) for v in seed)), prompt))
         return grown
 
-    def _boxes(self, state: ObjectState) -> list[Slices]:
-        return [box for box, _ in self._regions(state)]
+    def _empty_state(self) -> ObjectState:
+        return ObjectState()
 
-    def _regions(self, state: ObjectState) -> list[tuple[Slices, np.ndarray]]:
-        """The object's mask as (input box, boolean sub-array) pieces; cached per object state."""
-        cached = self._region_cache.get(id(state))
-        if cached is not None and cached[0] is state:
-            return cached[1]
+    def _compute_regions(self, state: ObjectState) -> list[tuple[Slices, np.ndarray]]:
+        """The object's mask as (input box, boolean sub-array) pieces (cached by ObjectEngine._regions)."""
         if not state.logits:
-            regions = []
-            if state.initial_mask is not None:
-                box = bounding_box(state.initial_mask)
-                regions = [(box, state.initial_mask[box])]
-        else:
-            regions = []
-            for roi, logits in state.logits:
-                box, mask = roi.paste_mask(logits[0, 0])
-                if mask.any():
-                    regions.append((box, self._clip_to_box(state, mask, box)))
-        current = {id(obj.state) for obj in self.objects.values()}
-        for key in [k for k in self._region_cache if k not in current]:
-            del self._region_cache[key]
-        self._region_cache[id(state)] = (state, regions)
+            if state.initial_mask is None:
+                return []
+            box = bounding_box(state.initial_mask)
+            return [(box, state.initial_mask[box])]
+        regions = []
+        for roi, logits in state.logits:
+            box, mask = roi.paste_mask(logits[0, 0])
+            if mask.any():
+                regions.append((box, self._clip_to_box(state, mask, box)))
         return regions
 
     def _clip_to_box(self, state: ObjectState, values: np.ndarray, box: Slices | None = None) -> np.ndarray:
@@ -582,16 +448,6 @@ class Session:
         clipped = np.zeros_like(values)
         clipped[keep] = values[keep]
         return clipped
-
-    def _repaint(self, *box_lists: list[Slices]) -> Interaction:
-        """Recompose the label map inside the union of the given boxes; the interaction's answer."""
-        box = union_box(box for boxes in box_lists for box in boxes)
-        self.changed_region = box
-        if box is not None:
-            pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
-            paint_labels(self.labels, box, pieces)
-        return Interaction(box, self.timings)
-
 
 def open_session(model: str | Path = "default", checkpoint: str | Path | None = None,
                  device: str | torch.device | None = None, **options):

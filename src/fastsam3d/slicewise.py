@@ -46,18 +46,17 @@ from .errors import PromptError
 from .evaluation.clicks import dice
 from .interaction import (
     Interaction,
+    ObjectEngine,
     Progress,
     ProgressCallback,
+    SegmentObject,
     Slices,
     Timings,
     Uncertainty,
     binary_entropy,
     bounding_box,
-    paint_labels,
-    union_box,
-    voxel_index,
 )
-from .io import Volume, check_finite, read_volume, write_volume
+from .io import Volume, check_finite, read_volume
 from .modeling.precision import apply_precision
 from .modeling.sam2d import Sam2D
 from .preprocess import canonical_axes, upsampling_weights
@@ -66,7 +65,6 @@ from .registry2d import Model2DConfig, load_sam2d
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), as MedSAM prepares CT
 UNCHANGED_DICE = 0.98  # a corrective click's propagation stops at a slice that changes less than this
 MIN_SCORE = 0.7  # see the README's "2D models on volumes": stops propagation past the object's end
-MAX_HISTORY = 100  # undo steps kept per object (each a packed bit mask of the object's box)
 EMBEDDING_DTYPE = torch.float16  # cached slice embeddings: half the memory
 Click2D = tuple[float, float, bool]  # (row, col, positive) on a slice's display grid
 
@@ -94,27 +92,6 @@ class SliceState:
             return None
         shape = tuple(s.stop - s.start for s in self.box)
         return self.box, np.unpackbits(self.bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
-
-
-@dataclass
-class SliceObject:
-    """A labelled structure and its bounded undo/redo history."""
-
-    label: int
-    name: str
-    history: list[SliceState] = field(default_factory=lambda: [SliceState()])
-    position: int = 0
-    max_history: int = MAX_HISTORY
-
-    @property
-    def state(self) -> SliceState:
-        return self.history[self.position]
-
-    def push(self, state: SliceState) -> None:
-        del self.history[self.position + 1 :]
-        self.history.append(state)
-        del self.history[: max(len(self.history) - 1 - self.max_history, 0)]
-        self.position = len(self.history) - 1
 
 
 @dataclass(frozen=True)
@@ -145,7 +122,7 @@ class SliceGeometry:
         return x, y
 
 
-class SliceSession:
+class SliceSession(ObjectEngine):
     """Interactive 3D segmentation with a 2D SAM, slice by slice (see the module docstring).
 
     Args:
@@ -166,6 +143,7 @@ class SliceSession:
     def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
                  axis: int | None = None, box_margin: int = 3, min_pixels: int = 5, config: Model2DConfig | None = None,
                  cache_mb: float = 1024.0, precision: str = "fp32", min_score: float = MIN_SCORE) -> None:
+        super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, str):
             model, config = load_sam2d(model, checkpoint, self.device)
@@ -181,18 +159,11 @@ class SliceSession:
         self.min_pixels = min_pixels
         self.min_score = min_score
         self.cache_bytes = int(cache_mb * 2**20)
-        self.volume: Volume | None = None
-        self.objects: dict[int, SliceObject] = {}
-        self.active: int | None = None
-        self.labels: np.ndarray | None = None
-        self.timings = Timings()
-        self.changed_region: Slices | None = None
         self.progress: ProgressCallback | None = None  # called after each slice of a propagation
         self._total: int | None = None  # slices the running interaction will segment, when known
         self.encoder_runs = 0
         self.decoder_runs = 0
         self._embeddings: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self._regions: dict[int, tuple[SliceState, tuple[Slices, np.ndarray] | None]] = {}
 
     # --- image and objects --------------------------------------------------------------
 
@@ -200,7 +171,7 @@ class SliceSession:
         """Load (or take) the volume; clears objects and cached embeddings."""
         volume = image if isinstance(image, Volume) else read_volume(image)
         check_finite(volume)
-        self.volume = volume
+        self._start_image(volume)
         axes, signs = canonical_axes(volume.direction)
         self.axis = self.requested_axis if self.requested_axis is not None else axes[2]
         if self.axis not in (0, 1, 2):
@@ -212,10 +183,6 @@ class SliceSession:
         self._cols = (axes[cols_ras], -signs[cols_ras])
         self._window = _intensity_window(volume.array)
         self._embeddings.clear()
-        self._regions.clear()
-        self.objects.clear()
-        self.active = None
-        self.labels = np.zeros(volume.shape, dtype=np.uint8)
         spacing_rows, spacing_cols = volume.spacing[self._rows[0]], volume.spacing[self._cols[0]]
         height, width = volume.shape[self._rows[0]], volume.shape[self._cols[0]]
         scale = self.config.img_size / max(height * spacing_rows, width * spacing_cols)
@@ -225,35 +192,7 @@ class SliceSession:
         self._from_low_res = [torch.from_numpy(m).float().to(self.device) for m in self.geometry.from_low_res()]
         return volume
 
-    def add_object(self, name: str | None = None) -> int:
-        """Start a new object; it becomes the active one. Returns its label value."""
-        self._require_image()
-        label = max(self.objects, default=0) + 1
-        if label > 65535:
-            raise PromptError("too many objects (at most 65535)")
-        if label > np.iinfo(self.labels.dtype).max:
-            self.labels = self.labels.astype(np.uint16)
-        self.objects[label] = SliceObject(label, name or f"object {label}")
-        self.active = label
-        return label
-
-    def select(self, label: int) -> None:
-        self._object(label)
-        self.active = label
-
-    def remove_object(self, label: int) -> Interaction:
-        obj = self._object(label)
-        box = obj.state.box
-        del self.objects[label]
-        self.active = max(self.objects, default=None) if self.active == label else self.active
-        self.timings = Timings()
-        return self._repaint(box)
-
     # --- prompts ------------------------------------------------------------------------
-
-    def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
-        """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
-        return voxel_index(self._require_image(), point, world, ras)
 
     def needs_encoder(self, point, *, label: int | None = None) -> bool:
         """Whether a click at this voxel would run the image encoder (its slice is not cached)."""
@@ -304,7 +243,7 @@ class SliceSession:
             raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
         obj = self._object_for_prompt(label)
         state = obj.state
-        work = self._full_mask(state)
+        work = self._mask_of(state)
         clicks = {k: list(v) for k, v in state.clicks}
         root = state.root
         self.timings = Timings()
@@ -326,32 +265,7 @@ class SliceSession:
         self.timings = Timings()
         return self._commit(obj, mask.astype(bool), {}, int(slices[len(slices) // 2]))
 
-    def undo(self, label: int | None = None) -> Interaction | None:
-        """Step the object one interaction back; None when there is nothing to undo."""
-        return self._move(label, -1)
-
-    def redo(self, label: int | None = None) -> Interaction | None:
-        """Step forward again after an undo; None when there is nothing to redo."""
-        return self._move(label, +1)
-
-    def reset(self, label: int | None = None) -> Interaction:
-        """Clear the object's prompts and mask (undoable); cached slice embeddings are kept."""
-        obj = self._object(label)
-        box = obj.state.box
-        obj.push(SliceState())
-        self.timings = Timings()
-        return self._repaint(box)
-
     # --- results ------------------------------------------------------------------------
-
-    def mask(self, label: int | None = None) -> np.ndarray:
-        """Boolean mask of one object on the input grid."""
-        return self._full_mask(self._object(label).state)
-
-    def label_map(self) -> np.ndarray:
-        """All objects as one label map on the input grid (the higher label wins where they overlap)."""
-        self._require_image()
-        return self.labels.copy()
 
     def uncertainty(self, samples: int = 8, jitter: float = 0.05, seed: int = 0, label: int | None = None) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs
@@ -359,14 +273,14 @@ class SliceSession:
         box's size (at least 2 pixels) and its clicks by up to 2 pixels; the slice embeddings are
         the cached ones, so this costs decoder time only (one batched decoder call per slice)."""
         obj = self._object(label)
-        region = self._region(obj.state)
+        region = next(iter(self._regions(obj.state)), None)
         if region is None:
             raise PromptError(f"object {obj.label} is empty: nothing to estimate")
         if samples < 1:
             raise PromptError("uncertainty needs at least one sample")
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
-        mask = self._full_mask(obj.state)
+        mask = self._mask_of(obj.state)
         clicks = dict(obj.state.clicks)
         box = _grown(region[0], self.axis, self.box_margin, mask.shape)
         probability = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
@@ -382,81 +296,28 @@ class SliceSession:
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
 
-    def save_labels(self, path: str | Path) -> Path:
-        """Write the label map on the input grid (atomically)."""
-        return write_volume(self._require_image().with_array(self.label_map()), path)
-
-    def save_map(self, array: np.ndarray, path: str | Path) -> Path:
-        """Write a full-size float map (probability, entropy) on the input grid (atomically)."""
-        return write_volume(self._require_image().with_array(array.astype(np.float32, copy=False)), path)
-
     def cached_bytes(self) -> int:
         """Memory held by the cached slice embeddings."""
         return sum(e.element_size() * e.nelement() for e in self._embeddings.values())
 
     # --- interaction internals ----------------------------------------------------------
 
-    def _require_image(self) -> Volume:
-        if self.volume is None:
-            raise PromptError("no image: call set_image() first")
-        return self.volume
+    def _empty_state(self) -> SliceState:
+        return SliceState()
 
-    def _object(self, label: int | None) -> SliceObject:
-        label = self.active if label is None else label
-        if label is None or label not in self.objects:
-            raise PromptError(f"no object {label}; objects: {sorted(self.objects) or 'none'}")
-        return self.objects[label]
+    def _compute_regions(self, state: SliceState) -> list[tuple[Slices, np.ndarray]]:
+        region = state.region()
+        return [] if region is None else [region]
 
-    def _object_for_prompt(self, label: int | None) -> SliceObject:
-        if label is None and self.active is None:
-            self.add_object()
-        return self._object(label)
-
-    def _move(self, label: int | None, step: int) -> Interaction | None:
-        obj = self._object(label)
-        target = obj.position + step
-        if not 0 <= target < len(obj.history):
-            return None
-        box = obj.state.box
-        obj.position = target
-        self.timings = Timings()
-        return self._repaint(box, obj.state.box)
-
-    def _commit(self, obj: SliceObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None) -> Interaction:
+    def _commit(self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None) -> Interaction:
         started = time.perf_counter()
-        old = obj.state.box
+        old = self._boxes(obj.state)
         obj.push(SliceState.of(work, clicks, root))
-        answer = self._repaint(old, obj.state.box)
+        answer = self._repaint(old, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
         return answer
 
-    def _repaint(self, *boxes: Slices | None) -> Interaction:
-        """Recompose the label map inside the union of the boxes; the interaction's answer."""
-        box = union_box(boxes)
-        self.changed_region = box
-        if box is not None:
-            pieces = ((label, *region) for label, obj in self.objects.items() if (region := self._region(obj.state)))
-            paint_labels(self.labels, box, pieces)
-        return Interaction(box, self.timings)
-
-    def _region(self, state: SliceState) -> tuple[Slices, np.ndarray] | None:
-        """The state's unpacked mask region, cached for the objects' current states."""
-        cached = self._regions.get(id(state))
-        if cached is None or cached[0] is not state:
-            current = {id(obj.state) for obj in self.objects.values()}
-            for key in [k for k in self._regions if k not in current]:
-                del self._regions[key]
-            cached = self._regions[id(state)] = (state, state.region())
-        return cached[1]
-
-    def _full_mask(self, state: SliceState) -> np.ndarray:
-        mask = np.zeros(self._require_image().shape, dtype=bool)
-        region = self._region(state)
-        if region is not None:
-            mask[region[0]] = region[1]
-        return mask
-
-    def _click(self, obj: SliceObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None,
+    def _click(self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None,
                point: np.ndarray, positive: bool) -> int | None:
         """Apply one click to the working mask; returns the (possibly new) root slice."""
         index = round(point[self.axis])
@@ -527,7 +388,7 @@ class SliceSession:
             c1 = col - 1
         return (r0, c0, r1, c1) if r0 <= r1 and c0 <= c1 else None
 
-    def _propagate(self, obj: SliceObject, work: np.ndarray, start: int, plane: np.ndarray, limits: tuple[int, int],
+    def _propagate(self, obj: SegmentObject, work: np.ndarray, start: int, plane: np.ndarray, limits: tuple[int, int],
                    directions: tuple[int, ...] = (-1, 1), stop_when_unchanged: bool = False) -> None:
         """Segment the slices on both sides of ``start``, each from the box of its neighbour's mask,
         until the object vanishes, the limits, or (``stop_when_unchanged``) a slice whose new mask
@@ -544,7 +405,7 @@ class SliceSession:
                     break
                 previous, index = current, index + step
 
-    def _report(self, obj: SliceObject, work: np.ndarray, index: int) -> None:
+    def _report(self, obj: SegmentObject, work: np.ndarray, index: int) -> None:
         """Tell ``progress`` (if set) that slice ``index`` was segmented, with the label values it
         will show; the callback may raise to cancel the interaction (nothing is applied)."""
         if self.progress is None:
