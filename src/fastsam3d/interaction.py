@@ -1,10 +1,8 @@
 """What the 3D engine (:class:`~fastsam3d.session.Session`) and the slice-by-slice engine for 2D
-SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: the answer of an interaction, progress
-events, point frames and label-map compositing.
-
-Both engines hold one volume, several objects (label values 1, 2, ...), one undo history per
-object, and a label map on the input grid that each interaction repaints only inside the box it
-changed; every verb (``add_click``, ``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``,
+SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: :class:`ObjectEngine` (one volume,
+several objects with label values 1, 2, ..., one undo history per object, and a label map on the
+input grid that each interaction repaints only inside the box it changed), the answer of an
+interaction, progress events, point frames and label-map compositing; every verb (``add_click``, ``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``,
 ``reset``, ``remove_object``) returns an :class:`Interaction`.
 """
 
