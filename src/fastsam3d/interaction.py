@@ -2,8 +2,9 @@
 SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: :class:`ObjectEngine` (one volume,
 several objects with label values 1, 2, ..., one undo history per object, and a label map on the
 input grid that each interaction repaints only inside the box it changed), the answer of an
-interaction, progress events, point frames and label-map compositing; every verb (``add_click``, ``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``,
-``reset``, ``remove_object``) returns an :class:`Interaction`.
+interaction, progress events, point frames and label-map compositing. Every verb (``add_click``,
+``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``, ``reset``, ``remove_object``)
+returns an :class:`Interaction`.
 """
 
 from __future__ import annotations
