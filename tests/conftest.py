@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,18 +28,36 @@ def pytest_configure(config):
         return
     display = f":{90 + os.getpid() % 500}"
     process = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_end_with_parent)  # noqa: PLW1509 - no threads exist yet
     time.sleep(1.0)
     if process.poll() is None:
         os.environ["DISPLAY"] = display
         os.environ["QT_QPA_PLATFORM"] = "xcb"
-        config._fastsam3d_xvfb = process
 
 
+def pytest_sessionfinish(session, exitstatus):
+    session.config._fastsam3d_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    process = getattr(config, "_fastsam3d_xvfb", None)
-    if process is not None:
-        process.terminate()
+    """After a run that loaded Qt (napari), leave without C++ static destructors: Qt/OpenGL
+    teardown at interpreter exit crashed now and then (status 139 with every test passed, no Python
+    frame on the stack). The summary is printed and the status kept."""
+    if "qtpy" in sys.modules and hasattr(config, "_fastsam3d_status"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config._fastsam3d_status)
+
+
+def _end_with_parent() -> None:
+    """In the child: the kernel ends Xvfb when pytest's process exits (however it exits, see
+    ``pytest_unconfigure``)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
