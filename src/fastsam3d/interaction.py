@@ -212,6 +212,14 @@ class ObjectEngine:
         """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
         return voxel_index(self._require_image(), point, world, ras)
 
+    def _checked_clicks(self, points, positives, world: bool, ras: bool) -> tuple[list[np.ndarray], list[bool]]:
+        """Every click's voxel index and flag, all checked before any is applied."""
+        indices = [self.to_index(point, world, ras) for point in points]
+        positives = [bool(p) for p in positives]
+        if not indices or len(positives) != len(indices):
+            raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
+        return indices, positives
+
     # --- history ----------------------------------------------------------------------
 
     def undo(self, label: int | None = None) -> Interaction | None:

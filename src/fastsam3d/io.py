@@ -283,3 +283,19 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def holds_dicom(folder: Path) -> bool:
+    """Whether a folder's first files are DICOM (the ``DICM`` marker after the 128-byte preamble)."""
+    try:
+        files = [p for p in sorted(folder.iterdir())[:20] if p.is_file()][:3]
+    except OSError:
+        return False
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False

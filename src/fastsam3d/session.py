@@ -158,10 +158,7 @@ class Session(ObjectEngine):
                    label: int | None = None) -> Interaction:
         """Several clicks as one interaction: one undo step, one decoder pass per ROI they touch
         (work linear in their number). Every point is checked before any is applied."""
-        indices = [self.to_index(point, world, ras) for point in points]
-        positives = [bool(p) for p in positives]
-        if not indices or len(positives) != len(indices):
-            raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
+        indices, positives = self._checked_clicks(points, positives, world, ras)
         obj = self._object_for_prompt(label)
         state = obj.state
         clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives))

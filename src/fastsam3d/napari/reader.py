@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import read_volume
+from ..io import holds_dicom, read_volume
 from .layers import image_layer_data
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -22,7 +22,7 @@ def get_reader(path):
         path = path[0]
     path = Path(path)
     if path.is_dir():
-        return read_layers if _holds_dicom(path) else None
+        return read_layers if holds_dicom(path) else None
     return read_layers if path.name.lower().endswith(SUFFIXES) else None
 
 
@@ -35,12 +35,3 @@ def read_layers(path) -> list[tuple]:
     return [(data, kwargs, "image")]
 
 
-def _holds_dicom(folder: Path) -> bool:
-    for file in sorted(p for p in folder.iterdir() if p.is_file())[:3]:
-        try:
-            with open(file, "rb") as handle:
-                if handle.read(132)[128:] == b"DICM":
-                    return True
-        except OSError:
-            continue
-    return False

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import FastSAM3DError, VolumeError
-from ..io import Volume, read_volume
+from ..io import Volume, holds_dicom, read_volume
 from ..registry import load_model
 from ..registry2d import MODEL_2D_CONFIGS, Model2DConfig, load_sam2d
 from ..session import Session
@@ -221,7 +221,7 @@ class SessionStore:
             relative = path.relative_to(root).as_posix()
             if path.is_file() and relative.lower().endswith(VOLUME_SUFFIXES):
                 found.append(relative)
-            elif path.is_dir() and _holds_dicom(path):
+            elif path.is_dir() and holds_dicom(path):
                 found.append(relative + "/")
         return found
 
@@ -434,22 +434,6 @@ def release_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-def _holds_dicom(folder: Path) -> bool:
-    """Whether a folder's first files are DICOM (the ``DICM`` marker after the 128-byte preamble)."""
-    try:
-        files = [p for p in sorted(folder.iterdir())[:20] if p.is_file()][:3]
-    except OSError:
-        return False
-    for file in files:
-        try:
-            with open(file, "rb") as handle:
-                if handle.read(132)[128:] == b"DICM":
-                    return True
-        except OSError:
-            continue
-    return False
 
 
 def _safe_unzip(archive: Path, target: Path, max_bytes: float, max_entries: int) -> None:
