@@ -12,8 +12,8 @@ import argparse
 import numpy as np
 
 from fastsam3d import load_model
+from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import dev_manifest
-from fastsam3d.evaluation.clicks import center_click, dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.session import Session
 

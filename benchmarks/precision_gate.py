@@ -23,8 +23,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import default_root
-from fastsam3d.evaluation.clicks import center_click, dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.modeling.precision import apply_model_precision
 from fastsam3d.preprocess import RoiGrid, normalise_intensity

@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
+from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
-from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.slicewise import SliceSession
 

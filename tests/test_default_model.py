@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fastsam3d import load_model
+from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.demo import run_demo
-from fastsam3d.evaluation.clicks import dice
 from fastsam3d.io import Volume
 from fastsam3d.modeling.click_unet import ClickUNet3D
 from fastsam3d.registry import WEIGHTS_DIR
@@ -67,7 +67,7 @@ def test_a_negative_click_removes_the_voxel_it_was_placed_on(default_model):
 def test_default_model_segments_a_held_out_real_organ(default_model, structure):
     """The DICOM CT of the development data was never trained on (nor its label map): 5 clicks at
     the interior-most voxel of the largest error, as `fastsam3d evaluate --protocol center`."""
-    from fastsam3d.evaluation.clicks import center_click
+    from fastsam3d.clicks import center_click
     from fastsam3d.evaluation.datasets import load_cases
 
     manifest = dev_manifest()

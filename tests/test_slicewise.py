@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from fastsam3d.cli import main
+from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import CheckpointError, PromptError
-from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
 from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm

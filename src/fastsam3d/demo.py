@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .evaluation.clicks import center_click, dice
+from .clicks import center_click, dice
 from .io import Volume, atomic_output, write_volume
 from .session import Session
 

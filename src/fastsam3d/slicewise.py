@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .clicks import dice
 from .errors import PromptError
-from .evaluation.clicks import dice
 from .interaction import (
     Interaction,
     ObjectEngine,

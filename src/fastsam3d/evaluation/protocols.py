@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .clicks import center_click
+from ..clicks import center_click
 
 RANDOM_BACKGROUND_MARGIN_MM = 10.0
 

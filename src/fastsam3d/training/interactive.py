@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluation.clicks import center_click, deepest_error, dice
+from ..clicks import center_click, deepest_error, dice
 from ..modeling import Sam3D
 
 

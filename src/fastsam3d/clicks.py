@@ -1,4 +1,5 @@
-"""Simulated clicks: where a user would click next, given the prediction and the truth."""
+"""Simulated clicks (where a user would click next, given the prediction and the truth) and the Dice
+score that judges the result. Used by evaluation, training, the demo and the 2D engine."""
 
 from __future__ import annotations
 
