@@ -25,8 +25,8 @@ from fastsam3d.evaluation.protocols import Prompt, get_protocol
 from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter, StepTiming
 from fastsam3d.io import Volume, write_volume
 
-from .conftest import rotation
-from .test_session import sphere_volume
+from ..conftest import rotation
+from ..test_session import sphere_volume
 
 
 def cube(shape, low, high) -> np.ndarray:

@@ -12,14 +12,14 @@ import pytest
 from fastsam3d.io import read_volume, write_volume
 from fastsam3d.session import Session
 
-from .conftest import BrightInBox, IntensityModel, ellipsoid_volume, rotation
-from .test_session import sphere_volume
+from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume, rotation
+from ..test_session import sphere_volume
 
 napari = pytest.importorskip("napari", reason="pip install 'fastsam3d[napari]' (scripts/install.sh does)")
 if not os.environ.get("DISPLAY"):
     pytest.skip("napari needs a display with OpenGL: install Xvfb (.ci/run does)", allow_module_level=True)
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "napari-widget.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "napari-widget.png"
 
 
 def make_widget(viewer):

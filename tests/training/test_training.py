@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.shapes import SyntheticShapes
 from fastsam3d.data.streams import IndexedStream, SyntheticSource
 from fastsam3d.errors import FastSAM3DError
-from fastsam3d.evaluation.clicks import center_click, dice
 from fastsam3d.registry import build_model
 from fastsam3d.training.interactive import InteractiveLoss, sample_error_click
 from fastsam3d.training.trainer import TrainSettings, learning_rate, train

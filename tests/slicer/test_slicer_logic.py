@@ -12,10 +12,10 @@ from fastsam3d.io import lps_to_ras
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from .conftest import BrightInBox, IntensityModel, ellipsoid_volume, running_server
-from .test_session import sphere_volume
+from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume, running_server
+from ..test_session import sphere_volume
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer" / "FastSAM3D"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "slicer" / "FastSAM3D"))
 from FastSAM3DLib.logic import (
     Background,
     FastSAM3DLogic,

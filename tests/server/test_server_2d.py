@@ -11,16 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import ndimage
 
+from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import CheckpointError
-from fastsam3d.evaluation.clicks import dice
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.io import write_volume
-from fastsam3d.registry2d import litemedsam_weights
+from fastsam3d.hub import fetch
 from fastsam3d.server.app import create_app, decode_region
 from fastsam3d.server.store import ServerSettings
 
-from .conftest import BrightInBox, IntensityModel, ellipsoid_volume
+from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def client(tmp_path):
     (tmp_path / "data").mkdir()
     write_volume(volume, tmp_path / "data" / "ellipsoid.nii.gz")
     app = create_app(ServerSettings(data_dir=tmp_path / "data", temp_dir=tmp_path / "temp"), model=IntensityModel())
-    app.state.store._models["bright-in-box"] = (BrightInBox(), BrightInBox.config)  # a loaded 2D model
+    app.state.store._models["bright-in-box"] = BrightInBox()  # a loaded 2D model
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
@@ -116,7 +116,7 @@ def test_a_failing_streamed_interaction_ends_with_an_error_line(client):
 @pytest.mark.slow
 def test_litemedsam_segments_liver_and_spleen_from_a_one_slice_box_through_the_server(tmp_path):
     try:
-        litemedsam_weights()
+        fetch("litemedsam")
     except CheckpointError as error:
         pytest.skip(str(error))
     manifest = dev_manifest()
@@ -169,7 +169,7 @@ def test_each_propagated_slice_renews_the_deadline(tmp_path):
     write_volume(volume, tmp_path / "data" / "ellipsoid.nii.gz")
     settings = ServerSettings(data_dir=tmp_path / "data", temp_dir=tmp_path / "temp", request_seconds=1.0)
     app = create_app(settings, model=IntensityModel())
-    app.state.store._models["slow"] = (SlowBrightInBox(), BrightInBox.config)
+    app.state.store._models["slow"] = SlowBrightInBox()
     where = np.argwhere(inside[:, :, 10])
     box = {"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]}
     with TestClient(app, base_url="http://127.0.0.1") as client:

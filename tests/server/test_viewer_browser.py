@@ -23,7 +23,7 @@ from fastsam3d.io import Volume, lps_to_ras, write_volume
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from .conftest import IntensityModel, running_server
+from ..conftest import IntensityModel, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 SPACING = np.array([1.5, 1.5, 3.0])
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-viewer.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-viewer.png"
 
 
 def ct_volume():
