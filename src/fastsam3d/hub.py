@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,6 +355,7 @@ def _fetch_drive(entry: OfficialWeights, kind: str, file_id: str, progress: bool
             if found is None:
                 raise OSError(f"{entry.filename} is not in the Drive folder")
             os.replace(found, target)
+            shutil.rmtree(folder, ignore_errors=True)  # the folder's other files
         else:
             part = target.with_name(target.name + ".part")
             result = gdown.download(id=file_id, output=str(part), quiet=not progress, resume=True)

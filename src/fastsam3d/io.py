@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,6 +192,37 @@ def read_volume(path: str | Path) -> Volume:
     return volume
 
 
+def align_label(image: Volume, label: Volume, image_name: object = "image", label_name: object = "label") -> Volume:
+    """The label map on the image's voxel grid.
+
+    A label map stored on the same voxels in another axis order or direction (a flipped or
+    permuted copy of the grid, as converters often write) is reordered exactly; any other
+    geometry is an error naming both files.
+    """
+    index_map = np.linalg.inv(label.affine) @ image.affine  # image index -> label index
+    linear = index_map[:3, :3]
+    permutation = np.rint(linear)
+    offset = index_map[:3, 3]
+    exact = np.allclose(linear, permutation, atol=1e-3) and np.allclose(offset, np.rint(offset), atol=1e-2)
+    if exact and np.all(np.abs(permutation).sum(0) == 1) and np.all(np.abs(permutation).sum(1) == 1):
+        axes = [int(np.flatnonzero(permutation[:, a])[0]) for a in range(3)]  # label axis of image axis a
+        signs = [int(permutation[axes[a], a]) for a in range(3)]
+        starts = np.rint(offset).astype(int)
+        reordered = np.transpose(label.array, axes)
+        shape_ok = reordered.shape == image.shape
+        if shape_ok:
+            flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in signs)
+            first = [starts[axes[a]] for a in range(3)]
+            expected = [0 if s > 0 else n - 1 for s, n in zip(signs, image.shape)]
+            if first == expected:
+                return image.with_array(np.ascontiguousarray(reordered[flips]))
+    raise VolumeError(
+        f"label map {label_name} (shape {label.shape}, spacing {np.round(label.spacing, 3).tolist()}, "
+        f"origin {np.round(label.origin, 2).tolist()}) does not lie on the voxels of image {image_name} "
+        f"(shape {image.shape}, spacing {np.round(image.spacing, 3).tolist()}, origin {np.round(image.origin, 2).tolist()})"
+    )
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return next((s for s in WRITE_SUFFIXES if name.endswith(s)), "")
@@ -247,11 +277,12 @@ def make_folder(folder: str | Path) -> Path:
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A fresh temporary path beside ``path`` (not created: the writer creates it); renamed onto ``path``
-    on success, with the umask's permissions (0644 under 022) whatever mode the writer used; removed on failure."""
+    """A fresh temporary path beside ``path`` with the same ending (not created: the writer creates it);
+    renamed onto ``path`` on success, with the umask's permissions (0644 under 022) whatever mode the
+    writer used; removed on failure, leaving any previous ``path`` as it was."""
     path = Path(path)
     make_folder(path.parent)
-    temp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    temp = path.with_name(f".tmp-{secrets.token_hex(6)}-{path.name}")
     try:
         yield temp
         if temp.is_file():
@@ -263,25 +294,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
-    """Write atomically: a temporary file beside the target, then a rename."""
+    """Write atomically (:func:`atomic_output`); the ending chooses the format."""
     path = check_writable(path)
-    suffix = _suffix(path)
-    make_folder(path.parent)
     try:
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name[: -len(suffix)]}-", suffix=suffix)
-        os.close(handle)
-    except OSError as error:
-        raise VolumeError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        sitk.WriteImage(volume.to_sitk(), temp, useCompression=compress)
-        os.chmod(temp, file_mode())  # mkstemp made it 0600
-        os.replace(temp, path)
+        with atomic_output(path) as temp:
+            sitk.WriteImage(volume.to_sitk(), str(temp), useCompression=compress)
     except (RuntimeError, OSError) as error:
-        Path(temp).unlink(missing_ok=True)
         raise VolumeError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import FastSAM3DError
+from ..io import atomic_output
 
 PACKAGE = "totalsegmentator==2.18.0"
 RESERVED = ("aorta_report/", "pulmonary_report/")
@@ -87,9 +88,8 @@ def fetch_dev_data(root: Path | None = None, source: Path | None = None) -> Path
         "training": entries(TRAINING),
     }
     path = root / "dataset.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.replace(path)
+    with atomic_output(path) as temp:
+        temp.write_text(json.dumps(manifest, indent=1))
     return path
 
 

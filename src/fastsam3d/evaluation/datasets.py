@@ -19,10 +19,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import FastSAM3DError, VolumeError
-from ..io import Volume, read_volume
+from ..errors import FastSAM3DError
+from ..io import Volume, align_label, read_volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -41,37 +39,6 @@ class Case:
         image = read_volume(self.image)
         label = read_volume(self.label)
         return image, align_label(image, label, self.image, self.label)
-
-
-def align_label(image: Volume, label: Volume, image_name: object = "image", label_name: object = "label") -> Volume:
-    """The label map on the image's voxel grid.
-
-    A label map stored on the same voxels in another axis order or direction (a flipped or
-    permuted copy of the grid, as converters often write) is reordered exactly; any other
-    geometry is an error naming both files.
-    """
-    index_map = np.linalg.inv(label.affine) @ image.affine  # image index -> label index
-    linear = index_map[:3, :3]
-    permutation = np.rint(linear)
-    offset = index_map[:3, 3]
-    exact = np.allclose(linear, permutation, atol=1e-3) and np.allclose(offset, np.rint(offset), atol=1e-2)
-    if exact and np.all(np.abs(permutation).sum(0) == 1) and np.all(np.abs(permutation).sum(1) == 1):
-        axes = [int(np.flatnonzero(permutation[:, a])[0]) for a in range(3)]  # label axis of image axis a
-        signs = [int(permutation[axes[a], a]) for a in range(3)]
-        starts = np.rint(offset).astype(int)
-        reordered = np.transpose(label.array, axes)
-        shape_ok = reordered.shape == image.shape
-        if shape_ok:
-            flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in signs)
-            first = [starts[axes[a]] for a in range(3)]
-            expected = [0 if s > 0 else n - 1 for s, n in zip(signs, image.shape)]
-            if first == expected:
-                return image.with_array(np.ascontiguousarray(reordered[flips]))
-    raise VolumeError(
-        f"label map {label_name} (shape {label.shape}, spacing {np.round(label.spacing, 3).tolist()}, "
-        f"origin {np.round(label.origin, 2).tolist()}) does not lie on the voxels of image {image_name} "
-        f"(shape {image.shape}, spacing {np.round(image.spacing, 3).tolist()}, origin {np.round(image.origin, 2).tolist()})"
-    )
 
 
 def load_cases(data: str | Path, classes: list[str] | None = None) -> list[Case]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_output
 from .harness import COLUMNS, settings_dict, write_rows
 from .metrics import area_under_curve
 
@@ -78,9 +79,8 @@ def write_report(rows: list[dict], out: Path, settings) -> dict:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    with atomic_output(path) as temp:
+        temp.write_text(text)
 
 
 def _plot(summary: dict, out: Path, protocol: str) -> None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..errors import FastSAM3DError, PromptError, VolumeError
 from ..interaction import Progress
-from ..io import write_volume
+from ..io import align_label, write_volume
 from ..session import Session
 from ..slicewise import SliceSession
 from .guard import RequestGuard
@@ -281,8 +281,6 @@ async def _expire_idle(store: SessionStore) -> None:
 
 def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> np.ndarray:
     """An uploaded mask, checked and aligned to the session's image (voxels > 0 are inside)."""
-    from ..evaluation.datasets import align_label
-
     name = display_name(file.filename, "mask.nii.gz")
     suffix = next((s for s in UPLOAD_SUFFIXES[:-1] if (file.filename or name).lower().endswith(s)), None)
     if suffix is None:

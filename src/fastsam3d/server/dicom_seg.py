@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..errors import VolumeError
-from ..io import Volume
+from ..io import Volume, atomic_output
 
 
 def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: dict[int, str], path: Path) -> Path:
@@ -54,9 +53,8 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
         instance_number=1, manufacturer="fastsam3d", manufacturer_model_name="fastsam3d", software_versions=__version__,
         device_serial_number="0", series_description="fastsam3d segmentation",
     )
-    temporary = path.with_name(path.name + ".tmp")
-    segmentation.save_as(temporary)
-    os.replace(temporary, path)
+    with atomic_output(path) as temp:
+        segmentation.save_as(temp)
     return path
 
 

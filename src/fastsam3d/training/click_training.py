@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..io import atomic_output, read_volume
+from ..io import align_label, atomic_output, read_volume
 from ..modeling.click_unet import ClickUNet3D, click_maps
 from ..preprocess import RoiGrid
 from ..registry import build_model, load_model, save_model
@@ -98,8 +98,6 @@ def validation_crops(manifest: Path, cases: tuple[str, ...], structures: tuple[s
                      spacing: float = 3.0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, image (1, S, S, S) raw intensities, target) crops of real held-out structures, each
     ROI centred on the structure's interior-most voxel (where the first `center` click goes)."""
-    from ..evaluation.datasets import align_label  # evaluation sits above training: imported on use
-
     data = json.loads(Path(manifest).read_text())
     crops = []
     for case in data["cases"]:
