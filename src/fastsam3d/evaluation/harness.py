@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import resource
+import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_output
 from .datasets import Case
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, segmentation_metrics
 from .protocols import Prompt, get_protocol
@@ -91,9 +93,11 @@ def _interact(segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, se
     for step in range(1, settings.step_count + 1):
         prompts = protocol.prompts(step, prediction, target, spacing, rng, segmenter.region())
         if prompts:
+            started = time.perf_counter()
             prediction, timing = segmenter.apply(prompts)
+            elapsed = time.perf_counter() - started
             metrics = segmentation_metrics(prediction, target, spacing, settings.nsd_tolerance, settings.hd95)
-            times = {"encoder_ms": 1e3 * timing.encoder, "decoder_ms": 1e3 * timing.decoder, "total_ms": 1e3 * timing.total,
+            times = {"encoder_ms": 1e3 * timing.encoder, "decoder_ms": 1e3 * timing.decoder, "total_ms": 1e3 * elapsed,
                      "clicks_honoured": clicks_honoured(prompts, prediction)}
         elif metrics is None:
             raise RuntimeError("the protocol gave no prompt for the first step")
@@ -197,14 +201,11 @@ def shard(cases: list[Case], rank: int, world: int) -> list[Case]:
 
 def write_rows(rows: list[dict], path: Path) -> Path:
     """CSV with :data:`COLUMNS`, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_output(path) as temp, open(temp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _format(v) for k, v in row.items()})
-    temporary.replace(path)
     return path
 
 

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..interaction import Timings
 from ..io import Volume
+from ..labelmap import Slices
 from ..preprocess import RoiGrid
+from ..registry import spatial_dims
 from ..session import Session
 from .protocols import Prompt, Protocol
 
-Slices = tuple[slice, slice, slice]
-
-
-@dataclass
-class StepTiming:
-    """Seconds one step took, by stage (encoder 0 when the embedding was cached)."""
-
-    encoder: float = 0.0
-    decoder: float = 0.0
-    total: float = 0.0
 
 
 class Segmenter:
@@ -48,8 +40,9 @@ class Segmenter:
         """The input voxels the segmenter can segment (its ROI), or None for the whole volume."""
         return None
 
-    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
-        """Add prompts; return the structure's boolean mask on the input grid and the timing."""
+    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
+        """Add prompts; return the structure's boolean mask on the input grid and the step's time by
+        stage (encoder 0 when the embedding was cached; the caller measures the whole step)."""
         raise NotImplementedError
 
 
@@ -78,19 +71,15 @@ class SamSegmenter(Segmenter):
     def region(self) -> Slices | None:
         return None if self._roi is None else self._roi.covered_slices()
 
-    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
-        timing = StepTiming()
-        started = time.perf_counter()
+    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
+        timing = Timings()
         for prompt in prompts:
             if prompt.box is not None:
                 self.session.set_box(*prompt.box, roi_centre=self._roi_centre)
             else:
                 self.session.add_click(prompt.point, prompt.positive, roi_centre=self._roi_centre)
-            timing.encoder += self.session.timings.encoder
-            timing.decoder += self.session.timings.decoder
-        mask = self.session.mask()
-        timing.total = time.perf_counter() - started
-        return mask, timing
+            _add(timing, self.session.timings)
+        return self.session.mask(), timing
 
 
 class SliceSegmenter(Segmenter):
@@ -108,17 +97,14 @@ class SliceSegmenter(Segmenter):
     def begin(self, protocol: Protocol, roi_centre: np.ndarray | None = None) -> None:
         self.session.add_object()  # new structure; cached slice embeddings are kept
 
-    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
-        started = time.perf_counter()
-        timing = StepTiming()
+    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
+        timing = Timings()
         for prompt in prompts:
             if prompt.box is not None:
                 self.session.set_box(*prompt.box)
             else:
                 self.session.add_click(prompt.point, prompt.positive)
-            timing.encoder += self.session.timings.encoder
-            timing.decoder += self.session.timings.decoder
-        timing.total = time.perf_counter() - started
+            _add(timing, self.session.timings)
         return self.session.mask(), timing
 
 
@@ -146,7 +132,7 @@ class RandomWalkerSegmenter(Segmenter):
     def begin(self, protocol: Protocol, roi_centre: np.ndarray | None = None) -> None:
         self.clicks, self.box = [], None
 
-    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, StepTiming]:
+    def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
         from skimage.segmentation import random_walker
 
         started = time.perf_counter()
@@ -188,7 +174,7 @@ class RandomWalkerSegmenter(Segmenter):
                 labels = np.repeat(labels, factor[axis], axis=axis)
                 full[axis] = roi[axis].stop - roi[axis].start
             mask[roi] = labels[: full[0], : full[1], : full[2]] == 1
-        return mask, StepTiming(decoder=time.perf_counter() - started, total=time.perf_counter() - started)
+        return mask, Timings(decoder=time.perf_counter() - started)
 
     def _roi(self, shape: np.ndarray) -> Slices:
         if self.box is not None:
@@ -201,6 +187,14 @@ class RandomWalkerSegmenter(Segmenter):
             low = np.maximum(np.floor(centre - half), 0).astype(int)
             high = np.minimum(np.ceil(centre + half) + 1, shape).astype(int)
         return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def _add(total: Timings, step: Timings) -> None:
+    """Add one interaction's timings to a step's."""
+    total.encoder += step.encoder
+    total.decoder += step.decoder
+    total.paste += step.paste
+    total.slices += step.slices
 
 
 def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -223,11 +217,9 @@ def _faces(roi: Slices, shape: np.ndarray):
 
 def build_segmenter(spec: str, device: str | None = None) -> Segmenter:
     """``random-walker``, a model name / checkpoint path, or ``NAME=CHECKPOINT``."""
-    from ..registry2d import is_2d_model
-
     if spec == RandomWalkerSegmenter.name:
         return RandomWalkerSegmenter()
     name, _, checkpoint = spec.partition("=")
-    if is_2d_model(name):
+    if spatial_dims(name) == 2:
         return SliceSegmenter(name, checkpoint or None, device)
     return SamSegmenter(name, checkpoint=checkpoint or None, device=device, name=spec if not checkpoint else name)
