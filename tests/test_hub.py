@@ -22,7 +22,7 @@ from fastsam3d.errors import CheckpointError
 from fastsam3d.io import Volume, read_volume, write_volume
 from fastsam3d.registry import MODEL_CONFIGS, build_model
 
-from .test_session import sphere_volume
+from .helpers import sphere_volume
 
 pytest.importorskip("huggingface_hub")
 

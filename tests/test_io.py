@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from fastsam3d.errors import VolumeError
 from fastsam3d.io import Volume, lps_to_ras, ras_to_lps, read_volume, write_volume
 
-from .conftest import rotation
+from .helpers import rotation
 
 
 def _oblique(shape=(10, 12, 14)) -> Volume:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from fastsam3d.io import Volume
 from fastsam3d.preprocess import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
 
-from .conftest import rotation
+from .helpers import rotation
 
 
 def _oblique_volume(shape=(90, 70, 40), spacing=(0.8, 1.1, 2.5)) -> Volume:

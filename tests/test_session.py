@@ -2,28 +2,13 @@ import numpy as np
 import pytest
 import torch
 
+from fastsam3d.clicks import dice
 from fastsam3d.errors import PromptError, VolumeError
 from fastsam3d.io import Volume, read_volume
 from fastsam3d.registry import build_model
 from fastsam3d.session import Session
 
-from .conftest import rotation
-
-
-def sphere_volume(centre_mm=(10.0, -25.0, 40.0), radius_mm=18.0, shape=(120, 100, 44), spacing=(0.9, 1.2, 3.0)):
-    """An oblique, anisotropic volume with a bright sphere at a known world position."""
-    direction = rotation(25, 12)
-    origin = np.array([-40.0, -90.0, -20.0])
-    probe = Volume(np.zeros(shape, np.float32), np.array(spacing), origin, direction)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    distance = np.linalg.norm(probe.index_to_world(grid) - np.array(centre_mm), axis=-1)
-    rng = np.random.default_rng(0)
-    array = np.where(distance < radius_mm, 200.0, 40.0) + rng.normal(0, 5, shape)
-    return probe.with_array(array.astype(np.float32)), distance < radius_mm
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * (a & b).sum() / (a.sum() + b.sum())
+from .helpers import sphere_volume
 
 
 def test_click_on_sphere_gives_mask_in_the_same_world_place(intensity_model, tmp_path):

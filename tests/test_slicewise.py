@@ -19,7 +19,7 @@ from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
 from fastsam3d.registry2d import build_sam2d, litemedsam_weights, load_sam2d
 from fastsam3d.slicewise import SliceGeometry, SliceSession
 
-from .conftest import BrightInBox, ellipsoid_volume, rotation
+from .helpers import BrightInBox, ellipsoid_volume, rotation
 
 
 def test_propagation_stops_at_the_end_of_the_object():
@@ -81,7 +81,7 @@ def test_a_mask_comes_back_where_it_was_on_an_anisotropic_grid():
     where = np.argwhere(inside[:, :, 10])
     session.set_box((*where.min(0), 10), (*where.max(0), 10))
     got, truth = session.mask()[:, :, 10], inside[:, :, 10]
-    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.95
+    assert dice(got, truth) > 0.95
     np.testing.assert_allclose(np.argwhere(got).mean(0), np.argwhere(truth).mean(0), atol=0.5)
 
 
@@ -220,7 +220,7 @@ def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_i
         session.add_object()
         session.set_box((*plane.min(0), where[:, 2].min()), (*plane.max(0), where[:, 2].max()))
         mask = session.mask()
-        assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) >= 0.90
+        assert dice(mask, truth) >= 0.90
 
 
 def test_sam_med2d_layout_with_adapters_loads_from_its_model_wrapper(tmp_path):

@@ -7,10 +7,11 @@ import SimpleITK as sitk
 
 import fastsam3d.registry
 from fastsam3d.cli import main
+from fastsam3d.clicks import dice
 from fastsam3d.io import Volume, read_volume, write_volume
 from fastsam3d.registry import build_model, save_model
 
-from ..test_session import dice, sphere_volume
+from ..helpers import sphere_volume
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import fastsam3d.registry
 from fastsam3d.cli import main
 from fastsam3d.io import write_volume
 
-from ..test_session import sphere_volume
+from ..helpers import sphere_volume
 
 
 @pytest.fixture

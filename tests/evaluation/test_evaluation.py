@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.metrics import compute_surface_dice
 import torch
+from monai.metrics import compute_surface_dice
 
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
@@ -25,8 +25,7 @@ from fastsam3d.evaluation.protocols import Prompt, get_protocol
 from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter, StepTiming
 from fastsam3d.io import Volume, write_volume
 
-from ..conftest import rotation
-from ..test_session import sphere_volume
+from ..helpers import rotation, sphere_volume
 
 
 def cube(shape, low, high) -> np.ndarray:

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from fastsam3d.modeling.peft import (
-    AdaptedLinear, apply_peft, load_peft_state_dict, merge_peft, parameter_counts, peft_state_dict,
+    AdaptedLinear,
+    apply_peft,
+    load_peft_state_dict,
+    merge_peft,
+    parameter_counts,
+    peft_state_dict,
 )
 from fastsam3d.registry import build_model
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastsam3d.clicks import dice
 from fastsam3d.io import read_volume, write_volume
 from fastsam3d.session import Session
 
-from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume, rotation
-from ..test_session import sphere_volume
+from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, rotation, sphere_volume
 
 napari = pytest.importorskip("napari", reason="pip install 'fastsam3d[napari]' (scripts/install.sh does)")
 if not os.environ.get("DISPLAY"):
@@ -48,7 +48,7 @@ def test_widget_click_labels_screenshot_export_undo(make_napari_viewer, qtbot, t
     qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
     labels = widget.session.labels
     assert labels[centre] == 1
-    assert 2 * ((labels > 0) & truth).sum() / ((labels > 0).sum() + truth.sum()) > 0.9
+    assert dice(labels > 0, truth) > 0.9
     widget.labels_layer.visible = False
     plain = viewer.screenshot(canvas_only=True)
     widget.labels_layer.visible = True
@@ -126,7 +126,7 @@ def test_a_2d_model_segments_from_a_box_drawn_on_one_slice(make_napari_viewer, q
     qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
     labels = widget.session.labels.astype(bool)
     assert np.nonzero(labels.any(axis=(1, 2)))[0].tolist() == list(range(6, 15))  # beyond the drawn slice
-    assert 2 * (labels & inside).sum() / (labels.sum() + inside.sum()) > 0.95
+    assert dice(labels, inside) > 0.95
 
 
 def test_reader_places_the_volume_and_picks_the_ct_window(tmp_path):

@@ -16,8 +16,7 @@ from fastsam3d.io import Volume, read_volume, write_volume
 from fastsam3d.server.app import create_app, decode_region
 from fastsam3d.server.store import ServerSettings
 
-from ..conftest import IntensityModel
-from ..test_session import sphere_volume
+from ..helpers import IntensityModel, sphere_volume
 
 
 @pytest.fixture(scope="module")

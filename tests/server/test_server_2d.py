@@ -15,12 +15,12 @@ from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import CheckpointError
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.io import write_volume
 from fastsam3d.hub import fetch
+from fastsam3d.io import write_volume
 from fastsam3d.server.app import create_app, decode_region
 from fastsam3d.server.store import ServerSettings
 
-from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume
+from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from fastsam3d.io import write_volume
 from fastsam3d.server.app import create_app, decode_region
 from fastsam3d.server.store import ServerSettings
 
-from ..conftest import IntensityModel
-from ..test_session import sphere_volume
+from ..helpers import IntensityModel, sphere_volume
 
 KEY = "s3cret"
 PART_HEAD = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.nii.gz"\r\n\r\n'

@@ -23,7 +23,7 @@ from fastsam3d.io import Volume, lps_to_ras, write_volume
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from ..conftest import IntensityModel, running_server
+from ..helpers import IntensityModel, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastsam3d.clicks import dice
 from fastsam3d.io import lps_to_ras
 from fastsam3d.server.app import create_app
 from fastsam3d.server.store import ServerSettings
 
-from ..conftest import BrightInBox, IntensityModel, ellipsoid_volume, running_server
-from ..test_session import sphere_volume
+from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, running_server, sphere_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "slicer" / "FastSAM3D"))
 from FastSAM3DLib.logic import (
@@ -56,7 +56,7 @@ def test_logic_segments_undoes_and_maps_geometry(server_url):
     np.testing.assert_allclose(ras_to_ijk(ijk_to_ras, ras), centre_ijk, atol=1e-6)
     logic.click(ras, positive=True)
     mask = logic.labels == first
-    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9  # in Slicer's (K, J, I) order
+    assert dice(mask, truth) > 0.9  # in Slicer's (K, J, I) order
     k, j, i = np.round(centre_ijk[::-1]).astype(int)
     logic.click(ras, positive=False)  # exclude ball around the centre
     assert logic.labels[k, j, i] == 0
@@ -243,5 +243,5 @@ def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
         answer = logic.box(*corners, label=label)
         mask = logic.labels == label
         assert answer["slices"] > 5 and mask.any(axis=(1, 2)).sum() > 5  # propagated beyond the drawn slice
-        assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+        assert dice(mask, truth) > 0.9
         logic.close()
