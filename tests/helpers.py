@@ -119,3 +119,13 @@ def running_server(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def hand_made_errors() -> tuple[np.ndarray, np.ndarray]:
+    """A 10-voxel cube target, a prediction covering a thin slab of it plus a small false positive."""
+    target = np.zeros((20, 20, 20), bool)
+    target[2:12, 2:12, 2:12] = True  # a 10-voxel cube
+    prediction = np.zeros_like(target)
+    prediction[2:12, 2:12, 2:5] = True  # covers a thin slab of it
+    prediction[14:18, 14:18, 14:18] = True  # and a small false positive
+    return prediction, target

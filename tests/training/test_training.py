@@ -2,61 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from fastsam3d.clicks import center_click, dice
-from fastsam3d.data.shapes import SyntheticShapes
 from fastsam3d.data.streams import IndexedStream, SyntheticSource
 from fastsam3d.errors import FastSAM3DError
 from fastsam3d.registry import build_model
 from fastsam3d.training.interactive import InteractiveLoss, sample_error_click
 from fastsam3d.training.trainer import TrainSettings, learning_rate, train
 
-
-def test_synthetic_samples_are_deterministic_and_valid():
-    image, target = SyntheticShapes(size=64, seed=3).sample_object(min_voxels=50)
-    again, target_again = SyntheticShapes(size=64, seed=3).sample_object(min_voxels=50)
-    assert image.shape == target.shape == (64, 64, 64) and image.dtype == np.float32 and target.dtype == bool
-    assert np.array_equal(image, again) and np.array_equal(target, target_again)
-    assert target.sum() >= 50 and np.isfinite(image).all()
-    inside, outside = image[target].mean(), image[~target].mean()
-    assert not np.isclose(inside, outside)
-
-
-def _hand_made():
-    target = np.zeros((20, 20, 20), bool)
-    target[2:12, 2:12, 2:12] = True  # a 10-voxel cube
-    prediction = np.zeros_like(target)
-    prediction[2:12, 2:12, 2:5] = True  # covers a thin slab of it
-    prediction[14:18, 14:18, 14:18] = True  # and a small false positive
-    return prediction, target
-
-
-def test_center_click_goes_to_the_deepest_error():
-    prediction, target = _hand_made()
-    index, positive = center_click(prediction, target)
-    assert positive and target[tuple(index)] and not prediction[tuple(index)]
-    assert 5 <= index[0] <= 8 and 5 <= index[1] <= 8 and 7 <= index[2] <= 9
-    prediction[:] = target
-    prediction[0:6, 0:6, 14:20] = True  # only a false positive is left
-    index, positive = center_click(prediction, target)
-    assert not positive and prediction[tuple(index)] and not target[tuple(index)]
-    assert center_click(target, target) is None
+from ..helpers import hand_made_errors
 
 
 def test_error_click_sampling_stays_in_the_inner_core():
-    prediction, target = _hand_made()
+    prediction, target = hand_made_errors()
     rng = np.random.default_rng(0)
     for _ in range(20):
         index, label = sample_error_click(prediction, target, rng)
         assert label == 1 and target[tuple(index)] and not prediction[tuple(index)]
         assert 3 <= index[0] <= 10 and index[2] >= 6  # away from the error's border
-
-
-def test_dice():
-    a = np.zeros((4, 4, 4), bool)
-    b = a.copy()
-    a[:2] = True
-    b[1:3] = True
-    assert dice(a, b) == 0.5 and dice(a, a) == 1.0 and dice(a & False, b & False) == 1.0
 
 
 def test_training_steps_reduce_the_loss():
