@@ -1,25 +1,18 @@
-"""Check our models against a fixture made with the public reference code.
-
-    python -m fastsam3d.reference_check ../shared/reference/ref_small.pt [more.pt ...]
+"""Our models against a fixture made with the public reference code (``fastsam3d check-reference``).
 
 The fixture holds the reference constructor arguments, its state dict, inputs and every output
-(REFERENCE.md §9). We build the same architecture from those arguments, load the state dict
-strictly, rerun each input and print the max absolute error per output. Exit status 0 only if
-every error is <= the tolerance (1e-4).
+(REFERENCE.md §9). :func:`check_fixture` builds the same architecture from those arguments, loads
+the state dict strictly, reruns each input and returns the max absolute error per output.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from .errors import FastSAM3DError
 from .registry import ModelConfig, build_model, load_state_dict_strict
-
-TOLERANCE = 1e-4
 
 
 def config_from_reference(reference: dict, block_style: str) -> ModelConfig:
@@ -61,7 +54,9 @@ def _max_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def run_model(model, inputs: dict, cases: tuple[str, ...] = ("A", "B")) -> dict[str, torch.Tensor]:
     """All outputs our model gives for a fixture's inputs, named like the fixture's."""
     captured: list[torch.Tensor] = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: captured.append(out)) for block in model.image_encoder.blocks]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: captured.append(out)) for block in model.image_encoder.blocks
+    ]
     embedding, features = model.image_encoder(inputs["image"], return_intermediates=True)
     for hook in hooks:
         hook.remove()
@@ -116,29 +111,3 @@ def check_fixture(path: Path) -> dict[str, dict[str, float]]:
         cases = tuple(c for c in ("A", "B") if c in expected)
         report[variant] = compare(run_model(model, fixture["inputs"], cases), expected)
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("fixtures", nargs="+", type=Path)
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
-    args = parser.parse_args(argv)
-    worst = 0.0
-    for path in args.fixtures:
-        try:
-            report = check_fixture(path)
-        except (FastSAM3DError, OSError, KeyError, RuntimeError) as error:
-            print(f"error: {path}: {error}", file=sys.stderr)
-            return 2
-        for variant, errors in report.items():
-            print(f"{path.name} [{variant}]")
-            for name, error in errors.items():
-                flag = "ok" if error <= args.tolerance else "FAIL"
-                print(f"  {name:40s} {error:.3e}  {flag}")
-                worst = max(worst, error)
-    print(f"max abs error {worst:.3e} (tolerance {args.tolerance:.0e})")
-    return 0 if worst <= args.tolerance else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

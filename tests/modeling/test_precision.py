@@ -12,7 +12,7 @@ from fastsam3d.cli import main
 from fastsam3d.clicks import dice
 from fastsam3d.errors import CheckpointError
 from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_model_precision, apply_precision, default_precision
-from fastsam3d.reference_check import config_from_reference
+from fastsam3d.reference import config_from_reference
 from fastsam3d.registry import build_model, load_model, load_state_dict_strict, save_model
 from fastsam3d.session import Session
 

@@ -1,8 +1,8 @@
-"""reference_check: the model reproduces the reference fixtures (../shared/reference)."""
+"""reference: the model reproduces the reference fixtures (../shared/reference)."""
 
 import pytest
 
-from fastsam3d.reference_check import check_fixture, main as reference_check_main
+from fastsam3d.reference import check_fixture
 
 
 @pytest.mark.parametrize("fixture", ["ref_small.pt", "ref_small_student.pt"])
@@ -18,9 +18,3 @@ def test_block_styles_differ_on_teacher_fixture(reference_dir):
     """The two residual forms give different outputs on the same weights (REFERENCE fact 2)."""
     report = check_fixture(reference_dir / "ref_small.pt")
     assert set(report) == {"reference", "fastsam3d_block_variant"}
-
-
-def test_reference_check_cli_exit_codes(reference_dir, capsys):
-    assert reference_check_main([str(reference_dir / "ref_small.pt"), "--tolerance", "1e-4"]) == 0
-    assert "max abs error" in capsys.readouterr().out
-    assert reference_check_main([str(reference_dir / "ref_small.pt"), "--tolerance", "1e-12"]) == 1

@@ -1,0 +1,115 @@
+"""Argument pieces shared by the commands: click and box types, model options, verbosity, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def click(kind: str):
+    """argparse type for ``a,b,c[,+|-]``: a click of ``kind`` ("voxel" or "world")."""
+
+    def parse(text: str) -> tuple[str, tuple[float, float, float], bool]:
+        parts = [p.strip() for p in text.split(",")]
+        sign = "+"
+        if parts and parts[-1] in ("+", "-"):
+            sign = parts.pop()
+        try:
+            coords = tuple(float(p) for p in parts)
+        except ValueError:
+            coords = ()
+        if len(coords) != 3:
+            raise argparse.ArgumentTypeError(f"expected three numbers and an optional +/-, got {text!r}")
+        return kind, coords, sign == "+"
+
+    return parse
+
+
+def box(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """argparse type for ``i0,j0,k0,i1,j1,k1``: two corner voxels."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise argparse.ArgumentTypeError(f"a box is i0,j0,k0,i1,j1,k1 (six numbers), got {text!r}")
+    return tuple(values[:3]), tuple(values[3:])
+
+
+class AppendClick(argparse.Action):
+    """Collect --point and --world-point into one ordered list of clicks."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        clicks = getattr(namespace, "clicks", None) or []
+        clicks.append(values)
+        namespace.clicks = clicks
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="model name (see `fastsam3d models`) or checkpoint file")
+    parser.add_argument("--checkpoint", help="weights for a named model, e.g. sam_med3d_turbo.pth")
+    parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
+    parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                        help="image encoder arithmetic: auto (default: int8 for the 3D SAMs on a CPU, else fp32), "
+                        "fp32, bf16, int8 (CPU only)")
+
+
+def add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors; no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages")
+
+
+class Parser(argparse.ArgumentParser):
+    """Every subcommand takes -q / -v too (before or after its name)."""
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        add_parser = action.add_parser
+
+        def add_with_verbosity(*args, **kw):
+            sub = add_parser(*args, **kw)
+            add_verbosity(sub, argparse.SUPPRESS)
+            return sub
+
+        action.add_parser = add_with_verbosity
+        return action
+
+
+def load_model(args: argparse.Namespace):
+    """The model of --model / --checkpoint; official names download on first use (progress unless -q)."""
+    import os
+
+    from ..registry import load_model
+
+    if args.quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device,
+                      precision=args.precision)
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Info on stdout as plain lines, warnings and errors on stderr as `fastsam3d: warning: ...`."""
+
+    class _Format(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            return text if record.levelno < logging.WARNING else f"fastsam3d: {record.levelname.lower()}: {text}"
+
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(_Format("%(message)s"))
+    log = logging.getLogger("fastsam3d")
+    log.handlers[:] = [out, err]
+    log.propagate = False
+    log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
