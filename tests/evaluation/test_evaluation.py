@@ -17,13 +17,14 @@ from monai.metrics import compute_surface_dice
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import VolumeError
-from fastsam3d.evaluation.datasets import Case, align_label, load_cases
+from fastsam3d.evaluation.datasets import Case, load_cases
 from fastsam3d.evaluation.evaluate import evaluate
 from fastsam3d.evaluation.harness import COLUMNS, EvaluationSettings, evaluate_case
 from fastsam3d.evaluation.metrics import area_under_curve, segmentation_metrics
 from fastsam3d.evaluation.protocols import Prompt, get_protocol
-from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter, StepTiming
-from fastsam3d.io import Volume, write_volume
+from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter
+from fastsam3d.interaction import Timings
+from fastsam3d.io import Volume, align_label, write_volume
 
 from ..helpers import rotation, sphere_volume
 
@@ -148,7 +149,7 @@ class Oracle(Segmenter):
             if self.value is None and p.positive:
                 self.value = self.label[point]
         mask = (self.label == self.value) if self.perfect else np.zeros(self.label.shape, bool)
-        return mask, StepTiming(total=0.001)
+        return mask, Timings()
 
 
 def two_structure_case(tmp_path: Path) -> tuple[Case, Volume, Volume]:
