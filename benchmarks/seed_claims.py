@@ -66,11 +66,11 @@ def measure_3d(name: str, device: str, repeats: int, sync) -> dict:
 
 
 def measure_2d(name: str, device: str, slices: int, sync) -> dict:
-    from fastsam3d.registry2d import MODEL_2D_CONFIGS, build_sam2d
     from fastsam3d.modeling.tiny_vit import fuse_batchnorm
+    from fastsam3d.registry import build_model, get_config
 
-    config = MODEL_2D_CONFIGS[name]
-    model = build_sam2d(name).to(device).eval()
+    config = get_config(name)
+    model = build_model(config).to(device)
     if config.encoder == "tiny-vit":
         fuse_batchnorm(model.image_encoder)  # as loaded for inference
     image = torch.randn(1, 3, config.img_size, config.img_size, device=device)

@@ -15,7 +15,7 @@ def test_click_on_sphere_gives_mask_in_the_same_world_place(intensity_model, tmp
     volume, truth = sphere_volume()
     session = Session(intensity_model)
     session.set_image(volume)
-    session.add_click((10.0, -25.0, 40.0), world=True)  # the sphere centre, LPS mm
+    session.add_click((10.0, -25.0, 40.0), frame="lps")  # the sphere centre, LPS mm
     mask = session.mask()
     assert dice(mask, truth) > 0.9
     path = session.save_labels(tmp_path / "seg.nii.gz")
@@ -31,12 +31,14 @@ def test_ras_world_points_and_voxel_points_agree(intensity_model):
     centre = np.array([10.0, -25.0, 40.0])
     index = volume.world_to_index(centre)
     masks = []
-    for kwargs, point in (({}, index), ({"world": True, "ras": True}, centre * [-1, -1, 1])):
+    for kwargs, point in (({}, index), ({"frame": "lps"}, centre), ({"frame": "ras"}, centre * [-1, -1, 1])):
         session = Session(intensity_model)
         session.set_image(volume)
         session.add_click(point, **kwargs)
         masks.append(session.mask())
-    assert np.array_equal(masks[0], masks[1]) and masks[0].any()
+    assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2]) and masks[0].any()
+    with pytest.raises(PromptError, match="unknown point frame 'world'"):
+        session.add_click(centre, frame="world")
 
 
 def test_second_click_reuses_embedding_and_equals_fresh_session():
@@ -251,7 +253,7 @@ def test_embedding_cache_is_bounded_in_megabytes():
     session.set_image(volume)
     session.add_click((20, 20, 10))
     one = session.cached_bytes()
-    session.cache_bytes = int(1.5 * one)  # room for one embedding and a half
+    session.predictor.cache_bytes = int(1.5 * one)  # room for one embedding and a half
     session.add_object()
     session.add_click((100, 80, 35))
-    assert len(session._embeddings) == 1 and session.cached_bytes() == one
+    assert len(session.predictor._embeddings) == 1 and session.cached_bytes() == one

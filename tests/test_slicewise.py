@@ -15,8 +15,9 @@ from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.errors import CheckpointError, PromptError
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
+from fastsam3d.hub import fetch
 from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
-from fastsam3d.registry2d import build_sam2d, litemedsam_weights, load_sam2d
+from fastsam3d.registry import build_model, load_model
 from fastsam3d.slicewise import SliceGeometry, SliceSession
 
 from .helpers import BrightInBox, ellipsoid_volume, rotation
@@ -24,7 +25,7 @@ from .helpers import BrightInBox, ellipsoid_volume, rotation
 
 def test_propagation_stops_at_the_end_of_the_object():
     volume, inside = ellipsoid_volume()
-    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session = SliceSession(BrightInBox(), device="cpu")
     session.set_image(volume)
     assert session.axis == 2
     where = np.argwhere(inside[:, :, 10])
@@ -51,7 +52,7 @@ def test_slices_round_trip_in_every_orientation():
     volume, _ = ellipsoid_volume(rotation(170, 8))  # flipped, slightly oblique axes
     array = np.random.default_rng(0).random(volume.shape)
     for axis in range(3):
-        session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu", axis=axis)
+        session = SliceSession(BrightInBox(), device="cpu", axis=axis)
         session.set_image(volume)
         target = np.zeros_like(array)
         for index in range(volume.shape[axis]):
@@ -75,7 +76,7 @@ def test_mapping_back_matches_sams_upsample_crop_resize_for_non_square_anisotrop
 
 def test_a_mask_comes_back_where_it_was_on_an_anisotropic_grid():
     volume, inside = ellipsoid_volume()  # in-plane 0.8 x 1.2 mm, 40 x 30 pixels
-    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session = SliceSession(BrightInBox(), device="cpu")
     session.set_image(volume)
     assert session.geometry.resized == (64, 57)  # rows: 30 x 1.2 mm -> 64 px, cols: 40 x 0.8 mm -> ~57 px
     where = np.argwhere(inside[:, :, 10])
@@ -87,7 +88,7 @@ def test_a_mask_comes_back_where_it_was_on_an_anisotropic_grid():
 
 def test_box_edits_for_box_only_models():
     volume, inside = ellipsoid_volume()
-    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session = SliceSession(BrightInBox(), device="cpu")
     session.set_image(volume)
     where = np.argwhere(inside)
     session.set_box(where.min(0), where.max(0))
@@ -99,13 +100,13 @@ def test_box_edits_for_box_only_models():
     assert session.undo() and np.array_equal(session.mask(), before)
     assert session.redo() and np.array_equal(session.mask(), after) and not session.redo()
     world = volume.index_to_world(np.array([[20.0, 15.0, 10.0]]))[0]
-    session.add_click(world, positive=False, world=True)  # the same voxel in LPS millimetres: already excluded
+    session.add_click(world, positive=False, frame="lps")  # the same voxel in LPS millimetres: already excluded
     assert np.array_equal(session.mask(), after)
 
 
 def test_box_only_models_start_from_a_box_and_clicks_continue_the_object():
     volume, inside = ellipsoid_volume()
-    session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")
+    session = SliceSession(BrightInBox(), device="cpu")
     session.set_image(volume)
     with pytest.raises(PromptError, match="takes a box first"):
         session.add_click((20, 15, 10))
@@ -147,7 +148,7 @@ OFFICIAL_SAM_KEYS = {  # name: shape, from the official sam_vit_b_01ec64.pth lay
 
 
 def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
-    model = build_sam2d("sam-vit-b")
+    model = build_model("sam-vit-b")
     state = model.state_dict()
     assert len(state) == 314  # 177 image encoder + 17 prompt encoder + 120 mask decoder tensors
     for key, shape in OFFICIAL_SAM_KEYS.items():
@@ -155,17 +156,18 @@ def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save(state, path)
     for name in ("sam-vit-b", "medsam"):
-        loaded, _config = load_sam2d(name, path)
+        loaded = load_model(name, path)
+        assert loaded.config.name == name
         torch.testing.assert_close(loaded.image_encoder.pos_embed, state["image_encoder.pos_embed"])
     with torch.inference_mode():  # a 1024 x 1024 slice -> 64 x 64 embedding -> 256 x 256 logits
         embedding = loaded.encode(torch.rand(1, 3, 1024, 1024))
         logits, _ = loaded.decode(embedding, torch.tensor([[[500.0, 400.0]]]), torch.tensor([[1]]))
     assert embedding.shape == (1, 256, 64, 64) and logits.shape == (1, 1, 256, 256)
     with pytest.raises(CheckpointError, match="medsam is not downloaded"):  # offline in tests (conftest)
-        load_sam2d("medsam")
+        load_model("medsam")
     torch.save({"image_encoder.pos_embed": state["image_encoder.pos_embed"]}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="missing"):
-        load_sam2d("sam-vit-b", tmp_path / "partial.pth")
+        load_model("sam-vit-b", tmp_path / "partial.pth")
 
 
 def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsys, monkeypatch):
@@ -173,7 +175,7 @@ def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsy
     from fastsam3d import slicewise
     from fastsam3d.io import read_volume, write_volume
 
-    monkeypatch.setattr(slicewise, "load_sam2d", lambda *args: (BrightInBox(), BrightInBox.config))
+    monkeypatch.setattr(slicewise, "load_model", lambda *args, **kwargs: BrightInBox())
     write_volume(volume, tmp_path / "v.nii.gz")
     code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "8,6,10,32,24,10",
                  "--out", str(tmp_path / "o.nii.gz"), "--uncertainty", str(tmp_path / "u.nii.gz"), "--samples", "4"])
@@ -192,15 +194,15 @@ def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsy
 @pytest.fixture(scope="module")
 def litemedsam_installed():
     try:
-        return litemedsam_weights()
+        return fetch("litemedsam")
     except CheckpointError as error:
         pytest.skip(str(error))
 
 
 def test_litemedsam_loads_strictly(litemedsam_installed):
-    model, config = load_sam2d("litemedsam", fuse=False)
-    assert sum(p.numel() for p in model.parameters()) == 9_791_300
-    assert config.img_size == 256 and model.low_res_size == (256, 256)
+    assert sum(p.numel() for p in build_model("litemedsam").parameters()) == 9_791_300  # before BatchNorm fusion
+    model = load_model("litemedsam")  # strict: every key and shape of the publisher's file
+    assert model.config.img_size == 256 and model.low_res_size == (256, 256)
     assert isinstance(build_segmenter("litemedsam"), SliceSegmenter)
 
 
@@ -224,7 +226,7 @@ def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_i
 
 
 def test_sam_med2d_layout_with_adapters_loads_from_its_model_wrapper(tmp_path):
-    model = build_sam2d("sam-med2d")
+    model = build_model("sam-med2d")
     state = model.state_dict()
     expected = {
         "image_encoder.pos_embed": (1, 16, 16, 768),
@@ -237,5 +239,5 @@ def test_sam_med2d_layout_with_adapters_loads_from_its_model_wrapper(tmp_path):
         assert tuple(state[key].shape) == shape, key
     assert len(state) == 314 + 12 * 6  # SAM ViT-B plus six adapter tensors per block
     torch.save({"model": state, "epoch": 1}, tmp_path / "sam-med2d_b.pth")
-    loaded, config = load_sam2d("sam-med2d", tmp_path / "sam-med2d_b.pth")
-    assert config.point_prompts and loaded.low_res_size == (64, 64)
+    loaded = load_model("sam-med2d", tmp_path / "sam-med2d_b.pth")
+    assert loaded.config.point_prompts and loaded.low_res_size == (64, 64)

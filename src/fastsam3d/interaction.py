@@ -1,15 +1,16 @@
 """What the 3D engine (:class:`~fastsam3d.session.Session`) and the slice-by-slice engine for 2D
 SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: :class:`ObjectEngine` (one volume,
-several objects with label values 1, 2, ..., one undo history per object, and a label map on the
-input grid that each interaction repaints only inside the box it changed), the answer of an
-interaction, progress events, point frames and label-map compositing. Every verb (``add_click``,
+several objects with label values 1, 2, ..., one undo history per object, and a
+:class:`~fastsam3d.labelmap.LabelMap` that each interaction repaints only inside the box it
+changed), the answer of an interaction, progress events and point frames. Every verb (``add_click``,
 ``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``, ``reset``, ``remove_object``)
 returns an :class:`Interaction`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Literal, get_args
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 
 from .errors import PromptError
 from .io import Volume, ras_to_lps, write_volume
+from .labelmap import LabelMap, Region, Slices, union_box
 
-Slices = tuple[slice, slice, slice]
 MAX_HISTORY = 100  # undo steps kept per object
+Frame = Literal["voxel", "lps", "ras"]  # a point as an input voxel index (i, j, k), or world mm in LPS / RAS
 
 
 @dataclass
@@ -60,54 +62,21 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def voxel_index(volume: Volume, point, world: bool = False, ras: bool = False) -> np.ndarray:
-    """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``), checked
-    to lie inside the volume."""
+def voxel_index(volume: Volume, point, frame: Frame = "voxel") -> np.ndarray:
+    """A point given in ``frame`` as a continuous input voxel index (i, j, k), checked to lie
+    inside the volume. Frames: ``"voxel"`` (ITK index order = nibabel ``data[i, j, k]``),
+    ``"lps"`` (world mm as ITK / Slicer / DICOM) or ``"ras"`` (world mm as NIfTI / nibabel)."""
+    if frame not in get_args(Frame):
+        raise PromptError(f"unknown point frame {frame!r}: use one of {', '.join(get_args(Frame))}")
     point = np.asarray(point, dtype=np.float64).reshape(-1)
     if point.shape != (3,) or not np.isfinite(point).all():
         raise PromptError(f"a point needs three finite coordinates, got {point.tolist()}")
-    if world:
-        point = volume.world_to_index(ras_to_lps(point) if ras else point)
+    if frame != "voxel":
+        point = volume.world_to_index(ras_to_lps(point) if frame == "ras" else point)
     if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
-        unit = "world point (mm)" if world else "voxel"
+        unit = f"world point ({frame.upper()} mm)" if frame != "voxel" else "voxel"
         raise PromptError(f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
     return point
-
-
-def union_box(boxes: Iterable[Slices | None]) -> Slices | None:
-    """The smallest box holding every non-empty box (None when there is none)."""
-    boxes = [b for b in boxes if b is not None and all(s.stop > s.start for s in b)]
-    if not boxes:
-        return None
-    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-
-
-def bounding_box(mask: np.ndarray) -> Slices | None:
-    """The box of a mask's non-zero voxels (None when it is empty); one pass per axis over
-    projections, not over the voxels' coordinates."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
-def paint_labels(labels: np.ndarray, box: Slices, pieces: Iterable[tuple[int, Slices, np.ndarray]]) -> None:
-    """Recompose ``labels`` inside ``box`` from (label, piece box, boolean piece) pieces; where
-    objects overlap the higher label wins, so the composite is a voxel-wise maximum of
-    ``piece * label`` (branch-free, unlike masked assignment)."""
-    region = labels[box]
-    region.fill(0)
-    for label, piece_box, piece in pieces:
-        overlap = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, piece_box))
-        if any(s.stop <= s.start for s in overlap):
-            continue
-        target = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
-        source = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, piece_box))
-        painted = np.multiply(piece[source], label, dtype=region.dtype)
-        np.maximum(region[target], painted, out=region[target])
 
 
 @dataclass(frozen=True)
@@ -163,15 +132,15 @@ class ObjectEngine:
         self.volume: Volume | None = None
         self.objects: dict[int, SegmentObject] = {}
         self.active: int | None = None
-        self.labels: np.ndarray | None = None
+        self._label_map: LabelMap | None = None
         self.timings = Timings()
         self.changed_region: Slices | None = None  # label-map box the last interaction repainted
-        self._region_cache: dict[int, tuple[object, list[tuple[Slices, np.ndarray]]]] = {}
+        self._region_cache: dict[int, tuple[object, list[Region]]] = {}
 
     def _empty_state(self):
         raise NotImplementedError
 
-    def _compute_regions(self, state) -> list[tuple[Slices, np.ndarray]]:
+    def _compute_regions(self, state) -> list[Region]:
         raise NotImplementedError
 
     # --- image and objects ------------------------------------------------------------
@@ -182,7 +151,7 @@ class ObjectEngine:
         self.objects.clear()
         self._region_cache.clear()
         self.active = None
-        self.labels = np.zeros(volume.shape, dtype=np.uint8)
+        self._label_map = LabelMap(volume.shape)
 
     def add_object(self, name: str | None = None) -> int:
         """Start a new object; it becomes the active one. Returns its label value."""
@@ -190,8 +159,7 @@ class ObjectEngine:
         label = max(self.objects, default=0) + 1
         if label > 65535:
             raise PromptError("too many objects (at most 65535)")
-        if label > np.iinfo(self.labels.dtype).max:
-            self.labels = self.labels.astype(np.uint16)
+        self._label_map.make_room(label)
         self.objects[label] = SegmentObject(label, name or f"object {label}", [self._empty_state()])
         self.active = label
         return label
@@ -208,13 +176,13 @@ class ObjectEngine:
         self.timings = Timings()
         return self._repaint(boxes)
 
-    def to_index(self, point, world: bool = False, ras: bool = False) -> np.ndarray:
-        """A point in input voxel indices (default) or world mm (LPS; RAS with ``ras=True``)."""
-        return voxel_index(self._require_image(), point, world, ras)
+    def to_index(self, point, frame: Frame = "voxel") -> np.ndarray:
+        """A point given in ``frame`` (see :func:`voxel_index`) as a checked input voxel index."""
+        return voxel_index(self._require_image(), point, frame)
 
-    def _checked_clicks(self, points, positives, world: bool, ras: bool) -> tuple[list[np.ndarray], list[bool]]:
+    def _checked_clicks(self, points, positives, frame: Frame) -> tuple[list[np.ndarray], list[bool]]:
         """Every click's voxel index and flag, all checked before any is applied."""
-        indices = [self.to_index(point, world, ras) for point in points]
+        indices = [self.to_index(point, frame) for point in points]
         positives = [bool(p) for p in positives]
         if not indices or len(positives) != len(indices):
             raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
@@ -248,6 +216,11 @@ class ObjectEngine:
         """All objects as one label map on the input grid (the higher label wins where they overlap)."""
         self._require_image()
         return self.labels.copy()
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The live label map (repainted in place; a new array once it widens to uint16)."""
+        return None if self._label_map is None else self._label_map.array
 
     def save_labels(self, path: str | Path) -> Path:
         """Write the label map on the input grid (atomically)."""
@@ -285,7 +258,7 @@ class ObjectEngine:
         self.timings = Timings()
         return self._repaint(boxes, self._boxes(obj.state))
 
-    def _regions(self, state) -> list[tuple[Slices, np.ndarray]]:
+    def _regions(self, state) -> list[Region]:
         """A state's mask as (input box, boolean piece) regions; cached for the objects' current states."""
         cached = self._region_cache.get(id(state))
         if cached is not None and cached[0] is state:
@@ -312,5 +285,5 @@ class ObjectEngine:
         self.changed_region = box
         if box is not None:
             pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
-            paint_labels(self.labels, box, pieces)
+            self._label_map.repaint(box, pieces)
         return Interaction(box, self.timings)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -120,6 +120,26 @@ class RoiGrid:
         """Whether input voxel indices fall in the ROI, at least ``margin`` ROI voxels from its faces."""
         roi = self.index_to_roi(index)
         return np.all((roi >= margin - 0.5) & (roi <= self.size - 0.5 - margin), axis=1)
+
+    def low_res_grid(self, low_res: int) -> RoiGrid:
+        """The grid of the decoder's low-res logits over this ROI: ``size / low_res`` times coarser,
+        its cell centres at the centres of the blocks they cover (as ``align_corners=False``)."""
+        factor = self.size // low_res
+        start = tuple(s + st * (factor - 1) / 2 for s, st in zip(self.start, self.step, strict=True))
+        return replace(self, start=start, step=tuple(st * factor for st in self.step), size=low_res)
+
+    def neighbour(self, axis: int, direction: int) -> RoiGrid:
+        """The ROI shifted by half its size along ROI ``axis``, forwards (``direction=1``) or back (-1)."""
+        start = list(self.start)
+        start[axis] += self.step[axis] * direction * self.size / 2
+        return replace(self, start=tuple(start))
+
+    def face_inside_volume(self, axis: int, direction: int, low_res: int) -> bool:
+        """Whether the outermost low-res cell on that side of ROI ``axis`` starts inside the volume
+        (else the volume ends there: nothing lies beyond that face)."""
+        position = 0 if direction < 0 else self.size - self.size // low_res
+        face = self.start[axis] + self.step[axis] * position
+        return 0 < face < self.volume_shape[self.axes[axis]] - 1
 
     def _input_positions(self, a: int) -> np.ndarray:
         return self.start[a] + self.step[a] * np.arange(self.size)

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import load_state_dict_strict
 from .errors import FastSAM3DError
-from .registry import ModelConfig, build_model, load_state_dict_strict
+from .modeling.sam3d import Sam3DConfig
+from .registry import build_model
 
 
-def config_from_reference(reference: dict, block_style: str) -> ModelConfig:
-    """Translate the reference constructor arguments stored in a fixture into a ModelConfig."""
+def config_from_reference(reference: dict, block_style: str) -> Sam3DConfig:
+    """Translate the reference constructor arguments stored in a fixture into a Sam3DConfig."""
     encoder, prompt, decoder = reference["image_encoder"], reference["prompt_encoder"], reference["mask_decoder"]
     transformer = decoder["hardcoded_transformer"]
     if prompt["embed_dim"] != encoder["out_chans"] or transformer["embedding_dim"] != decoder["transformer_dim"]:
         raise FastSAM3DError("fixture has mismatched encoder / prompt / decoder widths")
-    return ModelConfig(
+    return Sam3DConfig(
         name="reference-fixture",
         img_size=encoder["img_size"],
         patch_size=encoder["patch_size"],

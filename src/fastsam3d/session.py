@@ -10,15 +10,14 @@
 
 Per object the engine keeps immutable :class:`ObjectState` snapshots (prompts and the low-res
 logits of each ROI it touched), so undo/redo are list moves and the masks on the input grid are
-derived from the logits on demand. Each ROI's image embedding is computed once and cached:
-a click inside a cached ROI runs only the prompt encoder and decoder, then pastes the result
-back onto the covered input voxels (:mod:`fastsam3d.preprocess`).
+derived from the logits on demand. The :class:`~fastsam3d.predictor.RoiPredictor` computes each
+ROI's image embedding once: a click inside a cached ROI runs only the prompt encoder and decoder,
+then the result is pasted back onto the covered input voxels (:mod:`fastsam3d.preprocess`).
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,23 +27,23 @@ from scipy import ndimage
 
 from .errors import PromptError
 from .interaction import (
+    Frame,
     Interaction,
     ObjectEngine,
     SegmentObject,
-    Slices,
     Timings,
     Uncertainty,
     binary_entropy,
-    bounding_box,
 )
 from .io import Volume, check_finite, read_volume
+from .labelmap import Region, Slices, bounding_box, merge_max, union_box
 from .modeling import Sam3D
 from .modeling.precision import apply_model_precision
-from .preprocess import RoiGrid, normalise_intensity
-from .registry import load_model
+from .predictor import RoiPredictor
+from .preprocess import RoiGrid
+from .registry import load_model, spatial_dims
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
-MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 
@@ -114,12 +113,20 @@ class Session(ObjectEngine):
             raise ValueError(f"the model runs in int8, which needs the CPU, not {self.device}")
         self.model = model.to(self.device).eval()
         self.click_history = click_history
-        self.cache_size = cache_size
-        self.cache_bytes = int(cache_mb * 2**20)
         self.max_rois = max(1, max_rois)
-        self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.encoder_runs = 0
-        self.decoder_runs = 0
+        self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb)
+
+    @property
+    def encoder_runs(self) -> int:
+        return self.predictor.encoder_runs
+
+    @property
+    def decoder_runs(self) -> int:
+        return self.predictor.decoder_runs
+
+    def cached_bytes(self) -> int:
+        """Memory held by the cached ROI embeddings."""
+        return self.predictor.cached_bytes()
 
     # --- image and objects ------------------------------------------------------------
 
@@ -128,23 +135,22 @@ class Session(ObjectEngine):
         volume = image if isinstance(image, Volume) else read_volume(image)
         check_finite(volume)
         self._start_image(volume)
-        self._embeddings.clear()
+        self.predictor.set_image(volume)
         return volume
 
     # --- prompts ----------------------------------------------------------------------
 
     def add_click(
-        self, point, positive: bool = True, *, world: bool = False, ras: bool = False, label: int | None = None,
-        roi_centre=None,
+        self, point, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None, roi_centre=None,
     ) -> Interaction:
         """Add an include (``positive``) or exclude click to an object and update its mask.
 
         ``point`` is an input voxel index (i, j, k) (ITK index order = nibabel ``data[i, j, k]``),
-        or world millimetres with ``world=True`` (LPS as ITK/Slicer; ``ras=True`` for RAS).
+        or world millimetres with ``frame="lps"`` (as ITK / Slicer) or ``frame="ras"`` (as nibabel).
         A click outside the object's ROIs opens a new ROI centred on the click, or on
         ``roi_centre`` (input voxels) when given and the click lies inside that ROI.
         """
-        index = self.to_index(point, world, ras)
+        index = self.to_index(point, frame)
         obj = self._object_for_prompt(label)
         state = obj.state
         clicks = state.clicks + (Click(tuple(float(v) for v in index), positive),)
@@ -154,11 +160,10 @@ class Session(ObjectEngine):
             rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
         return self._update(obj, replace(state, clicks=clicks), rois)
 
-    def add_clicks(self, points, positives, *, world: bool = False, ras: bool = False,
-                   label: int | None = None) -> Interaction:
+    def add_clicks(self, points, positives, *, frame: Frame = "voxel", label: int | None = None) -> Interaction:
         """Several clicks as one interaction: one undo step, one decoder pass per ROI they touch
         (work linear in their number). Every point is checked before any is applied."""
-        indices, positives = self._checked_clicks(points, positives, world, ras)
+        indices, positives = self._checked_clicks(points, positives, frame)
         obj = self._object_for_prompt(label)
         state = obj.state
         clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives))
@@ -175,7 +180,7 @@ class Session(ObjectEngine):
         index = self.to_index(point)
         state = self.objects[label if label is not None else self.active].state if self.objects else ObjectState()
         rois = [roi for roi, _ in state.logits if roi.contains(index)[0]] or [self._new_roi(index)]
-        return any(roi.key not in self._embeddings for roi in rois)
+        return not all(self.predictor.is_cached(roi) for roi in rois)
 
     def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> Interaction:
         """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
@@ -234,10 +239,11 @@ class Session(ObjectEngine):
             raise PromptError("uncertainty needs at least one sample")
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
+        self.predictor.timings = Timings()  # an evicted embedding's encoder run is not the last click's
         pieces = []
         for roi, previous in obj.state.logits:
-            coords, labels, _ = self._prompt_tensors(obj.state, roi, previous)
-            embedding, boxes = self._embedding(roi), self._box_tensor(obj.state, roi)
+            coords, labels = self.predictor.points_in_roi(roi, *self._prompts(obj.state, roi))
+            embedding, boxes = self.predictor.embedding(roi), self.predictor.box_in_roi(roi, obj.state.box)
             total = torch.zeros(previous.shape[2:], device=self.device)
             for first in range(0, samples, UNCERTAINTY_BATCH):
                 batch = min(UNCERTAINTY_BATCH, samples - first)
@@ -253,101 +259,46 @@ class Session(ObjectEngine):
                     )
                 total += torch.sigmoid(logits[:, 0].float()).sum(0)
             mean = (total / samples).clamp(1e-6, 1 - 1e-6)
-            pieces.append(roi.paste_logits(torch.logit(mean)))
-        box = tuple(slice(min(p[0][a].start for p in pieces), max(p[0][a].stop for p in pieces)) for a in range(3))
-        probability = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
-        for piece_box, values in pieces:
-            target = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(piece_box, box))
-            np.maximum(probability[target], _sigmoid(values), out=probability[target])
-        probability = self._clip_to_box(obj.state, probability, box)
+            box, logits = roi.paste_logits(torch.logit(mean))
+            pieces.append((box, _sigmoid(logits)))
+        box = union_box(piece_box for piece_box, _ in pieces)
+        probability = self._clip_to_box(obj.state, merge_max(pieces, box), box)
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
 
     # --- internals --------------------------------------------------------------------
 
     def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
-        return RoiGrid.centred(self._require_image(), centre_index, size=self.model.img_size, spacing=self.model.roi_spacing)
-
-    def _embedding(self, roi: RoiGrid) -> torch.Tensor:
-        """The image embedding of a ROI, computed once and cached (LRU)."""
-        key = roi.key
-        if key in self._embeddings:
-            self._embeddings.move_to_end(key)
-            return self._embeddings[key]
-        started = time.perf_counter()
-        crop = normalise_intensity(roi.extract(self._require_image().array, outside=self.model.roi_padding))
-        with torch.inference_mode():
-            embedding = self.model.encode(crop[None, None].to(self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings.encoder += time.perf_counter() - started
-        self.encoder_runs += 1
-        self._embeddings[key] = embedding
-        while len(self._embeddings) > 1 and (
-            len(self._embeddings) > self.cache_size or self.cached_bytes() > self.cache_bytes
-        ):
-            self._embeddings.popitem(last=False)
-        return embedding
-
-    def cached_bytes(self) -> int:
-        """Memory held by the cached ROI embeddings."""
-        return sum(_nbytes(embedding) for embedding in self._embeddings.values())
+        self._require_image()
+        return self.predictor.roi_at(centre_index)
 
     def _previous_logits(self, obj: SegmentObject, roi: RoiGrid) -> torch.Tensor | None:
         return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
 
-    def _prompt_tensors(
-        self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Point coords (1, N, 3) in ROI voxels, labels (1, N), and the mask prompt (1, 1, L, L, L)."""
+    def _prompts(self, state: ObjectState, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
+        """The state's point prompts inside one ROI: (N, 3) input voxel indices and their labels.
+
+        Clicks follow ``click_history``; a box on a model without box embeddings adds a positive
+        click at its centre; seeds placed when the object grew into this ROI are positive clicks.
+        """
         clicks = [c for c in state.clicks if roi.contains(np.array(c.index))[0]]
         if self.click_history == "last":
             clicks = clicks[-1:]
-        points = [roi.index_to_roi(np.array(c.index))[0] for c in clicks]
+        points = [c.index for c in clicks]
         labels = [int(c.positive) for c in clicks]
         if state.box is not None and not self.model.supports_boxes:
-            centre = (np.array(state.box[0]) + np.array(state.box[1])) / 2.0
-            points.append(roi.index_to_roi(centre)[0])
+            points.append(tuple((np.array(state.box[0]) + np.array(state.box[1])) / 2.0))
             labels.append(1)
         for key, seed in state.seeds:
             if key == roi.key:
-                points.append(roi.index_to_roi(np.array(seed.index))[0])
+                points.append(seed.index)
                 labels.append(1)
-        coords = torch.tensor(np.array(points, dtype=np.float32).reshape(1, -1, 3), device=self.device)
-        label_tensor = torch.tensor([labels], dtype=torch.int64, device=self.device)
-        low_res = self.model.low_res_size
-        if previous is not None:
-            mask_input = previous.float()
-        elif state.initial_mask is not None:
-            mask_input = self._mask_prompt(state.initial_mask, roi, low_res[0])
-        else:
-            mask_input = torch.zeros(1, 1, *low_res, device=self.device)
-        return coords, label_tensor, mask_input
-
-    def _mask_prompt(self, mask: np.ndarray, roi: RoiGrid, low_res: int) -> torch.Tensor:
-        """A binary input-grid mask sampled onto the ROI's low-res grid, as logits."""
-        factor = roi.size // low_res
-        coarse = RoiGrid(
-            roi.volume_shape,
-            roi.axes,
-            tuple(s + st * (factor - 1) / 2 for s, st in zip(roi.start, roi.step)),
-            tuple(st * factor for st in roi.step),
-            low_res,
-        )
-        fraction = coarse.extract(mask.astype(np.float32))
-        return ((fraction - 0.5) * 2 * MASK_PROMPT_LOGIT)[None, None].to(self.device)
-
-    def _box_tensor(self, state: ObjectState, roi: RoiGrid) -> torch.Tensor | None:
-        if state.box is None or not self.model.supports_boxes:
-            return None
-        corners = roi.index_to_roi(np.array(state.box, dtype=np.float64))
-        box = np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)
-        return torch.tensor(box[None], device=self.device)
+        return np.array(points, dtype=np.float64).reshape(-1, 3), labels
 
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> Interaction:
         """Decode ``state``'s prompts in ``rois`` (and grow into neighbouring ROIs where the mask
         reaches a ROI face), push the new state and repaint the label map."""
-        self.timings = Timings()
+        self.timings = self.predictor.timings = Timings()
         old_boxes = self._boxes(obj.state)
         logits = {roi.key: (roi, value) for roi, value in state.logits}
         queue = [(roi, self._previous_logits(obj, roi)) for roi in rois]
@@ -368,16 +319,10 @@ class Session(ObjectEngine):
 
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
-        embedding = self._embedding(roi)
-        started = time.perf_counter()
-        coords, labels, mask_input = self._prompt_tensors(state, roi, previous)
-        with torch.inference_mode():
-            low_res, _ = self.model.decode(
-                embedding, coords, labels, boxes=self._box_tensor(state, roi), mask_input=mask_input
-            )
-        self.decoder_runs += 1
-        self.timings.decoder += time.perf_counter() - started
-        return low_res.to(HISTORY_DTYPE)
+        if previous is None and state.initial_mask is not None:
+            previous = self.predictor.mask_prompt(roi, state.initial_mask)
+        logits, _ = self.predictor.predict(roi, *self._prompts(state, roi), box=state.box, mask_input=previous)
+        return logits.to(HISTORY_DTYPE)
 
     def _growth(self, roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, torch.Tensor]]:
         """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume.
@@ -389,38 +334,34 @@ class Session(ObjectEngine):
         positive = (logits[0, 0] > 0).cpu().numpy()
         low_res = positive.shape[0]
         half = low_res // 2
-        factor = roi.size // low_res
         grown = []
         for axis in range(3):
             for side, direction in ((0, -1), (low_res - 1, 1)):
                 if np.take(positive, side, axis=axis).sum() < MIN_FACE_VOXELS:
                     continue
-                face = roi.roi_to_index(np.full((1, 3), roi.size / 2) + np.eye(3)[axis] * (side * factor - roi.size / 2))
-                if not 0 < face[0, roi.axes[axis]] < roi.volume_shape[roi.axes[axis]] - 1:
+                if not roi.face_inside_volume(axis, direction, low_res):
                     continue  # the face is the volume's border: nothing beyond it
-                start = list(roi.start)
-                start[axis] += roi.step[axis] * direction * roi.size / 2
-                neighbour = replace(roi, start=tuple(start))
+                ahead, behind = slice(half, None), slice(0, half)
+                if direction < 0:
+                    ahead, behind = behind, ahead
                 overlap = np.zeros_like(positive)
                 keep = [slice(None)] * 3
-                keep[axis] = slice(half, None) if direction > 0 else slice(0, half)
+                keep[axis] = ahead
                 overlap[tuple(keep)] = positive[tuple(keep)]
                 depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
                 seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
-                seed = roi.roi_to_index(seed_low_res[None] * factor + (factor - 1) / 2)[0]
+                seed = roi.low_res_grid(low_res).roi_to_index(seed_low_res)[0]
                 prompt = torch.zeros_like(logits)
-                moved = [slice(None)] * 5
-                source = [slice(None)] * 5
-                moved[axis + 2] = slice(0, half) if direction > 0 else slice(half, None)
-                source[axis + 2] = slice(half, None) if direction > 0 else slice(0, half)
+                moved, source = [slice(None)] * 5, [slice(None)] * 5
+                moved[axis + 2], source[axis + 2] = behind, ahead
                 prompt[tuple(moved)] = logits[tuple(source)]
-                grown.append((neighbour, Click(tuple(float(v) for v in seed)), prompt))
+                grown.append((roi.neighbour(axis, direction), Click(tuple(float(v) for v in seed)), prompt))
         return grown
 
     def _empty_state(self) -> ObjectState:
         return ObjectState()
 
-    def _compute_regions(self, state: ObjectState) -> list[tuple[Slices, np.ndarray]]:
+    def _compute_regions(self, state: ObjectState) -> list[Region]:
         """The object's mask as (input box, boolean sub-array) pieces (cached by ObjectEngine._regions)."""
         if not state.logits:
             if state.initial_mask is None:
@@ -446,25 +387,17 @@ class Session(ObjectEngine):
         clipped[keep] = values[keep]
         return clipped
 
+
 def open_session(model: str | Path = "default", checkpoint: str | Path | None = None,
                  device: str | torch.device | None = None, **options):
     """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
     ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.slicewise.SliceSession`,
     every other model in a 3D :class:`Session`; both take the same verbs and answer alike."""
-    from .registry2d import is_2d_model
-
-    if is_2d_model(model):
+    if spatial_dims(model) == 2:
         from .slicewise import SliceSession
 
         return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
     return Session(model, device=device, checkpoint=checkpoint, **options)
-
-
-def _nbytes(embedding) -> int:
-    """Bytes of a tensor or of a (nested) tuple/list of tensors."""
-    if isinstance(embedding, torch.Tensor):
-        return embedding.element_size() * embedding.nelement()
-    return sum(_nbytes(part) for part in embedding)
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

@@ -45,22 +45,22 @@ from scipy import ndimage
 from .clicks import dice
 from .errors import PromptError
 from .interaction import (
+    Frame,
     Interaction,
     ObjectEngine,
     Progress,
     ProgressCallback,
     SegmentObject,
-    Slices,
     Timings,
     Uncertainty,
     binary_entropy,
-    bounding_box,
 )
 from .io import Volume, check_finite, read_volume
+from .labelmap import Region, Slices, bounding_box
 from .modeling.precision import apply_precision
 from .modeling.sam2d import Sam2D
 from .preprocess import canonical_axes, upsampling_weights
-from .registry2d import Model2DConfig, load_sam2d
+from .registry import load_model
 
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), as MedSAM prepares CT
 UNCHANGED_DICE = 0.98  # a corrective click's propagation stops at a slice that changes less than this
@@ -127,7 +127,7 @@ class SliceSession(ObjectEngine):
 
     Args:
         model: a 2D model name (``litemedsam``, ``medsam``, ``sam-vit-b``, ``sam-med2d``) or a
-            loaded :class:`Sam2D` with its ``config``.
+            loaded :class:`Sam2D` (its ``config`` gives the input convention).
         axis: input axis the slices are cut across (default: the one closest to S-I).
         box_margin: pixels added around a slice's mask to prompt its neighbour.
         min_pixels: a slice mask smaller than this ends the object.
@@ -141,15 +141,15 @@ class SliceSession(ObjectEngine):
     dims = 2
 
     def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
-                 axis: int | None = None, box_margin: int = 3, min_pixels: int = 5, config: Model2DConfig | None = None,
+                 axis: int | None = None, box_margin: int = 3, min_pixels: int = 5,
                  cache_mb: float = 1024.0, precision: str = "fp32", min_score: float = MIN_SCORE) -> None:
         super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, str):
-            model, config = load_sam2d(model, checkpoint, self.device)
-        elif config is None:
-            raise ValueError("a model instance needs its Model2DConfig")
-        self.model, self.config = model.to(self.device).eval(), config
+            model = load_model(model, checkpoint, device=self.device)
+        if model.config.spatial_dims != 2:
+            raise ValueError(f"{model.config.name} is a 3D model: open it in a Session")
+        self.model, self.config = model.to(self.device).eval(), model.config
         encoder = getattr(self.model, "image_encoder", self.model)
         if precision != getattr(encoder, "precision", "fp32"):
             apply_precision(encoder, precision)
@@ -226,18 +226,18 @@ class SliceSession(ObjectEngine):
         self._propagate(obj, work, start, first, limits)
         return self._commit(obj, work, {}, start)
 
-    def add_click(self, point, positive: bool = True, *, world: bool = False, ras: bool = False,
+    def add_click(self, point, positive: bool = True, *, frame: Frame = "voxel",
                   label: int | None = None) -> Interaction:
-        """Include/exclude click at a voxel (or LPS mm with ``world=True``, RAS with ``ras=True``):
+        """Include/exclude click at a voxel (or world mm with ``frame="lps"`` / ``"ras"``):
         its slice is re-segmented, then the change is propagated outwards until the slices agree
         with the current mask again."""
-        return self.add_clicks([point], [positive], world=world, ras=ras, label=label)
+        return self.add_clicks([point], [positive], frame=frame, label=label)
 
-    def add_clicks(self, points, positives, *, world: bool = False, ras: bool = False,
+    def add_clicks(self, points, positives, *, frame: Frame = "voxel",
                    label: int | None = None) -> Interaction:
         """Several clicks as one interaction (one undo step), applied in order; every point is
         checked before any is applied."""
-        indices, positives = self._checked_clicks(points, positives, world, ras)
+        indices, positives = self._checked_clicks(points, positives, frame)
         obj = self._object_for_prompt(label)
         state = obj.state
         work = self._mask_of(state)
@@ -302,7 +302,7 @@ class SliceSession(ObjectEngine):
     def _empty_state(self) -> SliceState:
         return SliceState()
 
-    def _compute_regions(self, state: SliceState) -> list[tuple[Slices, np.ndarray]]:
+    def _compute_regions(self, state: SliceState) -> list[Region]:
         region = state.region()
         return [] if region is None else [region]
 

@@ -117,7 +117,7 @@ def test_a_2d_model_segments_from_a_box_drawn_on_one_slice(make_napari_viewer, q
     array, inside = volume.array.transpose(2, 1, 0), inside.transpose(2, 1, 0)  # napari: slices on axis 0
     layer = viewer.add_image(array, name="ellipsoid", scale=volume.spacing[::-1])
     widget = make_widget(viewer)
-    widget.session = SliceSession(BrightInBox(), config=BrightInBox.config, device="cpu")  # a 2D stand-in
+    widget.session = SliceSession(BrightInBox(), device="cpu")  # a 2D stand-in
     widget.start(layer.name)
     where = np.argwhere(inside[10])
     (r0, c0), (r1, c1) = where.min(0), where.max(0)

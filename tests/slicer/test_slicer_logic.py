@@ -222,7 +222,7 @@ def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
     """A 2D model through the Slicer logic: listed with its prompts, a box clicked on one axial slice
     sent flat, segmented and propagated through the sphere's slices."""
     app = create_app(ServerSettings(api_key="k"), model=IntensityModel())
-    app.state.store._models["bright-in-box"] = (BrightInBox(), BrightInBox.config)  # a loaded 2D model
+    app.state.store._models["bright-in-box"] = BrightInBox()  # a loaded 2D model
     volume, inside = ellipsoid_volume()  # noise-free: the stand-in model thresholds each slice
     array, truth = volume.array.transpose(2, 1, 0), inside.transpose(2, 1, 0)
     ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine

@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> None:
     for output in (args.out, args.probability, args.uncertainty):
         if output is not None:
             check_writable(output)
-    from ..registry2d import is_2d_model
+    from ..registry import spatial_dims
 
-    if is_2d_model(args.model):
+    if spatial_dims(args.model) == 2:
         _segment_slicewise(args)
         return
     model = load_model(args)

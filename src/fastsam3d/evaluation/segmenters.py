@@ -16,11 +16,11 @@ import numpy as np
 
 from ..interaction import Timings
 from ..io import Volume
+from ..labelmap import Slices
 from ..preprocess import RoiGrid
+from ..registry import spatial_dims
 from ..session import Session
 from .protocols import Prompt, Protocol
-
-Slices = tuple[slice, slice, slice]
 
 
 
@@ -217,11 +217,9 @@ def _faces(roi: Slices, shape: np.ndarray):
 
 def build_segmenter(spec: str, device: str | None = None) -> Segmenter:
     """``random-walker``, a model name / checkpoint path, or ``NAME=CHECKPOINT``."""
-    from ..registry2d import is_2d_model
-
     if spec == RandomWalkerSegmenter.name:
         return RandomWalkerSegmenter()
     name, _, checkpoint = spec.partition("=")
-    if is_2d_model(name):
+    if spatial_dims(name) == 2:
         return SliceSegmenter(name, checkpoint or None, device)
     return SamSegmenter(name, checkpoint=checkpoint or None, device=device, name=spec if not checkpoint else name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,8 @@ CDF_BINS = 256  # piecewise-linear histogram equalisation
 @dataclass(frozen=True)
 class ClickUNetConfig:
     """The architecture numbers of :class:`ClickUNet3D` (channels per scale, finest first)."""
+
+    spatial_dims: ClassVar[int] = 3
 
     name: str = "click-unet"
     description: str = ""
@@ -176,6 +178,15 @@ class ClickUNet3D(nn.Module):
         self.head_prompts = Pointwise(prompts, p[0], bias=False)
         self.head_out = Pointwise(p[0], 1)
         self.to(memory_format=CHANNELS_LAST)  # oneDNN's fast 3D kernels, forward and backward
+
+    @classmethod
+    def from_config(cls, config: ClickUNetConfig) -> ClickUNet3D:
+        """An untrained model of this architecture, in eval mode."""
+        return cls(config).eval()
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3
 
     @property
     def img_size(self) -> int:

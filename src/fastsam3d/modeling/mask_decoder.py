@@ -14,8 +14,8 @@ from .common import MLP, LayerNorm3d, PatchExpand3d
 from .transformer import TwoWayTransformer
 
 
-class MaskDecoder3D(nn.Module):
-    """SAM-Med3D's mask decoder; the two-way transformer's shape is fixed as in the reference."""
+class MaskDecoder(nn.Module):
+    """The 2D and 3D SAMs' mask decoder; the two-way transformer's shape is fixed as in the reference."""
 
     def __init__(
         self,

@@ -1,18 +1,53 @@
-"""A 2D SAM (SAM, MedSAM, LiteMedSAM, SAM-Med2D), keys as in ``segment_anything``'s ``Sam``."""
+"""A 2D SAM (SAM, MedSAM, LiteMedSAM, SAM-Med2D) and its config; keys as in ``segment_anything``'s ``Sam``."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from typing import ClassVar
 
-from .sam3d import Sam3D
+from .image_encoder2d import ImageEncoderViT2D
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .tiny_vit import TinyViT
+
+PROMPT_DIM = 256
 
 
-class Sam2D(Sam3D):
-    """The same three parts and per-click path as :class:`Sam3D`, with 2D parts: ``encode`` takes
-    (B, 3, S, S) images already scaled as the model expects; ``decode`` takes points (B, N, 2) as
-    (x, y) input pixels and boxes (B, 4) as x0, y0, x1, y1, and returns (B, M, *low_res_size) logits."""
+@dataclass(frozen=True)
+class Sam2DConfig:
+    """Architecture and input convention of a 2D SAM."""
 
-    def upsample(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """Bilinear (align_corners=False) upsampling of low-res logits to the input size."""
-        return F.interpolate(low_res_logits, size=(self.img_size,) * 2, mode="bilinear", align_corners=False)
+    spatial_dims: ClassVar[int] = 2
+
+    name: str
+    encoder: str  # "vit-b" | "vit-b-adapter" | "tiny-vit"
+    img_size: int
+    pixel_scale: float  # slice intensities are scaled to [0, pixel_scale], then
+    pixel_mean: tuple[float, float, float]  # minus mean, divided by std (per RGB channel)
+    pixel_std: tuple[float, float, float]
+    description: str
+    point_prompts: bool = False  # trained with clicks; box-only models get clicks as box edits
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // (4 if self.encoder == "tiny-vit" else 16)
+
+
+class Sam2D(Sam):
+    """``encode`` takes (B, 3, S, S) images already scaled as ``config`` says; ``decode`` takes
+    points (B, N, 2) as (x, y) input pixels and boxes (B, 4) as x0, y0, x1, y1."""
+
+    config: Sam2DConfig | None = None
+
+    @classmethod
+    def from_config(cls, config: Sam2DConfig) -> Sam2D:
+        """An untrained model of this architecture, in eval mode."""
+        if config.encoder == "tiny-vit":
+            encoder = TinyViT(img_size=config.img_size)
+        else:
+            encoder = ImageEncoderViT2D(img_size=config.img_size, adapters=config.encoder == "vit-b-adapter")
+        grid = (config.grid_size,) * 2
+        model = cls(encoder, PromptEncoder(PROMPT_DIM, grid, (config.img_size,) * 2), MaskDecoder(PROMPT_DIM, spatial_dims=2))
+        model.config = config
+        return model.eval()

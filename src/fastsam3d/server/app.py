@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import FastSAM3DError, PromptError, VolumeError
-from ..interaction import Progress
+from ..interaction import Frame, Progress
 from ..io import align_label, write_volume
 from ..session import Session
 from ..slicewise import SliceSession
@@ -73,13 +73,13 @@ class ObjectRef(BaseModel):
 class ClickRequest(ObjectRef):
     points: list[list[float]] = Field(min_length=1, description="one or more points, each three numbers")
     positive: list[bool] | bool = Field(True, description="include (true) or exclude, per point or for all")
-    coordinates: Literal["voxel", "lps", "ras"] = Field("voxel", description="voxel index (i, j, k) or world mm")
+    coordinates: Frame = Field("voxel", description="voxel index (i, j, k) or world mm (LPS or RAS)")
 
 
 class BoxRequest(ObjectRef):
     corner_a: list[float] = Field(min_length=3, max_length=3)
     corner_b: list[float] = Field(min_length=3, max_length=3)
-    coordinates: Literal["voxel", "lps", "ras"] = Field("voxel", description="voxel index (i, j, k) or world mm")
+    coordinates: Frame = Field("voxel", description="voxel index (i, j, k) or world mm (LPS or RAS)")
 
 
 class UncertaintyRequest(ObjectRef):
@@ -183,10 +183,9 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         signs = request.positive if isinstance(request.positive, list) else [request.positive] * len(request.points)
         if len(signs) != len(request.points) or any(len(p) != 3 for p in request.points):
             raise PromptError("give three coordinates per point and one 'positive' per point (or one for all)")
-        world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
         def action(session: AnySession, job: Job):
-            indices = [session.to_index(p, world=world, ras=ras) for p in request.points]
+            indices = [session.to_index(p, request.coordinates) for p in request.points]
             return all_or_nothing(session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job)
 
         return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
@@ -197,10 +196,9 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         up and down until the object ends. 3D models: a box on one slice gets a depth equal to the
         mean of its in-plane sides in mm (centred on that slice)."""
         entry = store.get(session_id)
-        world, ras = request.coordinates != "voxel", request.coordinates == "ras"
 
         def action(session: AnySession, job: Job):
-            corners = [session.to_index(c, world=world, ras=ras) for c in (request.corner_a, request.corner_b)]
+            corners = [session.to_index(c, request.coordinates) for c in (request.corner_a, request.corner_b)]
             if isinstance(session, Session):
                 corners = _with_depth(session, *corners)
             return all_or_nothing(session, request.object, [partial(session.set_box, *corners, label=request.object)], job)

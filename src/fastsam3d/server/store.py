@@ -32,8 +32,7 @@ import torch
 
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume, holds_dicom, read_volume
-from ..registry import load_model
-from ..registry2d import MODEL_2D_CONFIGS, Model2DConfig, load_sam2d
+from ..registry import MODEL_CONFIGS, load_model, spatial_dims
 from ..session import Session
 from ..slicewise import SliceSession
 
@@ -146,10 +145,10 @@ class SessionStore:
         self.settings = settings
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if model is not None:
-            self._models: dict[str, tuple[torch.nn.Module, Model2DConfig | None]] = {settings.model: (model, None)}
+            self._models: dict[str, torch.nn.Module] = {settings.model: model}
         else:  # loaded on first use, kept
             self._models = {settings.model: self._load(settings.model, settings.checkpoint)}
-        self.model = self._models[settings.model][0]
+        self.model = self._models[settings.model]
         self._sessions: dict[str, ServerSession] = {}
         self._lock = threading.Lock()
         self.temp = TempFolder(settings.temp_dir)
@@ -159,14 +158,14 @@ class SessionStore:
         the official ones (3D and 2D), each with ``name, dims, prompts, available, description``;
         ``available`` is false for official weights not downloaded on this server yet."""
         from ..hub import official_models
-        from ..registry import MODEL_CONFIGS, WEIGHTS_DIR
+        from ..registry import WEIGHTS_DIR
 
         rows = {self.settings.model: self._describe_model(self.settings.model, True)}
         for row in official_models():
             if row["runnable"]:
                 rows.setdefault(row["name"], self._describe_model(row["name"], row["cached"], row["description"]))
         for name, config in MODEL_CONFIGS.items():
-            if config.weights and (WEIGHTS_DIR / config.weights).is_file():
+            if getattr(config, "weights", "") and (WEIGHTS_DIR / config.weights).is_file():
                 rows.setdefault(name, self._describe_model(name, True, config.description))
         for name in self._models:
             rows[name] = {**rows.get(name, self._describe_model(name, True)), "available": True}
@@ -176,9 +175,8 @@ class SessionStore:
         """Names of the models a session can be opened with now."""
         return [row["name"] for row in self.models() if row["available"]]
 
-    def model_for(self, name: str | None) -> tuple[torch.nn.Module, Model2DConfig | None]:
-        """A model by name (one of :meth:`available_models`) and, for a 2D model, its config;
-        loaded once and shared by all sessions."""
+    def model_for(self, name: str | None) -> torch.nn.Module:
+        """A model by name (one of :meth:`available_models`), loaded once and shared by all sessions."""
         name = name or self.settings.model
         if name not in self._models:
             rows = {row["name"]: row for row in self.models()}
@@ -193,16 +191,13 @@ class SessionStore:
                 self._models[name] = self._load(name, None)
         return self._models[name]
 
-    def _load(self, name: str, checkpoint: str | None) -> tuple[torch.nn.Module, Model2DConfig | None]:
-        if name in MODEL_2D_CONFIGS:
-            return load_sam2d(name, checkpoint, self.device)
-        return load_model(name, checkpoint, device=self.device, precision=self.settings.precision), None
+    def _load(self, name: str, checkpoint: str | None) -> torch.nn.Module:
+        precision = self.settings.precision if spatial_dims(name) == 3 else "fp32"  # 2D: int8 failed the gate
+        return load_model(name, checkpoint, device=self.device, precision=precision)
 
     def _describe_model(self, name: str, available: bool, description: str = "") -> dict:
-        from ..registry import MODEL_CONFIGS
-
-        config = MODEL_2D_CONFIGS.get(name) or self._models.get(name, (None, None))[1]
-        if config is None:
+        config = getattr(self._models.get(name), "config", None) or MODEL_CONFIGS.get(name)
+        if config is None or config.spatial_dims == 3:
             known = MODEL_CONFIGS.get(name)
             return {"name": name, "dims": 3, "prompts": ["point", "box"], "available": available,
                     "description": description or (known.description if known else "")}
@@ -249,7 +244,7 @@ class SessionStore:
     def open_path(self, relative: str, model: str | None = None) -> ServerSession:
         """A session on a volume of the data folder (runs in a worker thread)."""
         self._check_room()
-        network = (model or self.settings.model, *self.model_for(model))
+        network = (model or self.settings.model, self.model_for(model))
         path = self.resolve_data_path(relative)
         volume = self.read(path, display_name(relative, "volume"))
         dicom_dir = path if path.is_dir() else None
@@ -264,7 +259,7 @@ class SessionStore:
         if suffix is None:
             raise VolumeError("upload a .nii.gz, .nii, .nrrd, .mha file or a .zip of a DICOM series")
         self._check_room()
-        network = (model or self.settings.model, *self.model_for(model))
+        network = (model or self.settings.model, self.model_for(model))
         folder = self.temp.new_folder()
         try:
             path = folder / f"upload{suffix}"
@@ -327,15 +322,13 @@ class SessionStore:
             raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
 
     def _add(self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None,
-             model: tuple[str, torch.nn.Module, Model2DConfig | None]) -> ServerSession:
-        model_name, network, config = model
+             model: tuple[str, torch.nn.Module]) -> ServerSession:
+        model_name, network = model
         try:
             with self._lock:
                 self._check_room()
-                if config is None:
-                    session = Session(network, device=self.device, cache_mb=self.settings.cache_mb)
-                else:
-                    session = SliceSession(network, config=config, device=self.device, cache_mb=self.settings.cache_mb)
+                engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
+                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb)
                 session.set_image(volume)
                 entry = ServerSession(uuid.uuid4().hex, name, session, folder, dicom_dir,
                                       intensity=(float(volume.array.min()), float(volume.array.max())), model=model_name)

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..errors import FastSAM3DError
-from ..session import Session, Slices
+from ..labelmap import Slices, union_box
+from ..session import Session
 from .store import ServerSession, UnknownSessionError, release
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[],
                 raise SessionBusyError("cancelled")
             step()
             applied += 1
-            changed = _union(changed, session.changed_region)
+            changed = union_box((changed, session.changed_region))
         if not job.commit():
             raise SessionBusyError("cancelled")
         return changed
@@ -147,10 +148,3 @@ def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[],
                 session.undo(target.label)
             target.history[:], target.position = saved
         raise
-
-
-def _union(a: Slices | None, b: Slices | None) -> Slices | None:
-    """The smallest box holding both boxes (either may be None)."""
-    if a is None or b is None:
-        return a or b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))

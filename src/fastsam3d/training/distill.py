@@ -46,7 +46,9 @@ from ..data.streams import sample_rng
 from ..errors import CheckpointError, FastSAM3DError
 from ..io import atomic_output
 from ..modeling import ImageEncoderViT3D, Sam3D
-from ..registry import ModelConfig, build_model, get_config, load_model, save_model
+from ..checkpoints import config_from_json
+from ..modeling.sam3d import Sam3DConfig
+from ..registry import build_model, get_config, load_model, save_model
 from . import distributed
 from .trainer import CsvLog, TrainSettings, atomic_save, build_sources
 
@@ -156,7 +158,7 @@ def distill(
     """Layer-wise progressive distillation of ``student``'s encoder; writes ``student.safetensors``
     (student encoder + teacher prompt encoder and decoder) and ``distill.csv`` (per-pair losses)."""
     data = TeacherFeatures(labels)
-    teacher_config = ModelConfig.from_json(data.description["teacher_config"])
+    teacher_config = config_from_json(data.description["teacher_config"])
     student_config = get_config(student) if isinstance(student, str) else student
     _check_compatible(student_config, teacher_config)
     pairs = layer_pairs(student_config.depth, teacher_config.depth, layer_map)
@@ -212,7 +214,7 @@ def distill(
         group.close()
 
 
-def assemble_student(encoder: ImageEncoderViT3D, teacher: Sam3D, config: ModelConfig) -> Sam3D:
+def assemble_student(encoder: ImageEncoderViT3D, teacher: Sam3D, config: Sam3DConfig) -> Sam3D:
     """The student encoder with the teacher's prompt encoder and mask decoder (copied)."""
     model = build_model(config)
     model.image_encoder.load_state_dict(encoder.state_dict())
@@ -221,7 +223,7 @@ def assemble_student(encoder: ImageEncoderViT3D, teacher: Sam3D, config: ModelCo
     return model
 
 
-def _check_compatible(student: ModelConfig, teacher: ModelConfig) -> None:
+def _check_compatible(student: Sam3DConfig, teacher: Sam3DConfig) -> None:
     """Same token grid, width and prompt/decoder sizes: features and decoder transfer as they are."""
     keys = ("img_size", "patch_size", "embed_dim", "prompt_dim", "mask_in_chans", "box_embeddings",
             "decoder_depth", "decoder_heads", "decoder_mlp_dim", "num_multimask_outputs", "iou_head_hidden_dim")

@@ -1,0 +1,83 @@
+"""The objects' composite label map on the input grid and the box algebra around it.
+
+A box is a tuple of slices on the input grid (``Slices``); an object's mask is a list of
+(box, boolean piece) regions, and the label map is repainted only inside the box an interaction
+changed. Where objects overlap the higher label wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+Slices = tuple[slice, ...]
+Region = tuple[Slices, np.ndarray]  # a box and the boolean mask inside it
+
+
+def is_empty(box: Slices) -> bool:
+    return any(s.stop <= s.start for s in box)
+
+
+def union_box(boxes: Iterable[Slices | None]) -> Slices | None:
+    """The smallest box holding every non-empty box (None when there is none)."""
+    boxes = [b for b in boxes if b is not None and not is_empty(b)]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(boxes[0])))
+
+
+def intersection(a: Slices, b: Slices) -> Slices:
+    """The overlap of two boxes (possibly empty: check with :func:`is_empty`)."""
+    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def relative(box: Slices, within: Slices) -> Slices:
+    """``box`` in the coordinates of the sub-array that ``within`` cuts out."""
+    return tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, within, strict=True))
+
+
+def bounding_box(mask: np.ndarray) -> Slices | None:
+    """The box of a mask's non-zero voxels (None when it is empty); one pass per axis over
+    projections, not over the voxels' coordinates."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def merge_max(regions: Iterable[Region], box: Slices, dtype=np.float32) -> np.ndarray:
+    """Regions of values (e.g. probabilities) composed into one array over ``box`` by voxel-wise maximum."""
+    merged = np.zeros(tuple(s.stop - s.start for s in box), dtype=dtype)
+    for piece_box, values in regions:
+        target = relative(piece_box, box)
+        np.maximum(merged[target], values, out=merged[target])
+    return merged
+
+
+class LabelMap:
+    """Label values 1, 2, ... on the input grid (uint8, widened to uint16 past 255 objects)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.array = np.zeros(shape, dtype=np.uint8)
+
+    def make_room(self, label: int) -> None:
+        """Widen the array if ``label`` does not fit."""
+        if label > np.iinfo(self.array.dtype).max:
+            self.array = self.array.astype(np.uint16)
+
+    def repaint(self, box: Slices, pieces: Iterable[tuple[int, Slices, np.ndarray]]) -> None:
+        """Recompose the map inside ``box`` from (label, piece box, boolean piece) pieces as a
+        voxel-wise maximum of ``piece * label`` (branch-free, unlike masked assignment)."""
+        region = self.array[box]
+        region.fill(0)
+        for label, piece_box, piece in pieces:
+            overlap = intersection(box, piece_box)
+            if is_empty(overlap):
+                continue
+            painted = np.multiply(piece[relative(overlap, piece_box)], label, dtype=region.dtype)
+            target = relative(overlap, box)
+            np.maximum(region[target], painted, out=region[target])

@@ -1,0 +1,38 @@
+"""Box algebra and label-map compositing."""
+
+import numpy as np
+
+from fastsam3d.labelmap import LabelMap, bounding_box, intersection, is_empty, merge_max, relative, union_box
+
+
+def test_box_algebra():
+    a = (slice(2, 5), slice(0, 4), slice(1, 2))
+    b = (slice(4, 9), slice(3, 6), slice(0, 3))
+    assert union_box([a, None, b]) == (slice(2, 9), slice(0, 6), slice(0, 3))
+    assert union_box([None, (slice(1, 1), slice(0, 2), slice(0, 2))]) is None  # empty boxes count as nothing
+    assert intersection(a, b) == (slice(4, 5), slice(3, 4), slice(1, 2))
+    assert is_empty(intersection(a, (slice(6, 8), slice(0, 4), slice(1, 2))))
+    assert relative(intersection(a, b), a) == (slice(2, 3), slice(3, 4), slice(0, 1))
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1:3, 4, 2:7] = True
+    assert bounding_box(mask) == (slice(1, 3), slice(4, 5), slice(2, 7))
+    assert bounding_box(np.zeros((3, 3, 3), bool)) is None
+
+
+def test_repaint_only_inside_the_box_with_the_higher_label_winning():
+    labels = LabelMap((6, 6, 6))
+    labels.array[5, 5, 5] = 9  # outside the repainted box: left alone
+    one = ((slice(0, 4), slice(0, 4), slice(0, 4)), np.ones((4, 4, 4), bool))
+    two = ((slice(2, 6), slice(2, 6), slice(2, 6)), np.ones((4, 4, 4), bool))
+    labels.repaint((slice(0, 5), slice(0, 5), slice(0, 5)), [(1, *one), (2, *two)])
+    assert labels.array[0, 0, 0] == 1 and labels.array[3, 3, 3] == 2 and labels.array[5, 5, 5] == 9
+    assert labels.array[4, 4, 4] == 2 and labels.array[5, 4, 4] == 0
+    labels.make_room(300)
+    assert labels.array.dtype == np.uint16 and labels.array[3, 3, 3] == 2
+
+
+def test_merge_max_composes_overlapping_pieces():
+    box = (slice(0, 3), slice(0, 1), slice(0, 1))
+    pieces = [((slice(0, 2), slice(0, 1), slice(0, 1)), np.array([[[0.2]], [[0.9]]], np.float32)),
+              ((slice(1, 3), slice(0, 1), slice(0, 1)), np.array([[[0.5]], [[0.4]]], np.float32))]
+    np.testing.assert_allclose(merge_max(pieces, box)[:, 0, 0], [0.2, 0.9, 0.4])
