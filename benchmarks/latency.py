@@ -8,7 +8,7 @@
 Random weights (timing does not depend on them). Each model and precision runs in its own process
 (under ``/usr/bin/time -v`` when present) so that peak RSS is per run. Per run it reports: encoder
 time per ROI (128³ for the SAMs, 64³ for the default; min and median of the repeats), the first
-click (encoder + decoder + paste, as ``Session.timings``), the time of a further click with the
+click (encoder + decoder + paste, as the answer's ``timings``), the time of a further click with the
 cached embedding (prompt encoder + decoder + upsampling + paste back into a 512x512x300 int16
 volume, measured around ``Session.add_click``), the same split by stage, uncertainty with N=16
 decoder runs, and peak RSS (after the clicks, at the end, and ``time -v``'s maximum resident set
@@ -67,15 +67,14 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
         sync()
         encoder_times = _times(lambda: (model.encode(crop), sync()), repeats)
 
-    session.add_click((256, 256, 150))  # first click: encoder + decoder
-    first_click = session.timings.total
+    first_click = session.add_click((256, 256, 150)).timings.total  # first click: encoder + decoder
     clicks, stages = [], []
     for index in range(max(repeats, 10)):
         point = (256 + (index % 5), 250 + (index % 7), 150 + (index % 3))
         started = time.perf_counter()
-        session.add_click(point, positive=index % 3 != 2)
+        timings = session.add_click(point, positive=index % 3 != 2).timings
         clicks.append(time.perf_counter() - started)
-        stages.append((session.timings.decoder, session.timings.paste))
+        stages.append((timings.decoder, timings.paste))
     assert session.encoder_runs == 1, "a click inside the ROI re-ran the encoder"
     rss_clicks = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     uncertainty = _median_time(lambda: session.uncertainty(samples=16), 3)
@@ -164,7 +163,7 @@ def paired_encoder(name: str, precisions: list[str], device: str, threads: int, 
         result[f"{models[key].precision}_min_s"] = min(values)
         result[f"{models[key].precision}_median_s"] = statistics.median(values)
         if key != "fp32":
-            ratios = [a / b for a, b in zip(times["fp32"], values)]
+            ratios = [a / b for a, b in zip(times["fp32"], values, strict=True)]
             result[f"{models[key].precision}_speedup_median"] = statistics.median(ratios)
     return result
 

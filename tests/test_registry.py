@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from fastsam3d.checkpoints import infer_config
 from fastsam3d.errors import CheckpointError
-from fastsam3d.registry import MODEL_CONFIGS, build_model, infer_config, load_model, save_model
+from fastsam3d.registry import MODEL_CONFIGS, build_model, load_model, save_model
 
 
 def _official_checkpoint(path, model, **extra):
@@ -106,7 +107,7 @@ def test_missing_and_unknown():
         load_model("does-not-exist.pth")
     with pytest.raises(CheckpointError, match="unknown model"):
         load_model("no-such-model")
-    with pytest.raises(CheckpointError, match="unknown model 'no-such-model'.*litemedsam.*medsam.*sam-med2d.*sam-vit-b"):
+    with pytest.raises(CheckpointError, match=r"unknown model 'no-such-model'.*litemedsam.*medsam.*sam-med2d.*sam-vit-b"):
         load_model("no-such-model")
     with pytest.raises(CheckpointError, match="not downloaded and HF_HUB_OFFLINE is set"):  # conftest: offline
         load_model("sam-med3d-turbo")
@@ -124,7 +125,7 @@ def test_files_that_are_not_checkpoints(tmp_path):
     volume = Volume(np.zeros((4, 4, 4), np.float32), np.ones(3), np.zeros(3), np.eye(3))
     for name in ("ct.nii.gz", "ct.nii", "ct.nrrd"):
         image = write_volume(volume, tmp_path / name).rename(tmp_path / f"{name}.pth")
-        with pytest.raises(CheckpointError, match="is an image .*, not a model checkpoint"):
+        with pytest.raises(CheckpointError, match=r"is an image .*, not a model checkpoint"):
             load_model("tiny-teacher", checkpoint=image)
 
 
@@ -133,3 +134,20 @@ def test_registry_holds_official_configs():
     assert (student.depth, student.num_heads, student.skip_layer, student.embed_dim) == (6, 6, 2, 768)
     teacher = MODEL_CONFIGS["sam-med3d-turbo"]
     assert (teacher.depth, teacher.window_size, teacher.global_attn_indexes) == (12, 14, (2, 5, 8, 11))
+
+
+def test_one_registry_for_2d_and_3d_models_without_the_test_only_configs():
+    from fastsam3d.modeling import Sam2D, Sam3D
+    from fastsam3d.registry import all_model_names, listed_configs, spatial_dims, weights_status
+
+    names = all_model_names()
+    assert {"fastsam3d", "sam-med3d-turbo", "default", "litemedsam", "sam-vit-b"} <= set(names)
+    assert not [n for n in names if n.startswith("tiny-")] and "tiny-student" in MODEL_CONFIGS  # built by tests only
+    assert [c.spatial_dims for c in listed_configs()][-4:] == [2, 2, 2, 2]
+    assert (spatial_dims("litemedsam"), spatial_dims("fastsam3d"), spatial_dims("model.pth")) == (2, 3, 3)
+    assert isinstance(build_model("sam-med2d"), Sam2D) and isinstance(build_model("tiny-student"), Sam3D)
+    assert build_model("sam-med2d").config is MODEL_CONFIGS["sam-med2d"]
+    assert weights_status("default") == "shipped" and weights_status("compact") == "--checkpoint"
+    with pytest.raises(CheckpointError, match="fastsam3d saves 3D models only"):
+        save_model(build_model("litemedsam"), "never-written.safetensors")
+

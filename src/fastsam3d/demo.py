@@ -62,7 +62,7 @@ def make_phantom(seed: int = 0) -> tuple[Volume, dict[str, np.ndarray]]:
     image = np.where(body, -90.0, -1000.0).astype(np.float32)  # fat inside the body, air outside
     image[(world[..., 0] / 140) ** 2 + ((world[..., 1] - 20) / 105) ** 2 < 1] = 35.0  # soft tissue
     masks = {}
-    for structure in PHANTOM + (SPINE,):
+    for structure in (*PHANTOM, SPINE):
         region = inside(structure) & body
         image[region] = structure.hu
         if structure is not SPINE:
@@ -88,7 +88,7 @@ def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Pa
         ("sagittal (i)", (centre[0], slice(None), slice(None)), volume.spacing[[1, 2]]),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(15, 5.5))
-    for axis, (title, index, pixel) in zip(axes, views):
+    for axis, (title, index, pixel) in zip(axes, views, strict=True):
         aspect = pixel[1] / pixel[0]  # height / width of one displayed pixel
         axis.imshow(volume.array[index].T, cmap="gray", vmin=-200, vmax=300, origin="lower", aspect=aspect)
         shown = np.ma.masked_equal(labels[index].T, 0)
@@ -128,8 +128,7 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
                 scores.append(1.0)
                 continue
             point, positive = click
-            session.add_click(point, positive)
-            times.append(session.timings.total)
+            times.append(session.add_click(point, positive).timings.total)
             scores.append(dice(session.mask(), target))
         results[name] = scores
         legend[label] = f"{name} (Dice {scores[-1]:.2f})"

@@ -10,9 +10,9 @@ returns an :class:`Interaction`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -36,6 +36,10 @@ class Timings:
     @property
     def total(self) -> float:
         return self.encoder + self.decoder + self.paste
+
+    def __add__(self, other: Timings) -> Timings:
+        return Timings(self.encoder + other.encoder, self.decoder + other.decoder, self.paste + other.paste,
+                       self.slices + other.slices)
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,7 @@ class ObjectEngine:
         self.objects: dict[int, SegmentObject] = {}
         self.active: int | None = None
         self._label_map: LabelMap | None = None
-        self.timings = Timings()
-        self.changed_region: Slices | None = None  # label-map box the last interaction repainted
+        self.timings = Timings()  # of the running interaction (a progress callback may read it)
         self._region_cache: dict[int, tuple[object, list[Region]]] = {}
 
     def _empty_state(self):
@@ -282,7 +285,6 @@ class ObjectEngine:
     def _repaint(self, *box_lists: list[Slices]) -> Interaction:
         """Recompose the label map inside the union of the given boxes; the interaction's answer."""
         box = union_box(box for boxes in box_lists for box in boxes)
-        self.changed_region = box
         if box is not None:
             pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
             self._label_map.repaint(box, pieces)

@@ -26,15 +26,7 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
-from .interaction import (
-    Frame,
-    Interaction,
-    ObjectEngine,
-    SegmentObject,
-    Timings,
-    Uncertainty,
-    binary_entropy,
-)
+from .interaction import Frame, Interaction, ObjectEngine, SegmentObject, Timings, Uncertainty, binary_entropy
 from .io import Volume, check_finite, read_volume
 from .labelmap import Region, Slices, bounding_box, merge_max, union_box
 from .modeling import Sam3D

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from fastsam3d.checkpoints import load_state_dict_strict
 from fastsam3d.cli import main
 from fastsam3d.clicks import dice
 from fastsam3d.errors import CheckpointError
 from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_model_precision, apply_precision, default_precision
 from fastsam3d.reference import config_from_reference
-from fastsam3d.registry import build_model, load_model, load_state_dict_strict, save_model
+from fastsam3d.registry import build_model, load_model, save_model
 from fastsam3d.session import Session
 
 from ..helpers import sphere_volume
@@ -144,7 +145,7 @@ def test_cli_precision_option(capsys, tmp_path, monkeypatch, intensity_model):
     image = write_volume(volume, tmp_path / "sphere.nii.gz")
     centre = ",".join(map(str, np.array(volume.shape) // 2))
     args = ["segment", str(image), "--point", centre, "--out", str(tmp_path / "o.nii.gz"), "--timing", "--device", "cpu"]
-    code = main(args + ["--precision", "bf16"])
+    code = main([*args, "--precision", "bf16"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert requested["precision"] == "bf16" and str(requested["device"]) == "cpu"
@@ -152,7 +153,7 @@ def test_cli_precision_option(capsys, tmp_path, monkeypatch, intensity_model):
     assert main(args) == 0 and requested["precision"] == "auto"
     assert "precision: auto (--precision auto)" in "".join(capsys.readouterr())
     with pytest.raises(SystemExit):
-        main(args + ["--precision", "int4"])
+        main([*args, "--precision", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 

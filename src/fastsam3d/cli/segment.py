@@ -81,11 +81,11 @@ def _apply_prompts(session, args: argparse.Namespace) -> tuple[list, object]:
     Refuses an empty result."""
     steps = []
     if args.box is not None:
-        session.set_box(*args.box)
-        steps.append(("box", session.timings))
+        steps.append(("box", session.set_box(*args.box).timings))
     for kind, coords, positive in args.clicks or []:
-        session.add_click(coords, positive, world=kind == "world", ras=args.ras)
-        steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", session.timings))
+        frame = "voxel" if kind == "voxel" else "ras" if args.ras else "lps"
+        answer = session.add_click(coords, positive, frame=frame)
+        steps.append((f"click {'+' if positive else '-'} {kind} {','.join(f'{c:g}' for c in coords)}", answer.timings))
     mask = session.mask()
     if not mask.any():
         raise FastSAM3DError("the model segmented nothing at these prompts (empty object); nothing written")

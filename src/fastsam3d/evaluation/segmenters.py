@@ -75,10 +75,10 @@ class SamSegmenter(Segmenter):
         timing = Timings()
         for prompt in prompts:
             if prompt.box is not None:
-                self.session.set_box(*prompt.box, roi_centre=self._roi_centre)
+                answer = self.session.set_box(*prompt.box, roi_centre=self._roi_centre)
             else:
-                self.session.add_click(prompt.point, prompt.positive, roi_centre=self._roi_centre)
-            _add(timing, self.session.timings)
+                answer = self.session.add_click(prompt.point, prompt.positive, roi_centre=self._roi_centre)
+            timing += answer.timings
         return self.session.mask(), timing
 
 
@@ -101,10 +101,10 @@ class SliceSegmenter(Segmenter):
         timing = Timings()
         for prompt in prompts:
             if prompt.box is not None:
-                self.session.set_box(*prompt.box)
+                answer = self.session.set_box(*prompt.box)
             else:
-                self.session.add_click(prompt.point, prompt.positive)
-            _add(timing, self.session.timings)
+                answer = self.session.add_click(prompt.point, prompt.positive)
+            timing += answer.timings
         return self.session.mask(), timing
 
 
@@ -187,14 +187,6 @@ class RandomWalkerSegmenter(Segmenter):
             low = np.maximum(np.floor(centre - half), 0).astype(int)
             high = np.minimum(np.ceil(centre + half) + 1, shape).astype(int)
         return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-
-
-def _add(total: Timings, step: Timings) -> None:
-    """Add one interaction's timings to a step's."""
-    total.encoder += step.encoder
-    total.decoder += step.decoder
-    total.paste += step.paste
-    total.slices += step.slices
 
 
 def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:

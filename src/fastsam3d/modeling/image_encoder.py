@@ -132,6 +132,7 @@ class ImageEncoderViT3D(nn.Module):
             nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm3d(out_chans),
         )
+        self.clustering: tuple[int, nn.Module] | None = None  # (after block, TokenClustering), see enable_token_clustering
 
     def enable_token_clustering(self, after_block: int | None, cell: int = 2, iterations: int = 2) -> None:
         """Cluster tokens after block ``after_block`` (0-based) into cells of ``cell``³ tokens refined
@@ -164,7 +165,7 @@ class ImageEncoderViT3D(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed
         features = [x]
-        clustering = getattr(self, "clustering", None)
+        clustering = self.clustering
         if clustering is not None and return_intermediates:
             raise ValueError("intermediate features (distillation) need token clustering off")
         for index, block in enumerate(self.blocks):

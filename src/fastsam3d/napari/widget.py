@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..interaction import Interaction, Timings
 from ..io import read_volume
 from ..session import Session, open_session
 from .layers import (
@@ -291,7 +292,7 @@ class FastSAM3DWidget(QWidget):
         self._known_points = len(data)
         self._paint_points()
         cached = not any(self.session.needs_encoder(p) for p in new)
-        self._run(lambda s: [s.add_click(p, positive, label=label) for p in new], in_worker=not cached,
+        self._run(lambda s: s.add_clicks(new, [positive] * len(new), label=label), in_worker=not cached,
                   step=(label, step, [np.asarray(data[-len(new):])]))
 
     def _on_boxes(self, event=None) -> None:
@@ -377,14 +378,12 @@ class FastSAM3DWidget(QWidget):
         started = time.perf_counter()
 
         def work():
-            result = action(self.session)
-            return result, self.session.changed_region
+            return action(self.session)  # an Interaction; None: nothing to undo / redo
 
-        def shown(outcome):
-            result, changed = outcome
+        def shown(result):
             if step is not None or history:
-                self._record(step, history, bool(result) if history else True)
-            self._show(changed, started)
+                self._record(step, history, result is not None if history else True)
+            self._show(result, started)
 
         if not in_worker:
             try:
@@ -401,14 +400,14 @@ class FastSAM3DWidget(QWidget):
         self.worker = worker
         worker.start()
 
-    def _show(self, changed, started: float) -> None:
+    def _show(self, result: Interaction | None, started: float) -> None:
         if self._labels_source is not self.session.labels:  # the session widened its label type
             self._labels_source = self.session.labels
             self.labels_layer.data = session_view(self.session.labels, self.image_layer)
-        elif changed is not None:
+        elif result is not None and result.changed_region is not None:
             self.labels_layer.refresh()
         self.last_latency_ms = 1e3 * (time.perf_counter() - started)
-        t = self.session.timings
+        t = result.timings if result is not None else Timings()
         self.status.setText(f"{self.last_latency_ms:.0f} ms (encoder {1e3 * t.encoder:.0f}, decoder {1e3 * t.decoder:.0f}, "
                             f"paste {1e3 * t.paste:.0f})")
 

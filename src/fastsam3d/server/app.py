@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import FastSAM3DError, PromptError, VolumeError
-from ..interaction import Frame, Progress
+from ..interaction import Frame, Interaction, Progress, Timings
 from ..io import align_label, write_volume
 from ..session import Session
 from ..slicewise import SliceSession
@@ -292,7 +292,7 @@ def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> n
         path.unlink(missing_ok=True)
 
 
-def _step(session: AnySession, label: int | None, step: int, job: Job) -> bool:
+def _step(session: AnySession, label: int | None, step: int, job: Job) -> Interaction | None:
     """Undo (-1) or redo (+1), taken back when the request was cancelled meanwhile."""
     move, back = (session.undo, session.redo) if step < 0 else (session.redo, session.undo)
     changed = move(label)
@@ -330,9 +330,9 @@ async def _interact(worker: SessionWorker, entry: ServerSession, action, report:
     started = time.perf_counter()
 
     def work(session: AnySession, job: Job) -> dict:
-        result = action(session, job)
-        region = result if isinstance(result, tuple) else session.changed_region
-        timings = session.timings
+        result = action(session, job)  # an Interaction; None: nothing to undo / redo
+        region = result.changed_region if result is not None else None
+        timings = result.timings if result is not None else Timings()
         answer = {
             "object": session.active,
             "objects": _objects(session),
@@ -342,7 +342,7 @@ async def _interact(worker: SessionWorker, entry: ServerSession, action, report:
         if timings.slices:
             answer["slices"] = timings.slices
         if report:
-            answer[report] = bool(result)
+            answer[report] = result is not None
         return answer
 
     if stream:

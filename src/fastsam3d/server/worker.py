@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..errors import FastSAM3DError
-from ..labelmap import Slices, union_box
+from ..interaction import Interaction, Timings
+from ..labelmap import union_box
 from ..session import Session
 from .store import ServerSession, UnknownSessionError, release
 
@@ -119,32 +120,29 @@ class SessionWorker:
         self.open_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[], object]], job: Job) -> Slices | None:
+def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[], Interaction]], job: Job) -> Interaction:
     """Apply prompt steps (each pushes one state of one object) in order, or none of them; returns
-    the box of the label map they changed together.
+    their answers as one (the label-map box they changed together, their summed timings).
 
     Every step's input should be validated before this runs; if a step fails or the job is
     cancelled, the steps applied so far are undone and the object's history restored."""
     new_object = label is None and session.active is None
     target = session.objects.get(session.active if label is None else label)
     saved = (list(target.history), target.position) if target is not None and not new_object else None
-    applied = 0
-    changed = None
+    answers: list[Interaction] = []
     try:
         for step in steps:
             if job.cancelled:
                 raise SessionBusyError("cancelled")
-            step()
-            applied += 1
-            changed = union_box((changed, session.changed_region))
+            answers.append(step())
         if not job.commit():
             raise SessionBusyError("cancelled")
-        return changed
+        return Interaction(union_box(a.changed_region for a in answers), sum((a.timings for a in answers), Timings()))
     except BaseException:
         if new_object and session.active is not None:
             session.remove_object(session.active)
-        elif saved is not None and applied:
-            for _ in range(applied):
+        elif saved is not None and answers:
+            for _ in answers:
                 session.undo(target.label)
             target.history[:], target.position = saved
         raise

@@ -42,11 +42,11 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..checkpoints import config_from_json
 from ..data.streams import sample_rng
 from ..errors import CheckpointError, FastSAM3DError
 from ..io import atomic_output
 from ..modeling import ImageEncoderViT3D, Sam3D
-from ..checkpoints import config_from_json
 from ..modeling.sam3d import Sam3DConfig
 from ..registry import build_model, get_config, load_model, save_model
 from . import distributed
