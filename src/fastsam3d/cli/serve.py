@@ -45,7 +45,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import ipaddress
     import os
 
     from ..extras import require_extra
@@ -54,18 +53,12 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ..server.app import create_app
-    from ..server.store import LOOPBACK_HOSTS, ServerSettings
+    from ..server.store import LOOPBACK_HOSTS, ServerSettings, check_binding, is_loopback
 
     if args.data is not None and not args.data.is_dir():
         raise FastSAM3DError(f"--data {args.data} is not a folder")
     api_key = args.api_key or os.environ.get("FASTSAM3D_API_KEY")
-    try:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not api_key and not args.insecure:
-        raise FastSAM3DError(f"--host {args.host} exposes the server beyond this machine: give --api-key "
-                             "(or $FASTSAM3D_API_KEY), or --insecure to serve without one")
+    check_binding(args.host, api_key, args.insecure)
     extra_hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     settings = ServerSettings(
         data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device, api_key=api_key,
@@ -77,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     app = create_app(settings)
     if app.state.store.temp.stale_removed:
         log.info(f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly")
-    if not loopback and not api_key:
+    if not is_loopback(args.host) and not api_key:
         log.warning(f"serving on {args.host} without an API key (--insecure)")
     log.warning(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
     level = "warning" if args.quiet else args.log_level

@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import fcntl
 import gc
+import ipaddress
 import math
 import os
 import re
@@ -388,6 +389,21 @@ class SessionStore:
         for root in roots:
             message = message.replace(root + os.sep, "").replace(root, "<server folder>")
         return message
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the server on this machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, api_key: str | None, insecure: bool = False) -> None:
+    """Refuse to expose the server beyond this machine without an API key (unless ``insecure``)."""
+    if not is_loopback(host) and not api_key and not insecure:
+        raise FastSAM3DError(f"--host {host} exposes the server beyond this machine: give --api-key "
+                             "(or $FASTSAM3D_API_KEY), or --insecure to serve without one")
 
 
 def display_name(name: str | None, default: str) -> str:
