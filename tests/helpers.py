@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fastsam3d.io import Volume
-from fastsam3d.registry2d import Model2DConfig
+from fastsam3d.modeling import Sam2DConfig
 
 
 def randomise(module: torch.nn.Module, seed: int = 1) -> None:
@@ -73,7 +73,7 @@ class IntensityModel(torch.nn.Module):
         centres = (torch.arange(32, dtype=torch.float32) + 0.5) * 4 - 0.5
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
         for b in range(batch):
-            for coord, label in zip(point_coords[b], point_labels[b]):
+            for coord, label in zip(point_coords[b], point_labels[b], strict=True):
                 if label == 0:
                     logits[b, 0][(grid - coord).norm(dim=-1) < 12] = -10.0
         return logits, torch.ones(batch, 1)
@@ -82,9 +82,10 @@ class IntensityModel(torch.nn.Module):
 class BrightInBox(torch.nn.Module):
     """Stand-in 2D SAM: the bright (> 0.5) pixels of the slice inside the box prompt."""
 
+    spatial_dims = 2
     img_size = 64
     low_res_size = (64, 64)
-    config = Model2DConfig("stub", "tiny-vit", 64, 1.0, (0, 0, 0), (1, 1, 1), "test stand-in")
+    config = Sam2DConfig("stub", "tiny-vit", 64, 1.0, (0, 0, 0), (1, 1, 1), "test stand-in")
 
     def encode(self, images):
         return images
