@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import running_server
-from tests.test_viewer_browser import CHROMIUM_ARGS
+from tests.helpers import running_server
+from tests.server.test_viewer_browser import CHROMIUM_ARGS
 
 
 def make_ct(path: Path, shape) -> np.ndarray:

@@ -125,7 +125,7 @@ def test_segment_by_official_name_downloads_once_then_runs_offline(fake_hub, tmp
     try:
         image = write_volume(small_volume(), tmp_path / "small.nii.gz")
         argv = ["segment", str(image), "--point", "20,20,12", "--model", "sam-med3d-turbo"]
-        assert main(argv + ["--out", str(tmp_path / "a" / "seg.nii.gz")]) == 0, capsys.readouterr().err
+        assert main([*argv, "--out", str(tmp_path / "a" / "seg.nii.gz")]) == 0, capsys.readouterr().err
         assert [r[:2] for r in fake_hub.requests] == [("HEAD", TURBO), ("GET", TURBO)]
         path = hub.cached_path("sam-med3d-turbo")
         assert str(path).startswith(str(tmp_path / "hf" / "hub"))
@@ -135,7 +135,7 @@ def test_segment_by_official_name_downloads_once_then_runs_offline(fake_hub, tmp
             assert written.stat().st_mode & 0o777 == 0o644, written
         fake_hub.shutdown()  # the second run needs no network at all
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        assert main(argv + ["--out", str(tmp_path / "b.nii.gz")]) == 0
+        assert main([*argv, "--out", str(tmp_path / "b.nii.gz")]) == 0
         assert read_volume(tmp_path / "b.nii.gz").array.any()
     finally:
         os.umask(old)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -113,7 +115,7 @@ def test_failed_write_keeps_existing_file_and_leaves_no_temp(tmp_path, monkeypat
     target.write_bytes(b"previous")
 
     def broken(image, path, *args, **kwargs):
-        open(path, "wb").write(b"partial")
+        Path(path).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken)

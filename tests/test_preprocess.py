@@ -33,7 +33,7 @@ def _roi_image(roi: RoiGrid, volume: Volume) -> sitk.Image:
 def test_canonical_axes():
     assert canonical_axes(np.eye(3)) == ((0, 1, 2), (-1, -1, 1))  # LPS input
     assert canonical_axes(np.diag([-1.0, -1.0, 1.0])) == ((0, 1, 2), (1, 1, 1))  # RAS input
-    axes, signs = canonical_axes(_oblique_volume().direction)
+    axes, _ = canonical_axes(_oblique_volume().direction)
     assert axes == (1, 2, 0)
 
 

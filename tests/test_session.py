@@ -64,7 +64,7 @@ def test_second_click_reuses_embedding_and_equals_fresh_session():
 
 
 def test_undo_redo_and_reset(intensity_model):
-    volume, truth = sphere_volume()
+    volume, _ = sphere_volume()
     session = Session(intensity_model)
     session.set_image(volume)
     centre = volume.world_to_index(np.array([10.0, -25.0, 40.0]))
@@ -87,7 +87,7 @@ def test_undo_redo_and_reset(intensity_model):
 
 
 def test_several_objects_make_one_label_map(intensity_model):
-    volume, truth = sphere_volume()
+    volume, _ = sphere_volume()
     session = Session(intensity_model)
     session.set_image(volume)
     centre = volume.world_to_index(np.array([10.0, -25.0, 40.0]))
@@ -107,7 +107,7 @@ def test_several_objects_make_one_label_map(intensity_model):
 
 
 def test_box_prompt_is_emulated_and_clips(intensity_model):
-    volume, truth = sphere_volume()
+    volume, _ = sphere_volume()
     session = Session(intensity_model)
     session.set_image(volume)
     centre = np.round(volume.world_to_index(np.array([10.0, -25.0, 40.0]))).astype(int)
@@ -137,7 +137,7 @@ def test_uncertainty_costs_no_encoder_run():
     mean, entropy = result.full("probability", volume.shape), result.full("entropy", volume.shape)
     assert session.encoder_runs == 1 and session.decoder_runs == 1
     assert result.probability.shape == result.entropy.shape and mean.dtype == np.float32
-    assert 0 <= mean.min() and mean.max() <= 1 and 0 <= entropy.min() and entropy.max() <= 1
+    assert mean.min() >= 0 and mean.max() <= 1 and entropy.min() >= 0 and entropy.max() <= 1
     assert entropy.max() > 0
 
 
@@ -182,7 +182,7 @@ def test_bad_clicks(intensity_model, point, message):
 
 
 def test_bad_box_mask_and_state(intensity_model):
-    volume, truth = sphere_volume()
+    volume, _ = sphere_volume()
     session = Session(intensity_model)
     with pytest.raises(PromptError, match="no image"):
         session.add_click((1, 1, 1))

@@ -10,6 +10,7 @@ thread; the panel's shortcuts exist only while the module is shown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -126,10 +127,8 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.timer is not None:
             self.timer.stop()
         if self.logic is not None:
-            try:
+            with contextlib.suppress(ServerError):
                 self.logic.close()
-            except ServerError:
-                pass
 
     # --- requests off the GUI thread -----------------------------------------------------
 

@@ -49,7 +49,7 @@ def test_segment_writes_masks_on_the_input_grid(capsys, tmp_path, sphere_file, w
 
 
 def test_info_and_models(capsys, sphere_file):
-    path, volume, _ = sphere_file
+    path, _, _ = sphere_file
     code, out, _ = run(capsys, "info", path)
     assert code == 0
     assert "120 x 100 x 44" in out and "0.9, 1.2, 3 mm" in out and "orientation" in out

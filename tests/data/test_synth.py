@@ -54,7 +54,7 @@ def test_stream_is_reproducible_by_seed():
     first = source.draw(sample_rng(11, 5))
     again = source.draw(sample_rng(11, 5))
     other = source.draw(sample_rng(11, 6))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0])
     image, target = first
     assert image.shape == target.shape == (1, 32, 32, 32) and target.sum() > 0

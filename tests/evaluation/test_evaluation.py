@@ -31,7 +31,7 @@ from ..helpers import rotation, sphere_volume
 
 def cube(shape, low, high) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
-    mask[tuple(slice(a, b) for a, b in zip(low, high))] = True
+    mask[tuple(slice(a, b) for a, b in zip(low, high, strict=True))] = True
     return mask
 
 
@@ -225,7 +225,7 @@ def test_label_map_on_a_flipped_grid_is_aligned_and_a_foreign_one_rejected():
     stored = Volume(flipped, (3.0, 2.0, 1.0), origin, direction)
     np.testing.assert_array_equal(align_label(image, stored).array, label_array)
     shifted = Volume(label_array, (1.0, 2.0, 3.0), (0.5, 0.0, 0.0), np.eye(3))
-    with pytest.raises(VolumeError, match="img.nii.gz"):
+    with pytest.raises(VolumeError, match=r"img\.nii\.gz"):
         align_label(image, shifted, "img.nii.gz", "lab.nii.gz")
 
 
@@ -250,7 +250,7 @@ def test_nnunet_and_fastsam3d_layouts(tmp_path):
 
 
 def test_cli_reports_a_crashed_case_and_keeps_going(tmp_path, capsys):
-    case, volume, labels = two_structure_case(tmp_path)
+    two_structure_case(tmp_path)
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
     manifest = {
         "labels": {"1": "bright", "2": "grey"},
@@ -285,7 +285,7 @@ def test_workers_and_torchrun_give_the_same_rows_as_one_process(tmp_path):
         cases.append({"name": f"c{index}", "image": f"i{index}.nii.gz", "label": f"l{index}.nii.gz"})
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"1": "bright"}, "cases": cases}))
     common = dict(models=["random-walker"], protocol="random", steps=2, progress=False)
-    single, _ = evaluate(tmp_path / "dataset.json", out=tmp_path / "one", **common)
+    evaluate(tmp_path / "dataset.json", out=tmp_path / "one", **common)
     evaluate(tmp_path / "dataset.json", out=tmp_path / "two", workers=2, **common)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",

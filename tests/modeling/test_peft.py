@@ -35,7 +35,7 @@ def test_adapted_model_starts_equal_to_the_frozen_one_and_only_adapters_train(me
     frozen = tiny()
     model = apply_peft(copy.deepcopy(frozen), method, rank=4, adapter_dim=8)
     crop = torch.randn(1, 1, 64, 64, 64)
-    for a, b in zip(outputs(model, crop), outputs(frozen, crop)):
+    for a, b in zip(outputs(model, crop), outputs(frozen, crop), strict=True):
         torch.testing.assert_close(a, b)
     embedding = model.encode(crop)
     logits, _ = model.decode(embedding, torch.tensor([[[30.0, 30.0, 30.0]]]), torch.tensor([[1]]))
@@ -69,7 +69,7 @@ def test_hyper_adapter_shapes_and_size_does_not_grow_with_depth():
 def test_adapters_save_load_and_merge_exactly(method, tmp_path):
     model = apply_peft(tiny(), method, rank=4, adapter_dim=8)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.05 * torch.randn_like(parameter))  # as if trained
     crop = torch.randn(1, 1, 64, 64, 64)
@@ -80,11 +80,11 @@ def test_adapters_save_load_and_merge_exactly(method, tmp_path):
     torch.save(state, tmp_path / "adapter.pt")
     fresh = apply_peft(tiny(), method, rank=4, adapter_dim=8)
     load_peft_state_dict(fresh, torch.load(tmp_path / "adapter.pt", weights_only=True))
-    for a, b in zip(outputs(fresh, crop), expected):
+    for a, b in zip(outputs(fresh, crop), expected, strict=True):
         torch.testing.assert_close(a, b)
     merged = merge_peft(fresh)
     assert not any(isinstance(m, AdaptedLinear) for m in merged.modules())
-    for a, b in zip(outputs(merged, crop), expected):
+    for a, b in zip(outputs(merged, crop), expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     if method != "adapter":  # low-rank updates fold into the original keys: a plain model loads them
         plain = tiny()

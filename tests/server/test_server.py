@@ -78,7 +78,7 @@ def test_answers_carry_only_the_changed_region_and_rebuild_the_label_map(client)
 
     centre = centre_voxel()
     first = apply(client.post(f"/api/sessions/{session}/clicks", json={"points": [centre]}).json())
-    box, values = decode_region(first["region"])
+    _, values = decode_region(first["region"])
     assert values.any() and values.shape != tuple(info["shape"])  # a box, not the whole volume
     assert mirror[tuple(centre)] == first["object"] == 1
     assert first["timings_ms"]["encoder"] > 0
@@ -190,7 +190,6 @@ def test_dicom_series_upload_and_dicom_seg_export(client):
 def _save(content: bytes, suffix: str) -> str:
     import tempfile
 
-    handle = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
-    handle.write(content)
-    handle.close()
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
+        handle.write(content)
     return handle.name

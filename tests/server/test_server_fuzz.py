@@ -292,15 +292,12 @@ def test_stale_folders_of_dead_servers_are_removed(data_dir, temp_root):
     (temp_root / "server-dead.lock").write_bytes(b"")
     alive = temp_root / "server-alive"
     (alive / "session-2").mkdir(parents=True)
-    lock = open(temp_root / "server-alive.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live server holds it
-    try:
+    with open(temp_root / "server-alive.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live server holds it
         with make_client(data_dir, temp_root) as client:
             assert client.get("/api/health").status_code == 200
             assert not dead.exists() and not (temp_root / "server-dead.lock").exists()
             assert (alive / "session-2").is_dir()
-    finally:
-        lock.close()
 
 
 def test_idle_sessions_expire_in_the_background(data_dir, temp_root):

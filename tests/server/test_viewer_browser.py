@@ -97,7 +97,10 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
     url, volume, spheres = server
     (centre_a, truth_a), (centre_b, truth_b) = spheres
-    world = lambda index: lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+
+    def world(index):
+        return lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+
     errors: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

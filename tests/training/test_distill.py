@@ -41,7 +41,7 @@ def test_prepared_features_are_the_teachers(teacher_features):
     with torch.no_grad():
         _, expected = teacher.image_encoder(image[None], return_intermediates=True)
     assert len(features) == len(expected) == 4  # embed, after blocks 2 and 4, neck
-    for stored, fresh in zip(features, expected):
+    for stored, fresh in zip(features, expected, strict=True):
         torch.testing.assert_close(stored, fresh[0], atol=2e-2, rtol=1e-2)  # stored in fp16
     stamp = (labels / "crop_00001.safetensors").stat().st_mtime_ns
     prepare_labels(str(teacher_features[0] / "teacher.safetensors"), labels, 4, TrainSettings(seed=3), progress=False)

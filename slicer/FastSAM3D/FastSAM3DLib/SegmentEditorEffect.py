@@ -175,7 +175,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             array, matrix, name = slicer.util.arrayFromVolume(volume).copy(), world_ijk_to_ras(volume), volume.GetName()
             self.volume_node, self.objects = volume, {}
             self.ijk_to_ras = matrix
-            opened = lambda: self.logic.open_volume(array, matrix, name, model=model or None)
+
+            def opened():
+                return self.logic.open_volume(array, matrix, name, model=model or None)
+
             self._start(opened, lambda answer: self.submit(request), "uploading the volume…")
             return
         segment_name = parameters.GetSegmentationNode().GetSegmentation().GetSegment(segment_id).GetName()

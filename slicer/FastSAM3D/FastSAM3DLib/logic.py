@@ -225,7 +225,10 @@ def flat_box_corners(ijk_to_ras, ras_a, ras_b, dims: int = 3, shape_ijk=None, de
     low[axis], high[axis] = centre - half, centre + half
     if shape_ijk is not None:
         low[axis], high[axis] = max(low[axis], 0), min(high[axis], shape_ijk[axis] - 1)
-    to_ras = lambda ijk: (matrix @ np.append(ijk, 1.0))[:3]
+
+    def to_ras(ijk):
+        return (matrix @ np.append(ijk, 1.0))[:3]
+
     return to_ras(low), to_ras(high)
 
 
@@ -264,7 +267,7 @@ class Background:
 def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """A server ``region`` (i fastest, box in i, j, k) as a (K, J, I) box and its values."""
     start, stop = region["start"], region["stop"]
-    shape_ijk = tuple(b - a for a, b in zip(start, stop))
+    shape_ijk = tuple(b - a for a, b in zip(start, stop, strict=True))
     raw = zlib.decompress(base64.b64decode(region["data"]))
     values = np.frombuffer(raw, dtype=region["dtype"]).reshape(shape_ijk, order="F").transpose(2, 1, 0)
     return (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0])), values

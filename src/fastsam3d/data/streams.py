@@ -74,7 +74,7 @@ class IndexedStream(torch.utils.data.IterableDataset):
     def batch(self, index: int) -> Sample:
         first = (index * self.world + self.rank) * self.batch_size
         samples = [self.source.draw(sample_rng(self.seed, first + b)) for b in range(self.batch_size)]
-        images, targets = zip(*samples)
+        images, targets = zip(*samples, strict=True)
         return torch.stack(images), torch.stack(targets)
 
     def __iter__(self) -> Iterator[Sample]:

@@ -141,7 +141,7 @@ def _label_medians(atlas: LabelMapAtlas) -> dict[int, float]:
     order = np.argsort(flat_labels, kind="stable")
     values, starts = np.unique(flat_labels[order], return_index=True)
     groups = np.split(flat_image[order], starts[1:])
-    return {int(v): float(np.median(g)) for v, g in zip(values, groups)}
+    return {int(v): float(np.median(g)) for v, g in zip(values, groups, strict=True)}
 
 
 def _paint(labels: np.ndarray, rng: np.random.Generator, medians: dict[int, float] | None = None,

@@ -432,7 +432,7 @@ def _describe(entry: ServerSession) -> dict:
 
 def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Inverse of the answer's ``region`` encoding (for Python clients and tests)."""
-    shape = tuple(b - a for a, b in zip(region["start"], region["stop"]))
+    shape = tuple(b - a for a, b in zip(region["start"], region["stop"], strict=True))
     raw = zlib.decompress(base64.b64decode(region["data"]))
     values = np.frombuffer(raw, dtype=region["dtype"]).reshape(shape, order="F")
-    return tuple(slice(a, b) for a, b in zip(region["start"], region["stop"])), values
+    return tuple(slice(a, b) for a, b in zip(region["start"], region["stop"], strict=True)), values

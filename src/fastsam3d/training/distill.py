@@ -135,8 +135,8 @@ class TeacherFeatures(torch.utils.data.Dataset):
 
 
 def _collate(batch):
-    images, features = zip(*batch)
-    return torch.stack(images), [torch.stack(level) for level in zip(*features)]
+    images, features = zip(*batch, strict=True)
+    return torch.stack(images), [torch.stack(level) for level in zip(*features, strict=True)]
 
 
 def distill(
@@ -202,7 +202,7 @@ def distill(
             if group.is_main:
                 log.write([epoch + 1, _pair_name(pairs[stage])] + [f"{m:.5f}" for m in means] + [f"{time.perf_counter() - started:.0f}"])
                 tqdm.write(f"epoch {epoch + 1}: training {_pair_name(pairs[stage])}; " + ", ".join(
-                    f"{_pair_name(p)} {m:.4f}" for p, m in zip(pairs, means)))
+                    f"{_pair_name(p)} {m:.4f}" for p, m in zip(pairs, means, strict=True)))
                 atomic_save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, checkpoint_path)
             group.barrier()
         if not group.is_main:

@@ -116,7 +116,7 @@ def _pad_points(points: list[list[np.ndarray]], labels: list[list[int]], device:
         return None, None
     coords = torch.zeros(len(points), count, 3)
     point_labels = torch.full((len(points), count), -1, dtype=torch.int64)
-    for b, (row, row_labels) in enumerate(zip(points, labels)):
+    for b, (row, row_labels) in enumerate(zip(points, labels, strict=True)):
         if row:
             coords[b, : len(row)] = torch.tensor(np.array(row), dtype=torch.float32)
             point_labels[b, : len(row_labels)] = torch.tensor(row_labels)
