@@ -147,6 +147,7 @@ OFFICIAL_SAM_KEYS = {  # name: shape, from the official sam_vit_b_01ec64.pth lay
 }
 
 
+@pytest.mark.slow
 def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
     model = build_model("sam-vit-b")
     state = model.state_dict()
@@ -206,6 +207,7 @@ def test_litemedsam_loads_strictly(litemedsam_installed):
     assert isinstance(build_segmenter("litemedsam"), SliceSegmenter)
 
 
+@pytest.mark.slow
 def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_installed):
     manifest = dev_manifest()
     if manifest is None:

@@ -276,6 +276,7 @@ def test_cli_reports_a_crashed_case_and_keeps_going(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--model", "default", "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_workers_and_torchrun_give_the_same_rows_as_one_process(tmp_path):
     _, volume, labels = two_structure_case(tmp_path)
     cases = []
@@ -323,6 +324,7 @@ def test_dev_data_label_maps_sit_on_their_images(dev_data):
     assert 40 < liver.mean() < 140 and liver.std() < 40  # liver parenchyma in HU, not a random region
 
 
+@pytest.mark.slow
 def test_random_walker_improves_with_clicks_on_the_development_data(dev_data, tmp_path):
     summary, failed = evaluate(dev_data, ["random-walker"], tmp_path, protocol="center", steps=3,
                                classes=["liver", "spleen"], progress=False)

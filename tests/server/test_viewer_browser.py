@@ -91,6 +91,7 @@ TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
     return window.fastsam3d.toCanvas(mm, tile); }"""
 
 
+@pytest.mark.slow
 def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")

@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastsam3d.registry import load_model
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_training_keeps_ranks_identical(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fastsam3d.cli", "train",

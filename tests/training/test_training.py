@@ -20,6 +20,7 @@ def test_error_click_sampling_stays_in_the_inner_core():
         assert 3 <= index[0] <= 10 and index[2] >= 6  # away from the error's border
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     model = build_model("tiny-student").train()
@@ -55,6 +56,7 @@ def test_the_stream_does_not_depend_on_loader_workers():
     assert not torch.equal(next(iter(other_rank))[0], batches[0][0])
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     uninterrupted = tmp_path / "a"
     train(uninterrupted, _tiny(max_steps=4))
@@ -102,6 +104,7 @@ def test_error_click_without_any_target_falls_back_to_the_centre():
     assert label == 1 and tuple(index) == (4, 4, 4)
 
 
+@pytest.mark.slow
 def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_path):
     from safetensors.torch import load_file
 
@@ -122,6 +125,7 @@ def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_pa
                for k in base.state_dict() if k.startswith("mask_decoder."))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_skips_the_batch_without_touching_the_weights(tmp_path, monkeypatch):
     forward = InteractiveLoss.forward
 
