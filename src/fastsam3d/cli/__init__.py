@@ -1,4 +1,4 @@
-"""Command line: ``fastsam3d segment | demo | evaluate | serve | train ... | weights | models | info ...``.
+"""Command line: ``fastsam3d segment | demo | evaluate | serve | train ... | weights | models | info | export ...``.
 
 One module per command, each with ``add_parser(subparsers)`` and a ``run(args)`` the parser points
 to. Parsing only; the work is in the API. Messages go through ``logging`` (``-q`` / ``-v``); progress
@@ -12,11 +12,11 @@ import sys
 
 from .. import __version__
 from ..errors import FastSAM3DError
-from . import check_reference, data, demo, evaluate, info, models, prepare, segment, serve, train, weights
+from . import check_reference, data, demo, evaluate, export, info, models, prepare, segment, serve, train, weights
 from .arguments import Parser, add_verbosity, setup_logging
 
 EXIT_USER_ERROR = 2
-COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference)
+COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

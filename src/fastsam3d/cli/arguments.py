@@ -52,9 +52,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
     parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
-                        help="image encoder arithmetic: auto (default: int8 for the 3D SAMs on a CPU, else fp32), "
-                        "fp32, bf16, int8 (CPU only)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"), default="auto",
+                        help="image encoder arithmetic: auto (default: on a CPU, ONNX Runtime when fastsam3d[fast] is "
+                        "installed, int8 for the official 3D SAMs, fp32 for the others; else torch), fp32, bf16, int8 "
+                        "(CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only)")
 
 
 def add_verbosity(parser: argparse.ArgumentParser, default) -> None:

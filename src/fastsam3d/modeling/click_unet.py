@@ -208,8 +208,14 @@ class ClickUNet3D(nn.Module):
 
     def encode(self, image: torch.Tensor) -> ClickUNetFeatures:
         """(B, 1, S, S, S) crop (any intensity range) -> the cached features."""
-        x = intensity_channels(image)
-        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, STEM_CHANNELS - x.shape[1])).contiguous(memory_format=CHANNELS_LAST)
+        return self.encode_channels(intensity_channels(image))
+
+    def encode_channels(self, channels: torch.Tensor) -> ClickUNetFeatures:
+        """(B, 2, S, S, S) :func:`intensity_channels` -> the cached features: the U-Net part of
+        :meth:`encode` (what an ONNX export of the encoder holds, :mod:`fastsam3d.runtime`)."""
+        x = F.pad(channels, (0, 0, 0, 0, 0, 0, 0, STEM_CHANNELS - channels.shape[1]))
+        if not torch.onnx.is_in_onnx_export():  # oneDNN's layout; an ONNX graph has none
+            x = x.contiguous(memory_format=CHANNELS_LAST)
         skips = []
         for block in self.down:
             x = block(x)

@@ -213,37 +213,58 @@ INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 h
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (README "Precision / speed"): int8 for a ViT
-    image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher, 768) on a
-    CPU with int8 kernels; fp32 otherwise (GPUs, narrow encoders such as ``compact``, the
-    convolutional default model, whose 3×3×3 convolutions have no int8 path here)."""
+    """The fastest precision that keeps the masks (README "Precision / speed"), on a CPU: with ONNX
+    Runtime installed (``fastsam3d[fast]``), its int8 encoder for a ViT at least ``INT8_MIN_WIDTH``
+    wide (the official student and teacher, 768) and its fp32 encoder for the other 3D models
+    (narrow ViTs such as ``compact``, the convolutional default); without it, torch's int8 for the
+    wide ViTs. fp32 otherwise (GPUs, 2D SAMs)."""
+    from ..runtime import onnx_available
+
     device = torch.device(device)
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
-    if device.type == "cpu" and widths and max(widths) >= INT8_MIN_WIDTH and int8_available():
-        return "int8"
-    return "fp32"
+    wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
+    if device.type != "cpu":
+        return "fp32"
+    if onnx_available() and getattr(model, "spatial_dims", 2) == 3:
+        return "onnx-int8" if wide else "onnx-fp32"
+    return "int8" if wide and int8_available() else "fp32"
 
 
 def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
     """A segmentation model in ``precision`` (``"auto"``: :func:`default_precision`), in place.
 
     A 3D SAM's image encoder (the first click) gets the precision; its prompt encoder and mask
-    decoder (the cached clicks) stay fp32. Models without ``image_encoder`` (ClickUNet3D) get it
+    decoder (the cached clicks) stay fp32. ``"onnx-fp32"`` / ``"onnx-int8"`` run the encoder under
+    ONNX Runtime (:mod:`fastsam3d.runtime`; ``auto`` falls back to torch if that fails). Models without ``image_encoder`` (ClickUNet3D) get it
     as a whole. The chosen precision is stored as ``model.precision``.
     """
+    from ..runtime import ONNX_PRECISIONS, use_onnx_encoder
+
+    requested = precision
     if precision == "auto":
         precision = default_precision(model, device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS + ONNX_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS + ONNX_PRECISIONS)}")
     current = getattr(model, "precision", "fp32")
     if current == precision:
         model.precision = precision
         return model
     if current != "fp32":
         raise ValueError(f"the model already runs in {current}; load it again for {precision}")
-    if precision == "int8" and torch.device(device).type != "cpu":
-        raise ValueError(f"int8 runs on the CPU only, not on {device}; use bf16 or fp32 there")
+    if precision in ("int8", *ONNX_PRECISIONS) and torch.device(device).type != "cpu":
+        raise ValueError(f"{precision} runs on the CPU only, not on {device}; use bf16 or fp32 there")
+    if precision in ONNX_PRECISIONS:
+        try:
+            return use_onnx_encoder(model, precision)
+        except Exception as error:  # auto falls back to torch whatever the exporter raised
+            if requested != "auto":
+                raise
+            warnings.warn(f"the ONNX encoder failed ({str(error).strip().splitlines()[0]}); running in torch", stacklevel=2)
+            precision = "int8" if precision == "onnx-int8" and int8_available() else "fp32"
+            if precision == "fp32":
+                model.precision = precision
+                return model
     encoder = getattr(model, "image_encoder", None)
     target = encoder if encoder is not None else model
     if precision == "int8" and not any(isinstance(m, nn.Linear) for m in target.modules()):

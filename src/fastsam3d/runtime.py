@@ -1,0 +1,218 @@
+"""The image encoder under ONNX Runtime: exported once per weights, cached, run in place of torch's.
+
+    model = load_model("fastsam3d", precision="onnx-int8")   # exports on first use, then from the cache
+    export_encoder(model, "encoder.onnx", "int8")             # an explicit file (`fastsam3d export`)
+    use_onnx_encoder(model, "onnx-fp32", path="encoder.onnx") # in place, from that file
+
+The part that runs once per ROI (a 3D SAM's ``image_encoder``; the U-Net of ``ClickUNet3D``,
+:meth:`~fastsam3d.modeling.click_unet.ClickUNet3D.encode_channels`) is traced to ONNX (opset 17);
+``int8`` then quantises its matrix products and convolutions dynamically (ONNX Runtime's
+``quantize_dynamic``: uint8 weights, as AVX2's u8×s8 product can saturate). The prompt encoder and
+mask decoder (every click) stay in torch. On a CPU this is faster than torch's own kernels (README
+"Precision / speed"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
+``~/.cache/fastsam3d/onnx``), named by a key over the weights, the config, the precision, the
+modeling code and the torch / ONNX Runtime versions; the key is stored in the file and checked on
+load, so a stale or corrupt cached file is rebuilt and a mismatched explicit file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .extras import require_extra
+from .io import atomic_output
+from .modeling.click_unet import ClickUNet3D, ClickUNetFeatures, intensity_channels
+from .modeling.sam3d import Sam3D
+
+log = logging.getLogger(__name__)
+
+ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
+OPSET = 17
+FORMAT = 1  # bump when the exported graph's inputs, outputs or metadata change
+METADATA_KEY = "fastsam3d"
+MODELING_DIR = Path(__file__).parent / "modeling"
+
+
+def onnx_available() -> bool:
+    """Whether ONNX Runtime and the ``onnx`` package (export, quantisation) are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def cache_dir() -> Path:
+    """``$FASTSAM3D_CACHE/onnx``, else ``~/.cache/fastsam3d/onnx``."""
+    return Path(os.environ.get("FASTSAM3D_CACHE") or Path.home() / ".cache" / "fastsam3d").expanduser() / "onnx"
+
+
+class _ClickUNetBody(nn.Module):
+    """ClickUNet3D's encoder on its intensity channels, with the features as a flat tuple (for export)."""
+
+    def __init__(self, model: ClickUNet3D) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, channels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.model.encode_channels(channels)
+        return (*features.levels, features.unit, features.head)
+
+
+def _exported_part(model: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+    """The module that goes to ONNX and an example input (batch of one)."""
+    size = model.img_size
+    if isinstance(model, Sam3D):
+        return model.image_encoder, torch.zeros(1, 1, size, size, size)
+    if isinstance(model, ClickUNet3D):
+        return _ClickUNetBody(model), torch.zeros(1, 2, size, size, size)
+    raise ValueError(f"the ONNX encoder exists for 3D SAMs and ClickUNet3D, not for {type(model).__name__}")
+
+
+def encoder_key(model: nn.Module, precision: str) -> str:
+    """sha256 over everything the exported file depends on: weights, config, precision, code, versions."""
+    import onnxruntime
+
+    part, _ = _exported_part(model)
+    digest = hashlib.sha256()
+    stamp = [FORMAT, OPSET, precision, model.config.to_json(), torch.__version__, onnxruntime.__version__]
+    digest.update(json.dumps(stamp).encode())
+    for source in sorted(MODELING_DIR.glob("*.py")):
+        digest.update(source.read_bytes())
+    for name, tensor in part.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", key: str | None = None) -> Path:
+    """Write the model's encoder as ONNX (``precision`` ``"fp32"`` or ``"int8"``), atomically.
+
+    The model must be in fp32 (as :func:`~fastsam3d.registry.load_model` gives it by default).
+    The file records the :func:`encoder_key` it was made from (``key``, when the caller has it).
+    """
+    require_extra("fast", "onnxruntime", "onnx", feature="the ONNX encoder")
+    import onnx
+
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"ONNX precision must be fp32 or int8, not {precision!r}")
+    if getattr(model, "precision", "fp32") != "fp32":
+        raise ValueError(f"the model runs in {model.precision}; export it from an fp32 load")
+    part, example = _exported_part(model)
+    key = key or encoder_key(model, precision)
+    outputs = ["embedding"] if isinstance(model, Sam3D) else ["features"]
+    with tempfile.TemporaryDirectory() as folder:
+        traced = Path(folder) / "encoder.onnx"
+        with torch.no_grad(), warnings.catch_warnings():  # the tracer's notes on shape-dependent Python
+            warnings.simplefilter("ignore")
+            torch.onnx.export(part.cpu().eval(), (example,), str(traced), dynamo=False, opset_version=OPSET,
+                              input_names=["image"], output_names=outputs)
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantised = Path(folder) / "encoder-int8.onnx"
+            logging.disable(logging.WARNING)  # the quantiser's advice goes to the root logger
+            try:
+                quantize_dynamic(traced, quantised, weight_type=QuantType.QUInt8)
+            finally:
+                logging.disable(logging.NOTSET)
+            traced = quantised
+        graph = onnx.load(str(traced))
+        stamp = {"key": key, "model": model.config.name, "precision": precision, "img_size": model.img_size}
+        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(stamp)})
+        with atomic_output(path) as temp:
+            onnx.save(graph, str(temp))
+    return Path(path)
+
+
+class OnnxEncoder(nn.Module):
+    """An ONNX Runtime session in place of a torch encoder: (B, C, S, S, S) float crop -> output(s).
+
+    ``img_size`` is the crop edge the file was made for; the batch runs one item at a time. For a
+    3D SAM the output is the (B, 384, S/16, S/16, S/16) embedding; for ClickUNet3D, the
+    :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures` of its intensity channels.
+    """
+
+    def __init__(self, path: str | Path, img_size: int, key: str | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for unreadable files
+            raise CheckpointError(f"cannot load the ONNX encoder {path}: {str(error).strip().splitlines()[0]}") from None
+        stamp = json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
+        if key is not None and stamp.get("key") != key:
+            made_for = f"{stamp.get('model')} ({stamp.get('precision')})" if stamp else "no fastsam3d model"
+            raise CheckpointError(f"the ONNX encoder {path} was made for {made_for}, not for these weights in this "
+                                  "precision and versions: export it again (fastsam3d export)")
+        self.path = Path(path)
+        self.img_size = img_size
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        items = [self.session.run(None, {self.input_name: item[None].float().cpu().numpy()}) for item in image]
+        outputs = tuple(torch.cat([torch.from_numpy(item[i]) for item in items]) for i in range(len(items[0])))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def extra_repr(self) -> str:
+        return f"path={self.path}, img_size={self.img_size}"
+
+
+def _onnx_encode(encoder: OnnxEncoder, levels: int):
+    """``ClickUNet3D.encode`` with the U-Net in ONNX Runtime: intensity channels in torch, then the file."""
+
+    def encode(image: torch.Tensor) -> ClickUNetFeatures:
+        outputs = encoder(intensity_channels(image))
+        return ClickUNetFeatures(list(outputs[:levels]), outputs[levels], outputs[levels + 1])
+
+    return encode
+
+
+def _cached_encoder(model: nn.Module, precision: str, key: str) -> OnnxEncoder:
+    """The cached file of ``model``'s encoder in ``precision`` (``fp32`` / ``int8``) with ``key``, opened;
+    exported first if it is absent, stale or unreadable."""
+    path = cache_dir() / f"{model.config.name}-{precision}-{key[:16]}.onnx"
+    if path.is_file():
+        try:
+            return OnnxEncoder(path, model.img_size, key)
+        except CheckpointError as error:
+            log.warning(f"rebuilding the cached ONNX encoder: {error}")
+    log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
+    export_encoder(model, path, precision, key)
+    return OnnxEncoder(path, model.img_size, key)
+
+
+def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None = None) -> nn.Module:
+    """Run ``model``'s encoder under ONNX Runtime (``precision`` ``"onnx-fp32"`` / ``"onnx-int8"``), in place.
+
+    Without ``path`` the file comes from the cache (exported on first use); a given ``path`` must
+    have been exported from these weights in this precision (:func:`export_encoder`), else it is
+    refused. A 3D SAM's ``image_encoder`` is replaced (its torch weights freed); ClickUNet3D's
+    ``encode`` runs the file. Sets ``model.precision``; returns the model.
+    """
+    require_extra("fast", "onnxruntime", "onnx", feature=f"--precision {precision}")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"unknown ONNX precision {precision!r}; use one of {', '.join(ONNX_PRECISIONS)}")
+    arithmetic = precision.removeprefix("onnx-")
+    key = encoder_key(model, arithmetic)
+    encoder = _cached_encoder(model, arithmetic, key) if path is None else OnnxEncoder(path, model.img_size, key)
+    if isinstance(model, Sam3D):
+        model.image_encoder = encoder
+    else:
+        model.onnx_encoder = encoder
+        model.encode = _onnx_encode(encoder, len(model.config.channels) - 1)
+    model.precision = precision
+    return model
