@@ -1,0 +1,128 @@
+"""The ONNX Runtime encoder (fastsam3d.runtime): same outputs as torch, the cache, refusals, the extra."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from fastsam3d import build_model
+from fastsam3d.cli import main
+from fastsam3d.errors import CheckpointError
+from fastsam3d.extras import MissingExtra
+from fastsam3d.modeling.precision import apply_model_precision, default_precision
+from fastsam3d.registry import save_model
+from fastsam3d.runtime import OnnxEncoder, cache_dir, export_encoder, use_onnx_encoder
+
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="pip install 'fastsam3d[fast]'",
+)
+
+
+@pytest.fixture(autouse=True)
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTSAM3D_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def _student(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("tiny-student")
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+@needs_onnx
+def test_onnx_encoder_matches_torch_and_the_cache_is_reused(monkeypatch, onnx_cache):
+    model = _student()
+    crop = torch.randn(2, 1, 64, 64, 64)
+    point, labels = torch.tensor([[[32.0, 32.0, 32.0]]]).expand(2, 1, 3), torch.ones(2, 1, dtype=torch.int64)
+    with torch.inference_mode():
+        reference = model.encode(crop)
+        reference_logits, _ = model.decode(reference, point, labels)
+    fast = apply_model_precision(copy.deepcopy(model), "onnx-fp32")
+    assert fast.precision == "onnx-fp32" and isinstance(fast.image_encoder, OnnxEncoder)
+    with torch.inference_mode():
+        embedding = fast.encode(crop)  # a batch of two, run one by one
+        logits, _ = fast.decode(embedding, point, labels)
+    assert embedding.shape == reference.shape
+    assert torch.allclose(embedding, reference, atol=1e-4)
+    assert torch.allclose(logits, reference_logits, atol=1e-4)
+    int8 = apply_model_precision(copy.deepcopy(model), "onnx-int8")
+    with torch.inference_mode():
+        assert _correlation(int8.decode(int8.encode(crop), point, labels)[0], reference_logits) > 0.999
+    assert len(list(onnx_cache.glob("*.onnx"))) == 2
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("fastsam3d.runtime.export_encoder", no_export)
+    again = apply_model_precision(copy.deepcopy(model), "onnx-fp32")
+    assert again.image_encoder.path == fast.image_encoder.path
+
+
+@needs_onnx
+def test_the_default_models_unet_runs_in_onnx():
+    torch.manual_seed(0)
+    model = build_model("click-unet")
+    crop = torch.randn(1, 1, *(model.img_size,) * 3) * 300
+    with torch.inference_mode():
+        reference = model.encode(crop)
+        features = apply_model_precision(copy.deepcopy(model), "onnx-fp32").encode(crop)
+    for ours, theirs in zip([*features.levels, features.unit, features.head],
+                            [*reference.levels, reference.unit, reference.head], strict=True):
+        assert ours.shape == theirs.shape
+        assert torch.allclose(ours, theirs, atol=1e-3)
+
+
+@needs_onnx
+def test_a_corrupt_cached_file_is_rebuilt_and_a_mismatched_file_refused(tmp_path, onnx_cache):
+    model = _student()
+    first = apply_model_precision(copy.deepcopy(model), "onnx-fp32").image_encoder.path
+    first.write_bytes(b"not an onnx file")
+    rebuilt = apply_model_precision(copy.deepcopy(model), "onnx-fp32").image_encoder.path
+    assert rebuilt == first and rebuilt.stat().st_size > 1000
+    path = export_encoder(model, tmp_path / "student.onnx")
+    use_onnx_encoder(copy.deepcopy(model), "onnx-fp32", path=path)  # its own file is accepted
+    with pytest.raises(CheckpointError, match="was made for tiny-student \\(fp32\\), not for these weights"):
+        use_onnx_encoder(_student(seed=1), "onnx-fp32", path=path)
+    with pytest.raises(CheckpointError, match="not for these weights in this precision"):
+        use_onnx_encoder(copy.deepcopy(model), "onnx-int8", path=path)
+    (tmp_path / "broken.onnx").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="cannot load the ONNX encoder"):
+        use_onnx_encoder(copy.deepcopy(model), "onnx-fp32", path=tmp_path / "broken.onnx")
+
+
+@needs_onnx
+def test_export_command_writes_a_file_the_runtime_accepts(tmp_path):
+    model = _student()
+    checkpoint = save_model(model, tmp_path / "student.safetensors")
+    out = tmp_path / "encoder.onnx"
+    assert main(["-q", "export", str(checkpoint), "--format", "onnx", "--out", str(out), "--precision", "int8"]) == 0
+    assert use_onnx_encoder(copy.deepcopy(model), "onnx-int8", path=out).precision == "onnx-int8"
+    assert not list(cache_dir().glob("*.onnx"))  # an explicit file does not touch the cache
+
+
+def test_without_onnxruntime_auto_falls_back_and_a_request_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnxruntime", "onnx") else real(name, *a))
+    model = _student()
+    assert default_precision(model) == "fp32"  # the torch choice: tiny-student is narrow
+    assert apply_model_precision(copy.deepcopy(model), "auto").precision == "fp32"
+    with pytest.raises(MissingExtra, match=r"needs onnxruntime, onnx: pip install 'fastsam3d\[fast\]'"):
+        apply_model_precision(copy.deepcopy(model), "onnx-fp32")
+
+
+@needs_onnx
+def test_auto_picks_onnx_on_a_cpu_only():
+    model = _student()
+    assert default_precision(model, "cpu") == "onnx-fp32"
+    assert default_precision(build_model("fastsam3d"), "cpu") == "onnx-int8"
+    assert default_precision(model, "meta") == "fp32"
+    with pytest.raises(ValueError, match="onnx-fp32 runs on the CPU only"):
+        apply_model_precision(copy.deepcopy(model), "onnx-fp32", "meta")
