@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py                       # CPU, 2 threads, fastsam3d + sam-med3d, fp32 vs auto
     python benchmarks/latency.py --models default fastsam3d --precisions fp32 int8 bf16
+    python benchmarks/latency.py --precisions fp32 int8 onnx-fp32 onnx-int8   # torch beside ONNX Runtime
     python benchmarks/latency.py --device cuda         # on a GPU
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
 
@@ -172,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fastsam3d", "sam-med3d"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
-                        help="fp32, bf16, int8 or auto (default: fp32 and auto, side by side)")
+                        help="fp32, bf16, int8, onnx-fp32, onnx-int8 or auto (default: fp32 and auto, side by side)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

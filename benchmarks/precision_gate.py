@@ -1,6 +1,7 @@
-"""Accuracy gate of the fast precisions: masks of int8 / bf16 against fp32 at the same prompts.
+"""Accuracy gate of the fast precisions: masks of ONNX Runtime / int8 / bf16 against fp32 at the same prompts.
 
     python benchmarks/precision_gate.py                                  # default model, dev volumes
+    python benchmarks/precision_gate.py --precisions onnx-fp32 onnx-int8 --random fastsam3d
     python benchmarks/precision_gate.py --checkpoint trained.safetensors # a trained 3D SAM as well
     python benchmarks/precision_gate.py --random fastsam3d sam-med3d     # random official-size models
 
@@ -119,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=["default"], help="trained models (names or checkpoint files)")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="more trained model files")
-    parser.add_argument("--precisions", nargs="+", default=["int8", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=["onnx-fp32", "onnx-int8", "int8", "bf16"],
+                        help="onnx-fp32 / onnx-int8 (ONNX Runtime, fastsam3d[fast]), int8, bf16")
     parser.add_argument("--random", nargs="*", default=[], help="random-weight official-size models, e.g. fastsam3d sam-med3d")
     parser.add_argument("--modes", nargs="*", default=[],
                         help="speed modes for the --checkpoint models: cluster-K (token clustering after block K), dilated")
