@@ -13,8 +13,9 @@ click (encoder + decoder + paste, as the answer's ``timings``), the time of a fu
 cached embedding (prompt encoder + decoder + upsampling + paste back into a 512x512x300 int16
 volume, measured around ``Session.add_click``), the same split by stage, uncertainty with N=16
 decoder runs, and peak RSS (after the clicks, at the end, and ``time -v``'s maximum resident set
-size). Then the speed-up of each precision over fp32. The volume alone is 157 MB (int16), the
-label map 78 MB. ``auto`` is what ``Session``/``segment``/``serve`` use by default.
+size). Then the speed-up of each precision over fp32. The session reads the volume from a file:
+``--input .nii`` (default) is memory-mapped, so only its ROIs' pages become resident; ``.nii.gz``
+is decompressed (157 MB). The label map (78 MB) is allocated untouched and filled where objects are. ``auto`` is what ``Session``/``segment``/``serve`` use by default.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,22 +46,29 @@ def _median_time(function, repeats: int) -> float:
     return statistics.median(_times(function, repeats))
 
 
-def worker(name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str = "fp32") -> dict:
+def write_test_volume(path: Path) -> Path:
+    """A 512x512x300 int16 CT-like volume of random values at 0.8 x 0.8 x 1.5 mm, written once."""
     import numpy as np
-    import torch
 
-    from fastsam3d import Session, Volume, build_model
-    from fastsam3d.modeling.precision import apply_model_precision
+    from fastsam3d import Volume, write_volume
 
-    torch.set_num_threads(threads)
-    model = apply_model_precision(build_model(name).to(device), precision, device)
     rng = np.random.default_rng(0)
     array = np.empty((512, 512, 300), dtype=np.int16)  # filled in slabs: no full-size temporaries
     for start in range(0, 512, 32):
         array[start : start + 32] = rng.integers(-1000, 1500, size=(32, 512, 300), dtype=np.int16)
-    volume = Volume(array, np.array([0.8, 0.8, 1.5]), np.zeros(3), np.eye(3))
+    return write_volume(Volume(array, np.array([0.8, 0.8, 1.5]), np.zeros(3), np.eye(3)), path)
+
+
+def worker(name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str, volume: Path) -> dict:
+    import torch
+
+    from fastsam3d import Session, build_model
+    from fastsam3d.modeling.precision import apply_model_precision
+
+    torch.set_num_threads(threads)
+    model = apply_model_precision(build_model(name).to(device), precision, device)
     session = Session(model, device=device, max_rois=1)  # random weights: keep to one ROI
-    session.set_image(volume)
+    session.set_image(volume)  # read as a user's session reads it (.nii: memory-mapped)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     crop = torch.randn(1, 1, *(model.img_size,) * 3, device=device)
@@ -81,6 +90,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     uncertainty = _median_time(lambda: session.uncertainty(samples=16), 3)
     result = {
         "model": name,
+        "input": volume.name.partition(".")[2],
         "precision": model.precision,
         "device": device,
         "threads": threads,
@@ -111,7 +121,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
 def _run(name: str, precision: str, args: argparse.Namespace) -> dict:
     """One model in one precision, in its own process; with ``time -v``'s peak RSS when available."""
     command = [sys.executable, __file__, "--worker", name, "--precisions", precision, "--device", args.device,
-               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+               "--threads", str(args.threads), "--repeats", str(args.repeats), "--volume", str(args.volume)]
     command += ["--verify-padding"] if args.verify_padding else []
     timed = Path("/usr/bin/time").is_file()
     done = subprocess.run((["/usr/bin/time", "-v"] if timed else []) + command, check=False, capture_output=True, text=True)
@@ -179,6 +189,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--verify-padding", action="store_true")
     parser.add_argument("--paired-repeats", type=int, default=8, help="rounds of the interleaved encoder timing (0: skip)")
+    parser.add_argument("--input", choices=(".nii", ".nii.gz"), default=".nii",
+                        help="file format of the test volume the session reads (.nii is memory-mapped; default)")
+    parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,9 +200,11 @@ def main() -> None:
         return
     if args.worker:
         print(json.dumps(worker(args.worker, args.device, args.threads, args.repeats, args.verify_padding,
-                                args.precisions[0])))
+                                args.precisions[0], args.volume)))
         return
-    rows = [row for name in args.models for precision in args.precisions if (row := _run(name, precision, args))]
+    with tempfile.TemporaryDirectory() as folder:
+        args.volume = write_test_volume(Path(folder) / f"ct{args.input}")
+        rows = [row for name in args.models for precision in args.precisions if (row := _run(name, precision, args))]
     import platform
 
     import torch

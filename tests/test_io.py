@@ -147,3 +147,53 @@ def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_output(target) as temp:
         temp.write_text("new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def _itk_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(path))
+    header.ReadImageInformation()
+    return np.array(header.GetSpacing()), np.array(header.GetOrigin()), np.array(header.GetDirection()).reshape(3, 3)
+
+
+@pytest.mark.parametrize("transforms", ["both", "qform", "sform", "conflicting", "neither"])
+def test_nifti_geometry_is_itks_whichever_transforms_the_header_holds(tmp_path, transforms):
+    rotated = np.eye(4)
+    rotated[:3, :3] = rotation(20, 10) * [0.7, 0.9, 2.5]
+    rotated[:3, 3] = [-12.5, 40.0, 7.25]
+    other = np.diag([1.1, 1.2, 1.3, 1.0])
+    image = nib.Nifti1Image(np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14), None)
+    qform, sform = {"both": (rotated, rotated), "qform": (rotated, None), "sform": (None, rotated),
+                    "conflicting": (rotated, other), "neither": (None, None)}[transforms]
+    image.header.set_zooms((0.7, 0.9, 2.5))
+    image.set_qform(qform, 1 if qform is not None else 0)
+    image.set_sform(sform, 2 if sform is not None else 0)
+    path = tmp_path / "v.nii"
+    nib.save(image, path)
+    volume = read_volume(path)
+    spacing, origin, direction = _itk_geometry(path)
+    assert np.allclose(volume.spacing, spacing, atol=1e-5) and np.allclose(volume.origin, origin, atol=1e-4)
+    assert np.allclose(volume.direction, direction, atol=1e-5)
+
+
+def test_uncompressed_nifti_is_memory_mapped_and_others_are_not_copied(tmp_path):
+    path = write_volume(_oblique(), tmp_path / "v.nii", compress=False)
+    base = read_volume(path).array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    assert isinstance(base, np.memmap) or "mmap" in type(base).__name__
+    nrrd = read_volume(write_volume(_oblique(), tmp_path / "v.nrrd")).array
+    assert not nrrd.flags.owndata and np.array_equal(nrrd, _oblique().array)  # SimpleITK's buffer, kept alive
+
+
+def test_gzipped_nifti_is_read_in_chunks_equal_to_nibabel(tmp_path, monkeypatch):
+    from fastsam3d import io
+
+    monkeypatch.setattr(io, "GZIP_CHUNK_BYTES", 1000)  # the 3360 voxel bytes take four chunks
+    path = write_volume(_oblique(), tmp_path / "v.nii.gz")
+    volume = read_volume(path)
+    assert np.array_equal(volume.array, np.asarray(nib.load(path).dataobj)) and volume.array.dtype == np.int16
+    truncated = tmp_path / "t.nii.gz"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(VolumeError, match="corrupt, truncated"):
+        read_volume(truncated)

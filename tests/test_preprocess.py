@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from fastsam3d import preprocess
 from fastsam3d.io import Volume
 from fastsam3d.preprocess import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
 
@@ -56,7 +58,9 @@ def test_centre_voxel_lands_on_click():
     assert np.allclose(roi.roi_to_index(roi.index_to_roi(click)), click)
 
 
-def test_extract_matches_itk_linear_resampling():
+@pytest.mark.parametrize("slab_voxels", [2**21, 700])  # one slab, or one input slice at a time
+def test_extract_matches_itk_linear_resampling(monkeypatch, slab_voxels):
+    monkeypatch.setattr(preprocess, "EXTRACT_SLAB_VOXELS", slab_voxels)
     volume = _oblique_volume()
     roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
     ours = roi.extract(volume.array).numpy()
@@ -104,7 +108,9 @@ def test_normalise_intensity_uses_positive_voxels():
     assert torch.isfinite(normalise_intensity(torch.full((4, 4, 4), 3.0))).all()
 
 
-def test_paste_mask_equals_thresholded_paste_logits():
+@pytest.mark.parametrize("slab_voxels", [2**21, 50])  # one slab, or a few rows at a time
+def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels):
+    monkeypatch.setattr(preprocess, "EXTRACT_SLAB_VOXELS", slab_voxels)
     volume = _oblique_volume()
     roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
     low = torch.full((32, 32, 32), -3.0)

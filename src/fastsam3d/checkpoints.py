@@ -91,7 +91,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], Sam3DConfig 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     except FileNotFoundError:
         raise CheckpointError(f"no such checkpoint: {path}") from None
     except (SafetensorError, OSError, ValueError) as error:

@@ -99,10 +99,18 @@ class Uncertainty:
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in bits of a foreground probability (0 where it is 0: outside the estimate)."""
-    q = np.clip(p, 1e-7, 1 - 1e-7)
-    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-    return np.where(p > 0, entropy, 0.0).astype(np.float32)
+    """Entropy in bits of a foreground probability (0 where it is 0: outside the estimate); float32,
+    with three float32 temporaries the size of ``p`` (a ROI-sized map is tens of MB)."""
+    q = np.clip(p, 1e-7, 1 - 1e-7, dtype=np.float32)
+    rest = np.subtract(1, q, dtype=np.float32)
+    entropy = np.log2(q)
+    entropy *= q
+    np.log2(rest, out=q)
+    q *= rest
+    entropy += q
+    np.negative(entropy, out=entropy)
+    entropy[p <= 0] = 0.0
+    return entropy
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Volumes in and out, with their geometry (SimpleITK does the file formats).
+"""Volumes in and out, with their geometry (SimpleITK does the file formats; nibabel reads NIfTI).
 
 Conventions, used everywhere in fastsam3d:
 
@@ -6,6 +6,10 @@ Conventions, used everywhere in fastsam3d:
   SimpleITK's own numpy view is (k, j, i) and is transposed on the way in and out.
 * World coordinates are millimetres in LPS, as ITK, DICOM and 3D Slicer use;
   :func:`ras_to_lps` / :func:`lps_to_ras` convert points given in RAS (nibabel, FreeSurfer).
+
+SimpleITK is imported on first use (its library alone is ~90 MB of resident memory): reading an
+uncompressed or gzipped NIfTI whose header is unambiguous never loads it, and an uncompressed
+``.nii`` is memory-mapped, so a session touches only the voxels of its ROIs.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import VolumeError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -83,6 +90,8 @@ class Volume:
     def orientation(self) -> str:
         """Closest anatomical direction each of the i, j, k axes points toward, e.g. ``LPS`` for an
         identity direction (DICOM-like), ``RAS`` for a typical NIfTI."""
+        import SimpleITK as sitk
+
         return sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(self.direction.flatten().tolist())
 
     def index_to_world(self, index: np.ndarray) -> np.ndarray:
@@ -95,13 +104,15 @@ class Volume:
         points = np.asarray(points, dtype=np.float64)
         return (points - self.origin) @ np.linalg.inv(self.direction * self.spacing).T
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """Same geometry, new voxels (same shape)."""
         if np.shape(array) != self.shape:
             raise VolumeError(f"array of shape {np.shape(array)} does not fit a volume of shape {self.shape}")
         return Volume(array, self.spacing, self.origin, self.direction)
 
     def to_sitk(self) -> sitk.Image:
+        import SimpleITK as sitk
+
         array = self.array.astype(np.uint8) if self.array.dtype == bool else self.array
         image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
         image.SetSpacing(self.spacing.tolist())
@@ -110,10 +121,21 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image: sitk.Image, name: str = "image") -> "Volume":
+    def from_sitk(cls, image: sitk.Image, name: str = "image") -> Volume:
+        """The image's voxels without a copy (the array keeps the image alive) and its geometry."""
+        import SimpleITK as sitk
+
         _check_layout(image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
-        array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        array = np.asarray(_ImageBuffer(image, sitk.GetArrayViewFromImage(image))).transpose(2, 1, 0)
         return cls(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()), _direction(image))
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's voxel buffer to numpy and keeps the image alive as the array's base."""
+
+    def __init__(self, image: sitk.Image, view: np.ndarray) -> None:
+        self.image = image
+        self.__array_interface__ = view.__array_interface__
 
 
 def _direction(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
@@ -132,6 +154,8 @@ def _check_layout(dimension: int, size: tuple[int, ...], components: int, name: 
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
+    import SimpleITK as sitk
+
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder)) or []
     files = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series]
@@ -149,23 +173,86 @@ def check_finite(volume: Volume, name: str = "image") -> None:
 
 
 def _read_nifti(path: Path) -> Volume:
-    """NIfTI: geometry from ITK's header reader (LPS, as every other format), voxels from nibabel.
+    """NIfTI: voxels from nibabel (memory-mapped when uncompressed and unscaled), geometry in LPS
+    as ITK reads it: from the header's one transform when qform and sform agree (or only one is
+    set), else from ITK's own header reader, whose rules for conflicting transforms we keep.
 
     ITK's NIfTI reader silently accepts truncated gzip files and turns NaN into 0; nibabel fails
     on the first and keeps the second, and the data is decompressed only once.
     """
     import nibabel
 
+    image = nibabel.load(str(path))
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) > 3 and all(size == 1 for size in shape[3:]):  # (x, y, z, 1): one 3D volume
+        shape = shape[:3]
+    geometry = _nifti_geometry(image.header) if len(shape) == 3 and min(shape) > 1 else None
+    if geometry is None:
+        geometry = _itk_header_geometry(path, shape)
+    proxy = image.dataobj
+    if _suffix(path) == ".nii.gz" and (proxy.slope, proxy.inter) == (1.0, 0.0) and len(proxy.shape) == 3:
+        array = _read_gzip_voxels(path, proxy.offset, proxy.dtype, proxy.shape, proxy.order)
+    else:  # memory-mapped when uncompressed and unscaled; scaled values as nibabel computes them
+        array = np.asarray(proxy)
+    if array.ndim > 3 and all(size == 1 for size in array.shape[3:]):
+        array = array.reshape(array.shape[:3])
+    if array.shape != shape:
+        raise VolumeError(f"{path} has voxel data of shape {array.shape} but a header saying {shape}")
+    return Volume(array, *geometry)
+
+
+GZIP_CHUNK_BYTES = 2**24  # decompressed at a time into the voxel array
+
+
+def _read_gzip_voxels(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    """Decompress a .nii.gz's voxels straight into their array, a chunk at a time (reading them
+    whole, as gzip and nibabel do, holds a second full copy for a moment)."""
+    import gzip
+
+    array = np.empty(shape, dtype=dtype, order=order)
+    buffer = memoryview(array.reshape(-1, order="A")).cast("B")
+    with gzip.open(path, "rb") as source:
+        source.seek(offset)
+        for start in range(0, len(buffer), GZIP_CHUNK_BYTES):
+            chunk = buffer[start : start + GZIP_CHUNK_BYTES]
+            if source.readinto(chunk) != len(chunk):
+                raise VolumeError(f"{path} is truncated: it holds fewer voxels than its header says")
+    return array
+
+
+NIFTI_TOLERANCE = 1e-4  # mm / cosine: qform and sform closer than this are the same transform
+
+
+def _nifti_geometry(header) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(spacing, origin, direction) in LPS from a NIfTI header with one unambiguous, orthogonal
+    transform whose column lengths are the header's voxel sizes; None otherwise (ITK decides)."""
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if qcode and scode and not np.allclose(qform, sform, atol=NIFTI_TOLERANCE):
+        return None
+    affine = qform if qcode else sform if scode else None
+    if affine is None:
+        return None
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not np.allclose(spacing, np.abs(header.get_zooms()[:3]), atol=NIFTI_TOLERANCE):
+        return None
+    direction = linear / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=NIFTI_TOLERANCE):
+        return None
+    return spacing, affine[:3, 3] * _LPS_TO_RAS, direction * _LPS_TO_RAS[:, None]
+
+
+def _itk_header_geometry(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
     header.ReadImageInformation()
     _check_layout(header.GetDimension(), header.GetSize(), header.GetNumberOfComponents(), str(path))
-    array = np.asarray(nibabel.load(str(path)).dataobj)
-    if array.ndim > 3 and all(size == 1 for size in array.shape[3:]):  # (x, y, z, 1): one 3D volume
-        array = array.reshape(array.shape[:3])
-    if array.shape != tuple(header.GetSize()):
-        raise VolumeError(f"{path} has voxel data of shape {array.shape} but a header saying {header.GetSize()}")
-    return Volume(array, np.array(header.GetSpacing()), np.array(header.GetOrigin()), _direction(header))
+    if tuple(header.GetSize()) != shape:
+        raise VolumeError(f"{path} has voxel data of shape {shape} but a header saying {header.GetSize()}")
+    return np.array(header.GetSpacing()), np.array(header.GetOrigin()), _direction(header)
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -181,6 +268,8 @@ def read_volume(path: str | Path) -> Volume:
         elif _suffix(path) in (".nii", ".nii.gz"):
             volume = _read_nifti(path)
         else:
+            import SimpleITK as sitk
+
             volume = Volume.from_sitk(sitk.ReadImage(str(path)), str(path))
     except VolumeError:
         raise
@@ -213,7 +302,7 @@ def align_label(image: Volume, label: Volume, image_name: object = "image", labe
         if shape_ok:
             flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in signs)
             first = [starts[axes[a]] for a in range(3)]
-            expected = [0 if s > 0 else n - 1 for s, n in zip(signs, image.shape)]
+            expected = [0 if s > 0 else n - 1 for s, n in zip(signs, image.shape, strict=True)]
             if first == expected:
                 return image.with_array(np.ascontiguousarray(reordered[flips]))
     raise VolumeError(
@@ -295,6 +384,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
     """Write atomically (:func:`atomic_output`); the ending chooses the format."""
+    import SimpleITK as sitk
+
     path = check_writable(path)
     try:
         with atomic_output(path) as temp:

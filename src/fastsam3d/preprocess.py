@@ -27,6 +27,7 @@ import torch
 from .io import Volume
 
 TARGET_SPACING_MM = 1.5
+EXTRACT_SLAB_VOXELS = 2**21  # voxels resampled at a time by RoiGrid.extract and paste_mask (8 MB of float32)
 # RAS axis directions written in LPS world coordinates (the convention of Volume.direction).
 _RAS_IN_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]).T
 
@@ -90,7 +91,7 @@ class RoiGrid:
     @classmethod
     def centred(
         cls, volume: Volume, centre_index: np.ndarray, size: int = 128, spacing: float = TARGET_SPACING_MM
-    ) -> "RoiGrid":
+    ) -> RoiGrid:
         """The ROI whose voxel ``size // 2`` on each axis lies on ``centre_index`` (input voxels),
         torchio CropOrPad's rounding for an even size."""
         axes, signs = canonical_axes(volume.direction)
@@ -156,7 +157,12 @@ class RoiGrid:
 
     def extract(self, array: np.ndarray, outside: str = "zero") -> torch.Tensor:
         """Linearly resample the input array into the ROI: (size, size, size) float32; where the ROI
-        leaves the volume, zero (``outside="zero"``, ITK's default) or the nearest border voxel (``"edge"``)."""
+        leaves the volume, zero (``outside="zero"``, ITK's default) or the nearest border voxel (``"edge"``).
+
+        The covered input block is read and converted to float in slabs along ROI axis 2 (each
+        slab's share of the result is added up), so memory stays at a few slabs whatever the
+        input's resolution, and a memory-mapped input is read once, slab by slab.
+        """
         sources: list[slice] = []
         matrices = []
         for a in range(3):
@@ -168,11 +174,18 @@ class RoiGrid:
             high = int(np.clip(np.ceil(positions.max()), 0, length - 1))
             sources.append(slice(low, high + 1))
             matrices.append(torch.from_numpy(linear_weights(positions - low, high - low + 1)))
-        block_slices = [None] * 3
-        for a in range(3):
-            block_slices[self.axes[a]] = sources[a]
-        block = np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes)
-        return apply_per_axis(torch.from_numpy(np.ascontiguousarray(block)), matrices)
+        depth = sources[2].stop - sources[2].start
+        slab = max(1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start)))
+        result = torch.zeros((self.size,) * 3)
+        for first in range(0, depth, slab):
+            part = slice(sources[2].start + first, sources[2].start + min(first + slab, depth))
+            block_slices = [None] * 3
+            for a, source in enumerate((sources[0], sources[1], part)):
+                block_slices[self.axes[a]] = source
+            block = np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes)
+            weights = [matrices[0], matrices[1], matrices[2][:, first : first + block.shape[2]]]
+            result += apply_per_axis(torch.from_numpy(np.ascontiguousarray(block)), weights)
+        return result
 
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
         """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res
@@ -209,8 +222,14 @@ class RoiGrid:
             cropped.append(matrices[a][first : last + 1])
             span = covered[self.axes[a]]
             box[self.axes[a]] = slice(span.start + first, span.start + last + 1)
-        values = apply_per_axis(logits, cropped) > 0
-        return tuple(box), values.permute(*np.argsort(self.axes)).numpy()
+        partial = apply_per_axis(logits, cropped[:2])  # (L, rows 0, rows 1): the last axis is done in slabs
+        rows = [len(matrix) for matrix in cropped]
+        mask = np.empty(rows, dtype=bool)
+        slab = max(1, EXTRACT_SLAB_VOXELS // (rows[0] * rows[1]))
+        for first in range(0, rows[2], slab):
+            last = cropped[2][first : first + slab]
+            mask[..., first : first + len(last)] = (torch.tensordot(partial, last, dims=([0], [1])) > 0).numpy()
+        return tuple(box), mask.transpose(np.argsort(self.axes))
 
 
 @functools.lru_cache(maxsize=32)

@@ -158,7 +158,7 @@ class Session(ObjectEngine):
         indices, positives = self._checked_clicks(points, positives, frame)
         obj = self._object_for_prompt(label)
         state = obj.state
-        clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives))
+        clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives, strict=True))
         rois: dict[tuple, RoiGrid] = {}
         for index in indices:
             inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
@@ -373,7 +373,7 @@ class Session(ObjectEngine):
             return values
         offset = [0, 0, 0] if box is None else [s.start for s in box]
         keep = tuple(
-            slice(max(low - o, 0), max(high + 1 - o, 0)) for low, high, o in zip(state.box[0], state.box[1], offset)
+            slice(max(low - o, 0), max(high + 1 - o, 0)) for low, high, o in zip(state.box[0], state.box[1], offset, strict=True)
         )
         clipped = np.zeros_like(values)
         clipped[keep] = values[keep]
@@ -393,4 +393,9 @@ def open_session(model: str | Path = "default", checkpoint: str | Path | None = 
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(values, -60, 60)))).astype(np.float32)
+    """Logistic function of float32 logits, computed in place (the maps are ROI-sized)."""
+    np.clip(values, -60, 60, out=values)
+    np.negative(values, out=values)
+    np.exp(values, out=values)
+    values += 1
+    return np.reciprocal(values, out=values)

@@ -245,7 +245,7 @@ class SliceSession(ObjectEngine):
         root = state.root
         self.timings = Timings()
         self._total = None
-        for index, positive in zip(indices, positives):
+        for index, positive in zip(indices, positives, strict=True):
             root = self._click(obj, work, clicks, root, index, positive)
         return self._commit(obj, work, clicks, root)
 
@@ -525,7 +525,7 @@ def _box_of(plane: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int
 def _grown(box: Slices, axis: int, margin: int, shape: tuple[int, int, int]) -> Slices:
     """``box`` grown by ``margin`` voxels in-plane (the uncertainty band around the object)."""
     return tuple(s if a == axis else slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                 for a, (s, n) in enumerate(zip(box, shape)))
+                 for a, (s, n) in enumerate(zip(box, shape, strict=True)))
 
 
 def _intensity_window(array: np.ndarray) -> tuple[float, float]:

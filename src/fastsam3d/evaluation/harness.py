@@ -58,7 +58,7 @@ def evaluate_case(case: Case, segmenters: list[Segmenter], settings: EvaluationS
     base = {"protocol": settings.protocol, "case": case.name}
     try:
         image, label = case.load()
-        present = {int(v): int(n) for v, n in zip(*np.unique(label.array, return_counts=True))}
+        present = {int(v): int(n) for v, n in zip(*np.unique(label.array, return_counts=True), strict=True)}
     except Exception as error:  # noqa: BLE001 - any unreadable case is recorded, the run goes on
         return [_row(base, model=s.name, status="failed", error=_describe(error)) for s in segmenters]
     for segmenter in segmenters:

@@ -36,7 +36,7 @@ def segmentation_metrics(
     where = np.argwhere(union)
     low = np.maximum(where.min(0) - 1, 0)
     high = np.minimum(where.max(0) + 2, prediction.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
     pred = torch.from_numpy(prediction[box])[None, None].float()
     true = torch.from_numpy(target[box])[None, None].float()
     spacing = [float(s) for s in spacing]

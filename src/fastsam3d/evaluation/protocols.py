@@ -135,7 +135,7 @@ def _grown_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple[slice, slic
     grow = np.ceil(margin_mm / np.asarray(spacing, dtype=float)).astype(int)
     low = np.maximum(where.min(0) - grow, 0)
     high = np.minimum(where.max(0) + grow + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {

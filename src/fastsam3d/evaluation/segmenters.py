@@ -23,7 +23,6 @@ from ..session import Session
 from .protocols import Prompt, Protocol
 
 
-
 class Segmenter:
     """Interface: one image at a time, one structure at a time, prompts accumulate."""
 
@@ -186,15 +185,15 @@ class RandomWalkerSegmenter(Segmenter):
             half = self.roi_mm / 2 / self.volume.spacing
             low = np.maximum(np.floor(centre - half), 0).astype(int)
             high = np.minimum(np.ceil(centre + half) + 1, shape).astype(int)
-        return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def _block_mean(array: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """Mean over ``factor`` blocks (edge blocks padded by replication)."""
     if np.all(factor == 1):
         return array
-    padded = np.pad(array, [(0, (-n) % f) for n, f in zip(array.shape, factor)], mode="edge")
-    shape = [n // f for n, f in zip(padded.shape, factor)]
+    padded = np.pad(array, [(0, (-n) % f) for n, f in zip(array.shape, factor, strict=True)], mode="edge")
+    shape = [n // f for n, f in zip(padded.shape, factor, strict=True)]
     return padded.reshape(shape[0], factor[0], shape[1], factor[1], shape[2], factor[2]).mean(axis=(1, 3, 5))
 
 

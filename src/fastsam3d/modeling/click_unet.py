@@ -117,7 +117,7 @@ def click_maps(coords: torch.Tensor | None, labels: torch.Tensor | None, size: i
     axis = torch.arange(size, dtype=torch.float32, device=coords.device)
     profiles = torch.exp(-((axis - coords[..., None].float()) ** 2) / (2 * sigma**2))  # (B, N, 3, S)
     maps = torch.zeros(batch, 2, size, size, size, device=coords.device)
-    for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True)):
+    for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
         x, y, z = profiles[b, n]
         channel = maps[b, 0 if labels[b, n] == 1 else 1]
         torch.maximum(channel, x[:, None, None] * y[None, :, None] * z[None, None, :], out=channel)
@@ -295,7 +295,7 @@ class ClickUNet3D(nn.Module):
         logits = logits.clone()
         size = logits.shape[-1]
         low = coords.floor().long()
-        for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True)):
+        for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
             cells = tuple(slice(max(int(low[b, n, a]), 0), min(int(low[b, n, a]) + 2, size)) for a in range(3))
             region = logits[b, 0][cells]
             logits[b, 0][cells] = region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)

@@ -115,7 +115,7 @@ class Int8Conv(nn.Module):
         if any(self.padding):
             pad = [p for size in reversed(self.padding) for p in (size, size)]
             x = F.pad(x, pad)
-        for axis, (k, s) in enumerate(zip(self.kernel, self.stride)):
+        for axis, (k, s) in enumerate(zip(self.kernel, self.stride, strict=True)):
             x = x.unfold(2 + axis, k, s)  # (B, C, *out, *kernel)
         order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
         patches = x.permute(order)  # (B, *out, C, *kernel): the conv weight's (in, *kernel) order

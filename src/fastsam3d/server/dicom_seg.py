@@ -28,7 +28,7 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
             sources.append(dataset)
     if not sources:
         raise VolumeError(f"no DICOM images with positions in {dicom_dir}")
-    slices = [int(round(volume.world_to_index(np.array([[float(v) for v in d.ImagePositionPatient]]))[0, 2])) for d in sources]
+    slices = [round(float(volume.world_to_index(np.array([[float(v) for v in d.ImagePositionPatient]]))[0, 2])) for d in sources]
     order = np.argsort(slices)
     sources = [sources[i] for i in order]
     slices = [slices[i] for i in order]
