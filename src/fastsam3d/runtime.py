@@ -108,7 +108,10 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
         raise ValueError(f"the model runs in {model.precision}; export it from an fp32 load")
     part, example = _exported_part(model)
     key = key or encoder_key(model, precision)
-    outputs = ["embedding"] if isinstance(model, Sam3D) else ["features"]
+    if isinstance(model, Sam3D):
+        outputs = ["embedding"]
+    else:  # ClickUNetFeatures, flattened
+        outputs = [*(f"level{i}" for i in range(1, len(model.config.channels))), "unit", "head"]
     with tempfile.TemporaryDirectory() as folder:
         traced = Path(folder) / "encoder.onnx"
         with torch.no_grad(), warnings.catch_warnings():  # the tracer's notes on shape-dependent Python
