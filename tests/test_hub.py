@@ -199,7 +199,7 @@ def test_weights_list_is_fast_and_imports_no_torch(tmp_path):
     code = ("import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['weights', 'list']); "
             "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')")
     env = {**os.environ, "FASTSAM3D_WEIGHTS": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert float(lines[-1]) < 2.0

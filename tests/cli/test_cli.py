@@ -149,7 +149,7 @@ def test_real_tiny_model_end_to_end_as_a_process(tmp_path, sphere_file):
     result = subprocess.run(
         [sys.executable, "-m", "fastsam3d.cli", "segment", str(path), "--point", "60,50,22", "--model", str(model),
          "--out", str(tmp_path / "seg.nii.gz"), "--timing"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
     )
     assert "Traceback" not in result.stderr
     if result.returncode == 0:

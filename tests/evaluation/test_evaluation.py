@@ -292,7 +292,7 @@ def test_workers_and_torchrun_give_the_same_rows_as_one_process(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                "-m", "fastsam3d.cli", "evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker",
                "--protocol", "random", "--clicks", "2", "--out", str(tmp_path / "ddp"), "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "ddp" / "shards").iterdir()) == ["results.rank0.csv", "results.rank1.csv"]
 
