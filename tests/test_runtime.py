@@ -123,6 +123,7 @@ def test_auto_picks_onnx_on_a_cpu_only():
     model = _student()
     assert default_precision(model, "cpu") == "onnx-fp32"
     assert default_precision(build_model("fastsam3d"), "cpu") == "onnx-int8"
+    assert default_precision(build_model("sam-med3d"), "cpu") == "onnx-fp32"  # its int8 failed the gate
     assert default_precision(model, "meta") == "fp32"
     with pytest.raises(ValueError, match="onnx-fp32 runs on the CPU only"):
         apply_model_precision(copy.deepcopy(model), "onnx-fp32", "meta")

@@ -210,14 +210,17 @@ def apply_precision(module: nn.Module, precision: str, convs: str = "patch", per
 
 
 INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 here (192: 0.4x, 384: 0.6x)
+# ONNX Runtime's int8 (per-tensor activations) passes the gate on the 6-block student (logits correlation
+# 0.99977) but not on the 12-block teacher (0.9983 < 0.999): deeper encoders get its fp32.
+ONNX_INT8_MAX_DEPTH = 6
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
     """The fastest precision that keeps the masks (README "Precision / speed"), on a CPU: with ONNX
     Runtime installed (``fastsam3d[fast]``), its int8 encoder for a ViT at least ``INT8_MIN_WIDTH``
-    wide (the official student and teacher, 768) and its fp32 encoder for the other 3D models
-    (narrow ViTs such as ``compact``, the convolutional default); without it, torch's int8 for the
-    wide ViTs. fp32 otherwise (GPUs, 2D SAMs)."""
+    wide and at most ``ONNX_INT8_MAX_DEPTH`` blocks deep (the official student) and its fp32 encoder
+    for the other 3D models (the teacher, narrow ViTs such as ``compact``, the convolutional
+    default); without it, torch's int8 for the wide ViTs. fp32 otherwise (GPUs, 2D SAMs)."""
     from ..runtime import onnx_available
 
     device = torch.device(device)
@@ -227,7 +230,8 @@ def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> s
     if device.type != "cpu":
         return "fp32"
     if onnx_available() and getattr(model, "spatial_dims", 2) == 3:
-        return "onnx-int8" if wide else "onnx-fp32"
+        shallow = len(getattr(encoder, "blocks", ())) <= ONNX_INT8_MAX_DEPTH
+        return "onnx-int8" if wide and shallow else "onnx-fp32"
     return "int8" if wide and int8_available() else "fp32"
 
 
