@@ -63,7 +63,7 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
     import torch
 
     from fastsam3d import Session, build_model
-    from fastsam3d.modeling.precision import apply_model_precision
+    from fastsam3d.runtime import apply_model_precision
 
     torch.set_num_threads(threads)
     model = apply_model_precision(build_model(name).to(device), precision, device)
@@ -144,7 +144,7 @@ def paired_encoder(name: str, precisions: list[str], device: str, threads: int, 
     import torch
 
     from fastsam3d import build_model
-    from fastsam3d.modeling.precision import apply_model_precision
+    from fastsam3d.runtime import apply_model_precision
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -12,9 +12,15 @@ from fastsam3d import build_model
 from fastsam3d.cli import main
 from fastsam3d.errors import CheckpointError
 from fastsam3d.extras import MissingExtra
-from fastsam3d.modeling.precision import apply_model_precision, default_precision
 from fastsam3d.registry import save_model
-from fastsam3d.runtime import OnnxEncoder, cache_dir, export_encoder, use_onnx_encoder
+from fastsam3d.runtime import (
+    OnnxEncoder,
+    apply_model_precision,
+    cache_dir,
+    default_precision,
+    export_encoder,
+    use_onnx_encoder,
+)
 
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,

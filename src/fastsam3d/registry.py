@@ -20,10 +20,10 @@ from .checkpoints import CONFIG_METADATA_KEY, infer_config, load_state_dict_stri
 from .errors import CheckpointError
 from .io import atomic_output
 from .modeling.click_unet import ClickUNet3D, ClickUNetConfig
-from .modeling.precision import apply_model_precision
 from .modeling.sam2d import Sam2D, Sam2DConfig
 from .modeling.sam3d import Sam3D, Sam3DConfig
 from .modeling.tiny_vit import fuse_batchnorm
+from .runtime import apply_model_precision
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ModelConfig = Sam3DConfig | Sam2DConfig | ClickUNetConfig
@@ -229,8 +229,9 @@ def load_model(
         decoder_checkpoint: for an encoder-only FastSAM3D student checkpoint (keys without the
             ``image_encoder.`` prefix), a full checkpoint to take the prompt encoder and decoder from.
         block_style: override the residual form ("prenorm" or "fastsam3d"), see REFERENCE.md fact 2.
-        precision: ``"fp32"`` (trainable), ``"int8"``, ``"bf16"`` or ``"auto"`` (the fastest that keeps
-            the masks on ``device``), see :mod:`fastsam3d.modeling.precision`.
+        precision: ``"fp32"`` (trainable), ``"int8"``, ``"bf16"``, ``"onnx-fp32"``, ``"onnx-int8"`` (the
+            image encoder under ONNX Runtime, :mod:`fastsam3d.runtime`) or ``"auto"`` (the fastest that
+            keeps the masks on ``device``), see :mod:`fastsam3d.modeling.precision`.
     """
     config: ModelConfig | None
     if isinstance(model, str) and checkpoint is None:

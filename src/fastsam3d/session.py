@@ -30,10 +30,10 @@ from .interaction import Frame, Interaction, ObjectEngine, SegmentObject, Timing
 from .io import Volume, check_finite, read_volume
 from .labelmap import Region, Slices, bounding_box, merge_max, union_box
 from .modeling import Sam3D
-from .modeling.precision import apply_model_precision
 from .predictor import RoiPredictor
 from .preprocess import RoiGrid
 from .registry import load_model, spatial_dims
+from .runtime import apply_model_precision
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
@@ -73,8 +73,9 @@ class Session(ObjectEngine):
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
-        precision: ``"auto"`` (the fastest that keeps the masks: int8 image encoder for the 3D SAMs
-            on a CPU), ``"fp32"``, ``"bf16"`` or ``"int8"``. Default: ``"auto"`` for a model given
+        precision: ``"auto"`` (the fastest that keeps the masks on this device: on a CPU the image
+            encoder under ONNX Runtime when the ``fast`` extra is installed, see README "Precision /
+            speed"), ``"fp32"``, ``"bf16"``, ``"int8"``, ``"onnx-fp32"`` or ``"onnx-int8"``. Default: ``"auto"`` for a model given
             by name; a model object is used as it is unless a precision is given (then it is
             converted in place). The one in use is ``session.precision``.
     """
@@ -101,8 +102,8 @@ class Session(ObjectEngine):
         elif precision is not None:
             model = apply_model_precision(model.to(self.device), precision, self.device)
         self.precision = getattr(model, "precision", "fp32")
-        if self.precision == "int8" and self.device.type != "cpu":
-            raise ValueError(f"the model runs in int8, which needs the CPU, not {self.device}")
+        if self.precision in ("int8", "onnx-fp32", "onnx-int8") and self.device.type != "cpu":
+            raise ValueError(f"the model runs in {self.precision}, which needs the CPU, not {self.device}")
         self.model = model.to(self.device).eval()
         self.click_history = click_history
         self.max_rois = max(1, max_rois)

@@ -12,9 +12,10 @@ from fastsam3d.checkpoints import load_state_dict_strict
 from fastsam3d.cli import main
 from fastsam3d.clicks import dice
 from fastsam3d.errors import CheckpointError
-from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_model_precision, apply_precision, default_precision
+from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_precision
 from fastsam3d.reference import config_from_reference
 from fastsam3d.registry import build_model, load_model, save_model
+from fastsam3d.runtime import apply_model_precision, default_precision
 from fastsam3d.session import Session
 
 from ..helpers import sphere_volume
@@ -103,7 +104,7 @@ def test_session_logits_agree_between_fp32_and_int8(tmp_path):
 
 
 def test_auto_picks_int8_for_wide_3d_sams_on_cpu_and_fp32_otherwise(tmp_path, monkeypatch):
-    import fastsam3d.modeling.precision as precision_module
+    import fastsam3d.runtime as runtime
 
     monkeypatch.setattr("fastsam3d.runtime.onnx_available", lambda: False)  # torch's choices; ONNX's: test_runtime.py
 
@@ -118,7 +119,7 @@ def test_auto_picks_int8_for_wide_3d_sams_on_cpu_and_fp32_otherwise(tmp_path, mo
     default = load_model("default", precision="auto")
     assert default.precision == "fp32"
     student = build_model("tiny-student")
-    monkeypatch.setattr(precision_module, "INT8_MIN_WIDTH", 96)
+    monkeypatch.setattr(runtime, "INT8_MIN_WIDTH", 96)
     assert Session(str(save_model(student, tmp_path / "s.safetensors")), device="cpu").precision == "int8"
     assert Session(student, device="cpu").precision == "fp32"  # a model object is used as it is
     with pytest.raises(ValueError, match="no effect on ClickUNet3D"):

@@ -15,8 +15,8 @@
   and on CPUs with AVX512-BF16 / AMX; elsewhere it is emulated and slower.
 * ``"fp32"``: nothing changes.
 
-:func:`apply_model_precision` applies a precision to a whole segmentation model (for a 3D SAM: its
-image encoder) and :func:`default_precision` is what ``"auto"`` picks.
+:func:`fastsam3d.runtime.apply_model_precision` applies a precision to a whole segmentation model
+(for a 3D SAM: its image encoder) and :func:`fastsam3d.runtime.default_precision` is what ``"auto"`` picks.
 """
 
 from __future__ import annotations
@@ -207,72 +207,3 @@ def apply_precision(module: nn.Module, precision: str, convs: str = "patch", per
         _bf16(module)
     module.precision = precision
     return module
-
-
-INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 here (192: 0.4x, 384: 0.6x)
-# ONNX Runtime's int8 (per-tensor activations) passes the gate on the 6-block student (logits correlation
-# 0.99977) but not on the 12-block teacher (0.9983 < 0.999): deeper encoders get its fp32.
-ONNX_INT8_MAX_DEPTH = 6
-
-
-def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (README "Precision / speed"), on a CPU: with ONNX
-    Runtime installed (``fastsam3d[fast]``), its int8 encoder for a ViT at least ``INT8_MIN_WIDTH``
-    wide and at most ``ONNX_INT8_MAX_DEPTH`` blocks deep (the official student) and its fp32 encoder
-    for the other 3D models (the teacher, narrow ViTs such as ``compact``, the convolutional
-    default); without it, torch's int8 for the wide ViTs. fp32 otherwise (GPUs, 2D SAMs)."""
-    from ..runtime import onnx_available
-
-    device = torch.device(device)
-    encoder = getattr(model, "image_encoder", None)
-    widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
-    wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
-    if device.type != "cpu":
-        return "fp32"
-    if onnx_available() and getattr(model, "spatial_dims", 2) == 3:
-        shallow = len(getattr(encoder, "blocks", ())) <= ONNX_INT8_MAX_DEPTH
-        return "onnx-int8" if wide and shallow else "onnx-fp32"
-    return "int8" if wide and int8_available() else "fp32"
-
-
-def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
-    """A segmentation model in ``precision`` (``"auto"``: :func:`default_precision`), in place.
-
-    A 3D SAM's image encoder (the first click) gets the precision; its prompt encoder and mask
-    decoder (the cached clicks) stay fp32. ``"onnx-fp32"`` / ``"onnx-int8"`` run the encoder under
-    ONNX Runtime (:mod:`fastsam3d.runtime`; ``auto`` falls back to torch if that fails). Models without ``image_encoder`` (ClickUNet3D) get it
-    as a whole. The chosen precision is stored as ``model.precision``.
-    """
-    from ..runtime import ONNX_PRECISIONS, use_onnx_encoder
-
-    requested = precision
-    if precision == "auto":
-        precision = default_precision(model, device)
-    if precision not in PRECISIONS + ONNX_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS + ONNX_PRECISIONS)}")
-    current = getattr(model, "precision", "fp32")
-    if current == precision:
-        model.precision = precision
-        return model
-    if current != "fp32":
-        raise ValueError(f"the model already runs in {current}; load it again for {precision}")
-    if precision in ("int8", *ONNX_PRECISIONS) and torch.device(device).type != "cpu":
-        raise ValueError(f"{precision} runs on the CPU only, not on {device}; use bf16 or fp32 there")
-    if precision in ONNX_PRECISIONS:
-        try:
-            return use_onnx_encoder(model, precision)
-        except Exception as error:  # auto falls back to torch whatever the exporter raised
-            if requested != "auto":
-                raise
-            warnings.warn(f"the ONNX encoder failed ({str(error).strip().splitlines()[0]}); running in torch", stacklevel=2)
-            precision = "int8" if precision == "onnx-int8" and int8_available() else "fp32"
-            if precision == "fp32":
-                model.precision = precision
-                return model
-    encoder = getattr(model, "image_encoder", None)
-    target = encoder if encoder is not None else model
-    if precision == "int8" and not any(isinstance(m, nn.Linear) for m in target.modules()):
-        raise ValueError(f"int8 has no effect on {type(model).__name__} (no Linear layers to quantise); use fp32")
-    apply_precision(target, precision)
-    model.precision = precision
-    return model
