@@ -65,7 +65,9 @@ def main() -> None:
             difference = max(scores) - min(scores)
             differences.append(difference)
             print(f"| {case.name} | {name} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | {difference:.3f} |")
-    print(f"\nlargest difference over {len(differences)} structures: {max(differences):.3f}; mean {np.mean(differences):.3f}")
+    print(
+        f"\nlargest difference over {len(differences)} structures: {max(differences):.3f}; mean {np.mean(differences):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def write_test_volume(path: Path) -> Path:
     return write_volume(Volume(array, np.array([0.8, 0.8, 1.5]), np.zeros(3), np.eye(3)), path)
 
 
-def worker(name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str, volume: Path) -> dict:
+def worker(
+    name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str, volume: Path
+) -> dict:
     import torch
 
     from fastsam3d import Session, build_model
@@ -120,11 +122,27 @@ def worker(name: str, device: str, threads: int, repeats: int, verify_padding: b
 
 def _run(name: str, precision: str, args: argparse.Namespace) -> dict:
     """One model in one precision, in its own process; with ``time -v``'s peak RSS when available."""
-    command = [sys.executable, __file__, "--worker", name, "--precisions", precision, "--device", args.device,
-               "--threads", str(args.threads), "--repeats", str(args.repeats), "--volume", str(args.volume)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--precisions",
+        precision,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--volume",
+        str(args.volume),
+    ]
     command += ["--verify-padding"] if args.verify_padding else []
     timed = Path("/usr/bin/time").is_file()
-    done = subprocess.run((["/usr/bin/time", "-v"] if timed else []) + command, check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        (["/usr/bin/time", "-v"] if timed else []) + command, check=False, capture_output=True, text=True
+    )
     if done.returncode:
         print(f"# {name} {precision}: failed: {done.stderr.strip().splitlines()[-1]}")
         return None
@@ -182,15 +200,25 @@ def paired_encoder(name: str, precisions: list[str], device: str, threads: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fastsam3d", "sam-med3d"])
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
-                        help="fp32, bf16, int8, onnx-fp32, onnx-int8 or auto (default: fp32 and auto, side by side)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "auto"],
+        help="fp32, bf16, int8, onnx-fp32, onnx-int8 or auto (default: fp32 and auto, side by side)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--verify-padding", action="store_true")
-    parser.add_argument("--paired-repeats", type=int, default=8, help="rounds of the interleaved encoder timing (0: skip)")
-    parser.add_argument("--input", choices=(".nii", ".nii.gz"), default=".nii",
-                        help="file format of the test volume the session reads (.nii is memory-mapped; default)")
+    parser.add_argument(
+        "--paired-repeats", type=int, default=8, help="rounds of the interleaved encoder timing (0: skip)"
+    )
+    parser.add_argument(
+        "--input",
+        choices=(".nii", ".nii.gz"),
+        default=".nii",
+        help="file format of the test volume the session reads (.nii is memory-mapped; default)",
+    )
     parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
@@ -199,8 +227,19 @@ def main() -> None:
         print(json.dumps(paired_encoder(args.worker, args.precisions, args.device, args.threads, args.repeats)))
         return
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.threads, args.repeats, args.verify_padding,
-                                args.precisions[0], args.volume)))
+        print(
+            json.dumps(
+                worker(
+                    args.worker,
+                    args.device,
+                    args.threads,
+                    args.repeats,
+                    args.verify_padding,
+                    args.precisions[0],
+                    args.volume,
+                )
+            )
+        )
         return
     with tempfile.TemporaryDirectory() as folder:
         args.volume = write_test_volume(Path(folder) / f"ct{args.input}")
@@ -209,11 +248,24 @@ def main() -> None:
 
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.device}, {args.threads} threads, "
-          f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.device}, {args.threads} threads, "
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     columns = [
-        "model", "requested", "precision", "encoder_min_s", "encoder_s", "first_click_s", "click_ms", "decoder_ms",
-        "paste_ms", "uncertainty16_ms", "peak_rss_clicks_mb", "peak_rss_mb", "time_v_max_rss_mb",
+        "model",
+        "requested",
+        "precision",
+        "encoder_min_s",
+        "encoder_s",
+        "first_click_s",
+        "click_ms",
+        "decoder_ms",
+        "paste_ms",
+        "uncertainty16_ms",
+        "peak_rss_clicks_mb",
+        "peak_rss_mb",
+        "time_v_max_rss_mb",
     ]
     extra = sorted({k for row in rows for k in row} - set(columns) - {"device", "threads"})
     _table(rows, columns + extra)
@@ -222,12 +274,18 @@ def main() -> None:
         base = next((r for r in rows if r["model"] == row["model"] and r["precision"] == "fp32"), None)
         if base is None or row is base:
             continue
-        speedups.append({
-            "model": row["model"], "precision": row["precision"],
-            "encoder_min": base["encoder_min_s"] / row["encoder_min_s"], "encoder_median": base["encoder_s"] / row["encoder_s"],
-            "first_click": base["first_click_s"] / row["first_click_s"], "cached_click": base["click_ms"] / row["click_ms"],
-            "rss_mb_saved": base.get("time_v_max_rss_mb", base["peak_rss_mb"]) - row.get("time_v_max_rss_mb", row["peak_rss_mb"]),
-        })
+        speedups.append(
+            {
+                "model": row["model"],
+                "precision": row["precision"],
+                "encoder_min": base["encoder_min_s"] / row["encoder_min_s"],
+                "encoder_median": base["encoder_s"] / row["encoder_s"],
+                "first_click": base["first_click_s"] / row["first_click_s"],
+                "cached_click": base["click_ms"] / row["click_ms"],
+                "rss_mb_saved": base.get("time_v_max_rss_mb", base["peak_rss_mb"])
+                - row.get("time_v_max_rss_mb", row["peak_rss_mb"]),
+            }
+        )
     if speedups:
         print("\nspeed-up over fp32 (x; > 1 is faster; separate processes, minutes apart)")
         _table(speedups, list(speedups[0]))
@@ -235,12 +293,27 @@ def main() -> None:
     if fast and args.paired_repeats:
         paired = []
         for name in args.models:
-            command = [sys.executable, __file__, "--worker", name, "--paired", "--precisions", *fast, "--device",
-                       args.device, "--threads", str(args.threads), "--repeats", str(args.paired_repeats)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--paired",
+                "--precisions",
+                *fast,
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.paired_repeats),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             paired.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"\nencoder seconds, fp32 and the fast paths called in turn in one process ({args.paired_repeats} rounds; "
-              "speed-up = median of the per-round ratios)")
+        print(
+            f"\nencoder seconds, fp32 and the fast paths called in turn in one process ({args.paired_repeats} rounds; "
+            "speed-up = median of the per-round ratios)"
+        )
         _table(paired, list(dict.fromkeys(k for row in paired for k in row)))
 
 

@@ -60,8 +60,10 @@ def main() -> None:
     started = time.perf_counter()
     widget.click(centre, True)
     turns = wait()
-    print(f"first click (encoder in a worker): {1e3 * (time.perf_counter() - started):.0f} ms, "
-          f"UI event loop ran {turns} times meanwhile")
+    print(
+        f"first click (encoder in a worker): {1e3 * (time.perf_counter() - started):.0f} ms, "
+        f"UI event loop ran {turns} times meanwhile"
+    )
     rng = np.random.default_rng(0)
     times = []
     for _ in range(args.clicks):
@@ -71,8 +73,10 @@ def main() -> None:
         wait()
         times.append(1e3 * (time.perf_counter() - started))
     times.sort()
-    print(f"click -> labels layer updated, {args.clicks} clicks with a cached embedding: median {statistics.median(times):.0f} ms, "
-          f"p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms (last worker-measured {widget.last_latency_ms:.0f} ms)")
+    print(
+        f"click -> labels layer updated, {args.clicks} clicks with a cached embedding: median {statistics.median(times):.0f} ms, "
+        f"p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms (last worker-measured {widget.last_latency_ms:.0f} ms)"
+    )
     viewer.close()
 
 

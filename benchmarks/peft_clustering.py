@@ -65,13 +65,19 @@ def main() -> None:
     print("trainable parameters, sam-med3d (ViT-B teacher, 12 blocks):")
     baseline = None
     for label, method, rank, adapter_dim, basis in SETTINGS:
-        model = apply_peft(build_model("sam-med3d"), method, rank=rank or 16, adapter_dim=adapter_dim or 32, basis=basis or 4)
+        model = apply_peft(
+            build_model("sam-med3d"), method, rank=rank or 16, adapter_dim=adapter_dim or 32, basis=basis or 4
+        )
         trainable, total = parameter_counts(model)
         encoder_trainable = sum(p.numel() for p in model.image_encoder.parameters() if p.requires_grad)
         baseline = encoder_trainable if method == "lora+adapter" else baseline
-        share = f"{100 * encoder_trainable / baseline:5.1f} % of lora96+adapter" if baseline and method != "none" else ""
-        print(f"  {label:36s} encoder {encoder_trainable / 1e6:7.2f} M, with prompt encoder + decoder "
-              f"{trainable / 1e6:7.2f} M trainable of {total / 1e6:7.2f} M  {share}")
+        share = (
+            f"{100 * encoder_trainable / baseline:5.1f} % of lora96+adapter" if baseline and method != "none" else ""
+        )
+        print(
+            f"  {label:36s} encoder {encoder_trainable / 1e6:7.2f} M, with prompt encoder + decoder "
+            f"{trainable / 1e6:7.2f} M trainable of {total / 1e6:7.2f} M  {share}"
+        )
 
     print(f"encoder of one 128³ crop, {args.device} ({args.threads} threads):")
     for name in ("fastsam3d", "compact"):
@@ -79,8 +85,11 @@ def main() -> None:
         encoder = model.image_encoder
         first_attention = next(i for i, b in enumerate(encoder.blocks) if b.with_attention)
         rows = [("no clustering", None, 1)]
-        rows += [(f"clustering after block {k}, cell 2 (m = N/8)", k, 2) for k in (first_attention - 1, first_attention)
-                 if 0 <= k < len(encoder.blocks) - 1]
+        rows += [
+            (f"clustering after block {k}, cell 2 (m = N/8)", k, 2)
+            for k in (first_attention - 1, first_attention)
+            if 0 <= k < len(encoder.blocks) - 1
+        ]
         reference = None
         for label, after, cell in rows:
             encoder.enable_token_clustering(after, cell=cell)
@@ -90,8 +99,10 @@ def main() -> None:
                 output = model.image_encoder(crop)
             reference = output if reference is None else reference
             change = (output - reference).norm() / reference.norm()
-            print(f"  {name:10s} {label:40s} {macs / 1e9:7.2f} GMAC  {seconds * 1e3:7.0f} ms  "
-                  f"embedding change (random weights) {change:.3f}")
+            print(
+                f"  {name:10s} {label:40s} {macs / 1e9:7.2f} GMAC  {seconds * 1e3:7.0f} ms  "
+                f"embedding change (random weights) {change:.3f}"
+            )
         encoder.enable_token_clustering(None)
 
 

@@ -62,7 +62,9 @@ def dice_per_click(data: Path, model: str, out: Path) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--init", required=True, help="a 3D SAM to fine-tune: official .pth or a `fastsam3d train` output")
+    parser.add_argument(
+        "--init", required=True, help="a 3D SAM to fine-tune: official .pth or a `fastsam3d train` output"
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--out", type=Path, default=Path("runs/peft-dice"))
     args = parser.parse_args()
@@ -73,8 +75,11 @@ def main() -> None:
     holdout_cases = Path(args.out) / "holdout.json"
     holdout_cases.parent.mkdir(parents=True, exist_ok=True)
     spec = json.loads(manifest.read_text())
-    spec["cases"] = [dict(c, image=str(manifest.parent / c["image"]), label=str(manifest.parent / c["label"]))
-                     for c in spec["cases"] if c["name"] in HOLDOUT]
+    spec["cases"] = [
+        dict(c, image=str(manifest.parent / c["image"]), label=str(manifest.parent / c["label"]))
+        for c in spec["cases"]
+        if c["name"] in HOLDOUT
+    ]
     holdout_cases.write_text(json.dumps(spec))
     rows = []
     for label, (peft, cluster_after) in METHODS.items():
@@ -83,19 +88,38 @@ def main() -> None:
         if peft is None:
             exported = Path(args.init)
         elif not exported.is_file():
-            settings = TrainSettings(init=args.init, data=str(manifest), real_fraction=1.0, holdout=HOLDOUT, minutes=None,
-                                     max_steps=args.steps, lr=2e-4, warmup_steps=10, peft=peft, cluster_after=cluster_after,
-                                     epoch_steps=10**9, validation_samples=0, progress=False)
+            settings = TrainSettings(
+                init=args.init,
+                data=str(manifest),
+                real_fraction=1.0,
+                holdout=HOLDOUT,
+                minutes=None,
+                max_steps=args.steps,
+                lr=2e-4,
+                warmup_steps=10,
+                peft=peft,
+                cluster_after=cluster_after,
+                epoch_steps=10**9,
+                validation_samples=0,
+                progress=False,
+            )
             train(run, settings)
         dice = dice_per_click(holdout_cases, str(exported), run / "evaluation")
         encoder, trainable = encoder_trainable(load_model(args.init), peft)
         rows.append((label, encoder, trainable, encoder_macs(load_model(str(exported))), dice))
-    print(f"fine-tuned from {args.init!r}, {args.steps} steps each on the development CT; evaluated on {', '.join(HOLDOUT)}")
-    print("| method | trainable in the encoder | trainable with prompt encoder + decoder | encoder GMAC | Dice clicks 1-5 |")
+    print(
+        f"fine-tuned from {args.init!r}, {args.steps} steps each on the development CT; evaluated on {', '.join(HOLDOUT)}"
+    )
+    print(
+        "| method | trainable in the encoder | trainable with prompt encoder + decoder | encoder GMAC | Dice clicks 1-5 |"
+    )
     print("|---|---|---|---|---|")
     for label, encoder, trainable, macs, dice in rows:
-        print(f"| {label} | {encoder / 1e6:.3f} M | {trainable / 1e6:.2f} M | {macs / 1e9:.2f} | "
-              + " / ".join(f"{d:.3f}" for d in dice) + " |")
+        print(
+            f"| {label} | {encoder / 1e6:.3f} M | {trainable / 1e6:.2f} M | {macs / 1e9:.2f} | "
+            + " / ".join(f"{d:.3f}" for d in dice)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,18 @@ def gate_trained(label: str, reference, candidates: dict, clicks: int, min_voxel
                     masks[key] = session.mask()
                 prediction = masks["reference"]
                 for key in candidates:
-                    rows.append({"model": label, "candidate": key, "case": case.name, "structure": name,
-                                 "click": step + 1, "dice_vs_fp32": dice(masks[key], masks["reference"]),
-                                 "dice_fp32": dice(masks["reference"], target), "dice_fast": dice(masks[key], target)})
+                    rows.append(
+                        {
+                            "model": label,
+                            "candidate": key,
+                            "case": case.name,
+                            "structure": name,
+                            "click": step + 1,
+                            "dice_vs_fp32": dice(masks[key], masks["reference"]),
+                            "dice_fp32": dice(masks["reference"], target),
+                            "dice_fast": dice(masks[key], target),
+                        }
+                    )
     return rows
 
 
@@ -80,12 +89,15 @@ def _report(label: str, rows: list[dict], clicks: int) -> None:
         chosen = [r for r in rows if r["candidate"] == key]
         worst = min(chosen, key=lambda r: r["dice_vs_fp32"])
         structures = {(r["case"], r["structure"]) for r in chosen}
-        print(f"{label} {key}: {len(structures)} structures x up to {clicks} clicks; Dice vs fp32 "
-              f"min {worst['dice_vs_fp32']:.4f} ({worst['case']}/{worst['structure']} click {worst['click']}), "
-              f"median {statistics.median(r['dice_vs_fp32'] for r in chosen):.4f}; mean Dice vs label "
-              f"fp32 {np.mean([r['dice_fp32'] for r in chosen]):.4f} / {key} "
-              f"{np.mean([r['dice_fast'] for r in chosen]):.4f}; gate >= 0.98: "
-              f"{'PASS' if worst['dice_vs_fp32'] >= 0.98 else 'FAIL'}", flush=True)
+        print(
+            f"{label} {key}: {len(structures)} structures x up to {clicks} clicks; Dice vs fp32 "
+            f"min {worst['dice_vs_fp32']:.4f} ({worst['case']}/{worst['structure']} click {worst['click']}), "
+            f"median {statistics.median(r['dice_vs_fp32'] for r in chosen):.4f}; mean Dice vs label "
+            f"fp32 {np.mean([r['dice_fp32'] for r in chosen]):.4f} / {key} "
+            f"{np.mean([r['dice_fast'] for r in chosen]):.4f}; gate >= 0.98: "
+            f"{'PASS' if worst['dice_vs_fp32'] >= 0.98 else 'FAIL'}",
+            flush=True,
+        )
 
 
 def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0) -> list[dict]:
@@ -111,8 +123,15 @@ def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0) -> 
             for precision, fast in fast_models.items():
                 logits, _ = fast.decode(fast.encode(crop), point, labels)
                 correlation = torch.corrcoef(torch.stack([reference.flatten(), logits.flatten()]))[0, 1].item()
-                rows.append({"model": name, "precision": precision, "crop": index, "logits_correlation": correlation,
-                             "mask_dice_vs_fp32": dice((logits > 0).numpy(), (reference > 0).numpy())})
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "crop": index,
+                        "logits_correlation": correlation,
+                        "mask_dice_vs_fp32": dice((logits > 0).numpy(), (reference > 0).numpy()),
+                    }
+                )
     return rows
 
 
@@ -120,11 +139,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=["default"], help="trained models (names or checkpoint files)")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="more trained model files")
-    parser.add_argument("--precisions", nargs="+", default=["onnx-fp32", "onnx-int8", "int8", "bf16"],
-                        help="onnx-fp32 / onnx-int8 (ONNX Runtime, fastsam3d[fast]), int8, bf16")
-    parser.add_argument("--random", nargs="*", default=[], help="random-weight official-size models, e.g. fastsam3d sam-med3d")
-    parser.add_argument("--modes", nargs="*", default=[],
-                        help="speed modes for the --checkpoint models: cluster-K (token clustering after block K), dilated")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["onnx-fp32", "onnx-int8", "int8", "bf16"],
+        help="onnx-fp32 / onnx-int8 (ONNX Runtime, fastsam3d[fast]), int8, bf16",
+    )
+    parser.add_argument(
+        "--random", nargs="*", default=[], help="random-weight official-size models, e.g. fastsam3d sam-med3d"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        default=[],
+        help="speed modes for the --checkpoint models: cluster-K (token clustering after block K), dilated",
+    )
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--crops", type=int, default=3)
     parser.add_argument("--min-voxels", type=int, default=50)
@@ -134,7 +163,11 @@ def main() -> None:
     for model_name in args.models + args.checkpoint:
         candidates = {p: load_model(model_name, precision=p) for p in args.precisions if _supported(model_name, p)}
         for mode in args.modes if model_name in args.checkpoint else []:
-            changes = {"cluster_after": int(mode.split("-")[1])} if mode.startswith("cluster") else {"attention_mode": "dilated"}
+            changes = (
+                {"cluster_after": int(mode.split("-")[1])}
+                if mode.startswith("cluster")
+                else {"attention_mode": "dilated"}
+            )
             candidates[mode] = _variant(model_name, **changes)
         rows = gate_trained(model_name, load_model(model_name), candidates, args.clicks, args.min_voxels)
         _report(model_name, rows, args.clicks)
@@ -143,9 +176,11 @@ def main() -> None:
         for precision in args.precisions:
             chosen = [r for r in rows if r["precision"] == precision]
             low = min(r["logits_correlation"] for r in chosen)
-            print(f"{name} (random weights) {precision}: {len(chosen)} crops; logits correlation min {low:.5f}; "
-                  f"mask Dice vs fp32 min {min(r['mask_dice_vs_fp32'] for r in chosen):.4f}; gate >= 0.999: "
-                  f"{'PASS' if low >= 0.999 else 'FAIL'}")
+            print(
+                f"{name} (random weights) {precision}: {len(chosen)} crops; logits correlation min {low:.5f}; "
+                f"mask Dice vs fp32 min {min(r['mask_dice_vs_fp32'] for r in chosen):.4f}; gate >= 0.999: "
+                f"{'PASS' if low >= 0.999 else 'FAIL'}"
+            )
 
 
 def _supported(model_name: str, precision: str) -> bool:

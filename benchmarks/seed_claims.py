@@ -61,8 +61,14 @@ def measure_3d(name: str, device: str, repeats: int, sync) -> dict:
             model.decode(embedding, points, labels)
 
     seconds = _timed(run, repeats, sync)
-    return {"model": name, "kind": "3D", "seconds_per_volume": seconds, "extrapolated": False,
-            "gflops_per_volume": _flops(run) / 1e9, "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "model": name,
+        "kind": "3D",
+        "seconds_per_volume": seconds,
+        "extrapolated": False,
+        "gflops_per_volume": _flops(run) / 1e9,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def measure_2d(name: str, device: str, slices: int, sync) -> dict:
@@ -82,9 +88,15 @@ def measure_2d(name: str, device: str, slices: int, sync) -> dict:
             model.decode(embedding, boxes=box)
 
     per_slice = _timed(one_slice, slices, sync)
-    return {"model": name, "kind": f"2D x {SLICES} slices", "seconds_per_volume": per_slice * SLICES,
-            "seconds_per_slice": per_slice, "extrapolated": True, "gflops_per_volume": _flops(one_slice) * SLICES / 1e9,
-            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    return {
+        "model": name,
+        "kind": f"2D x {SLICES} slices",
+        "seconds_per_volume": per_slice * SLICES,
+        "seconds_per_slice": per_slice,
+        "extrapolated": True,
+        "gflops_per_volume": _flops(one_slice) * SLICES / 1e9,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def main() -> None:
@@ -100,14 +112,20 @@ def main() -> None:
     rows = [measure_3d(name, args.device, args.repeats, sync) for name in ("fastsam3d", "sam-med3d")]
     rows += [measure_2d(name, args.device, args.slices, sync) for name in ("sam-vit-b", "sam-med2d", "litemedsam")]
     student = rows[0]["seconds_per_volume"]
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {args.threads} threads"
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {args.threads} threads"
+    )
     print(f"device: {device}; torch {torch.__version__}")
     print(f"{'model':12s} {'kind':16s} {'s/volume':>10s} {'GFLOP/vol':>10s} {'params M':>9s} {'student is':>12s}")
     for row in rows:
         row["student_speedup"] = row["seconds_per_volume"] / student
         mark = "*" if row["extrapolated"] else " "
-        print(f"{row['model']:12s} {row['kind']:16s} {row['seconds_per_volume']:9.3f}{mark} {row['gflops_per_volume']:10.1f} "
-              f"{row['parameters_m']:9.1f} {row['student_speedup']:11.2f}x")
+        print(
+            f"{row['model']:12s} {row['kind']:16s} {row['seconds_per_volume']:9.3f}{mark} {row['gflops_per_volume']:10.1f} "
+            f"{row['parameters_m']:9.1f} {row['student_speedup']:11.2f}x"
+        )
     print(f"* {SLICES} x the median time of {args.slices} slices. Seeds claim: 527x vs 2D SAMs, 8.75x vs 3D SAMs.")
     if args.json:
         with open(args.json, "w") as handle:

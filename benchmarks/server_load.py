@@ -67,8 +67,20 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     folder = Path(tempfile.mkdtemp(prefix="fastsam3d-load-"))
     centre = make_ct(folder / "ct.nii.gz", shape)
-    command = [sys.executable, "-m", "fastsam3d.cli", "serve", "--data", str(folder), "--port", str(args.port),
-               "--max-sessions", str(args.clients + 2), "--model", args.model]
+    command = [
+        sys.executable,
+        "-m",
+        "fastsam3d.cli",
+        "serve",
+        "--data",
+        str(folder),
+        "--port",
+        str(args.port),
+        "--max-sessions",
+        str(args.clients + 2),
+        "--model",
+        args.model,
+    ]
     server = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -83,23 +95,29 @@ def main() -> None:
             session = client.post("/api/sessions", json={"path": "ct.nii.gz"}).json()["id"]
             started = time.perf_counter()
             first = client.post(f"/api/sessions/{session}/clicks", json={"points": [list(centre)]}).json()
-            print(f"first click: {1e3 * (time.perf_counter() - started):.0f} ms round trip "
-                  f"(encoder {first['timings_ms']['encoder']:.0f} ms)")
+            print(
+                f"first click: {1e3 * (time.perf_counter() - started):.0f} ms round trip "
+                f"(encoder {first['timings_ms']['encoder']:.0f} ms)"
+            )
             rng = random.Random(0)
             times, servers, sizes = [], [], []
             for _ in range(args.clicks):
                 point = [c + rng.randint(-10, 10) for c in centre]
                 started = time.perf_counter()
-                response = client.post(f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7})
+                response = client.post(
+                    f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7}
+                )
                 answer = response.json()
                 times.append(1e3 * (time.perf_counter() - started))
                 servers.append(answer["timings_ms"]["server"])
                 sizes.append(len(answer["region"]["data"]) if answer["region"] else 0)
             times.sort()
             if times:
-                print(f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
-                      f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
-                      f"answer median {statistics.median(sizes) / 1024:.0f} kB")
+                print(
+                    f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
+                    f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
+                    f"answer median {statistics.median(sizes) / 1024:.0f} kB"
+                )
             one_session = rss_mb(server.pid)
             print(f"server RSS with one session open: {one_session:.0f} MB")
             client.delete(f"/api/sessions/{session}")
@@ -121,7 +139,9 @@ def main() -> None:
                     if rng.random() < 0.1:
                         response = client.post(f"/api/sessions/{session}/undo", json={})
                     else:
-                        response = client.post(f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7})
+                        response = client.post(
+                            f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7}
+                        )
                     elapsed = 1e3 * (time.perf_counter() - started)
                     with lock:
                         results["clicks"] += 1
@@ -163,18 +183,26 @@ def main() -> None:
         time.sleep(2.0)
         closed = rss_mb(server.pid)
         times = sorted(results["times"])
-        print(f"load: {args.clients} clients x {args.minutes:g} min: {results['clicks']} requests, {sum(results['errors'].values())} errors, "
-              f"median {statistics.median(times):.0f} ms, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms, "
-              f"{results['clicks'] / (60 * args.minutes):.1f} requests/s")
+        print(
+            f"load: {args.clients} clients x {args.minutes:g} min: {results['clicks']} requests, {sum(results['errors'].values())} errors, "
+            f"median {statistics.median(times):.0f} ms, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms, "
+            f"{results['clicks'] / (60 * args.minutes):.1f} requests/s"
+        )
         for status, count in results["errors"].most_common():
             print(f"  {count} x {status}, e.g. {results['examples'][status]}")
         last = samples[-9:]  # the last 2 minutes
         health.sort()
-        print(f"server RSS with all sessions open: {samples[0]:.0f} MB after warm-up, max {max(samples):.0f} MB, "
-              f"{samples[-1]:.0f} MB just before the end; last 2 min within {100 * (max(last) / min(last) - 1):.1f} %")
-        print(f"server RSS after all sessions closed: {closed:.0f} MB ({100 * (closed / one_session - 1):+.0f} % "
-              f"against one session open, {one_session:.0f} MB)")
-        print(f"/api/health under load: median {statistics.median(health):.0f} ms, max {health[-1]:.0f} ms ({len(health)} calls)")
+        print(
+            f"server RSS with all sessions open: {samples[0]:.0f} MB after warm-up, max {max(samples):.0f} MB, "
+            f"{samples[-1]:.0f} MB just before the end; last 2 min within {100 * (max(last) / min(last) - 1):.1f} %"
+        )
+        print(
+            f"server RSS after all sessions closed: {closed:.0f} MB ({100 * (closed / one_session - 1):+.0f} % "
+            f"against one session open, {one_session:.0f} MB)"
+        )
+        print(
+            f"/api/health under load: median {statistics.median(health):.0f} ms, max {health[-1]:.0f} ms ({len(health)} calls)"
+        )
         print("RSS samples (MB, every 15 s): " + " ".join(f"{v:.0f}" for v in samples))
     finally:
         server.terminate()

@@ -41,8 +41,10 @@ def main() -> None:
         raise SystemExit("development data not fetched: run `fastsam3d data fetch`")
     (case,) = [c for c in load_cases(manifest, args.classes) if c.name == args.case]
     image, label = case.load()
-    print(f"{args.model} on {args.case} {image.shape} at {np.round(image.spacing, 2).tolist()} mm; "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"{args.model} on {args.case} {image.shape} at {np.round(image.spacing, 2).tolist()} mm; "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     reference: dict[int, np.ndarray] = {}
     for precision in args.precisions:
         session = SliceSession(args.model, device="cpu", precision=precision)
@@ -65,9 +67,11 @@ def main() -> None:
             mask = session.mask()
             timings = session.timings
             encoder = [t for t in per_slice if t > 0]
-            line = (f"{precision:>5} class {class_id}: box -> {timings.slices} slices in {seconds:.1f} s "
-                    f"(encoder {timings.encoder:.1f} s: {min(encoder, default=0):.2f}/{statistics.median(encoder or [0]):.2f} s "
-                    f"per slice min/median, decoder {timings.decoder:.2f} s), Dice {dice(mask, truth):.3f}")
+            line = (
+                f"{precision:>5} class {class_id}: box -> {timings.slices} slices in {seconds:.1f} s "
+                f"(encoder {timings.encoder:.1f} s: {min(encoder, default=0):.2f}/{statistics.median(encoder or [0]):.2f} s "
+                f"per slice min/median, decoder {timings.decoder:.2f} s), Dice {dice(mask, truth):.3f}"
+            )
             if precision == args.precisions[0]:
                 reference[class_id] = mask
             else:
@@ -77,8 +81,10 @@ def main() -> None:
                 voxel = wrong[len(wrong) // 2]
                 started = time.perf_counter()
                 session.add_click(voxel, positive=False)
-                line += (f"; exclude click {time.perf_counter() - started:.2f} s ({session.timings.slices} slices, "
-                         f"encoder {session.timings.encoder:.2f} s) -> Dice {dice(session.mask(), truth):.3f}")
+                line += (
+                    f"; exclude click {time.perf_counter() - started:.2f} s ({session.timings.slices} slices, "
+                    f"encoder {session.timings.encoder:.2f} s) -> Dice {dice(session.mask(), truth):.3f}"
+                )
             print(line, flush=True)
 
 

@@ -68,8 +68,11 @@ def main() -> None:
             started = time.perf_counter()
             page.click("#open")
             page.wait_for_selector("body[data-status=ready]", timeout=600_000)
-            print(f"{shape} CT opened in the viewer in {time.perf_counter() - started:.1f} s; "
-                  f"window {page.input_value('#window')}", flush=True)
+            print(
+                f"{shape} CT opened in the viewer in {time.perf_counter() - started:.1f} s; "
+                f"window {page.input_value('#window')}",
+                flush=True,
+            )
             rng = np.random.default_rng(0)
             summary = {}
             for view in ("with", "without"):  # the 3D rendering tile on, then off
@@ -78,23 +81,31 @@ def main() -> None:
                 rows = []
                 for n in range(args.clicks):
                     point = (centre + (rng.uniform(-20, 20, 3) if n or view == "without" else 0)).tolist()
-                    result = page.evaluate("""async (point) => {
+                    result = page.evaluate(
+                        """async (point) => {
                         const f = window.fastsam3d;
                         await f.interact('clicks', {points: [point], positive: true, coordinates: 'ras'});
                         return {paint: f.state.paintMs, stages: f.state.paintStages,
                                 latency: document.getElementById('latency').textContent, status: document.body.dataset.status};
-                    }""", point)
+                    }""",
+                        point,
+                    )
                     rows.append(result)
                     stages = result["stages"] or {}
-                    print(f"{view} 3D view, click {n + 1}: {result['latency']} [{result['status']}]; region "
-                          f"{stages.get('voxels', 0) / 1e6:.1f} M voxels written in {stages.get('region', 0):.0f} ms "
-                          f"(inflate {stages.get('decode', 0):.0f}), "
-                          f"drawn in {stages.get('draw', 0):.0f} ms", flush=True)
+                    print(
+                        f"{view} 3D view, click {n + 1}: {result['latency']} [{result['status']}]; region "
+                        f"{stages.get('voxels', 0) / 1e6:.1f} M voxels written in {stages.get('region', 0):.0f} ms "
+                        f"(inflate {stages.get('decode', 0):.0f}), "
+                        f"drawn in {stages.get('draw', 0):.0f} ms",
+                        flush=True,
+                    )
                 paints = [r["paint"] for r in rows[1:]] if view == "with" else [r["paint"] for r in rows]
                 summary[view] = (statistics.median(paints), max(paints))
             browser.close()
     for view, (median, worst) in summary.items():
-        print(f"answer to painted overlay, {view} the 3D view (cached clicks): median {median:.0f} ms, max {worst:.0f} ms")
+        print(
+            f"answer to painted overlay, {view} the 3D view (cached clicks): median {median:.0f} ms, max {worst:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

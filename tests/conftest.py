@@ -23,9 +23,12 @@ def pytest_configure(config):
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return
     display = f":{90 + os.getpid() % 500}"
-    process = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=_end_with_parent)  # noqa: PLW1509 - no threads exist yet
+    process = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_end_with_parent,  # noqa: PLW1509 - no threads exist yet
+    )
     time.sleep(1.0)
     if process.poll() is None:
         os.environ["DISPLAY"] = display

@@ -90,7 +90,9 @@ class BrightInBox(torch.nn.Module):
     def encode(self, images):
         return images
 
-    def decode(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=False):
+    def decode(
+        self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None, multimask_output=False
+    ):
         image = embedding[0, 0]
         inside = torch.zeros_like(image, dtype=torch.bool)
         x0, y0, x1, y1 = boxes[0].tolist()

@@ -47,7 +47,9 @@ def test_student_checkpoint_is_recognised(tmp_path):
 
 def test_encoder_only_student_needs_and_takes_a_decoder_checkpoint(tmp_path):
     student = build_model("tiny-student")
-    encoder_only = {k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")}
+    encoder_only = {
+        k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")
+    }
     torch.save({"model_state_dict": encoder_only, "args": argparse.Namespace(epochs=84)}, tmp_path / "student.pth")
     decoder_source = _official_checkpoint(tmp_path / "teacher.pth", build_model("tiny-teacher"))
     with pytest.raises(CheckpointError, match="encoder-only"):

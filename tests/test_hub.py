@@ -32,8 +32,15 @@ TURBO = "/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth"
 def official_bytes(config="tiny-teacher") -> bytes:
     """A small random-weight checkpoint in the official training format (weights beside pickled args)."""
     buffer = io.BytesIO()
-    torch.save({"epoch": 1, "model_state_dict": build_model(config).state_dict(), "optimizer_state_dict": {},
-                "args": argparse.Namespace(model_type="vit_b_ori")}, buffer)
+    torch.save(
+        {
+            "epoch": 1,
+            "model_state_dict": build_model(config).state_dict(),
+            "optimizer_state_dict": {},
+            "args": argparse.Namespace(model_type="vit_b_ori"),
+        },
+        buffer,
+    )
     return buffer.getvalue()
 
 
@@ -115,7 +122,9 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # the official name, with a tiny architecture so that the random-weight stand-in stays small
-    monkeypatch.setitem(MODEL_CONFIGS, "sam-med3d-turbo", replace(MODEL_CONFIGS["tiny-teacher"], name="sam-med3d-turbo"))
+    monkeypatch.setitem(
+        MODEL_CONFIGS, "sam-med3d-turbo", replace(MODEL_CONFIGS["tiny-teacher"], name="sam-med3d-turbo")
+    )
     yield server
     server.shutdown()
 
@@ -185,7 +194,9 @@ def test_interrupted_url_download_resumes_on_the_next_fetch(fake_hub, monkeypatc
 def test_offline_and_licence_errors_are_one_line(fake_hub, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     image = write_volume(sphere_volume()[0], tmp_path / "s.nii.gz")
-    code = main(["segment", str(image), "--point", "1,1,1", "--model", "sam-med3d-turbo", "--out", str(tmp_path / "o.nii.gz")])
+    code = main(
+        ["segment", str(image), "--point", "1,1,1", "--model", "sam-med3d-turbo", "--out", str(tmp_path / "o.nii.gz")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "fastsam3d weights fetch sam-med3d-turbo" in err
     assert str(tmp_path / "weights" / "sam-med3d-turbo" / "sam_med3d_turbo.pth") in err and not fake_hub.requests
@@ -196,10 +207,21 @@ def test_offline_and_licence_errors_are_one_line(fake_hub, monkeypatch, capsys, 
 
 
 def test_weights_list_is_fast_and_imports_no_torch(tmp_path):
-    code = ("import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['weights', 'list']); "
-            "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')")
+    code = (
+        "import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['weights', 'list']); "
+        "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')"
+    )
     env = {**os.environ, "FASTSAM3D_WEIGHTS": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert float(lines[-1]) < 2.0
@@ -210,7 +232,15 @@ def test_weights_list_is_fast_and_imports_no_torch(tmp_path):
 def test_official_models_for_servers():
     rows = {row["name"]: row for row in hub.official_models()}
     assert rows["default"]["cached"] and rows["default"]["dims"] == 3 and rows["medsam"]["dims"] == 2
-    assert set(rows) >= {"sam-med3d-turbo", "fastsam3d", "fastsam3d-encoder", "fast3dsam", "sam-vit-b", "medsam", "sam-med2d"}
+    assert set(rows) >= {
+        "sam-med3d-turbo",
+        "fastsam3d",
+        "fastsam3d-encoder",
+        "fast3dsam",
+        "sam-vit-b",
+        "medsam",
+        "sam-med2d",
+    }
     assert all({"licence", "description", "cached", "source"} <= set(row) for row in rows.values())
 
 
@@ -218,7 +248,9 @@ def test_encoder_only_official_model_takes_its_decoder_from_sam_med3d_turbo(fake
     """`--model fastsam3d-encoder`: the encoder-only distillation file plus SAM-Med3D-turbo's prompt
     encoder and decoder, both fetched by name (the Drive file stands in as a plain URL here)."""
     student = build_model("tiny-student")
-    encoder = {k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")}
+    encoder = {
+        k.removeprefix("image_encoder."): v for k, v in student.state_dict().items() if k.startswith("image_encoder.")
+    }
     buffer = io.BytesIO()
     torch.save({"model_state_dict": encoder, "args": argparse.Namespace(epochs=1)}, buffer)
     fake_hub.files["/encoder.pth"] = buffer.getvalue()

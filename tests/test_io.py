@@ -60,9 +60,15 @@ def test_dicom_series_folder(tmp_path):
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         for tag, value in {
-            "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(k + 1),
-            "0020|0032": f"0\\0\\{2.5 * k}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.8\\0.8",
-            "0018|0050": "2.5", "0008|0018": f"1.2.3.4.{k + 1}",
+            "0008|0060": "CT",
+            "0020|000d": "1.2.3",
+            "0020|000e": "1.2.3.4",
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{2.5 * k}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.8\\0.8",
+            "0018|0050": "2.5",
+            "0008|0018": f"1.2.3.4.{k + 1}",
         }.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k}.dcm"))
@@ -103,7 +109,9 @@ def test_nan_and_truncation_are_detected(tmp_path, suffix):
     path = write_volume(_oblique((8, 8, 8)).with_array(array), tmp_path / f"nan{suffix}")
     with pytest.raises(VolumeError, match="1 NaN"):
         read_volume(path)
-    good = write_volume(_oblique((40, 40, 40)).with_array(np.random.rand(40, 40, 40).astype(np.float32)), tmp_path / f"g{suffix}")
+    good = write_volume(
+        _oblique((40, 40, 40)).with_array(np.random.rand(40, 40, 40).astype(np.float32)), tmp_path / f"g{suffix}"
+    )
     truncated = tmp_path / f"t{suffix}"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(VolumeError, match="corrupt, truncated"):
@@ -163,8 +171,13 @@ def test_nifti_geometry_is_itks_whichever_transforms_the_header_holds(tmp_path, 
     rotated[:3, 3] = [-12.5, 40.0, 7.25]
     other = np.diag([1.1, 1.2, 1.3, 1.0])
     image = nib.Nifti1Image(np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14), None)
-    qform, sform = {"both": (rotated, rotated), "qform": (rotated, None), "sform": (None, rotated),
-                    "conflicting": (rotated, other), "neither": (None, None)}[transforms]
+    qform, sform = {
+        "both": (rotated, rotated),
+        "qform": (rotated, None),
+        "sform": (None, rotated),
+        "conflicting": (rotated, other),
+        "neither": (None, None),
+    }[transforms]
     image.header.set_zooms((0.7, 0.9, 2.5))
     image.set_qform(qform, 1 if qform is not None else 0)
     image.set_sform(sform, 2 if sform is not None else 0)

@@ -33,6 +33,8 @@ def test_repaint_only_inside_the_box_with_the_higher_label_winning():
 
 def test_merge_max_composes_overlapping_pieces():
     box = (slice(0, 3), slice(0, 1), slice(0, 1))
-    pieces = [((slice(0, 2), slice(0, 1), slice(0, 1)), np.array([[[0.2]], [[0.9]]], np.float32)),
-              ((slice(1, 3), slice(0, 1), slice(0, 1)), np.array([[[0.5]], [[0.4]]], np.float32))]
+    pieces = [
+        ((slice(0, 2), slice(0, 1), slice(0, 1)), np.array([[[0.2]], [[0.9]]], np.float32)),
+        ((slice(1, 3), slice(0, 1), slice(0, 1)), np.array([[[0.5]], [[0.4]]], np.float32)),
+    ]
     np.testing.assert_allclose(merge_max(pieces, box)[:, 0, 0], [0.2, 0.9, 0.4])

@@ -28,7 +28,7 @@ def test_predict_encodes_once_per_roi_and_matches_the_session():
     session = Session(model, max_rois=1)
     session.set_image(volume)
     session.add_click(click[0])
-    (_, logits), = session.objects[1].state.logits
+    ((_, logits),) = session.objects[1].state.logits
     torch.testing.assert_close(logits.float(), first, atol=1e-3, rtol=1e-3)  # the session keeps fp16 logits
 
 

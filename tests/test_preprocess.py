@@ -22,9 +22,7 @@ def _oblique_volume(shape=(90, 70, 40), spacing=(0.8, 1.1, 2.5)) -> Volume:
 def _roi_image(roi: RoiGrid, volume: Volume) -> sitk.Image:
     """The ROI as an ITK image geometry: origin at ROI voxel 0, RAS-ordered axes."""
     origin = volume.index_to_world(roi.roi_to_index(np.zeros((1, 3)))[0])
-    direction = np.stack(
-        [volume.direction[:, roi.axes[a]] * np.sign(roi.step[a]) for a in range(3)], axis=1
-    )
+    direction = np.stack([volume.direction[:, roi.axes[a]] * np.sign(roi.step[a]) for a in range(3)], axis=1)
     reference = sitk.Image([roi.size] * 3, sitk.sitkFloat32)
     reference.SetOrigin(origin.tolist())
     reference.SetSpacing([1.5] * 3)
@@ -140,7 +138,9 @@ def test_paste_mask_of_logits_outside_the_volume_is_empty():
 
 def test_extract_can_continue_the_border_beyond_the_volume():
     array = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 6, 4), np.float32)
-    volume = Volume(array, (1.0, 1.0, 1.0), np.zeros(3), np.diag([-1.0, -1.0, 1.0]))  # RAS storage: ROI axes = input axes
+    volume = Volume(
+        array, (1.0, 1.0, 1.0), np.zeros(3), np.diag([-1.0, -1.0, 1.0])
+    )  # RAS storage: ROI axes = input axes
     roi = RoiGrid.centred(volume, np.array([9.0, 3.0, 2.0]), size=8, spacing=1.0)
     zero, edge = roi.extract(array), roi.extract(array, outside="edge")
     inside = roi.index_to_roi(np.array([[9.0, 3.0, 2.0]]))[0].round().astype(int)

@@ -22,7 +22,11 @@ def test_half_precision_safetensors_is_smaller_and_close(tmp_path):
     assert half.stat().st_size < 0.6 * full.stat().st_size
     loaded = load_model(half)
     assert loaded.state_dict()["image_encoder.blocks.0.attn.qkv.weight"].dtype == torch.float32
-    assert torch.allclose(loaded.state_dict()["mask_decoder.iou_token.weight"], model.state_dict()["mask_decoder.iou_token.weight"], atol=1e-2)
+    assert torch.allclose(
+        loaded.state_dict()["mask_decoder.iou_token.weight"],
+        model.state_dict()["mask_decoder.iou_token.weight"],
+        atol=1e-2,
+    )
 
 
 def test_missing_and_unknown():
@@ -30,7 +34,9 @@ def test_missing_and_unknown():
         load_model("does-not-exist.pth")
     with pytest.raises(CheckpointError, match="unknown model"):
         load_model("no-such-model")
-    with pytest.raises(CheckpointError, match=r"unknown model 'no-such-model'.*litemedsam.*medsam.*sam-med2d.*sam-vit-b"):
+    with pytest.raises(
+        CheckpointError, match=r"unknown model 'no-such-model'.*litemedsam.*medsam.*sam-med2d.*sam-vit-b"
+    ):
         load_model("no-such-model")
     with pytest.raises(CheckpointError, match="not downloaded and HF_HUB_OFFLINE is set"):  # conftest: offline
         load_model("sam-med3d-turbo")
@@ -59,4 +65,3 @@ def test_one_registry_for_2d_and_3d_models_without_the_test_only_configs():
     assert weights_status("default") == "shipped" and weights_status("compact") == "--checkpoint"
     with pytest.raises(CheckpointError, match="fastsam3d saves 3D models only"):
         save_model(build_model("litemedsam"), "never-written.safetensors")
-

@@ -80,8 +80,11 @@ def test_the_default_models_unet_runs_in_onnx():
     with torch.inference_mode():
         reference = model.encode(crop)
         features = apply_model_precision(copy.deepcopy(model), "onnx-fp32").encode(crop)
-    for ours, theirs in zip([*features.levels, features.unit, features.head],
-                            [*reference.levels, reference.unit, reference.head], strict=True):
+    for ours, theirs in zip(
+        [*features.levels, features.unit, features.head],
+        [*reference.levels, reference.unit, reference.head],
+        strict=True,
+    ):
         assert ours.shape == theirs.shape
         assert torch.allclose(ours, theirs, atol=1e-3)
 
@@ -116,7 +119,9 @@ def test_export_command_writes_a_file_the_runtime_accepts(tmp_path):
 
 def test_without_onnxruntime_auto_falls_back_and_a_request_names_the_extra(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnxruntime", "onnx") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("onnxruntime", "onnx") else real(name, *a)
+    )
     model = _student()
     assert default_precision(model) == "fp32"  # the torch choice: tiny-student is narrow
     assert apply_model_precision(copy.deepcopy(model), "auto").precision == "fp32"

@@ -56,8 +56,8 @@ def test_second_click_reuses_embedding_and_equals_fresh_session():
     fresh.set_image(volume)
     for point, positive in clicks:
         fresh.add_click(point, positive)
-    (roi_a, logits_a), = first.objects[1].state.logits
-    (roi_b, logits_b), = fresh.objects[1].state.logits
+    ((roi_a, logits_a),) = first.objects[1].state.logits
+    ((roi_b, logits_b),) = fresh.objects[1].state.logits
     assert roi_a == roi_b
     assert torch.equal(logits_a, logits_b)
     assert np.array_equal(first.label_map(), fresh.label_map())
@@ -170,7 +170,12 @@ def test_click_far_away_opens_a_second_roi(intensity_model):
 
 @pytest.mark.parametrize(
     "point,message",
-    [((-1, 5, 5), "outside the volume"), ((5, 5, 44), "outside the volume"), ((np.nan, 1, 1), "finite"), ((1, 2), "three")],
+    [
+        ((-1, 5, 5), "outside the volume"),
+        ((5, 5, 44), "outside the volume"),
+        ((np.nan, 1, 1), "finite"),
+        ((1, 2), "three"),
+    ],
 )
 def test_bad_clicks(intensity_model, point, message):
     volume, _ = sphere_volume()

@@ -178,14 +178,38 @@ def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsy
 
     monkeypatch.setattr(slicewise, "load_model", lambda *args, **kwargs: BrightInBox())
     write_volume(volume, tmp_path / "v.nii.gz")
-    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--box", "8,6,10,32,24,10",
-                 "--out", str(tmp_path / "o.nii.gz"), "--uncertainty", str(tmp_path / "u.nii.gz"), "--samples", "4"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "v.nii.gz"),
+            "--model",
+            "medsam",
+            "--box",
+            "8,6,10,32,24,10",
+            "--out",
+            str(tmp_path / "o.nii.gz"),
+            "--uncertainty",
+            str(tmp_path / "u.nii.gz"),
+            "--samples",
+            "4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert dice(read_volume(tmp_path / "o.nii.gz").array > 0, inside) > 0.95  # a one-slice box, propagated
     entropy = read_volume(tmp_path / "u.nii.gz").array
     assert entropy.max() > 0.1 and not entropy[:, :, :5].any()  # unsure at the edges, nothing off the object
-    code = main(["segment", str(tmp_path / "v.nii.gz"), "--model", "medsam", "--point", "20,15,10",
-                 "--out", str(tmp_path / "p.nii.gz")])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "v.nii.gz"),
+            "--model",
+            "medsam",
+            "--point",
+            "20,15,10",
+            "--out",
+            str(tmp_path / "p.nii.gz"),
+        ]
+    )
     assert code == 2 and "takes a box first" in capsys.readouterr().err and not (tmp_path / "p.nii.gz").exists()
 
 

@@ -108,9 +108,14 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         """Shortcuts only while this module is shown (they would clash with Segment Editor's elsewhere)."""
-        for key, action in (("i", lambda: self.placePoint(True)), ("e", lambda: self.placePoint(False)), ("b", self.onBox),
-                            ("n", self.onNewObject), ("Ctrl+z", lambda: self.run(lambda: self.logic.undo())),
-                            ("Ctrl+y", lambda: self.run(lambda: self.logic.redo()))):
+        for key, action in (
+            ("i", lambda: self.placePoint(True)),
+            ("e", lambda: self.placePoint(False)),
+            ("b", self.onBox),
+            ("n", self.onNewObject),
+            ("Ctrl+z", lambda: self.run(lambda: self.logic.undo())),
+            ("Ctrl+y", lambda: self.run(lambda: self.logic.redo())),
+        ):
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", action)
             self.shortcuts.append(shortcut)
@@ -168,7 +173,9 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.serverStatusLabel.text = f"connected: {health['sessions']} sessions open"
             self.ui.modelComboBox.clear()
             for model in models:  # every model; the unavailable ones are listed as such
-                label = f"{model['name']} ({model['dims']}D)" if model["available"] else f"{model['name']} (not installed)"
+                label = (
+                    f"{model['name']} ({model['dims']}D)" if model["available"] else f"{model['name']} (not installed)"
+                )
                 self.ui.modelComboBox.addItem(label, model["name"])
 
         self.ui.serverStatusLabel.text = "connecting…"
@@ -181,7 +188,11 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.volume_node is None:
             slicer.util.errorDisplay("choose a volume first")
             return
-        array, matrix, name = slicer.util.arrayFromVolume(self.volume_node).copy(), world_ijk_to_ras(self.volume_node), self.volume_node.GetName()
+        array, matrix, name = (
+            slicer.util.arrayFromVolume(self.volume_node).copy(),
+            world_ijk_to_ras(self.volume_node),
+            self.volume_node.GetName(),
+        )
         model = self.ui.modelComboBox.currentData or None
 
         def sent(answer):
@@ -238,8 +249,9 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         samples = self._parameterNode.uncertaintySamples if self._parameterNode is not None else 16
 
         def show(entropy):
-            node = slicer.mrmlScene.GetFirstNodeByName("FastSAM3D uncertainty") or slicer.modules.volumes.logic().CloneVolume(
-                slicer.mrmlScene, self.volume_node, "FastSAM3D uncertainty")
+            node = slicer.mrmlScene.GetFirstNodeByName(
+                "FastSAM3D uncertainty"
+            ) or slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, self.volume_node, "FastSAM3D uncertainty")
             slicer.util.updateVolumeFromArray(node, entropy)
             slicer.util.setSliceViewerLayers(foreground=node, foregroundOpacity=0.5)
 
@@ -272,7 +284,7 @@ class FastSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             extent, mask = part
             i0, i1, j0, j1, k0, k1 = extent
             full = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation_node, segment_id, self.volume_node)
-            full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = mask
+            full[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] = mask
             slicer.util.updateSegmentBinaryLabelmapFromArray(full, self.segmentation_node, segment_id, self.volume_node)
 
 
@@ -299,8 +311,10 @@ class FastSAM3DTest(ScriptedLoadableModuleTest):
         try:
             logic.check()
         except ServerError as error:
-            self.fail(f"no fastsam3d server: {error}. Start one (pip install 'fastsam3d[server]'; fastsam3d serve) "
-                      "or set FASTSAM3D_URL")
+            self.fail(
+                f"no fastsam3d server: {error}. Start one (pip install 'fastsam3d[server]'; fastsam3d serve) "
+                "or set FASTSAM3D_URL"
+            )
         logic.open_volume(slicer.util.arrayFromVolume(volume), world_ijk_to_ras(volume), volume.GetName())
         logic.add_object("test")
         centre = np.array(volume.GetImageData().GetDimensions()) / 2
@@ -322,7 +336,9 @@ class FastSAM3DTest(ScriptedLoadableModuleTest):
         editor.setMRMLScene(slicer.mrmlScene)
         editor.setMRMLSegmentEditorNode(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
         editor.setSegmentationNode(segmentation)
-        editor.setSourceVolumeNode(volume) if hasattr(editor, "setSourceVolumeNode") else editor.setMasterVolumeNode(volume)
+        editor.setSourceVolumeNode(volume) if hasattr(editor, "setSourceVolumeNode") else editor.setMasterVolumeNode(
+            volume
+        )
         editor.setCurrentSegmentID(segment_id)
         editor.setActiveEffectByName("FastSAM3D")
         effect = editor.activeEffect().self()

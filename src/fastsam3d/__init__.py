@@ -1,10 +1,10 @@
 """fastsam3d: fast interactive segmentation of 3D medical images with segment-anything models.
 
-    import fastsam3d
-    session = fastsam3d.Session("default")
-    session.set_image("ct.nii.gz")
-    session.add_click((120, 200, 45))
-    session.save_labels("seg.nii.gz")
+import fastsam3d
+session = fastsam3d.Session("default")
+session.set_image("ct.nii.gz")
+session.add_click((120, 200, 45))
+session.save_labels("seg.nii.gz")
 """
 
 from .errors import CheckpointError, FastSAM3DError, PromptError, VolumeError
@@ -14,9 +14,17 @@ __version__ = "0.1.0"
 # The rest imports torch (seconds on a busy CPU): loaded on first use, so `fastsam3d weights list` and
 # `--version` answer at once.
 _LAZY = {
-    "Volume": "io", "read_volume": "io", "write_volume": "io",
-    "MODEL_CONFIGS": "registry", "build_model": "registry", "load_model": "registry", "save_model": "registry",
-    "Sam3DConfig": "modeling", "Sam2DConfig": "modeling", "Session": "session", "SliceSession": "slicewise",
+    "Volume": "io",
+    "read_volume": "io",
+    "write_volume": "io",
+    "MODEL_CONFIGS": "registry",
+    "build_model": "registry",
+    "load_model": "registry",
+    "save_model": "registry",
+    "Sam3DConfig": "modeling",
+    "Sam2DConfig": "modeling",
+    "Session": "session",
+    "SliceSession": "slicewise",
     "open_session": "session",
 }
 
@@ -29,6 +37,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastsam3d' has no attribute {name!r}")
+
 
 __all__ = [
     "MODEL_CONFIGS",

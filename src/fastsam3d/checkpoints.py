@@ -71,7 +71,11 @@ def _check_torch_file(path: Path) -> None:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}") from None
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
         return
-    if head[:2] == b"\x1f\x8b" or head[344:348] in (b"n+1\0", b"ni1\0") or head[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c"):
+    if (
+        head[:2] == b"\x1f\x8b"
+        or head[344:348] in (b"n+1\0", b"ni1\0")
+        or head[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c")
+    ):
         what = "an image (NIfTI / gzip)"
     elif head.startswith(b"NRRD") or b"ObjectType" in head[:64]:
         what = "an image (NRRD / MetaImage)"
@@ -166,7 +170,12 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
         config = getattr(model, "config", None)
         name = config.name if config is not None else type(model).__name__
         encoder_differs = any(k.startswith("image_encoder.") for k in missing + unexpected)
-        if config is not None and config.spatial_dims == 3 and encoder_differs and "image_encoder.pos_embed" in state_dict:
+        if (
+            config is not None
+            and config.spatial_dims == 3
+            and encoder_differs
+            and "image_encoder.pos_embed" in state_dict
+        ):
             cause = f"; the checkpoint has {_describe(infer_config(state_dict))}, the model {_describe(config)}"
         elif "image_encoder.pos_embed" not in state_dict and "pos_embed" in state_dict:
             cause = "; this looks like an encoder-only student checkpoint: pass decoder_checkpoint= as well"

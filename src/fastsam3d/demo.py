@@ -71,7 +71,9 @@ def make_phantom(seed: int = 0) -> tuple[Volume, dict[str, np.ndarray]]:
     return probe.with_array(np.clip(image, -1024, 3000).astype(np.int16)), masks
 
 
-def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Path, legend: dict[int, str] | None = None) -> Path:
+def save_overlay(
+    volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Path, legend: dict[int, str] | None = None
+) -> Path:
     """Three orthogonal slices through the volume centre: image, predicted labels, truth contours;
     ``legend`` names each label value (with its colour) under the slices."""
     import matplotlib
@@ -92,7 +94,9 @@ def save_overlay(volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Pa
         aspect = pixel[1] / pixel[0]  # height / width of one displayed pixel
         axis.imshow(volume.array[index].T, cmap="gray", vmin=-200, vmax=300, origin="lower", aspect=aspect)
         shown = np.ma.masked_equal(labels[index].T, 0)
-        axis.imshow(shown, cmap="tab10", vmin=0, vmax=10, alpha=0.45, origin="lower", aspect=aspect, interpolation="nearest")
+        axis.imshow(
+            shown, cmap="tab10", vmin=0, vmax=10, alpha=0.45, origin="lower", aspect=aspect, interpolation="nearest"
+        )
         axis.contour(truth[index].T, levels=np.arange(0.5, truth.max() + 1), colors="yellow", linewidths=0.6)
         axis.set_title(title)
         axis.axis("off")
@@ -112,7 +116,9 @@ def run_demo(model="default", out: Path = Path("fastsam3d-demo"), clicks: int = 
     """Segment every phantom structure with ``clicks`` simulated clicks; returns Dice per click."""
     started = time.perf_counter()
     volume, masks = make_phantom()
-    print(f"sample volume: {' x '.join(map(str, volume.shape))} voxels of {', '.join(f'{s:g}' for s in volume.spacing)} mm ({volume.orientation})")
+    print(
+        f"sample volume: {' x '.join(map(str, volume.shape))} voxels of {', '.join(f'{s:g}' for s in volume.spacing)} mm ({volume.orientation})"
+    )
     session = Session(model, device=device)
     session.set_image(volume)
     truth = np.zeros(volume.shape, np.uint8)

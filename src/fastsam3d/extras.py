@@ -1,6 +1,6 @@
 """Optional dependencies: one clear line when a command needs an extra that is not installed.
 
-    require_extra("server", "fastapi", "uvicorn")   # before importing them
+require_extra("server", "fastapi", "uvicorn")   # before importing them
 """
 
 from __future__ import annotations

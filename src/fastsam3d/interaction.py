@@ -38,8 +38,12 @@ class Timings:
         return self.encoder + self.decoder + self.paste
 
     def __add__(self, other: Timings) -> Timings:
-        return Timings(self.encoder + other.encoder, self.decoder + other.decoder, self.paste + other.paste,
-                       self.slices + other.slices)
+        return Timings(
+            self.encoder + other.encoder,
+            self.decoder + other.decoder,
+            self.paste + other.paste,
+            self.slices + other.slices,
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,9 @@ def voxel_index(volume: Volume, point, frame: Frame = "voxel") -> np.ndarray:
         point = volume.world_to_index(ras_to_lps(point) if frame == "ras" else point)
     if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
         unit = f"world point ({frame.upper()} mm)" if frame != "voxel" else "voxel"
-        raise PromptError(f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}")
+        raise PromptError(
+            f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}"
+        )
     return point
 
 
@@ -196,7 +202,9 @@ class ObjectEngine:
         indices = [self.to_index(point, frame) for point in points]
         positives = [bool(p) for p in positives]
         if not indices or len(positives) != len(indices):
-            raise PromptError(f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)")
+            raise PromptError(
+                f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)"
+            )
         return indices, positives
 
     # --- history ----------------------------------------------------------------------
@@ -294,6 +302,10 @@ class ObjectEngine:
         """Recompose the label map inside the union of the given boxes; the interaction's answer."""
         box = union_box(box for boxes in box_lists for box in boxes)
         if box is not None:
-            pieces = ((label, sub_box, sub) for label, obj in self.objects.items() for sub_box, sub in self._regions(obj.state))
+            pieces = (
+                (label, sub_box, sub)
+                for label, obj in self.objects.items()
+                for sub_box, sub in self._regions(obj.state)
+            )
             self._label_map.repaint(box, pieces)
         return Interaction(box, self.timings)

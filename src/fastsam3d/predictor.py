@@ -88,8 +88,10 @@ class RoiPredictor:
         """(N, 3) input voxel indices and their labels (1 include, 0 exclude) -> coords (1, N, 3)
         in ROI voxels and labels (1, N), as the prompt encoder takes them."""
         coords = roi.index_to_roi(np.asarray(points, dtype=np.float64).reshape(-1, 3)).astype(np.float32)
-        return (torch.from_numpy(coords[None]).to(self.device),
-                torch.tensor([list(labels)], dtype=torch.int64, device=self.device))
+        return (
+            torch.from_numpy(coords[None]).to(self.device),
+            torch.tensor([list(labels)], dtype=torch.int64, device=self.device),
+        )
 
     def box_in_roi(self, roi: RoiGrid, box: tuple | None) -> torch.Tensor | None:
         """Two opposite input-voxel corners -> the (1, 6) ROI box the prompt encoder takes; None when
@@ -97,7 +99,9 @@ class RoiPredictor:
         if box is None or not self.model.supports_boxes:
             return None
         corners = roi.index_to_roi(np.array(box, dtype=np.float64))
-        return torch.tensor(np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)[None], device=self.device)
+        return torch.tensor(
+            np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)[None], device=self.device
+        )
 
     def mask_prompt(self, roi: RoiGrid, mask: np.ndarray) -> torch.Tensor:
         """A boolean input-grid mask sampled onto the ROI's low-res grid, as (1, 1, L, L, L) logits."""

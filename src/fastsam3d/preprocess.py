@@ -175,7 +175,9 @@ class RoiGrid:
             sources.append(slice(low, high + 1))
             matrices.append(torch.from_numpy(linear_weights(positions - low, high - low + 1)))
         depth = sources[2].stop - sources[2].start
-        slab = max(1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start)))
+        slab = max(
+            1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start))
+        )
         result = torch.zeros((self.size,) * 3)
         for first in range(0, depth, slab):
             part = slice(sources[2].start + first, sources[2].start + min(first + slab, depth))

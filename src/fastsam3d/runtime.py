@@ -119,8 +119,15 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
         traced = Path(folder) / "encoder.onnx"
         with torch.no_grad(), warnings.catch_warnings():  # the tracer's notes on shape-dependent Python
             warnings.simplefilter("ignore")
-            torch.onnx.export(part.cpu().eval(), (example,), str(traced), dynamo=False, opset_version=OPSET,
-                              input_names=["image"], output_names=outputs)
+            torch.onnx.export(
+                part.cpu().eval(),
+                (example,),
+                str(traced),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=outputs,
+            )
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -158,12 +165,16 @@ class OnnxEncoder(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for unreadable files
-            raise CheckpointError(f"cannot load the ONNX encoder {path}: {str(error).strip().splitlines()[0]}") from None
+            raise CheckpointError(
+                f"cannot load the ONNX encoder {path}: {str(error).strip().splitlines()[0]}"
+            ) from None
         stamp = json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
         if key is not None and stamp.get("key") != key:
             made_for = f"{stamp.get('model')} ({stamp.get('precision')})" if stamp else "no fastsam3d model"
-            raise CheckpointError(f"the ONNX encoder {path} was made for {made_for}, not for these weights in this "
-                                  "precision and versions: export it again (fastsam3d export)")
+            raise CheckpointError(
+                f"the ONNX encoder {path} was made for {made_for}, not for these weights in this "
+                "precision and versions: export it again (fastsam3d export)"
+            )
         self.path = Path(path)
         self.img_size = img_size
         self.input_name = self.session.get_inputs()[0].name
@@ -260,7 +271,9 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
     if precision == "auto":
         precision = default_precision(model, device)
     if precision not in PRECISIONS + ONNX_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS + ONNX_PRECISIONS)}")
+        raise ValueError(
+            f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS + ONNX_PRECISIONS)}"
+        )
     current = getattr(model, "precision", "fp32")
     if current == precision:
         model.precision = precision
@@ -275,7 +288,9 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
         except Exception as error:  # auto falls back to torch whatever the exporter raised
             if requested != "auto":
                 raise
-            warnings.warn(f"the ONNX encoder failed ({str(error).strip().splitlines()[0]}); running in torch", stacklevel=2)
+            warnings.warn(
+                f"the ONNX encoder failed ({str(error).strip().splitlines()[0]}); running in torch", stacklevel=2
+            )
             precision = "int8" if precision == "onnx-int8" and int8_available() else "fp32"
             if precision == "fp32":
                 model.precision = precision

@@ -134,7 +134,13 @@ class Session(ObjectEngine):
     # --- prompts ----------------------------------------------------------------------
 
     def add_click(
-        self, point, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None, roi_centre=None,
+        self,
+        point,
+        positive: bool = True,
+        *,
+        frame: Frame = "voxel",
+        label: int | None = None,
+        roi_centre=None,
     ) -> Interaction:
         """Add an include (``positive``) or exclude click to an object and update its mask.
 
@@ -159,7 +165,9 @@ class Session(ObjectEngine):
         indices, positives = self._checked_clicks(points, positives, frame)
         obj = self._object_for_prompt(label)
         state = obj.state
-        clicks = state.clicks + tuple(Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives, strict=True))
+        clicks = state.clicks + tuple(
+            Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives, strict=True)
+        )
         rois: dict[tuple, RoiGrid] = {}
         for index in indices:
             inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
@@ -190,7 +198,9 @@ class Session(ObjectEngine):
         state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
         centre = (low + high) / 2.0
         rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
-        return self._update(obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))])
+        return self._update(
+            obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))]
+        )
 
     def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> Interaction:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
@@ -217,7 +227,9 @@ class Session(ObjectEngine):
             np.maximum(probability[box], _sigmoid(values), out=probability[box])
         return self._clip_to_box(obj.state, probability)
 
-    def uncertainty(self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None) -> Uncertainty:
+    def uncertainty(
+        self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None
+    ) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs.
 
         Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm) per axis; all runs
@@ -374,15 +386,20 @@ class Session(ObjectEngine):
             return values
         offset = [0, 0, 0] if box is None else [s.start for s in box]
         keep = tuple(
-            slice(max(low - o, 0), max(high + 1 - o, 0)) for low, high, o in zip(state.box[0], state.box[1], offset, strict=True)
+            slice(max(low - o, 0), max(high + 1 - o, 0))
+            for low, high, o in zip(state.box[0], state.box[1], offset, strict=True)
         )
         clipped = np.zeros_like(values)
         clipped[keep] = values[keep]
         return clipped
 
 
-def open_session(model: str | Path = "default", checkpoint: str | Path | None = None,
-                 device: str | torch.device | None = None, **options):
+def open_session(
+    model: str | Path = "default",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    **options,
+):
     """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
     ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.slicewise.SliceSession`,
     every other model in a 3D :class:`Session`; both take the same verbs and answer alike."""

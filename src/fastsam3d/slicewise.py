@@ -84,7 +84,9 @@ class SliceState:
     def of(cls, mask: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None) -> SliceState:
         box = bounding_box(mask)
         bits = None if box is None else np.packbits(mask[box], axis=None)
-        return cls(box, bits, tuple((k, tuple(v)) for k, v in sorted(clicks.items())), root if box is not None else None)
+        return cls(
+            box, bits, tuple((k, tuple(v)) for k, v in sorted(clicks.items())), root if box is not None else None
+        )
 
     def region(self) -> tuple[Slices, np.ndarray] | None:
         """(box, boolean mask inside it), or None for an empty object."""
@@ -140,9 +142,18 @@ class SliceSession(ObjectEngine):
 
     dims = 2
 
-    def __init__(self, model: str | Sam2D = "litemedsam", checkpoint: str | Path | None = None, device: str | None = None,
-                 axis: int | None = None, box_margin: int = 3, min_pixels: int = 5,
-                 cache_mb: float = 1024.0, precision: str = "fp32", min_score: float = MIN_SCORE) -> None:
+    def __init__(
+        self,
+        model: str | Sam2D = "litemedsam",
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+        axis: int | None = None,
+        box_margin: int = 3,
+        min_pixels: int = 5,
+        cache_mb: float = 1024.0,
+        precision: str = "fp32",
+        min_score: float = MIN_SCORE,
+    ) -> None:
         super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, str):
@@ -206,8 +217,10 @@ class SliceSession(ObjectEngine):
         low, high = np.minimum(a, b).round().astype(int), np.maximum(a, b).round().astype(int)
         flat = [axis for axis in range(3) if axis != self.axis and low[axis] == high[axis]]
         if flat:
-            raise PromptError(f"box {low.tolist()}-{high.tolist()} has no extent along axis {flat[0]}; a 2D model "
-                              f"takes a rectangle on a slice across axis {self.axis}")
+            raise PromptError(
+                f"box {low.tolist()}-{high.tolist()} has no extent along axis {flat[0]}; a 2D model "
+                f"takes a rectangle on a slice across axis {self.axis}"
+            )
         obj = self._object_for_prompt(label)
         start = int((low[self.axis] + high[self.axis]) // 2)
         one_slice = low[self.axis] == high[self.axis]
@@ -226,15 +239,15 @@ class SliceSession(ObjectEngine):
         self._propagate(obj, work, start, first, limits)
         return self._commit(obj, work, {}, start)
 
-    def add_click(self, point, positive: bool = True, *, frame: Frame = "voxel",
-                  label: int | None = None) -> Interaction:
+    def add_click(
+        self, point, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None
+    ) -> Interaction:
         """Include/exclude click at a voxel (or world mm with ``frame="lps"`` / ``"ras"``):
         its slice is re-segmented, then the change is propagated outwards until the slices agree
         with the current mask again."""
         return self.add_clicks([point], [positive], frame=frame, label=label)
 
-    def add_clicks(self, points, positives, *, frame: Frame = "voxel",
-                   label: int | None = None) -> Interaction:
+    def add_clicks(self, points, positives, *, frame: Frame = "voxel", label: int | None = None) -> Interaction:
         """Several clicks as one interaction (one undo step), applied in order; every point is
         checked before any is applied."""
         indices, positives = self._checked_clicks(points, positives, frame)
@@ -264,7 +277,9 @@ class SliceSession(ObjectEngine):
 
     # --- results ------------------------------------------------------------------------
 
-    def uncertainty(self, samples: int = 8, jitter: float = 0.05, seed: int = 0, label: int | None = None) -> Uncertainty:
+    def uncertainty(
+        self, samples: int = 8, jitter: float = 0.05, seed: int = 0, label: int | None = None
+    ) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs
         per slice of the object, each with its box prompt's edges moved by up to ``jitter`` of the
         box's size (at least 2 pixels) and its clicks by up to 2 pixels; the slice embeddings are
@@ -286,7 +301,11 @@ class SliceSession(ObjectEngine):
         for index in range(box[self.axis].start, box[self.axis].stop):
             plane = self._slice(mask, index)
             if plane.any():
-                self._write(one_slice, 0, self._sampled_probability(index, plane, clicks.get(index, ()), samples, jitter, generator))
+                self._write(
+                    one_slice,
+                    0,
+                    self._sampled_probability(index, plane, clicks.get(index, ()), samples, jitter, generator),
+                )
                 target = [slice(None)] * 3
                 target[self.axis] = slice(index - box[self.axis].start, index - box[self.axis].start + 1)
                 probability[tuple(target)] = one_slice[in_plane]
@@ -306,7 +325,9 @@ class SliceSession(ObjectEngine):
         region = state.region()
         return [] if region is None else [region]
 
-    def _commit(self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None) -> Interaction:
+    def _commit(
+        self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None
+    ) -> Interaction:
         started = time.perf_counter()
         old = self._boxes(obj.state)
         obj.push(SliceState.of(work, clicks, root))
@@ -314,8 +335,15 @@ class SliceSession(ObjectEngine):
         self.timings.paste += time.perf_counter() - started
         return answer
 
-    def _click(self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None,
-               point: np.ndarray, positive: bool) -> int | None:
+    def _click(
+        self,
+        obj: SegmentObject,
+        work: np.ndarray,
+        clicks: dict[int, list[Click2D]],
+        root: int | None,
+        point: np.ndarray,
+        positive: bool,
+    ) -> int | None:
         """Apply one click to the working mask; returns the (possibly new) root slice."""
         index = round(point[self.axis])
         row, col = self._in_plane(point)
@@ -359,8 +387,10 @@ class SliceSession(ObjectEngine):
         hold the click (a box-only model's object must start from a box)."""
         filled = np.flatnonzero(work.any(axis=tuple(a for a in range(3) if a != self.axis)))
         if filled.size == 0:
-            raise PromptError(f"{self.config.name} takes a box first (it was trained on boxes): draw a box around "
-                              "the object; clicks then correct it")
+            raise PromptError(
+                f"{self.config.name} takes a box first (it was trained on boxes): draw a box around "
+                "the object; clicks then correct it"
+            )
         nearest = self._slice(work, int(filled[np.argmin(np.abs(filled - index))]))
         return self._edited_box(nearest, row, col, True)
 
@@ -368,8 +398,12 @@ class SliceSession(ObjectEngine):
         if positive:
             r0, c0, r1, c1 = _box_of(current, self.box_margin, current.shape)
             m = self.box_margin
-            return max(min(r0, row - m), 0), max(min(c0, col - m), 0), min(max(r1, row + m), current.shape[0] - 1), \
-                min(max(c1, col + m), current.shape[1] - 1)
+            return (
+                max(min(r0, row - m), 0),
+                max(min(c0, col - m), 0),
+                min(max(r1, row + m), current.shape[0] - 1),
+                min(max(c1, col + m), current.shape[1] - 1),
+            )
         if not current[row, col]:
             return None
         r0, c0, r1, c1 = _box_of(current, 0, current.shape)
@@ -385,16 +419,25 @@ class SliceSession(ObjectEngine):
             c1 = col - 1
         return (r0, c0, r1, c1) if r0 <= r1 and c0 <= c1 else None
 
-    def _propagate(self, obj: SegmentObject, work: np.ndarray, start: int, plane: np.ndarray, limits: tuple[int, int],
-                   directions: tuple[int, ...] = (-1, 1), stop_when_unchanged: bool = False) -> None:
+    def _propagate(
+        self,
+        obj: SegmentObject,
+        work: np.ndarray,
+        start: int,
+        plane: np.ndarray,
+        limits: tuple[int, int],
+        directions: tuple[int, ...] = (-1, 1),
+        stop_when_unchanged: bool = False,
+    ) -> None:
         """Segment the slices on both sides of ``start``, each from the box of its neighbour's mask,
         until the object vanishes, the limits, or (``stop_when_unchanged``) a slice whose new mask
         agrees with the one it already had (Dice >= ``UNCHANGED_DICE``)."""
         for step in directions:
             previous, index = plane, start + step
             while limits[0] <= index <= limits[1]:
-                current = self._segment(index, box=_box_of(previous, self.box_margin, previous.shape),
-                                        min_score=self.min_score)
+                current = self._segment(
+                    index, box=_box_of(previous, self.box_margin, previous.shape), min_score=self.min_score
+                )
                 before = self._slice(work, index)
                 self._write(work, index, np.zeros_like(plane) if current is None else current)
                 self._report(obj, work, index)
@@ -451,8 +494,9 @@ class SliceSession(ObjectEngine):
             x1, y1 = self.geometry.point_to_model(box[2], box[3])
             boxes = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32, device=self.device)
         if clicks:
-            coords = torch.tensor([[self.geometry.point_to_model(r, c) for r, c, _ in clicks]], dtype=torch.float32,
-                                  device=self.device)
+            coords = torch.tensor(
+                [[self.geometry.point_to_model(r, c) for r, c, _ in clicks]], dtype=torch.float32, device=self.device
+            )
             labels = torch.tensor([[int(p) for _, _, p in clicks]], device=self.device)
         return boxes, coords, labels
 
@@ -476,8 +520,9 @@ class SliceSession(ObjectEngine):
         self.timings.slices += 1
         return plane if plane.sum() >= self.min_pixels and float(scores[0]) >= min_score else None
 
-    def _sampled_probability(self, index: int, plane: np.ndarray, clicks, samples: int, jitter: float,
-                             generator: torch.Generator) -> np.ndarray:
+    def _sampled_probability(
+        self, index: int, plane: np.ndarray, clicks, samples: int, jitter: float, generator: torch.Generator
+    ) -> np.ndarray:
         """Mean foreground probability of one slice over jittered copies of its prompts."""
         boxes, coords, labels = self._prompts(_box_of(plane, self.box_margin, plane.shape), clicks)
         size = boxes[0, 2:] - boxes[0, :2]
@@ -518,14 +563,20 @@ class SliceSession(ObjectEngine):
 
 def _box_of(plane: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     rows, cols = np.nonzero(plane)
-    return (max(int(rows.min()) - margin, 0), max(int(cols.min()) - margin, 0),
-            min(int(rows.max()) + margin, shape[0] - 1), min(int(cols.max()) + margin, shape[1] - 1))
+    return (
+        max(int(rows.min()) - margin, 0),
+        max(int(cols.min()) - margin, 0),
+        min(int(rows.max()) + margin, shape[0] - 1),
+        min(int(cols.max()) + margin, shape[1] - 1),
+    )
 
 
 def _grown(box: Slices, axis: int, margin: int, shape: tuple[int, int, int]) -> Slices:
     """``box`` grown by ``margin`` voxels in-plane (the uncertainty band around the object)."""
-    return tuple(s if a == axis else slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                 for a, (s, n) in enumerate(zip(box, shape, strict=True)))
+    return tuple(
+        s if a == axis else slice(max(s.start - margin, 0), min(s.stop + margin, n))
+        for a, (s, n) in enumerate(zip(box, shape, strict=True))
+    )
 
 
 def _intensity_window(array: np.ndarray) -> tuple[float, float]:

@@ -35,9 +35,22 @@ def test_segment_writes_masks_on_the_input_grid(capsys, tmp_path, sphere_file, w
     path, volume, truth = sphere_file
     centre = np.round(volume.world_to_index(np.array([10.0, -25.0, 40.0]))).astype(int)
     code, out, err = run(
-        capsys, "segment", path, "--point", ",".join(map(str, centre)), "--world-point", "10,-25,55,-",
-        "--out", tmp_path / "seg.nii.gz", "--uncertainty", tmp_path / "unc.nrrd",
-        "--probability", tmp_path / "prob.mha", "--timing", "--samples", "3",
+        capsys,
+        "segment",
+        path,
+        "--point",
+        ",".join(map(str, centre)),
+        "--world-point",
+        "10,-25,55,-",
+        "--out",
+        tmp_path / "seg.nii.gz",
+        "--uncertainty",
+        tmp_path / "unc.nrrd",
+        "--probability",
+        tmp_path / "prob.mha",
+        "--timing",
+        "--samples",
+        "3",
     )
     assert code == 0, err
     assert "segmented" in out and "encoder" in out and "uncertainty (3 samples)" in out
@@ -69,10 +82,22 @@ def _assert_user_error(code, err, fragment):
     [
         (lambda p: p / "missing.nii.gz", "no such file"),
         (lambda p: (p / "junk.nii.gz").write_bytes(b"\x1f\x8b not really gzip") and p / "junk.nii.gz", "corrupt"),
-        (lambda p: sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(p / "flat.nii.gz")) or p / "flat.nii.gz", "2D"),
-        (lambda p: sitk.WriteImage(sitk.Image([4, 4, 4, 3], sitk.sitkFloat32), str(p / "4d.nii.gz")) or p / "4d.nii.gz", "4D"),
         (
-            lambda p: write_volume(Volume(np.full((8, 8, 8), np.nan, np.float32), np.ones(3), np.zeros(3), np.eye(3)), p / "nan.nii.gz"),
+            lambda p: (
+                sitk.WriteImage(sitk.Image(16, 16, sitk.sitkFloat32), str(p / "flat.nii.gz")) or p / "flat.nii.gz"
+            ),
+            "2D",
+        ),
+        (
+            lambda p: (
+                sitk.WriteImage(sitk.Image([4, 4, 4, 3], sitk.sitkFloat32), str(p / "4d.nii.gz")) or p / "4d.nii.gz"
+            ),
+            "4D",
+        ),
+        (
+            lambda p: write_volume(
+                Volume(np.full((8, 8, 8), np.nan, np.float32), np.ones(3), np.zeros(3), np.eye(3)), p / "nan.nii.gz"
+            ),
             "NaN",
         ),
     ],
@@ -116,7 +141,9 @@ def test_empty_object_is_an_error_and_writes_nothing(capsys, tmp_path, sphere_fi
     excludes = []
     for offset in ([0, 0, 0], [8, 0, 0], [-8, 0, 0], [0, 8, 0], [0, -8, 0], [0, 0, 3], [0, 0, -3]):
         excludes += ["--point", ",".join(map(str, centre + offset)) + ",-"]
-    code, _, err = run(capsys, "segment", path, "--point", ",".join(map(str, centre)), *excludes, "--out", tmp_path / "s.nii.gz")
+    code, _, err = run(
+        capsys, "segment", path, "--point", ",".join(map(str, centre)), *excludes, "--out", tmp_path / "s.nii.gz"
+    )
     _assert_user_error(code, err, "empty")
     assert not (tmp_path / "s.nii.gz").exists()
 
@@ -134,11 +161,30 @@ def test_wrong_checkpoint_for_the_model(capsys, tmp_path, sphere_file):
 
     torch.save({"model_state_dict": build_model("tiny-student").state_dict()}, tmp_path / "student.pth")
     code, _, err = run(
-        capsys, "segment", path, "--point", "1,1,1", "--model", "tiny-teacher", "--checkpoint", tmp_path / "student.pth",
-        "--out", tmp_path / "o.nii.gz",
+        capsys,
+        "segment",
+        path,
+        "--point",
+        "1,1,1",
+        "--model",
+        "tiny-teacher",
+        "--checkpoint",
+        tmp_path / "student.pth",
+        "--out",
+        tmp_path / "o.nii.gz",
     )
     _assert_user_error(code, err, "does not fit model 'tiny-teacher'")
-    code, _, err = run(capsys, "segment", path, "--point", "1,1,1", "--model", student.with_suffix(".pth.gz"), "--out", tmp_path / "o.nii.gz")
+    code, _, err = run(
+        capsys,
+        "segment",
+        path,
+        "--point",
+        "1,1,1",
+        "--model",
+        student.with_suffix(".pth.gz"),
+        "--out",
+        tmp_path / "o.nii.gz",
+    )
     _assert_user_error(code, err, "unknown model")
 
 
@@ -147,9 +193,25 @@ def test_real_tiny_model_end_to_end_as_a_process(tmp_path, sphere_file):
     path, _, _ = sphere_file
     model = save_model(build_model("tiny-teacher"), tmp_path / "tiny.safetensors")
     result = subprocess.run(
-        [sys.executable, "-m", "fastsam3d.cli", "segment", str(path), "--point", "60,50,22", "--model", str(model),
-         "--out", str(tmp_path / "seg.nii.gz"), "--timing"],
-        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fastsam3d.cli",
+            "segment",
+            str(path),
+            "--point",
+            "60,50,22",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "seg.nii.gz"),
+            "--timing",
+        ],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
     )
     assert "Traceback" not in result.stderr
     if result.returncode == 0:
@@ -163,8 +225,26 @@ def test_train_command_with_peft(tmp_path, capsys):
 
     assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "bogus", "--steps", "1"]) == 2
     assert "--peft must be" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path), "--config", "tiny-student", "--peft", "lora", "--steps", "1",
-                 "--rounds", "1", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path),
+                "--config",
+                "tiny-student",
+                "--peft",
+                "lora",
+                "--steps",
+                "1",
+                "--rounds",
+                "1",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "adapters.safetensors").is_file() and (tmp_path / "model.safetensors").is_file()
 
 
@@ -173,7 +253,9 @@ def test_training_commands_refuse_bad_options(tmp_path, capsys):
 
     manifest = tmp_path / "dataset.json"
     manifest.write_text('{"cases": [{"name": "a", "image": "a.nii.gz", "label": "a_seg.nii.gz"}]}')
-    assert main(["train", "--out", str(tmp_path / "r"), "--data", str(manifest), "--holdout", "zzz", "--steps", "1"]) == 2
+    assert (
+        main(["train", "--out", str(tmp_path / "r"), "--data", str(manifest), "--holdout", "zzz", "--steps", "1"]) == 2
+    )
     assert "--holdout names unknown cases ['zzz']" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--real-fraction", "1.5", "--steps", "1"]) == 2
     assert main(["distill", "--labels", str(tmp_path), "--out", str(tmp_path / "d")]) == 2

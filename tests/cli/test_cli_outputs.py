@@ -23,11 +23,28 @@ def umask_022():
     os.umask(old)
 
 
-def test_outputs_honour_the_umask_and_missing_folders_are_created(capsys, tmp_path, image, intensity_model, monkeypatch, umask_022):
+def test_outputs_honour_the_umask_and_missing_folders_are_created(
+    capsys, tmp_path, image, intensity_model, monkeypatch, umask_022
+):
     monkeypatch.setattr(fastsam3d.registry, "load_model", lambda *args, **kwargs: intensity_model)
     out = tmp_path / "new" / "deeper" / "seg.nii.gz"
-    assert main(["segment", str(image), "--point", "60,50,22", "--out", str(out), "--uncertainty",
-                 str(tmp_path / "u.nrrd"), "--samples", "2"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "segment",
+                str(image),
+                "--point",
+                "60,50,22",
+                "--out",
+                str(out),
+                "--uncertainty",
+                str(tmp_path / "u.nrrd"),
+                "--samples",
+                "2",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     for path in (out, tmp_path / "u.nrrd"):
         assert path.stat().st_mode & 0o777 == 0o644
     os.umask(0o027)
@@ -39,19 +56,41 @@ def test_one_line_errors(capsys, tmp_path, image, intensity_model, monkeypatch):
     monkeypatch.setattr(fastsam3d.registry, "load_model", lambda *args, **kwargs: intensity_model)
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
-    for argv in (["segment", str(image), "--point", "1,1,1", "--out", str(blocker / "sub" / "seg.nii.gz")],
-                 ["demo", "--out", str(blocker / "demo")]):
+    for argv in (
+        ["segment", str(image), "--point", "1,1,1", "--out", str(blocker / "sub" / "seg.nii.gz")],
+        ["demo", "--out", str(blocker / "demo")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{blocker} is a file, not a folder" in err, err
     monkeypatch.undo()
-    assert main(["segment", str(image), "--point", "1,1,1", "--model", "no-such", "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        main(["segment", str(image), "--point", "1,1,1", "--model", "no-such", "--out", str(tmp_path / "o.nii.gz")])
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and all(name in err for name in ("litemedsam", "medsam", "sam-vit-b", "sam-med2d", "sam-med3d-turbo"))
+    assert err.count("\n") == 1 and all(
+        name in err for name in ("litemedsam", "medsam", "sam-vit-b", "sam-med2d", "sam-med3d-turbo")
+    )
     text = tmp_path / "weights.pth"
     text.write_text("not weights\n")
-    assert main(["segment", str(image), "--point", "1,1,1", "--model", "tiny-teacher", "--checkpoint", str(text),
-                 "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(image),
+                "--point",
+                "1,1,1",
+                "--model",
+                "tiny-teacher",
+                "--checkpoint",
+                str(text),
+                "--out",
+                str(tmp_path / "o.nii.gz"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "text file" in err and "weights_only" not in err
 

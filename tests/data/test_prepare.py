@@ -42,9 +42,16 @@ def nnunet(tmp_path):
         write_volume(Volume(labels, spacing, origin, direction), root / "labelsTr" / f"case{index}.nii.gz")
     shutil.copy(root / "imagesTr" / "case0_0000.nii.gz", root / "imagesTs" / "test0_0000.nii.gz")
     shutil.copy(root / "labelsTr" / "case0.nii.gz", root / "labelsTs" / "test0.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2, "lesion": 3},
-        "numTraining": 2, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "liver": 1, "spleen": 2, "lesion": 3},
+                "numTraining": 2,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return root
 
 
@@ -70,7 +77,9 @@ def test_prepare_writes_one_folder_per_class(nnunet, tmp_path, capsys):
             assert np.allclose(image.direction, source_image.direction)
             assert np.allclose(_world_centre(image), _world_centre(source_image))
             assert mask.array.dtype == np.uint8 and set(np.unique(mask.array)) == {0, 1}
-            shift = _world_centroid(mask, mask.array > 0) - _world_centroid(source_labels, source_labels.array == class_id)
+            shift = _world_centroid(mask, mask.array > 0) - _world_centroid(
+                source_labels, source_labels.array == class_id
+            )
             assert np.linalg.norm(shift) < 1.5, shift  # the mask stays where it was
     images = [out / name / "ct_Organs" / "imagesTr" / "case0.nii.gz" for name in ("liver", "spleen")]
     assert images[0].stat().st_ino == images[1].stat().st_ino  # resampled once, linked
@@ -78,7 +87,10 @@ def test_prepare_writes_one_folder_per_class(nnunet, tmp_path, capsys):
     assert not any(out.rglob("test0*"))  # imagesTs is not training data
     cases = load_cases(out)
     assert sorted((c.name, c.classes[1]) for c in cases) == [
-        ("liver/ct_Organs/case0", "liver"), ("liver/ct_Organs/case1", "liver"), ("spleen/ct_Organs/case0", "spleen")]
+        ("liver/ct_Organs/case0", "liver"),
+        ("liver/ct_Organs/case1", "liver"),
+        ("spleen/ct_Organs/case0", "spleen"),
+    ]
 
 
 def test_prepare_classes_overwrite_and_nnunet_v1(nnunet, tmp_path, capsys):
@@ -89,9 +101,17 @@ def test_prepare_classes_overwrite_and_nnunet_v1(nnunet, tmp_path, capsys):
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["prepare", "nnunet", str(nnunet), str(out), "--overwrite"]) == 0
     assert not (out / "lesion" / "ct_Organs").exists()  # replaced, not merged: now under 10 mm³
-    (nnunet / "dataset.json").write_text(json.dumps({  # nnU-Net v1: {id: name}, modality, training pairs
-        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "liver", "2": "spleen"},
-        "training": [{"image": f"./imagesTr/case{i}.nii.gz", "label": f"./labelsTr/case{i}.nii.gz"} for i in (0, 1)]}))
+    (nnunet / "dataset.json").write_text(
+        json.dumps(
+            {  # nnU-Net v1: {id: name}, modality, training pairs
+                "modality": {"0": "MRI"},
+                "labels": {"0": "background", "1": "liver", "2": "spleen"},
+                "training": [
+                    {"image": f"./imagesTr/case{i}.nii.gz", "label": f"./labelsTr/case{i}.nii.gz"} for i in (0, 1)
+                ],
+            }
+        )
+    )
     assert main(["prepare", "nnunet", str(nnunet), str(out), "--classes", "spleen"]) == 0
     assert (out / "spleen" / "mri_Organs" / "labelsTr" / "case0.nii.gz").exists()
 
@@ -109,7 +129,10 @@ def test_prepare_bad_input(nnunet, tmp_path, capsys):
     assert "unknown" in error(str(nnunet), str(out), "--classes", "liver,unknown")
     assert "--spacing must be positive" in error(str(nnunet), str(out), "--spacing", "0")
     shifted = read_volume(nnunet / "labelsTr" / "case0.nii.gz")
-    write_volume(Volume(shifted.array, shifted.spacing * 2, shifted.origin, shifted.direction), nnunet / "labelsTr" / "case0.nii.gz")
+    write_volume(
+        Volume(shifted.array, shifted.spacing * 2, shifted.origin, shifted.direction),
+        nnunet / "labelsTr" / "case0.nii.gz",
+    )
     (nnunet / "labelsTr" / "case1.nii.gz").write_bytes(b"not a nifti file")
     assert "none of the 2 cases could be read; first: label map" in error(str(nnunet), str(out))
     write_volume(shifted, nnunet / "labelsTr" / "case0.nii.gz")

@@ -115,10 +115,15 @@ def test_metrics_on_the_crop_equal_monai_on_the_whole_volume():
     prediction = cube((50, 40, 30), (2, 12, 5), (22, 30, 28))
     spacing = (0.8, 1.1, 2.5)
     full = compute_surface_dice(
-        torch.from_numpy(prediction)[None, None].float(), torch.from_numpy(target)[None, None].float(),
-        [1.5], include_background=True, spacing=list(spacing),
+        torch.from_numpy(prediction)[None, None].float(),
+        torch.from_numpy(target)[None, None].float(),
+        [1.5],
+        include_background=True,
+        spacing=list(spacing),
     )
-    assert segmentation_metrics(prediction, target, spacing, nsd_tolerance=1.5)["nsd"] == pytest.approx(float(full), abs=1e-6)
+    assert segmentation_metrics(prediction, target, spacing, nsd_tolerance=1.5)["nsd"] == pytest.approx(
+        float(full), abs=1e-6
+    )
 
 
 def test_area_under_curve():
@@ -165,7 +170,11 @@ def two_structure_case(tmp_path: Path) -> tuple[Case, Volume, Volume]:
     labels = volume.with_array(label)
     write_volume(volume, tmp_path / "img.nii.gz")
     write_volume(labels, tmp_path / "lab.nii.gz")
-    return Case("toy", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", {1: "bright", 2: "grey", 3: "missing"}), volume, labels
+    return (
+        Case("toy", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", {1: "bright", 2: "grey", 3: "missing"}),
+        volume,
+        labels,
+    )
 
 
 @pytest.mark.parametrize("protocol", ["center", "fastsam3d", "random", "box+5"])
@@ -236,7 +245,9 @@ def test_nnunet_and_fastsam3d_layouts(tmp_path):
         (nnunet / folder).mkdir(parents=True)
     write_volume(volume, nnunet / "imagesTr" / "toy_001_0000.nii.gz")
     write_volume(labels, nnunet / "labelsTr" / "toy_001.nii.gz")
-    (nnunet / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "bright": 1, "grey": 2}, "file_ending": ".nii.gz"}))
+    (nnunet / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "bright": 1, "grey": 2}, "file_ending": ".nii.gz"})
+    )
     (case,) = load_cases(nnunet)
     assert case.name == "toy_001" and case.classes == {1: "bright", 2: "grey"}
     assert load_cases(nnunet / "dataset.json", ["grey"])[0].classes == {2: "grey"}
@@ -254,13 +265,27 @@ def test_cli_reports_a_crashed_case_and_keeps_going(tmp_path, capsys):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
     manifest = {
         "labels": {"1": "bright", "2": "grey"},
-        "cases": [{"name": "good", "image": "img.nii.gz", "label": "lab.nii.gz"},
-                  {"name": "bad", "image": "broken.nii.gz", "label": "lab.nii.gz"}],
+        "cases": [
+            {"name": "good", "image": "img.nii.gz", "label": "lab.nii.gz"},
+            {"name": "bad", "image": "broken.nii.gz", "label": "lab.nii.gz"},
+        ],
     }
     (tmp_path / "dataset.json").write_text(json.dumps(manifest))
     out = tmp_path / "report"
-    code = main(["evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker",
-                 "--clicks", "2", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "dataset.json"),
+            "--model",
+            "random-walker",
+            "--clicks",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 1 and "failed" in capsys.readouterr().err
     with open(out / "results.csv") as handle:
         reader = csv.DictReader(handle)
@@ -272,7 +297,10 @@ def test_cli_reports_a_crashed_case_and_keeps_going(tmp_path, capsys):
     for name in ("summary.json", "report.md", "dice_per_click.png", "time_per_click.png"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["models"]["random-walker"]["failed"] == 1 and len(summary["models"]["random-walker"]["dice_per_step"]) == 2
+    assert (
+        summary["models"]["random-walker"]["failed"] == 1
+        and len(summary["models"]["random-walker"]["dice_per_step"]) == 2
+    )
     assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--model", "default", "--out", str(out)]) == 2
 
 
@@ -289,10 +317,32 @@ def test_workers_and_torchrun_give_the_same_rows_as_one_process(tmp_path):
     evaluate(tmp_path / "dataset.json", out=tmp_path / "one", **common)
     evaluate(tmp_path / "dataset.json", out=tmp_path / "two", workers=2, **common)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               "-m", "fastsam3d.cli", "evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker",
-               "--protocol", "random", "--clicks", "2", "--out", str(tmp_path / "ddp"), "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "fastsam3d.cli",
+        "evaluate",
+        "--data",
+        str(tmp_path / "dataset.json"),
+        "--model",
+        "random-walker",
+        "--protocol",
+        "random",
+        "--clicks",
+        "2",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--quiet",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "ddp" / "shards").iterdir()) == ["results.rank0.csv", "results.rank1.csv"]
 
@@ -326,8 +376,9 @@ def test_dev_data_label_maps_sit_on_their_images(dev_data):
 
 @pytest.mark.slow
 def test_random_walker_improves_with_clicks_on_the_development_data(dev_data, tmp_path):
-    summary, failed = evaluate(dev_data, ["random-walker"], tmp_path, protocol="center", steps=3,
-                               classes=["liver", "spleen"], progress=False)
+    summary, failed = evaluate(
+        dev_data, ["random-walker"], tmp_path, protocol="center", steps=3, classes=["liver", "spleen"], progress=False
+    )
     assert failed == 0 and summary["random-walker"]["structures"] == 6  # liver + spleen in CT, MR, DICOM CT
     curve = summary["random-walker"]["dice_per_step"]
     assert curve[0] < curve[1] < curve[2] and curve[2] > 0.45

@@ -73,11 +73,13 @@ def test_config_and_weights_round_trip(tmp_path):
 def test_session_uses_the_models_roi_grid():
     """A 64³ ROI at 3 mm: the session asks the model for its spacing, not the SAM 1.5 mm."""
     model = ClickUNet3D(ClickUNetConfig(img_size=64, channels=(8, 8, 16), prompt_channels=(8, 8, 8))).eval()
-    volume = Volume(np.random.default_rng(0).normal(0, 1, (80, 70, 40)).astype(np.float32), (1.0, 1.0, 2.0), np.zeros(3), np.eye(3))
+    volume = Volume(
+        np.random.default_rng(0).normal(0, 1, (80, 70, 40)).astype(np.float32), (1.0, 1.0, 2.0), np.zeros(3), np.eye(3)
+    )
     session = Session(model)
     session.set_image(volume)
     session.add_click((40, 35, 20))
-    (roi, logits), = session.objects[session.active].state.logits
+    ((roi, logits),) = session.objects[session.active].state.logits
     assert roi.size == 64 and logits.shape[-1] == 64
     assert np.abs(roi.step) == pytest.approx((3.0, 3.0, 1.5))
     assert session.mask()[40, 35, 20]  # the clicked voxel is inside (clicks are honoured)

@@ -46,7 +46,9 @@ def test_adapted_model_starts_equal_to_the_frozen_one_and_only_adapters_train(me
         assert parameter.requires_grad == trains, name
         if name.startswith("image_encoder.") and not adapter:
             assert parameter.grad is None, name
-    grads = [p.grad for n, p in model.named_parameters() if "hyper_adapter.heads" in n or "lora_b" in n or "adapter.up" in n]
+    grads = [
+        p.grad for n, p in model.named_parameters() if "hyper_adapter.heads" in n or "lora_b" in n or "adapter.up" in n
+    ]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)  # the zero-initialised parts learn
 
 
@@ -60,7 +62,8 @@ def test_hyper_adapter_shapes_and_size_does_not_grow_with_depth():
     hyper = sum(p.numel() for p in model.image_encoder.hyper_adapter.parameters())
     per_layer = model.image_encoder.hyper_adapter.embeddings[0].numel()
     assert hyper - per_layer * len(attention_layers) == sum(
-        p.numel() for n, p in model.image_encoder.hyper_adapter.named_parameters() if n != "embeddings")
+        p.numel() for n, p in model.image_encoder.hyper_adapter.named_parameters() if n != "embeddings"
+    )
     lora = apply_peft(tiny(), "lora", rank=4)
     assert sum(isinstance(m, AdaptedLinear) for m in lora.modules()) == 2 * len(attention_layers)
 

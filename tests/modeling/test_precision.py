@@ -32,7 +32,9 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_int8_linear_is_close_to_the_linear_on_any_leading_shape(per_token, outlier, gate):
     linear = nn.Linear(96, 200)
     x = torch.randn(2, 4, 4, 4, 96)
-    x[0, 0, 0, 0] *= outlier  # an outlier token coarsens the shared activation scale (0.975 at 20x); per-token scaling does not
+    x[0, 0, 0, 0] *= (
+        outlier  # an outlier token coarsens the shared activation scale (0.975 at 20x); per-token scaling does not
+    )
     quantised = Int8Linear.from_linear(linear, per_token=per_token)
     with torch.inference_mode():
         expected, got = linear(x), quantised(x)
@@ -42,7 +44,9 @@ def test_int8_linear_is_close_to_the_linear_on_any_leading_shape(per_token, outl
     assert (quantised.weight - linear.weight).abs().max() <= linear.weight.abs().max() / 127
 
 
-@pytest.mark.parametrize("conv", [nn.Conv3d(1, 48, 8, stride=8), nn.Conv3d(16, 24, 3, padding=1, bias=False), nn.Conv2d(3, 8, 1)])
+@pytest.mark.parametrize(
+    "conv", [nn.Conv3d(1, 48, 8, stride=8), nn.Conv3d(16, 24, 3, padding=1, bias=False), nn.Conv2d(3, 8, 1)]
+)
 def test_int8_conv_is_close_to_the_convolution(conv):
     x = torch.randn(1, conv.in_channels, *(16,) * (conv.weight.dim() - 2))
     with torch.inference_mode():
@@ -52,7 +56,9 @@ def test_int8_conv_is_close_to_the_convolution(conv):
 
 
 def test_apply_precision_replaces_linears_and_patch_convs_only():
-    model = nn.Sequential(nn.Conv3d(1, 8, 4, stride=4), nn.Conv3d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 8, 4))
+    model = nn.Sequential(
+        nn.Conv3d(1, 8, 4, stride=4), nn.Conv3d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 8, 4)
+    )
     apply_precision(model, "int8")
     assert [type(m) for m in model] == [Int8Conv, nn.Conv3d, nn.Flatten, Int8Linear]
     assert model(torch.randn(1, 1, 8, 8, 8)).shape == (1, 4)
@@ -68,8 +74,9 @@ def _fixture_model(reference_dir, name: str):
     return model, fixture["inputs"]
 
 
-@pytest.mark.parametrize("fixture,precision", [("ref_small.pt", "int8"), ("ref_small_student.pt", "int8"),
-                                               ("ref_small_student.pt", "bf16")])
+@pytest.mark.parametrize(
+    "fixture,precision", [("ref_small.pt", "int8"), ("ref_small_student.pt", "int8"), ("ref_small_student.pt", "bf16")]
+)
 def test_fast_paths_keep_the_fixture_logits(reference_dir, fixture, precision):
     """Random-weight teacher (padded windows) and student: logits correlation >= 0.999 at the same prompts."""
     model, inputs = _fixture_model(reference_dir, fixture)
@@ -79,7 +86,9 @@ def test_fast_paths_keep_the_fixture_logits(reference_dir, fixture, precision):
         for m in (model, fast):
             embedding = m.encode(inputs["image"])
             assert embedding.dtype == torch.float32
-            logits, _ = m.decode(embedding, inputs["A_point_coords"], inputs["A_point_labels"], mask_input=inputs["A_mask_input"])
+            logits, _ = m.decode(
+                embedding, inputs["A_point_coords"], inputs["A_point_labels"], mask_input=inputs["A_mask_input"]
+            )
             m.logits = logits
     assert correlation(fast.logits, model.logits) >= GATE_CORRELATION
     agree = dice((fast.logits > 0).numpy(), (model.logits > 0).numpy())
@@ -147,7 +156,17 @@ def test_cli_precision_option(capsys, tmp_path, monkeypatch, intensity_model):
     volume, _ = sphere_volume()
     image = write_volume(volume, tmp_path / "sphere.nii.gz")
     centre = ",".join(map(str, np.array(volume.shape) // 2))
-    args = ["segment", str(image), "--point", centre, "--out", str(tmp_path / "o.nii.gz"), "--timing", "--device", "cpu"]
+    args = [
+        "segment",
+        str(image),
+        "--point",
+        centre,
+        "--out",
+        str(tmp_path / "o.nii.gz"),
+        "--timing",
+        "--device",
+        "cpu",
+    ]
     code = main([*args, "--precision", "bf16"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

@@ -6,7 +6,9 @@ import torch
 from fastsam3d.registry import build_model
 
 
-@pytest.mark.parametrize("name,keys_file", [("sam-med3d", "ref_keys_teacher.json"), ("fastsam3d", "ref_keys_student.json")])
+@pytest.mark.parametrize(
+    "name,keys_file", [("sam-med3d", "ref_keys_teacher.json"), ("fastsam3d", "ref_keys_student.json")]
+)
 def test_full_size_keys_and_shapes(reference_dir, name, keys_file):
     expected = json.loads((reference_dir / keys_file).read_text())
     with torch.device("meta"):

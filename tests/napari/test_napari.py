@@ -76,8 +76,12 @@ def test_translated_anisotropic_oblique_layer_is_clicked_where_drawn(make_napari
     scale = np.array([3.0, 1.2, 0.8])
     centre = np.array([22, 30, 47])
     inside = np.linalg.norm((grid - centre) * scale, axis=-1) < radius * 2
-    array = np.where(inside, 200.0, 40.0).astype(np.float32) + np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
-    layer = viewer.add_image(array, name="oblique", scale=scale, translate=(-150.0, 60.0, 310.0), rotate=rotation(20, 15))
+    array = np.where(inside, 200.0, 40.0).astype(np.float32) + np.random.default_rng(0).normal(0, 5, shape).astype(
+        np.float32
+    )
+    layer = viewer.add_image(
+        array, name="oblique", scale=scale, translate=(-150.0, 60.0, 310.0), rotate=rotation(20, 15)
+    )
     widget = make_widget(viewer)
     widget.start(layer.name)
     world = np.asarray(layer.data_to_world(centre.astype(float)))
@@ -146,7 +150,9 @@ def test_reader_places_the_volume_and_picks_the_ct_window(tmp_path):
         layer = Image(data, **kwargs)
         index = np.array([7.0, 11.0, 13.0])
         world = index_to_world(layer, index)
-        np.testing.assert_allclose(world_to_index(layer, world), index, atol=1e-6)  # a click lands on the voxel drawn there
+        np.testing.assert_allclose(
+            world_to_index(layer, world), index, atol=1e-6
+        )  # a click lands on the voxel drawn there
         assert data[tuple(np.round(layer.world_to_data(world)).astype(int))] == ct.array[7, 11, 13]
         if name.startswith("axis"):  # exact world position (LPS), and the data axes run along z, y, x
             np.testing.assert_allclose(REVERSE @ world, ct.index_to_world(index), atol=1e-3)

@@ -31,8 +31,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 def make_client(data_dir: Path, **settings) -> TestClient:
     settings.setdefault("temp_dir", data_dir.parent / "server-temp")
-    return TestClient(create_app(ServerSettings(data_dir=data_dir, **settings), model=IntensityModel()),
-                      base_url="http://127.0.0.1")
+    return TestClient(
+        create_app(ServerSettings(data_dir=data_dir, **settings), model=IntensityModel()), base_url="http://127.0.0.1"
+    )
 
 
 @pytest.fixture
@@ -82,14 +83,20 @@ def test_answers_carry_only_the_changed_region_and_rebuild_the_label_map(client)
     assert values.any() and values.shape != tuple(info["shape"])  # a box, not the whole volume
     assert mirror[tuple(centre)] == first["object"] == 1
     assert first["timings_ms"]["encoder"] > 0
-    second = apply(client.post(f"/api/sessions/{session}/clicks", json={"points": [centre], "positive": [False]}).json())
+    second = apply(
+        client.post(f"/api/sessions/{session}/clicks", json={"points": [centre], "positive": [False]}).json()
+    )
     assert second["timings_ms"]["encoder"] == 0 and mirror[tuple(centre)] == 0  # cached embedding, excluded ball
     assert apply(client.post(f"/api/sessions/{session}/undo", json={}).json())["changed"]
     assert mirror[tuple(centre)] == 1
     apply(client.post(f"/api/sessions/{session}/redo", json={}).json())
     second_object = client.post(f"/api/sessions/{session}/objects", json={"name": "second"}).json()
     assert second_object["object"] == 2 and [o["name"] for o in second_object["objects"]][1] == "second"
-    apply(client.post(f"/api/sessions/{session}/box", json={"corner_a": [10, 10, 5], "corner_b": [40, 40, 20], "object": 2}).json())
+    apply(
+        client.post(
+            f"/api/sessions/{session}/box", json={"corner_a": [10, 10, 5], "corner_b": [40, 40, 20], "object": 2}
+        ).json()
+    )
     apply(client.post(f"/api/sessions/{session}/reset", json={"object": 2}).json())
     downloaded = client.get(f"/api/sessions/{session}/labels?format=nii.gz")
     assert downloaded.status_code == 200
@@ -105,7 +112,9 @@ def test_world_clicks_initial_mask_uncertainty_and_image(client, tmp_path):
     session = open_sphere(client)
     volume, truth = sphere_volume()
     world = volume.index_to_world(np.array([centre_voxel()], dtype=float))[0]
-    answer = client.post(f"/api/sessions/{session}/clicks", json={"points": [world.tolist()], "coordinates": "lps"}).json()
+    answer = client.post(
+        f"/api/sessions/{session}/clicks", json={"points": [world.tolist()], "coordinates": "lps"}
+    ).json()
     assert decode_region(answer["region"])[1].any()
     uncertainty = client.post(f"/api/sessions/{session}/uncertainty", json={"samples": 4}).json()
     assert uncertainty["unit"] == "bits" and decode_region(uncertainty["region"])[1].dtype == np.uint8

@@ -52,7 +52,11 @@ def streamed(client, path: str, body: dict) -> list[dict]:
 
 def test_models_lists_2d_and_3d_models_with_their_prompts(client):
     models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
-    assert models["default"]["dims"] == 3 and models["default"]["available"] and models["default"]["prompts"] == ["point", "box"]
+    assert (
+        models["default"]["dims"] == 3
+        and models["default"]["available"]
+        and models["default"]["prompts"] == ["point", "box"]
+    )
     assert models["bright-in-box"]["dims"] == 2 and models["bright-in-box"]["prompts"] == ["box"]
     assert models["litemedsam"]["dims"] == 2 and models["litemedsam"]["clicks"] == "box edits"
     assert models["sam-med2d"]["prompts"] == ["point", "box"] and not models["sam-med2d"]["available"]
@@ -66,8 +70,11 @@ def test_a_one_slice_box_streams_the_growing_mask_then_clicks_correct_it(client)
     assert opened["model"] == "bright-in-box" and opened["dims"] == 2
     sid = opened["id"]
     where = np.argwhere(inside[:, :, 10])
-    lines = streamed(client, f"/api/sessions/{sid}/box",
-                     {"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]})
+    lines = streamed(
+        client,
+        f"/api/sessions/{sid}/box",
+        {"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]},
+    )
     progress, (result,) = lines[:-1], lines[-1:]
     assert [p["event"] for p in progress] == ["progress"] * 11 and result["event"] == "result"
     assert [p["done"] for p in progress] == list(range(1, 12)) and result["slices"] == 11
@@ -99,8 +106,10 @@ def test_a_3d_model_gives_a_one_slice_box_a_depth(client):
     volume, inside = ellipsoid_volume()
     sid = client.post("/api/sessions", json={"path": "ellipsoid.nii.gz"}).json()["id"]
     where = np.argwhere(inside[:, :, 10])
-    answer = client.post(f"/api/sessions/{sid}/box", json={"corner_a": [*where.min(0).tolist(), 10],
-                                                           "corner_b": [*where.max(0).tolist(), 10]})
+    answer = client.post(
+        f"/api/sessions/{sid}/box",
+        json={"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]},
+    )
     assert answer.status_code == 200, answer.text
     painted = labels_of([answer.json()], volume.shape)
     assert set(np.nonzero(painted.any(axis=(0, 1)))[0].tolist()) > {9, 10, 11}  # more than the drawn slice
@@ -136,8 +145,11 @@ def test_litemedsam_segments_liver_and_spleen_from_a_one_slice_box_through_the_s
             plane = np.argwhere(truth[:, :, middle])  # the box from the label on its middle slice
             client.post(f"/api/sessions/{sid}/objects", json={})
             started = time.perf_counter()
-            lines = streamed(client, f"/api/sessions/{sid}/box", {"corner_a": [*plane.min(0).tolist(), int(middle)],
-                                                                  "corner_b": [*plane.max(0).tolist(), int(middle)]})
+            lines = streamed(
+                client,
+                f"/api/sessions/{sid}/box",
+                {"corner_a": [*plane.min(0).tolist(), int(middle)], "corner_b": [*plane.max(0).tolist(), int(middle)]},
+            )
             seconds = time.perf_counter() - started
             assert lines[-1]["event"] == "result" and len(lines) > 10
             session = app.state.store.get(sid).session
@@ -151,7 +163,9 @@ def test_litemedsam_segments_liver_and_spleen_from_a_one_slice_box_through_the_s
                 answer = client.post(f"/api/sessions/{sid}/clicks", json={"points": [voxel], "positive": False}).json()
                 corrected = session.mask(lines[-1]["object"])
                 assert not corrected[tuple(voxel)] and answer["timings_ms"]["encoder"] == 0
-                print(f"  after an exclude click: Dice {dice(corrected, truth):.3f} ({answer['timings_ms']['server']:.0f} ms)")
+                print(
+                    f"  after an exclude click: Dice {dice(corrected, truth):.3f} ({answer['timings_ms']['server']:.0f} ms)"
+                )
                 assert dice(corrected, truth) >= dice(mask, truth) - 0.02
 
 

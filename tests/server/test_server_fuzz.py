@@ -91,20 +91,48 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
         ("post", "/api/sessions", {"json": {"path": "../" * 40 + "etc/passwd"}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("x" * 300 + ".nii.gz", b"\x1f\x8b junk")}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("a\x00b.nii.gz", b"\x1f\x8b junk")}}, 400),
-        ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nii.gz", nifti_header_only((1024, 1024, 512)))}}, 400),
-        ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nii.gz", nifti_header_only((600, 600, 600), np.float64))}}, 400),
+        (
+            "post",
+            "/api/sessions/upload",
+            {"files": {"file": ("bomb.nii.gz", nifti_header_only((1024, 1024, 512)))}},
+            400,
+        ),
+        (
+            "post",
+            "/api/sessions/upload",
+            {"files": {"file": ("bomb.nii.gz", nifti_header_only((600, 600, 600), np.float64))}},
+            400,
+        ),
         ("post", "/api/sessions/upload", {"files": {"file": ("bomb.nrrd", NRRD_BOMB)}}, 400),
-        ("post", "/api/sessions/upload", {"files": {"file": ("many.zip", zip_of({f"{i}.dcm": b"x" for i in range(60)}))}}, 400),
+        (
+            "post",
+            "/api/sessions/upload",
+            {"files": {"file": ("many.zip", zip_of({f"{i}.dcm": b"x" for i in range(60)}))}},
+            400,
+        ),
         ("post", "/api/sessions/upload", {"files": {"file": ("zeros.zip", zip_of({"a.dcm": bytes(4 << 20)}))}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("long.zip", zip_of({"x" * 300 + ".dcm": b"x"}))}}, 400),
         ("post", "/api/sessions/upload", {"files": {"file": ("big.nii.gz", bytes(4 << 20))}}, 413),
-        ("post", "/api/sessions/upload", {"content": iter([PART_HEAD] + [bytes(1 << 16)] * 80),
-                                          "headers": {"content-type": "multipart/form-data; boundary=x"}}, 413),
-        ("post", "/api/sessions", {"content": b"{" + b" " * (2 << 20) + b"}",
-                                   "headers": {"content-type": "application/json"}}, 413),
+        (
+            "post",
+            "/api/sessions/upload",
+            {
+                "content": iter([PART_HEAD] + [bytes(1 << 16)] * 80),
+                "headers": {"content-type": "multipart/form-data; boundary=x"},
+            },
+            413,
+        ),
+        (
+            "post",
+            "/api/sessions",
+            {"content": b"{" + b" " * (2 << 20) + b"}", "headers": {"content-type": "application/json"}},
+            413,
+        ),
         ("post", "/api/sessions/nope/clicks", {"json": {"points": [[1, 2, 3]]}}, 404),
     ]
-    with make_client(data_dir, temp_root, api_key=KEY, max_upload_mb=3, max_unpacked_mb=3, max_zip_entries=50) as client:
+    with make_client(
+        data_dir, temp_root, api_key=KEY, max_upload_mb=3, max_unpacked_mb=3, max_zip_entries=50
+    ) as client:
         key = {"X-API-Key": KEY}
         assert client.get("/api/files", headers=key).json()["files"] == ["sphere.nii.gz"]  # loops listed as nothing
         for method, path, kwargs, status in corpus:
@@ -115,18 +143,23 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
             detail = response.json()["detail"]
             assert str(temp_root) not in detail and str(data_dir) not in detail, detail
             assert session_folders(temp_root) == []
-        bomb = client.post("/api/sessions/upload", headers=key,
-                           files={"file": ("bomb.nii.gz", nifti_header_only((1024, 1024, 512)))}).json()["detail"]
+        bomb = client.post(
+            "/api/sessions/upload", headers=key, files={"file": ("bomb.nii.gz", nifti_header_only((1024, 1024, 512)))}
+        ).json()["detail"]
         assert "voxels" in bomb and "bomb.nii.gz" in bomb
         long_name = client.post("/api/sessions/upload", headers=key, files={"file": ("y" * 300 + ".nii.gz", sphere)})
         assert long_name.status_code == 200, long_name.text
         assert len(long_name.json()["name"]) <= 100
         assert len(session_folders(temp_root)) == 1
-        mask = client.post(f"/api/sessions/{long_name.json()['id']}/mask", headers=key,
-                           files={"file": ("mask.nii.gz", bytes(4 << 20))})
+        mask = client.post(
+            f"/api/sessions/{long_name.json()['id']}/mask", headers=key, files={"file": ("mask.nii.gz", bytes(4 << 20))}
+        )
         assert mask.status_code == 413
-        mask = client.post(f"/api/sessions/{long_name.json()['id']}/mask", headers=key,
-                           files={"file": ("mask.nii.gz", nifti_header_only((1024, 1024, 512)))})
+        mask = client.post(
+            f"/api/sessions/{long_name.json()['id']}/mask",
+            headers=key,
+            files={"file": ("mask.nii.gz", nifti_header_only((1024, 1024, 512)))},
+        )
         assert mask.status_code == 400 and "voxels" in mask.json()["detail"]
         assert len(list(session_folders(temp_root)[0].iterdir())) == 1  # only the upload itself
         assert client.delete(f"/api/sessions/{long_name.json()['id']}", headers=key).status_code == 200
@@ -136,8 +169,11 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
 
 def test_key_is_checked_on_bytes_on_every_route(data_dir, temp_root):
     with make_client(data_dir, temp_root, api_key=KEY) as client:
-        routes = [(method, path.replace("{session_id}", "x")) for path, methods in client.app.openapi()["paths"].items()
-                  for method in methods]
+        routes = [
+            (method, path.replace("{session_id}", "x"))
+            for path, methods in client.app.openapi()["paths"].items()
+            for method in methods
+        ]
         assert len(routes) >= 18
         for value in (b"\xff\xfe", "s3crét".encode(), b"s3cret\x00", b""):
             for method, path in routes:
@@ -155,7 +191,9 @@ def test_host_header_cors_and_docs_page(data_dir, temp_root):
             assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
         answer = client.get("/api/health", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in answer.headers
-        preflight = client.options("/api/sessions", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        preflight = client.options(
+            "/api/sessions", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in preflight.headers
         docs = client.get("/docs")
         assert docs.status_code == 200 and "/openapi.json" in docs.text and "<script src=" not in docs.text
@@ -250,7 +288,9 @@ def test_refused_before_the_body_busy_session_and_shutdown(data_dir, temp_root):
             def click() -> None:
                 with httpx.Client(base_url=base, headers=key, timeout=30) as own:
                     try:
-                        statuses.append(own.post(f"/api/sessions/{session}/clicks", json={"points": [[60, 50, 22]] * 4}).status_code)
+                        statuses.append(
+                            own.post(f"/api/sessions/{session}/clicks", json={"points": [[60, 50, 22]] * 4}).status_code
+                        )
                     except httpx.HTTPError:  # the server stopping under it (the last one)
                         statuses.append(0)
 
@@ -270,9 +310,14 @@ def test_refused_before_the_body_busy_session_and_shutdown(data_dir, temp_root):
             assert max(latencies) < 1.0, latencies
             assert set(statuses) <= {200, 503} and 503 in statuses  # 12 x 0.3 s queued on one session > 1.5 s deadline
             time.sleep(1.5)  # let the cancelled work roll back
-            applied = statuses.count(200)  # one undo step per request (its 4 clicks are one interaction); the refused left none
+            applied = statuses.count(
+                200
+            )  # one undo step per request (its 4 clicks are one interaction); the refused left none
             assert len(client.get(f"/api/sessions/{session}").json()["objects"]) == (applied > 0)
-            undo = [client.post(f"/api/sessions/{session}/undo", json={}).json()["changed"] for _ in range(applied + 1 if applied else 0)]
+            undo = [
+                client.post(f"/api/sessions/{session}/undo", json={}).json()["changed"]
+                for _ in range(applied + 1 if applied else 0)
+            ]
             assert undo == [True] * applied + [False] * bool(applied)
             started = time.perf_counter()
             threading.Thread(target=click).start()

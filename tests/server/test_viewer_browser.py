@@ -27,8 +27,15 @@ from ..helpers import IntensityModel, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 SPACING = np.array([1.5, 1.5, 3.0])
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-viewer.png"
@@ -83,7 +90,9 @@ def as_stream(route):
     answer = response.json()
     WRAPPED.append(route.request.url)
     lines = [{"event": "progress", "done": 1, "total": 1, "region": answer["region"]}, {"event": "result", **answer}]
-    route.fulfill(status=200, content_type="application/x-ndjson", body="".join(json.dumps(line) + "\n" for line in lines))
+    route.fulfill(
+        status=200, content_type="application/x-ndjson", body="".join(json.dumps(line) + "\n" for line in lines)
+    )
 
 
 TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
@@ -124,7 +133,9 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         # display: a CT opens in the soft-tissue window, radiological (the patient's right on the screen's left)
         assert page.input_value("#window") == "40,400"
         assert page.evaluate("window.fastsam3d.nv.opts.isRadiologicalConvention") is True
-        right, left = page.evaluate("""() => [[-40, 0, 0], [40, 0, 0]].map((mm) => window.fastsam3d.toCanvas(mm, 0)[0])""")
+        right, left = page.evaluate(
+            """() => [[-40, 0, 0], [40, 0, 0]].map((mm) => window.fastsam3d.toCanvas(mm, 0)[0])"""
+        )
         assert left < right  # RAS +x (the patient's right) is drawn on the left in radiological display
         before = object_pixels(page.locator("#gl").screenshot())
 
@@ -137,9 +148,15 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         paint_ms = float(page.evaluate("document.body.dataset.paintMs"))
         markers = page.evaluate("window.fastsam3d.markers()")
         include = [m for m in markers if m["kind"] == "include" and m["tile"] == 0]
-        assert len(include) == 1 and abs(include[0]["x"] - at[0]) < 5 and abs(include[0]["y"] - at[1]) < 5, (markers, at)  # NiiVue snaps to voxel centres
-        green = page.evaluate("""([x, y]) => { const c = document.getElementById('marks'); const d = devicePixelRatio;
-            return Array.from(c.getContext('2d').getImageData(Math.round(x * d), Math.round(y * d), 1, 1).data); }""", at)
+        assert len(include) == 1 and abs(include[0]["x"] - at[0]) < 5 and abs(include[0]["y"] - at[1]) < 5, (
+            markers,
+            at,
+        )  # NiiVue snaps to voxel centres
+        green = page.evaluate(
+            """([x, y]) => { const c = document.getElementById('marks'); const d = devicePixelRatio;
+            return Array.from(c.getContext('2d').getImageData(Math.round(x * d), Math.round(y * d), 1, 1).data); }""",
+            at,
+        )
         assert green[1] > 200 and green[0] < 50, green  # a green include marker on the overlay canvas
         assert "round trip" in page.locator("#latency").inner_text()
         assert "axial slice" in page.locator("#crosshair").inner_text()
@@ -185,17 +202,31 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         assert page.evaluate("document.body.dataset.status") == "ready"
 
         # a refused request shows the error and clears the busy state
-        page.evaluate("window.fastsam3d.interact('clicks', {points: [[5000, 0, 0]], positive: true, coordinates: 'ras'})")
+        page.evaluate(
+            "window.fastsam3d.interact('clicks', {points: [[5000, 0, 0]], positive: true, coordinates: 'ras'})"
+        )
         page.wait_for_selector("body[data-status=error]", timeout=30_000)
         assert "outside the volume" in page.locator("#status").inner_text()
         assert page.evaluate("window.fastsam3d.state.busy") is False
         # a stream that paints a slice, then fails: the slice is taken back
         labelled = page.evaluate("document.body.dataset.labelled")
-        piece = {"start": [10, 10, 5], "stop": [30, 30, 6], "dtype": "uint8", "order": "F", "encoding": "zlib+base64",
-                 "data": base64.b64encode(zlib.compress(np.full(400, 3, np.uint8).tobytes())).decode()}
-        page.route("**/clicks?stream=true", lambda route: route.fulfill(status=200, content_type="application/x-ndjson",
-                   body=json.dumps({"event": "progress", "done": 1, "total": None, "region": piece}) + "\n"
-                        '{"event": "error", "detail": "model failed on slice 3", "status": 500}\n'))
+        piece = {
+            "start": [10, 10, 5],
+            "stop": [30, 30, 6],
+            "dtype": "uint8",
+            "order": "F",
+            "encoding": "zlib+base64",
+            "data": base64.b64encode(zlib.compress(np.full(400, 3, np.uint8).tobytes())).decode(),
+        }
+        page.route(
+            "**/clicks?stream=true",
+            lambda route: route.fulfill(
+                status=200,
+                content_type="application/x-ndjson",
+                body=json.dumps({"event": "progress", "done": 1, "total": None, "region": piece}) + "\n"
+                '{"event": "error", "detail": "model failed on slice 3", "status": 500}\n',
+            ),
+        )
         page.evaluate("window.fastsam3d.interact('clicks', {points: [[0, 0, 0]], positive: true, coordinates: 'ras'})")
         assert "model failed on slice 3" in page.locator("#status").inner_text()  # a stream's error event
         assert page.evaluate("window.fastsam3d.state.busy") is False
@@ -220,8 +251,10 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
             page.click("button[data-format='nii.gz']")
         download.value.save_as(tmp_path / "seg.nii.gz")
         browser.close()
-    print(f"overlay pixels before/after the click: {before}/{after}; answer to paint: click {paint_ms:.0f} ms, "
-          f"box {box_paint_ms:.0f} ms; uncertain voxels shown: {uncertain} of {region}")
+    print(
+        f"overlay pixels before/after the click: {before}/{after}; answer to paint: click {paint_ms:.0f} ms, "
+        f"box {box_paint_ms:.0f} ms; uncertain voxels shown: {uncertain} of {region}"
+    )
     assert not errors, errors
     assert np.linalg.norm(np.array(clicked) - target) < 2.0  # the click reached the server where it was aimed (mm)
     assert after > before + 1000, (before, after)  # the overlay is drawn (before: only crosshair edges)
@@ -233,5 +266,7 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
     assert ((labels == 1) & truth_a).sum() > 0.95 * truth_a.sum()
     distance = np.linalg.norm((np.argwhere(labels == 1) - centre_a) * SPACING, axis=1)
     assert distance.max() < 24.0 + 9.0, distance.max()
-    assert labels[tuple(centre_b)] == 2 and ((labels == 2) & truth_b).sum() > 0.6 * truth_b.sum()  # the slab covers most of B
+    assert (
+        labels[tuple(centre_b)] == 2 and ((labels == 2) & truth_b).sum() > 0.6 * truth_b.sum()
+    )  # the slab covers most of B
     assert 0 < uncertain < 0.15 * region  # a band around the object, not the whole ROI

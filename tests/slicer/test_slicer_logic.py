@@ -109,8 +109,12 @@ def test_effect_applies_only_the_changed_region_with_masking(server_url):
     other = np.zeros(array.shape, np.uint8)
     other[truth] = 1  # another segment under the object, overwritten where the object is painted
     sizes = []
-    for request in (lambda: logic.click(ras, True, label), lambda: logic.click(ras, False, label),
-                    lambda: logic.undo(label), lambda: logic.redo(label)):
+    for request in (
+        lambda: logic.click(ras, True, label),
+        lambda: logic.click(ras, False, label),
+        lambda: logic.undo(label),
+        lambda: logic.redo(label),
+    ):
         answer = Background(request).wait(60)
         extent, mask = segment_region(answer, logic.labels, label)
         sizes.append(mask.size)
@@ -179,8 +183,14 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
             self.scriptedEffect = scriptedEffect
 
     base.AbstractScriptedSegmentEditorEffect = Abstract
-    for name, module in (("qt", mock.MagicMock()), ("slicer", slicer), ("vtk", vtk), ("vtk.util", vtk.util),
-                         ("vtk.util.numpy_support", numpy_support), ("SegmentEditorEffects", base)):
+    for name, module in (
+        ("qt", mock.MagicMock()),
+        ("slicer", slicer),
+        ("vtk", vtk),
+        ("vtk.util", vtk.util),
+        ("vtk.util.numpy_support", numpy_support),
+        ("SegmentEditorEffects", base),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     effect_module = importlib.import_module("FastSAM3DLib.SegmentEditorEffect")
     effect_module = importlib.reload(effect_module)
@@ -213,7 +223,7 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
     _modifier, _mode, extent = scripted.modifySelectedSegmentByLabelmap.call_args[0]
     i0, i1, j0, j1, k0, k1 = extent
     mask = scalars["array"].reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
-    np.testing.assert_array_equal(mask, effect.logic.labels[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] == 1)
+    np.testing.assert_array_equal(mask, effect.logic.labels[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] == 1)
     assert mask.sum() > 0.9 * truth.sum()
     effect.logic.close()
 

@@ -28,7 +28,9 @@ def teacher_features(tmp_path_factory):
     torch.manual_seed(0)
     teacher = build_model("tiny-teacher")
     save_model(teacher, folder / "teacher.safetensors")
-    labels = prepare_labels(str(folder / "teacher.safetensors"), folder / "labels", 4, TrainSettings(seed=3), progress=False)
+    labels = prepare_labels(
+        str(folder / "teacher.safetensors"), folder / "labels", 4, TrainSettings(seed=3), progress=False
+    )
     return folder, teacher, labels
 
 
@@ -50,8 +52,9 @@ def test_prepared_features_are_the_teachers(teacher_features):
 
 def test_progressive_distillation_lowers_the_trained_layers_loss(teacher_features):
     folder, teacher, labels = teacher_features
-    student_path = distill(labels, folder / "student", "tiny-student", epochs=5, layer_epochs=3, accumulation=1,
-                           lr=2e-3, progress=False)
+    student_path = distill(
+        labels, folder / "student", "tiny-student", epochs=5, layer_epochs=3, accumulation=1, lr=2e-3, progress=False
+    )
     rows = list(csv.reader((folder / "student" / "distill.csv").read_text().splitlines()))
     header, rows = rows[0], rows[1:]
     assert header[:5] == ["epoch", "training", "mse s2<-t2", "mse s4<-t4", "mse neck<-neck"]

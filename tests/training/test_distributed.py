@@ -14,11 +14,40 @@ from fastsam3d.registry import load_model
 @pytest.mark.slow
 def test_two_process_torchrun_training_keeps_ranks_identical(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "fastsam3d.cli", "train",
-               "--config", "tiny-student", "--steps", "3", "--rounds", "1", "--workers", "0", "--loss-size", "32",
-               "--epoch-steps", "2", "--out", str(tmp_path / "run")]
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastsam3d.cli",
+        "train",
+        "--config",
+        "tiny-student",
+        "--steps",
+        "3",
+        "--rounds",
+        "1",
+        "--workers",
+        "0",
+        "--loss-size",
+        "32",
+        "--epoch-steps",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     environment = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, env=environment, check=False)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        env=environment,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "weights identical on all 2 ranks" in output

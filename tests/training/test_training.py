@@ -38,8 +38,16 @@ def test_training_steps_reduce_the_loss():
 
 
 def _tiny(**overrides) -> TrainSettings:
-    settings = {"config": "tiny-student", "minutes": None, "rounds": 2, "workers": 0, "validation_samples": 1,
-                "epoch_steps": 1000, "progress": False, "loss_size": 32}
+    settings = {
+        "config": "tiny-student",
+        "minutes": None,
+        "rounds": 2,
+        "workers": 0,
+        "validation_samples": 1,
+        "epoch_steps": 1000,
+        "progress": False,
+        "loss_size": 32,
+    }
     return TrainSettings(**(settings | overrides))
 
 
@@ -112,7 +120,9 @@ def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_pa
 
     base = build_model("tiny-student")
     save_model(base, tmp_path / "base.safetensors")
-    exported = train(tmp_path / "run", _tiny(max_steps=2, init=str(tmp_path / "base.safetensors"), peft="hyper", cluster_after=2))
+    exported = train(
+        tmp_path / "run", _tiny(max_steps=2, init=str(tmp_path / "base.safetensors"), peft="hyper", cluster_after=2)
+    )
     adapters = load_file(str(tmp_path / "run" / "adapters.safetensors"))
     assert any(k.startswith("image_encoder.hyper_adapter.") for k in adapters)
     assert not any(k.startswith("image_encoder.blocks.") and "factors" not in k for k in adapters)
@@ -121,8 +131,11 @@ def test_parameter_efficient_fine_tuning_trains_only_adapters_and_exports(tmp_pa
     frozen_keys = [k for k in base.state_dict() if k.startswith("image_encoder.") and ".attn." not in k]
     for key in frozen_keys:  # everything outside the adapted projections is untouched
         torch.testing.assert_close(tuned.state_dict()[key], base.state_dict()[key].half().float())
-    assert any(not torch.equal(tuned.state_dict()[k], base.state_dict()[k].half().float())
-               for k in base.state_dict() if k.startswith("mask_decoder."))
+    assert any(
+        not torch.equal(tuned.state_dict()[k], base.state_dict()[k].half().float())
+        for k in base.state_dict()
+        if k.startswith("mask_decoder.")
+    )
 
 
 @pytest.mark.slow

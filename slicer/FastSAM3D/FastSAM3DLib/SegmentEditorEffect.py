@@ -65,10 +65,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
 
     def helpText(self):
-        return ("<html>Interactive 3D segmentation through a <tt>fastsam3d serve</tt> server.<br>"
-                "<b>Left click</b>: include point; <b>Shift+click</b> or <b>E</b>: exclude; <b>B</b>: box by two corners "
-                "on one slice; <b>I</b>: include mode; <b>Esc</b>: cancel the box. The selected segment is updated where the "
-                "model changed it, honouring masking and overwrite; Ctrl+Z undoes like any other effect.</html>")
+        return (
+            "<html>Interactive 3D segmentation through a <tt>fastsam3d serve</tt> server.<br>"
+            "<b>Left click</b>: include point; <b>Shift+click</b> or <b>E</b>: exclude; <b>B</b>: box by two corners "
+            "on one slice; <b>I</b>: include mode; <b>Esc</b>: cancel the box. The selected segment is updated where the "
+            "model changed it, honouring masking and overwrite; Ctrl+Z undoes like any other effect.</html>"
+        )
 
     # --- options ------------------------------------------------------------------------
 
@@ -131,8 +133,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _connected(self, models):
         self.modelBox.clear()
         for model in models:
-            self.modelBox.addItem(f"{model['name']} ({model['dims']}D)" if model["available"] else f"{model['name']} (not installed)",
-                                  model["name"])
+            self.modelBox.addItem(
+                f"{model['name']} ({model['dims']}D)" if model["available"] else f"{model['name']} (not installed)",
+                model["name"],
+            )
         self.statusLabel.text = f"connected to {self.logic.url}"
 
     # --- requests off the GUI thread ---------------------------------------------------
@@ -165,7 +169,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.statusLabel.text = "connect to a server first"
             return
         parameters = self.scriptedEffect.parameterSetNode()
-        volume = parameters.GetSourceVolumeNode() if hasattr(parameters, "GetSourceVolumeNode") else parameters.GetMasterVolumeNode()
+        volume = (
+            parameters.GetSourceVolumeNode()
+            if hasattr(parameters, "GetSourceVolumeNode")
+            else parameters.GetMasterVolumeNode()
+        )
         segment_id = parameters.GetSelectedSegmentID()
         if volume is None or not segment_id:
             self.statusLabel.text = "select a source volume and a segment"
@@ -212,7 +220,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars()).reshape(mask.shape)[:] = mask
         self.scriptedEffect.saveStateForUndo()
         self.scriptedEffect.modifySelectedSegmentByLabelmap(
-            modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, list(extent))
+            modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, list(extent)
+        )
 
     # --- interaction (only while this effect is active) --------------------------------
 

@@ -52,14 +52,24 @@ class FastSAM3DLogic:
         """Every model the server lists, its default first: ``{"name", "dims", "prompts", "available",
         "description"}`` (servers that list names only get ``dims`` 3, both prompts, available)."""
         answer = self._request("GET", "/api/models")
-        models = [{"name": m, "dims": 3, "prompts": ["point", "box"], "available": True, "description": ""}
-                  if isinstance(m, str) else {"dims": 3, "prompts": ["point", "box"], "available": True, "description": "", **m}
-                  for m in answer.get("models", [])]
+        models = [
+            {"name": m, "dims": 3, "prompts": ["point", "box"], "available": True, "description": ""}
+            if isinstance(m, str)
+            else {"dims": 3, "prompts": ["point", "box"], "available": True, "description": "", **m}
+            for m in answer.get("models", [])
+        ]
         default = answer.get("default")
         return sorted(models, key=lambda m: m["name"] != default)
 
-    def _request(self, method: str, path: str, payload: dict | None = None, body: bytes | None = None,
-                 content_type: str | None = None, raw: bool = False):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        payload: dict | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        raw: bool = False,
+    ):
         headers = {}
         if self.api_key:
             headers["X-API-Key"] = self.api_key
@@ -84,7 +94,9 @@ class FastSAM3DLogic:
 
     # --- volume -------------------------------------------------------------------------
 
-    def open_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume", model: str | None = None) -> dict:
+    def open_volume(
+        self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "volume", model: str | None = None
+    ) -> dict:
         """Upload a volume (Slicer array order (k, j, i) and its 4x4 IJK-to-RAS matrix); ``model``
         is one of :meth:`models` (default: the server's)."""
         array_kji = np.asarray(array_kji)
@@ -97,7 +109,9 @@ class FastSAM3DLogic:
             with open(path, "rb") as handle:
                 body, content_type = _multipart("file", f"{name}.nii.gz", handle.read())
         query = "?" + urllib.parse.urlencode({"model": model}) if model else ""
-        self._start(self._request("POST", f"/api/sessions/upload{query}", body=body, content_type=content_type), array_kji.shape)
+        self._start(
+            self._request("POST", f"/api/sessions/upload{query}", body=body, content_type=content_type), array_kji.shape
+        )
         return self.session
 
     def open_path(self, path: str, shape_kji: tuple[int, int, int] | None = None, model: str | None = None) -> dict:
@@ -130,21 +144,47 @@ class FastSAM3DLogic:
 
     def click(self, ras, positive: bool = True, label: int | None = None) -> dict:
         """An include (``positive``) or exclude point in world RAS millimetres."""
-        return self._apply(self._call("clicks", {"points": [list(map(float, ras))], "positive": positive,
-                                                 "coordinates": "ras", "object": label or self.active}))
+        return self._apply(
+            self._call(
+                "clicks",
+                {
+                    "points": [list(map(float, ras))],
+                    "positive": positive,
+                    "coordinates": "ras",
+                    "object": label or self.active,
+                },
+            )
+        )
 
     def box(self, ras_a, ras_b, label: int | None = None) -> dict:
         """A 3D box by two opposite corners in world RAS millimetres (e.g. a markups ROI's bounds)."""
-        return self._apply(self._call("box", {"corner_a": list(map(float, ras_a)), "corner_b": list(map(float, ras_b)),
-                                              "coordinates": "ras", "object": label or self.active}))
+        return self._apply(
+            self._call(
+                "box",
+                {
+                    "corner_a": list(map(float, ras_a)),
+                    "corner_b": list(map(float, ras_b)),
+                    "coordinates": "ras",
+                    "object": label or self.active,
+                },
+            )
+        )
 
-    def flat_box(self, ijk_to_ras: np.ndarray, ras_a, ras_b, depth_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def flat_box(
+        self, ijk_to_ras: np.ndarray, ras_a, ras_b, depth_mm: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Two corners clicked on one slice (world RAS) -> the two RAS corners to send. For a 2D model
         the flat box as is (it segments that slice and propagates); for a 3D model a slab ``depth_mm``
         thick (default: as deep as the rectangle's mean side) centred on the slice, as the web viewer
         and the napari plugin do."""
-        return flat_box_corners(ijk_to_ras, ras_a, ras_b, self.session.get("dims", 3) if self.session else 3,
-                                self.labels.shape[::-1] if self.labels is not None else None, depth_mm)
+        return flat_box_corners(
+            ijk_to_ras,
+            ras_a,
+            ras_b,
+            self.session.get("dims", 3) if self.session else 3,
+            self.labels.shape[::-1] if self.labels is not None else None,
+            depth_mm,
+        )
 
     def undo(self, label: int | None = None) -> dict:
         return self._apply(self._call("undo", {"object": label or self.active}))
@@ -186,14 +226,23 @@ def segment_region(answer: dict, labels_kji: np.ndarray, label: int):
     region = answer.get("region")
     if not region:
         return None
-    box = (slice(region["start"][2], region["stop"][2]), slice(region["start"][1], region["stop"][1]),
-           slice(region["start"][0], region["stop"][0]))
+    box = (
+        slice(region["start"][2], region["stop"][2]),
+        slice(region["start"][1], region["stop"][1]),
+        slice(region["start"][0], region["stop"][0]),
+    )
     extent = tuple(v for a in range(3) for v in (region["start"][a], region["stop"][a] - 1))
     return extent, (labels_kji[box] == label).astype(np.uint8)
 
 
-def apply_segment_region(segment_kji: np.ndarray, extent, mask_kji: np.ndarray, editable_kji: np.ndarray | None = None,
-                         others_kji: np.ndarray | None = None, overwrite_others: bool = True) -> None:
+def apply_segment_region(
+    segment_kji: np.ndarray,
+    extent,
+    mask_kji: np.ndarray,
+    editable_kji: np.ndarray | None = None,
+    others_kji: np.ndarray | None = None,
+    overwrite_others: bool = True,
+) -> None:
     """What the Segment Editor does with ``modifySelectedSegmentByLabelmap(modifier, Set, extent)``,
     in numpy (the effect calls Slicer's; this is its model for tests): inside ``extent`` only, the
     segment becomes the mask where editing is allowed (``editable``: the masking settings' editable
@@ -289,14 +338,18 @@ def write_nifti(array_kji: np.ndarray, ijk_to_ras: np.ndarray, path: str) -> Non
 
 def ras_to_ijk(ijk_to_ras: np.ndarray, ras) -> np.ndarray:
     """World RAS millimetres -> continuous (i, j, k)."""
-    return (np.linalg.inv(np.asarray(ijk_to_ras, dtype=np.float64)) @ np.append(np.asarray(ras, dtype=np.float64), 1.0))[:3]
+    return (
+        np.linalg.inv(np.asarray(ijk_to_ras, dtype=np.float64)) @ np.append(np.asarray(ras, dtype=np.float64), 1.0)
+    )[:3]
 
 
 def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     buffer = io.BytesIO()
-    buffer.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-                 "Content-Type: application/octet-stream\r\n\r\n".encode())
+    buffer.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
     buffer.write(content)
     buffer.write(f"\r\n--{boundary}--\r\n".encode())
     return buffer.getvalue(), f"multipart/form-data; boundary={boundary}"

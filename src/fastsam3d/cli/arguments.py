@@ -52,14 +52,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
     parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"), default="auto",
-                        help="image encoder arithmetic: auto (default: on a CPU, ONNX Runtime when fastsam3d[fast] is "
-                        "installed, int8 for the official 3D SAMs, fp32 for the others; else torch), fp32, bf16, int8 "
-                        "(CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"),
+        default="auto",
+        help="image encoder arithmetic: auto (default: on a CPU, ONNX Runtime when fastsam3d[fast] is "
+        "installed, int8 for the official 3D SAMs, fp32 for the others; else torch), fp32, bf16, int8 "
+        "(CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only)",
+    )
 
 
 def add_verbosity(parser: argparse.ArgumentParser, default) -> None:
-    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors; no progress bars")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only warnings and errors; no progress bars"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages")
 
 
@@ -90,8 +96,9 @@ def load_model(args: argparse.Namespace):
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device,
-                      precision=args.precision)
+    return load_model(
+        args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device, precision=args.precision
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> None:

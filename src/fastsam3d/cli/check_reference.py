@@ -18,8 +18,12 @@ def add_parser(subparsers) -> None:
         description="Builds the architecture a fixture describes, loads its state dict strictly, reruns its inputs "
         "and prints the max absolute error per output. Exit status 0 only if every error is within --tolerance.",
     )
-    parser.add_argument("fixtures", nargs="+", type=Path, metavar="FIXTURE", help="e.g. ../shared/reference/ref_small.pt")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"max abs error allowed (default {TOLERANCE:g})")
+    parser.add_argument(
+        "fixtures", nargs="+", type=Path, metavar="FIXTURE", help="e.g. ../shared/reference/ref_small.pt"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help=f"max abs error allowed (default {TOLERANCE:g})"
+    )
     parser.set_defaults(func=run)
 
 

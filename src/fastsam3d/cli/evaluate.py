@@ -19,9 +19,17 @@ def add_parser(subparsers) -> None:
         "results.csv, summary.json, dice_per_click.png, time_per_click.png and report.md into --out. "
         "Exit status 1 when some case failed. Under torchrun the cases are sharded over the ranks.",
     )
-    parser.add_argument("--data", required=True, type=Path, help="manifest/nnU-Net dataset.json, nnU-Net folder or FastSAM3D folder")
-    parser.add_argument("--model", dest="models", action="append", required=True, metavar="NAME|PATH|NAME=CKPT",
-                        help="model to evaluate (repeat for a comparison); 'random-walker' is the classical baseline")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="manifest/nnU-Net dataset.json, nnU-Net folder or FastSAM3D folder"
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="NAME|PATH|NAME=CKPT",
+        help="model to evaluate (repeat for a comparison); 'random-walker' is the classical baseline",
+    )
     parser.add_argument("--protocol", default="center", choices=("fastsam3d", "center", "random", "box+5"))
     parser.add_argument("--clicks", type=int, help="interaction steps per structure (default 5; 6 for box+5)")
     parser.add_argument("--classes", help="comma-separated class names or ids (default: all present)")
@@ -46,15 +54,27 @@ def run(args: argparse.Namespace) -> int:
     classes = [c for c in (args.classes or "").split(",") if c.strip()] or None
     cases = [c.strip() for c in (args.cases or "").split(",") if c.strip()] or None
     summary, failed = evaluate(
-        args.data, args.models, args.out, protocol=args.protocol, steps=args.clicks, classes=classes, case_names=cases,
-        workers=args.workers, seed=args.seed, nsd_tolerance=args.nsd_tolerance, hd95=args.hd95,
-        device=args.device, progress=not args.quiet,
+        args.data,
+        args.models,
+        args.out,
+        protocol=args.protocol,
+        steps=args.clicks,
+        classes=classes,
+        case_names=cases,
+        workers=args.workers,
+        seed=args.seed,
+        nsd_tolerance=args.nsd_tolerance,
+        hd95=args.hd95,
+        device=args.device,
+        progress=not args.quiet,
     )
     for model, values in summary.items():
         curve = ", ".join(f"{v:.3f}" for v in values["dice_per_step"])
-        log.info(f"{model}: {values['structures']} structures, Dice per step [{curve}], "
-                 f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
-                 f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms")
+        log.info(
+            f"{model}: {values['structures']} structures, Dice per step [{curve}], "
+            f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
+            f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms"
+        )
     if summary:
         log.info(f"report: {args.out / 'report.md'}")
     if failed:

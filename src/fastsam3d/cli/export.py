@@ -21,8 +21,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", help="weights for a named model, e.g. FastSAM3D.pth")
     parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
-    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                        help="fp32 (same results as torch) or int8 (dynamically quantised products)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="fp32 (same results as torch) or int8 (dynamically quantised products)",
+    )
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.set_defaults(func=run)
 

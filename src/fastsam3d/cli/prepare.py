@@ -21,10 +21,17 @@ def add_parser(subparsers) -> None:
         "as SAM-Med3D's prepare scripts: images resampled to --spacing (linear), binary masks onto the same grid "
         "(nearest), orientation and position kept; classes smaller than --min-volume in a case are skipped.",
     )
-    nnunet.add_argument("source", type=Path, metavar="SRC", help="nnU-Net dataset folder (dataset.json, imagesTr, labelsTr)")
+    nnunet.add_argument(
+        "source", type=Path, metavar="SRC", help="nnU-Net dataset folder (dataset.json, imagesTr, labelsTr)"
+    )
     nnunet.add_argument("target", type=Path, metavar="DST", help="output root; other datasets' folders there are kept")
     nnunet.add_argument("--spacing", type=float, default=1.5, help="mm")
-    nnunet.add_argument("--min-volume", type=float, default=10.0, help="mm³ a class needs in a case, at the source spacing (official: 10)")
+    nnunet.add_argument(
+        "--min-volume",
+        type=float,
+        default=10.0,
+        help="mm³ a class needs in a case, at the source spacing (official: 10)",
+    )
     nnunet.add_argument("--classes", help="comma-separated class names or ids (default: all)")
     nnunet.add_argument("--overwrite", action="store_true", help="replace this dataset's existing class folders")
     nnunet.set_defaults(func=run)

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> None:
         steps.append((f"uncertainty ({args.samples} samples)", session.timings))
         written.append(session.save_map(uncertainty.full("entropy", volume.shape), args.uncertainty))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}")
+    log.info(
+        f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml); wrote {', '.join(map(str, written))}"
+    )
     if args.timing:
         log.info(f"  precision: {session.precision} (--precision {args.precision})")
         for name, timing in steps:
@@ -115,10 +117,14 @@ def _segment_slicewise(args: argparse.Namespace) -> None:
             if path:
                 written.append(session.save_map(uncertainty.full(which, volume.shape), path))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    log.info(f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {', '.join(map(str, written))}")
+    log.info(
+        f"segmented {int(mask.sum())} voxels ({mask.sum() * voxel_ml:.1f} ml) on {int(mask.any(axis=tuple(a for a in range(3) if a != session.axis)).sum())} slices; wrote {', '.join(map(str, written))}"
+    )
     if args.timing:
         for name, timing in steps:
-            log.info(f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms")
+            log.info(
+                f"  {name}: {timing.slices} slices, encoder {timing.encoder * 1e3:.0f} ms, decoder {timing.decoder * 1e3:.0f} ms"
+            )
 
 
 def _slice_progress(session, quiet: bool):

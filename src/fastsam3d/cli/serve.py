@@ -18,27 +18,52 @@ def add_parser(subparsers) -> None:
         help="REST server with the web viewer",
         description="Serves the API (OpenAPI docs at /docs) and the viewer at /. Binds to localhost unless --host is given.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs --api-key (or --insecure)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind; other than loopback needs --api-key (or --insecure)"
+    )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--data", type=Path, help="folder whose volumes clients may open (nothing outside it is readable)")
+    parser.add_argument(
+        "--data", type=Path, help="folder whose volumes clients may open (nothing outside it is readable)"
+    )
     parser.add_argument("--api-key", help="require this key in the X-API-Key header (default: $FASTSAM3D_API_KEY)")
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
-    parser.add_argument("--allowed-hosts", default="", help="comma-separated Host header names accepted besides "
-                        "localhost, 127.0.0.1, ::1 and --host ('*': any)")
+    parser.add_argument(
+        "--allowed-hosts",
+        default="",
+        help="comma-separated Host header names accepted besides localhost, 127.0.0.1, ::1 and --host ('*': any)",
+    )
     parser.add_argument("--max-sessions", type=int, default=8)
-    parser.add_argument("--cache-mb", type=float, default=256.0,
-                        help="cached ROI features per session in MB (at most max-sessions x this in all; default 256)")
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=256.0,
+        help="cached ROI features per session in MB (at most max-sessions x this in all; default 256)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="volume and mask uploads")
-    parser.add_argument("--max-unpacked-mb", type=float, default=2048.0, help="decoded image size, and unzipped DICOM size")
-    parser.add_argument("--max-voxels", type=int, default=2**28, help="voxels of an opened image (checked from its header)")
+    parser.add_argument(
+        "--max-unpacked-mb", type=float, default=2048.0, help="decoded image size, and unzipped DICOM size"
+    )
+    parser.add_argument(
+        "--max-voxels", type=int, default=2**28, help="voxels of an opened image (checked from its header)"
+    )
     parser.add_argument("--max-zip-entries", type=int, default=5000, help="files in an uploaded DICOM zip")
     parser.add_argument("--max-points", type=int, default=100, help="points in one click request")
-    parser.add_argument("--request-seconds", type=float, default=120.0, help="deadline of one request (waiting and working)")
+    parser.add_argument(
+        "--request-seconds", type=float, default=120.0, help="deadline of one request (waiting and working)"
+    )
     parser.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
-    parser.add_argument("--temp-dir", type=Path, help="temporary root (default: <system temp>/fastsam3d-server); "
-                        "folders of dead servers under it are removed at start")
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-                        help="server log level; 'info' and 'debug' include the access log (default info)")
+    parser.add_argument(
+        "--temp-dir",
+        type=Path,
+        help="temporary root (default: <system temp>/fastsam3d-server); "
+        "folders of dead servers under it are removed at start",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level; 'info' and 'debug' include the access log (default info)",
+    )
     parser.add_argument("--no-access-log", action="store_true", help="no line per request")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -61,18 +86,38 @@ def run(args: argparse.Namespace) -> None:
     check_binding(args.host, api_key, args.insecure)
     extra_hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     settings = ServerSettings(
-        data_dir=args.data, model=args.model, checkpoint=args.checkpoint, device=args.device, api_key=api_key,
-        allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts), max_sessions=args.max_sessions, cache_mb=args.cache_mb,
-        max_upload_mb=args.max_upload_mb, max_unpacked_mb=args.max_unpacked_mb, max_voxels=args.max_voxels,
-        max_zip_entries=args.max_zip_entries, max_points=args.max_points, request_seconds=args.request_seconds,
-        idle_seconds=60 * args.idle_minutes, temp_dir=args.temp_dir, precision=args.precision,
+        data_dir=args.data,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        api_key=api_key,
+        allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts),
+        max_sessions=args.max_sessions,
+        cache_mb=args.cache_mb,
+        max_upload_mb=args.max_upload_mb,
+        max_unpacked_mb=args.max_unpacked_mb,
+        max_voxels=args.max_voxels,
+        max_zip_entries=args.max_zip_entries,
+        max_points=args.max_points,
+        request_seconds=args.request_seconds,
+        idle_seconds=60 * args.idle_minutes,
+        temp_dir=args.temp_dir,
+        precision=args.precision,
     )
     app = create_app(settings)
     if app.state.store.temp.stale_removed:
-        log.info(f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly")
+        log.info(
+            f"removed the temporary folders of {app.state.store.temp.stale_removed} server(s) that stopped uncleanly"
+        )
     if not is_loopback(args.host) and not api_key:
         log.warning(f"serving on {args.host} without an API key (--insecure)")
     log.warning(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
     level = "warning" if args.quiet else args.log_level
-    uvicorn.run(app, host=args.host, port=args.port, log_level=level, access_log=not args.no_access_log,
-                timeout_graceful_shutdown=3)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=level,
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=3,
+    )

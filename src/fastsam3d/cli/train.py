@@ -20,13 +20,19 @@ def add_parser(subparsers) -> None:
         "labelled dataset. Checkpoints with exact --resume, metrics.csv, validation Dice per click every epoch. "
         "Under `torchrun --nproc_per_node N` it trains with DDP.",
     )
-    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, metrics.csv, model.safetensors)")
+    train.add_argument(
+        "--out", type=Path, required=True, help="run folder (checkpoint, metrics.csv, model.safetensors)"
+    )
     train.add_argument("--config", default="compact", help="architecture when training from scratch")
     train.add_argument("--init", help="start from this model name or checkpoint (fine-tuning)")
-    train.add_argument("--data", help="labelled dataset mixed with synthetic crops: dataset.json manifest, nnU-Net or FastSAM3D folder")
+    train.add_argument(
+        "--data", help="labelled dataset mixed with synthetic crops: dataset.json manifest, nnU-Net or FastSAM3D folder"
+    )
     train.add_argument("--real-fraction", type=float, default=0.5, help="share of crops drawn from --data")
     train.add_argument("--holdout", default="", help="comma-separated case names of --data kept for validation")
-    train.add_argument("--peft", default="none", help="none | lora | adapter | hyper, or a '+' combination (frozen encoder)")
+    train.add_argument(
+        "--peft", default="none", help="none | lora | adapter | hyper, or a '+' combination (frozen encoder)"
+    )
     train.add_argument("--cluster-after", type=int, help="token clustering after this encoder block (0-based)")
     train.add_argument("--minutes", type=float, help="wall-time budget (summed over resumed runs)")
     train.add_argument("--steps", type=int, help="step budget (reproducible; the schedule follows it)")
@@ -35,7 +41,9 @@ def add_parser(subparsers) -> None:
     train.add_argument("--lr", type=float, default=4e-4)
     train.add_argument("--epoch-steps", type=int, default=250, help="validate every this many steps")
     train.add_argument("--workers", type=int, default=1, help="data loader processes")
-    train.add_argument("--loss-size", type=int, default=64, help="loss on logits upsampled to this size (the crop size = SAM-Med3D)")
+    train.add_argument(
+        "--loss-size", type=int, default=64, help="loss on logits upsampled to this size (the crop size = SAM-Med3D)"
+    )
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: GPU if present)")
     train.add_argument("--no-amp", action="store_true", help="fp32 on GPU (default: bf16 autocast)")
     train.add_argument("--seed", type=int, default=0)
@@ -85,7 +93,9 @@ def add_parser(subparsers) -> None:
     recipe.add_argument("--scale", type=float, default=1.0, help="multiply the step budget (longer runs on a GPU)")
     recipe.add_argument("--init", help="start from these weights, e.g. `default` to continue the shipped model")
     recipe.add_argument("--seed", type=int, default=0)
-    recipe.add_argument("--minutes", type=float, help="a wall-time budget instead of the step budget (not bit-reproducible)")
+    recipe.add_argument(
+        "--minutes", type=float, help="a wall-time budget instead of the step budget (not bit-reproducible)"
+    )
     recipe.add_argument("--device")
     recipe.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
     recipe.set_defaults(func=run_train_default)
@@ -102,10 +112,24 @@ def run_train(args: argparse.Namespace) -> None:
     if args.steps is None and args.minutes is None:
         args.minutes = 45.0
     settings = TrainSettings(
-        config=args.config, init=args.init, data=args.data, real_fraction=args.real_fraction, holdout=holdout,
-        minutes=args.minutes, max_steps=args.steps, batch_size=args.batch_size, rounds=args.rounds, lr=args.lr,
-        seed=args.seed, epoch_steps=args.epoch_steps, workers=args.workers, peft=args.peft,
-        cluster_after=args.cluster_after, loss_size=args.loss_size, device=args.device, amp=not args.no_amp,
+        config=args.config,
+        init=args.init,
+        data=args.data,
+        real_fraction=args.real_fraction,
+        holdout=holdout,
+        minutes=args.minutes,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        lr=args.lr,
+        seed=args.seed,
+        epoch_steps=args.epoch_steps,
+        workers=args.workers,
+        peft=args.peft,
+        cluster_after=args.cluster_after,
+        loss_size=args.loss_size,
+        device=args.device,
+        amp=not args.no_amp,
         progress=not args.quiet,
     )
     path = train(args.out, settings, resume=args.resume)
@@ -119,7 +143,9 @@ def run_prepare_labels(args: argparse.Namespace) -> None:
     from ..training.trainer import TrainSettings
 
     holdout = _holdout(args)
-    settings = TrainSettings(data=args.data, real_fraction=args.real_fraction, holdout=holdout, device=args.device, seed=args.seed)
+    settings = TrainSettings(
+        data=args.data, real_fraction=args.real_fraction, holdout=holdout, device=args.device, seed=args.seed
+    )
     log.info(f"wrote {prepare_labels(args.teacher, args.out, args.count, settings)}")
 
 
@@ -127,8 +153,19 @@ def run_distill(args: argparse.Namespace) -> None:
     _require_training_extra(args)
     from ..training.distill import distill
 
-    path = distill(args.labels, args.out, args.student, args.epochs, args.layer_epochs, args.layer_map, args.lr,
-                   accumulation=args.accumulation, seed=args.seed, resume=args.resume, device=args.device)
+    path = distill(
+        args.labels,
+        args.out,
+        args.student,
+        args.epochs,
+        args.layer_epochs,
+        args.layer_map,
+        args.lr,
+        accumulation=args.accumulation,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+    )
     if path:
         log.info(f"wrote {path}; fine-tune it with: fastsam3d train --init {path} --out RUN")
 

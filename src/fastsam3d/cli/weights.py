@@ -19,11 +19,17 @@ def add_parser(subparsers) -> None:
         "weights). `--model NAME` downloads them on first use; HF_HUB_OFFLINE=1 forbids downloads.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="name, what it is, licence, size, source, cached or not").set_defaults(func=list_weights)
+    actions.add_parser("list", help="name, what it is, licence, size, source, cached or not").set_defaults(
+        func=list_weights
+    )
     fetch = actions.add_parser("fetch", help="download (resumable) and record the sha256")
     fetch.add_argument("names", nargs="+", metavar="NAME")
-    fetch.add_argument("--accept-licence", "--accept-license", action="store_true",
-                       help="accept a non-open licence without asking (it is printed first)")
+    fetch.add_argument(
+        "--accept-licence",
+        "--accept-license",
+        action="store_true",
+        help="accept a non-open licence without asking (it is printed first)",
+    )
     fetch.set_defaults(func=fetch_weights)
     path = actions.add_parser("path", help="print the local file of a cached checkpoint")
     path.add_argument("name", metavar="NAME")
@@ -38,8 +44,10 @@ def list_weights(args: argparse.Namespace) -> None:
 
     print(f"{'name':18s} {'dims':4s} {'cached':6s} {'size':9s} {'licence':28s} description / source")
     for row in official_models():
-        print(f"{row['name']:18s} {str(row['dims']) + 'D':4s} {'yes' if row['cached'] else 'no':6s} "
-              f"{row['size']:9s} {row['licence']:28s} {row['description']}\n{'':69s} {row['source']}")
+        print(
+            f"{row['name']:18s} {str(row['dims']) + 'D':4s} {'yes' if row['cached'] else 'no':6s} "
+            f"{row['size']:9s} {row['licence']:28s} {row['description']}\n{'':69s} {row['source']}"
+        )
 
 
 def fetch_weights(args: argparse.Namespace) -> None:

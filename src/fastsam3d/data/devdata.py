@@ -75,10 +75,17 @@ def fetch_dev_data(root: Path | None = None, source: Path | None = None) -> Path
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         archive = source or _download(Path(scratch))
         class_maps = _extract(archive, root)
+
     def entries(cases: dict) -> list[dict]:
-        return [{"name": name, "image": f"reference_files/{image}", "label": f"reference_files/{label}",
-                 "labels": {str(k): v for k, v in sorted(class_maps[class_map].items())}}
-                for name, (image, label, class_map) in cases.items()]
+        return [
+            {
+                "name": name,
+                "image": f"reference_files/{image}",
+                "label": f"reference_files/{label}",
+                "labels": {str(k): v for k, v in sorted(class_maps[class_map].items())},
+            }
+            for name, (image, label, class_map) in cases.items()
+        ]
 
     manifest = {
         "name": "TotalSegmentator development data",
@@ -118,7 +125,9 @@ def _extract(archive: Path, root: Path) -> dict[str, dict[int, str]]:
                 if "reference_files" not in parts or not member.isfile():
                     continue
                 relative = "/".join(parts[parts.index("reference_files") + 1 :])
-                if relative.startswith(RESERVED) or not any(relative == w or relative.startswith(w + "/") for w in wanted):
+                if relative.startswith(RESERVED) or not any(
+                    relative == w or relative.startswith(w + "/") for w in wanted
+                ):
                     continue
                 target = root / "reference_files" / relative
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -32,21 +32,34 @@ class LabelledCrops:
     (per loader process; the cache is not pickled, so spawned workers work).
     """
 
-    def __init__(self, data: str, size: int = 128, include: Iterable[str] | None = None, exclude: Iterable[str] = (),
-                 classes: list[str] | None = None, augment: bool = True, min_volume_mm3: float = 3000.0,
-                 shift_mm: float = 15.0, cache: int = 16) -> None:
+    def __init__(
+        self,
+        data: str,
+        size: int = 128,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        classes: list[str] | None = None,
+        augment: bool = True,
+        min_volume_mm3: float = 3000.0,
+        shift_mm: float = 15.0,
+        cache: int = 16,
+    ) -> None:
         cases = load_cases(data, classes)
         wanted = set(include) if include is not None else None
         self.cases = [c for c in cases if (wanted is None or c.name in wanted) and c.name not in set(exclude)]
         if not self.cases:
-            raise FastSAM3DError(f"no cases of {data} left after include={sorted(wanted or [])} exclude={sorted(exclude)}")
+            raise FastSAM3DError(
+                f"no cases of {data} left after include={sorted(wanted or [])} exclude={sorted(exclude)}"
+            )
         self.size, self.augment, self.min_volume, self.shift = size, augment, min_volume_mm3, shift_mm
         self.cache_size, self._cache = cache, OrderedDict()
-        self.intensity = Compose([
-            RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
-            RandGaussianNoise(prob=0.3, std=0.1),
-            RandGaussianSmooth(prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
-        ])
+        self.intensity = Compose(
+            [
+                RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
+                RandGaussianNoise(prob=0.3, std=0.1),
+                RandGaussianSmooth(prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
+            ]
+        )
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_cache": OrderedDict()}
@@ -91,7 +104,9 @@ class LabelledCrops:
                 self.intensity.set_random_state(int(rng.integers(1 << 31)))
                 crop = convert_to_tensor(self.intensity(crop[None]), track_meta=False)[0].float()  # no MetaTensor
             return crop[None].contiguous(), target[None].float().contiguous()
-        raise FastSAM3DError(f"no structure of at least {self.min_volume:.0f} mm³ found in {[c.name for c in self.cases]}")
+        raise FastSAM3DError(
+            f"no structure of at least {self.min_volume:.0f} mm³ found in {[c.name for c in self.cases]}"
+        )
 
     @staticmethod
     def _voxel_of(labels: np.ndarray, box: tuple[slice, ...], structure: int, rng: np.random.Generator) -> np.ndarray:

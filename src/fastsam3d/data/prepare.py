@@ -101,12 +101,22 @@ def _resampled_case(case: Case, spacing: float) -> tuple[Volume, Volume, np.ndar
     grid = isotropic_grid(image, spacing)
     resampled_image = sitk.Resample(image.to_sitk(), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
     resampled_label = sitk.Resample(label.to_sitk(), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
-    image, label = Volume.from_sitk(resampled_image, str(case.image)), Volume.from_sitk(resampled_label, str(case.label))
+    image, label = (
+        Volume.from_sitk(resampled_image, str(case.image)),
+        Volume.from_sitk(resampled_label, str(case.label)),
+    )
     return image, label, volumes_mm3
 
 
-def prepare_nnunet(source: Path, target: Path, spacing: float = 1.5, min_volume_mm3: float = 10.0,
-                   classes: list[str] | None = None, overwrite: bool = False, progress: bool = True) -> PrepareSummary:
+def prepare_nnunet(
+    source: Path,
+    target: Path,
+    spacing: float = 1.5,
+    min_volume_mm3: float = 10.0,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
     """Convert the training cases of ``source`` (an nnU-Net folder) into ``target``; see the module
     docstring. ``classes`` (names or ids) selects classes; ``overwrite`` replaces this dataset's
     class folders in ``target``, which are otherwise refused."""
@@ -116,8 +126,10 @@ def prepare_nnunet(source: Path, target: Path, spacing: float = 1.5, min_volume_
     folders = {name: target / _folder_name(name) / dataset for case in cases for name in case.classes.values()}
     existing = [folder for folder in folders.values() if folder.exists()]
     if existing and not overwrite:
-        raise FastSAM3DError(f"{existing[0]} exists ({len(existing)} class folders of this dataset in {target}): "
-                             "pass --overwrite to replace them")
+        raise FastSAM3DError(
+            f"{existing[0]} exists ({len(existing)} class folders of this dataset in {target}): "
+            "pass --overwrite to replace them"
+        )
     for folder in existing:
         shutil.rmtree(folder)
     summary = PrepareSummary()
@@ -165,14 +177,17 @@ def _training_cases(source: Path, classes: list[str] | None) -> list[Case]:
     if not defined:
         raise FastSAM3DError(f"{source / 'dataset.json'} defines no foreground labels")
     if len({_folder_name(name) for name in defined.values()}) < len(defined):
-        raise FastSAM3DError(f"the class names in {source / 'dataset.json'} do not give one folder per class: "
-                             f"{', '.join(defined.values())}")
+        raise FastSAM3DError(
+            f"the class names in {source / 'dataset.json'} do not give one folder per class: "
+            f"{', '.join(defined.values())}"
+        )
     if not classes:
         return cases
     unknown = [c for c in classes if c not in defined.values() and c not in map(str, defined)]
     if unknown:
-        raise FastSAM3DError(f"--classes {', '.join(unknown)} not in {source / 'dataset.json'} "
-                             f"(it has: {', '.join(defined.values())})")
+        raise FastSAM3DError(
+            f"--classes {', '.join(unknown)} not in {source / 'dataset.json'} (it has: {', '.join(defined.values())})"
+        )
     wanted = set(classes)
     return [replace(c, classes={i: n for i, n in c.classes.items() if n in wanted or str(i) in wanted}) for c in cases]
 

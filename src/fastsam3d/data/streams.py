@@ -67,7 +67,9 @@ class IndexedStream(torch.utils.data.IterableDataset):
     so the order does not depend on ``W``. Use with ``DataLoader(batch_size=None)``.
     """
 
-    def __init__(self, source: Source, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, source: Source, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.start_batch, self.rank, self.world = start_batch, rank, world
 

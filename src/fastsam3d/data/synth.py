@@ -73,8 +73,15 @@ class SynthesisSource:
     Gaussian mixtures; ``shapes_fraction`` are random-shape crops instead.
     """
 
-    def __init__(self, atlases: list[LabelMapAtlas], size: int = 64, spacing: float = 3.0,
-                 real_fraction: float = 0.2, ct_fraction: float = 0.2, shapes_fraction: float = 0.1) -> None:
+    def __init__(
+        self,
+        atlases: list[LabelMapAtlas],
+        size: int = 64,
+        spacing: float = 3.0,
+        real_fraction: float = 0.2,
+        ct_fraction: float = 0.2,
+        shapes_fraction: float = 0.1,
+    ) -> None:
         self.atlases, self.size, self.spacing = atlases, size, spacing
         self.real_fraction, self.ct_fraction, self.shapes_fraction = real_fraction, ct_fraction, shapes_fraction
         self._medians = [_label_medians(a) for a in atlases]
@@ -126,11 +133,27 @@ class SynthesisSource:
         grid = grid + field.reshape(3, -1).T.numpy()
         source = grid / atlas.spacing + centre  # continuous atlas voxel indices
         shape = np.array(atlas.labels.shape)
-        normalised = torch.from_numpy((source / (shape - 1) * 2 - 1)[:, ::-1].copy()).float().view(1, size, size, size, 3)
-        labels = F.grid_sample(torch.from_numpy(atlas.labels.astype(np.float32))[None, None], normalised,
-                               mode="nearest", padding_mode="zeros", align_corners=True)[0, 0].numpy().astype(np.int16)
-        image = F.grid_sample(torch.from_numpy(atlas.image)[None, None], normalised, mode="bilinear",
-                              padding_mode="border", align_corners=True)[0, 0].numpy()
+        normalised = (
+            torch.from_numpy((source / (shape - 1) * 2 - 1)[:, ::-1].copy()).float().view(1, size, size, size, 3)
+        )
+        labels = (
+            F.grid_sample(
+                torch.from_numpy(atlas.labels.astype(np.float32))[None, None],
+                normalised,
+                mode="nearest",
+                padding_mode="zeros",
+                align_corners=True,
+            )[0, 0]
+            .numpy()
+            .astype(np.int16)
+        )
+        image = F.grid_sample(
+            torch.from_numpy(atlas.image)[None, None],
+            normalised,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )[0, 0].numpy()
         inside = np.all((source >= -0.5) & (source <= shape - 0.5), axis=1).reshape((size,) * 3)
         return labels, image, inside
 
@@ -144,8 +167,9 @@ def _label_medians(atlas: LabelMapAtlas) -> dict[int, float]:
     return {int(v): float(np.median(g)) for v, g in zip(values, groups, strict=True)}
 
 
-def _paint(labels: np.ndarray, rng: np.random.Generator, medians: dict[int, float] | None = None,
-           spread: float = 0.0) -> np.ndarray:
+def _paint(
+    labels: np.ndarray, rng: np.random.Generator, medians: dict[int, float] | None = None, spread: float = 0.0
+) -> np.ndarray:
     """One Gaussian per label: random means in [0, 1] (or the given medians plus ``spread`` noise)."""
     values, inverse = np.unique(labels, return_inverse=True)
     if medians is None:

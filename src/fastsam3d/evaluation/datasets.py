@@ -89,8 +89,12 @@ def _from_json(path: Path) -> list[Case]:
     common = _labels(spec.get("labels", {}))
     if "cases" in spec:
         return [
-            Case(str(c.get("name", Path(c["image"]).name)), root / c["image"], root / c["label"],
-                 _labels(c["labels"]) if "labels" in c else common)
+            Case(
+                str(c.get("name", Path(c["image"]).name)),
+                root / c["image"],
+                root / c["label"],
+                _labels(c["labels"]) if "labels" in c else common,
+            )
             for c in spec["cases"]
         ]
     ending = spec.get("file_ending", ".nii.gz")
@@ -104,7 +108,9 @@ def _from_json(path: Path) -> list[Case]:
     if not cases and "training" in spec:  # nnU-Net v1 lists pairs explicitly
         for item in spec["training"]:
             image = Path(item["image"])
-            image = image.with_name(image.name.replace(ending, f"_0000{ending}")) if not (root / image).exists() else image
+            image = (
+                image.with_name(image.name.replace(ending, f"_0000{ending}")) if not (root / image).exists() else image
+            )
             cases.append(Case(Path(item["label"]).name.replace(ending, ""), root / image, root / item["label"], common))
     return cases
 

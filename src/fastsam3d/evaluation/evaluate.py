@@ -53,9 +53,16 @@ def evaluate(
         if unknown:
             raise FastSAM3DError(f"no case {sorted(unknown)} in {data}; cases: {', '.join(c.name for c in cases)}")
         cases = [c for c in cases if c.name in case_names]
-    settings = EvaluationSettings(models=list(models), protocol=protocol, steps=steps, seed=seed,
-                                  nsd_tolerance=nsd_tolerance, hd95=hd95, device=device,
-                                  requested=set(classes or ()))
+    settings = EvaluationSettings(
+        models=list(models),
+        protocol=protocol,
+        steps=steps,
+        seed=seed,
+        nsd_tolerance=nsd_tolerance,
+        hd95=hd95,
+        device=device,
+        requested=set(classes or ()),
+    )
     rank, world = distributed_rank()
     if world == 1:
         rows = run_cases(cases, settings, workers=workers, progress=progress)

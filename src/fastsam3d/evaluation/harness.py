@@ -28,8 +28,24 @@ from .protocols import Prompt, get_protocol
 from .segmenters import Segmenter, build_segmenter
 
 COLUMNS = (
-    "model", "protocol", "case", "class_id", "structure", "step", "prompt", "dice", "nsd", "hd95",
-    "encoder_ms", "decoder_ms", "total_ms", "clicks_honoured", "peak_rss_mb", "peak_gpu_mb", "status", "error",
+    "model",
+    "protocol",
+    "case",
+    "class_id",
+    "structure",
+    "step",
+    "prompt",
+    "dice",
+    "nsd",
+    "hd95",
+    "encoder_ms",
+    "decoder_ms",
+    "total_ms",
+    "clicks_honoured",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "status",
+    "error",
 )
 
 
@@ -80,7 +96,9 @@ def evaluate_case(case: Case, segmenters: list[Segmenter], settings: EvaluationS
     return rows
 
 
-def _interact(segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, settings: EvaluationSettings, case: Case) -> list[dict]:
+def _interact(
+    segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, settings: EvaluationSettings, case: Case
+) -> list[dict]:
     protocol = get_protocol(settings.protocol)
     rng = np.random.default_rng([settings.seed, zlib.crc32(case.name.encode()), int(entry["class_id"])])
     centre = None
@@ -97,8 +115,12 @@ def _interact(segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, se
             prediction, timing = segmenter.apply(prompts)
             elapsed = time.perf_counter() - started
             metrics = segmentation_metrics(prediction, target, spacing, settings.nsd_tolerance, settings.hd95)
-            times = {"encoder_ms": 1e3 * timing.encoder, "decoder_ms": 1e3 * timing.decoder, "total_ms": 1e3 * elapsed,
-                     "clicks_honoured": clicks_honoured(prompts, prediction)}
+            times = {
+                "encoder_ms": 1e3 * timing.encoder,
+                "decoder_ms": 1e3 * timing.decoder,
+                "total_ms": 1e3 * elapsed,
+                "clicks_honoured": clicks_honoured(prompts, prediction),
+            }
         elif metrics is None:
             raise RuntimeError("the protocol gave no prompt for the first step")
         else:
@@ -160,8 +182,13 @@ def _worker_case(case: Case, settings: EvaluationSettings) -> list[dict]:
     return evaluate_case(case, _WORKER_SEGMENTERS, settings)
 
 
-def run_cases(cases: list[Case], settings: EvaluationSettings, workers: int = 1, progress: bool = True,
-              segmenters: list[Segmenter] | None = None) -> list[dict]:
+def run_cases(
+    cases: list[Case],
+    settings: EvaluationSettings,
+    workers: int = 1,
+    progress: bool = True,
+    segmenters: list[Segmenter] | None = None,
+) -> list[dict]:
     """Evaluate ``cases`` (in ``workers`` processes when > 1); rows in case order."""
     from tqdm import tqdm
 
@@ -174,16 +201,24 @@ def run_cases(cases: list[Case], settings: EvaluationSettings, workers: int = 1,
             bar.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(settings, threads)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings, threads)
+        ) as pool:
             futures = {pool.submit(_worker_case, case, settings): index for index, case in enumerate(cases)}
             for future in as_completed(futures):
                 index = futures[future]
                 try:
                     results[index] = future.result()
                 except Exception as error:  # noqa: BLE001 - a worker that died: record the case as failed
-                    results[index] = [_row({"protocol": settings.protocol, "case": cases[index].name}, model=m,
-                                           status="failed", error=_describe(error)) for m in settings.models]
+                    results[index] = [
+                        _row(
+                            {"protocol": settings.protocol, "case": cases[index].name},
+                            model=m,
+                            status="failed",
+                            error=_describe(error),
+                        )
+                        for m in settings.models
+                    ]
                 bar.update()
     bar.close()
     return [row for index in sorted(results) for row in results[index]]

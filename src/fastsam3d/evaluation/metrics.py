@@ -16,7 +16,11 @@ DEFAULT_NSD_TOLERANCE_MM = 2.0
 
 
 def segmentation_metrics(
-    prediction: np.ndarray, target: np.ndarray, spacing, nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, hd95: bool = False
+    prediction: np.ndarray,
+    target: np.ndarray,
+    spacing,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
+    hd95: bool = False,
 ) -> dict[str, float]:
     """Dice, normalised surface Dice at ``nsd_tolerance`` mm and (optionally) HD95 in mm.
 
@@ -44,7 +48,9 @@ def segmentation_metrics(
         warnings.simplefilter("ignore")  # MONAI warns about empty masks and deprecated arguments
         result = {
             "dice": float(compute_dice(pred, true, include_background=True)[0, 0]),
-            "nsd": float(compute_surface_dice(pred, true, [nsd_tolerance], include_background=True, spacing=spacing)[0, 0]),
+            "nsd": float(
+                compute_surface_dice(pred, true, [nsd_tolerance], include_background=True, spacing=spacing)[0, 0]
+            ),
         }
         if hd95:
             distance = compute_hausdorff_distance(pred, true, include_background=True, percentile=95, spacing=spacing)

@@ -55,8 +55,15 @@ class Protocol:
     label_centred_roi = False
     default_steps = 5
 
-    def prompts(self, step: int, prediction: np.ndarray, target: np.ndarray, spacing, rng: np.random.Generator,
-                region: tuple[slice, slice, slice] | None = None) -> list[Prompt]:
+    def prompts(
+        self,
+        step: int,
+        prediction: np.ndarray,
+        target: np.ndarray,
+        spacing,
+        rng: np.random.Generator,
+        region: tuple[slice, slice, slice] | None = None,
+    ) -> list[Prompt]:
         """Prompts for ``step`` (1-based); empty when nothing is left to correct. ``region`` limits
         clicks to the voxels the segmenter can see (its ROI), when it has one."""
         raise NotImplementedError

@@ -39,9 +39,16 @@ def summarise(rows: list[dict]) -> dict:
         for r in ok:
             curves.setdefault((r["case"], r["class_id"]), []).append((int(r["step"]), r))
         steps = max((int(r["step"]) for r in ok), default=0)
-        per_step = {m: [float(np.nanmean([_number(r[m]) for r in ok if int(r["step"]) == s] or [np.nan]))
-                        for s in range(1, steps + 1)] for m in ("dice", "nsd")}
-        aucs = [area_under_curve([_number(r["dice"]) for _, r in sorted(c, key=lambda x: x[0])]) for c in curves.values()]
+        per_step = {
+            m: [
+                float(np.nanmean([_number(r[m]) for r in ok if int(r["step"]) == s] or [np.nan]))
+                for s in range(1, steps + 1)
+            ]
+            for m in ("dice", "nsd")
+        }
+        aucs = [
+            area_under_curve([_number(r["dice"]) for _, r in sorted(c, key=lambda x: x[0])]) for c in curves.values()
+        ]
         first = [r for r in ok if int(r["step"]) == 1]
         later = [r for r in ok if int(r["step"]) > 1 and _number(r["total_ms"]) > 0]
         summary[model] = {
@@ -145,6 +152,8 @@ def _markdown(summary: dict, rows: list[dict], settings) -> str:
     problems = [r for r in rows if r["status"] in ("failed", "absent")]
     if problems:
         lines += ["## Skipped and failed", ""]
-        lines += [f"- {r['model']} / {r['case']} / {r['structure'] or '-'}: {r['status']} ({r['error']})" for r in problems]
+        lines += [
+            f"- {r['model']} / {r['case']} / {r['structure'] or '-'}: {r['status']} ({r['error']})" for r in problems
+        ]
         lines.append("")
     return "\n".join(lines)

@@ -48,7 +48,13 @@ class Segmenter:
 class SamSegmenter(Segmenter):
     """A 3D SAM behind the interactive :class:`Session`, configured as the protocol asks."""
 
-    def __init__(self, model: str | Path, checkpoint: str | Path | None = None, device: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        model: str | Path,
+        checkpoint: str | Path | None = None,
+        device: str | None = None,
+        name: str | None = None,
+    ):
         self.session = Session(model, device=device, checkpoint=checkpoint)
         self.name = name or str(model)
         self._roi: RoiGrid | None = None
@@ -64,8 +70,12 @@ class SamSegmenter(Segmenter):
         self._roi_centre = roi_centre
         self._roi = None
         if roi_centre is not None:
-            self._roi = RoiGrid.centred(self.session.volume, roi_centre, size=self.session.model.img_size,
-                                        spacing=self.session.model.roi_spacing)
+            self._roi = RoiGrid.centred(
+                self.session.volume,
+                roi_centre,
+                size=self.session.model.img_size,
+                spacing=self.session.model.roi_spacing,
+            )
 
     def region(self) -> Slices | None:
         return None if self._roi is None else self._roi.covered_slices()

@@ -8,5 +8,13 @@ from .sam2d import Sam2D, Sam2DConfig
 from .sam3d import Sam3D, Sam3DConfig
 
 __all__ = [
-    "Block3D", "ImageEncoderViT3D", "MaskDecoder", "PromptEncoder", "Sam", "Sam2D", "Sam2DConfig", "Sam3D", "Sam3DConfig",
+    "Block3D",
+    "ImageEncoderViT3D",
+    "MaskDecoder",
+    "PromptEncoder",
+    "Sam",
+    "Sam2D",
+    "Sam2DConfig",
+    "Sam3D",
+    "Sam3DConfig",
 ]

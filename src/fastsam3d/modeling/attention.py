@@ -226,7 +226,10 @@ class Attention3D(nn.Module):
         q_grid = q.reshape(batch, heads, size, size, size, head_dim)
         # Queries along the w axis, extended by the padded positions (whose q is the q bias).
         q_pad_w = torch.cat(
-            [q_grid, q_bias.view(1, heads, 1, 1, 1, head_dim).expand(batch, heads, size, size, window - size, head_dim)],
+            [
+                q_grid,
+                q_bias.view(1, heads, 1, 1, 1, head_dim).expand(batch, heads, size, size, window - size, head_dim),
+            ],
             dim=4,
         )
         table_d = relative_position_rows(self.rel_pos_d, window, window)[:size]  # (qd<S, kw<W, C)

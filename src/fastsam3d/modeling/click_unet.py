@@ -61,8 +61,11 @@ class ConvNormAct(nn.Sequential):
     """Conv3d (no bias) + InstanceNorm3d (affine) + LeakyReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel: int = 3) -> None:
-        conv = (nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False) if kernel > 1
-                else Pointwise(in_channels, out_channels, bias=False))
+        conv = (
+            nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+            if kernel > 1
+            else Pointwise(in_channels, out_channels, bias=False)
+        )
         super().__init__(
             conv,
             nn.InstanceNorm3d(out_channels, affine=True),
@@ -104,7 +107,9 @@ def intensity_channels(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([cdf, linear], 1).view(image.shape[0], 2, *image.shape[2:])
 
 
-def click_maps(coords: torch.Tensor | None, labels: torch.Tensor | None, size: int, sigma: float = CLICK_SIGMA) -> torch.Tensor:
+def click_maps(
+    coords: torch.Tensor | None, labels: torch.Tensor | None, size: int, sigma: float = CLICK_SIGMA
+) -> torch.Tensor:
     """(B, 2, S, S, S) include / exclude maps: the max over clicks of a Gaussian at each click.
 
     ``coords`` (B, N, 3) in ROI voxels (tensor index order), ``labels`` (B, N): 1 include,
@@ -162,13 +167,18 @@ class ClickUNet3D(nn.Module):
         )
         self.project = nn.ModuleList(Pointwise(c[i + 1], c[i]) for i in range(levels - 1))
         self.merge = nn.ModuleList(
-            ConvNormAct(2 * c[i], c[i]) if i else ConvNormAct(2 * c[0], config.fine_channels, kernel=1) for i in range(levels - 1)
+            ConvNormAct(2 * c[i], c[i]) if i else ConvNormAct(2 * c[0], config.fine_channels, kernel=1)
+            for i in range(levels - 1)
         )
         prompts = PROMPT_MAPS
         self.coarse = nn.Sequential(nn.Conv3d(c[-1] + prompts, p[-1], 3, padding=1), nn.LeakyReLU(0.01, inplace=True))
         self.fuse = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(p[i + 1] + c[i] + prompts, p[i], 3, padding=1) if i > 1 else Pointwise(p[i + 1] + c[i] + prompts, p[i]),
-                          nn.LeakyReLU(0.01, inplace=True))
+            nn.Sequential(
+                nn.Conv3d(p[i + 1] + c[i] + prompts, p[i], 3, padding=1)
+                if i > 1
+                else Pointwise(p[i + 1] + c[i] + prompts, p[i]),
+                nn.LeakyReLU(0.01, inplace=True),
+            )
             for i in range(1, levels - 1)
         )
         # The first head layer on [upsampled decoder, fine features, prompts] is split in three:
@@ -255,8 +265,15 @@ class ClickUNet3D(nn.Module):
         if mask_input is None:  # no previous prediction: zero logits, as the engine and training pass
             mask_input = torch.zeros(1, 1, size, size, size, device=device)
         previous = torch.sigmoid(mask_input)
-        prompts = torch.cat([clicks, previous.expand(batch, -1, -1, -1, -1), box_map(boxes, batch, size, device),
-                             self._similarity(features.unit, point_coords, point_labels)], 1)
+        prompts = torch.cat(
+            [
+                clicks,
+                previous.expand(batch, -1, -1, -1, -1),
+                box_map(boxes, batch, size, device),
+                self._similarity(features.unit, point_coords, point_labels),
+            ],
+            1,
+        )
         prompts = prompts.contiguous(memory_format=CHANNELS_LAST)
         pyramid = [prompts]
         for _ in features.levels:
@@ -298,7 +315,9 @@ class ClickUNet3D(nn.Module):
         for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
             cells = tuple(slice(max(int(low[b, n, a]), 0), min(int(low[b, n, a]) + 2, size)) for a in range(3))
             region = logits[b, 0][cells]
-            logits[b, 0][cells] = region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)
+            logits[b, 0][cells] = (
+                region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)
+            )
         return logits
 
     def upsample(self, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,9 @@ class ImageEncoderViT3D(nn.Module):
             nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm3d(out_chans),
         )
-        self.clustering: tuple[int, nn.Module] | None = None  # (after block, TokenClustering), see enable_token_clustering
+        self.clustering: tuple[int, nn.Module] | None = (
+            None  # (after block, TokenClustering), see enable_token_clustering
+        )
 
     def enable_token_clustering(self, after_block: int | None, cell: int = 2, iterations: int = 2) -> None:
         """Cluster tokens after block ``after_block`` (0-based) into cells of ``cell``³ tokens refined

@@ -43,7 +43,9 @@ class Attention2D(nn.Module):
         grid_q = q.reshape(batch, self.num_heads, height, width, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, _relative_positions(height, height, self.rel_pos_h))
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, _relative_positions(width, width, self.rel_pos_w))
-        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(batch, self.num_heads, height * width, height * width)
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(
+            batch, self.num_heads, height * width, height * width
+        )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, height, width, dim))
 
@@ -56,7 +58,9 @@ class ChannelSpatialAdapter(nn.Module):
         super().__init__()
         hidden = int(dim * ratio)
         self.norm = nn.LayerNorm(dim)
-        self.channel = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid())
+        self.channel = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid()
+        )
         self.spatial = nn.Sequential(
             nn.Conv2d(dim, dim, 3, stride=2, padding=1, bias=False),
             nn.ReLU(),
@@ -74,7 +78,9 @@ class Block2D(nn.Module):
     """Pre-norm transformer block; ``window`` > 0 attends within zero-padded windows; ``adapter``
     adds SAM-Med2D's adapter on the normalised input of the MLP."""
 
-    def __init__(self, dim: int, num_heads: int, window: int, grid: int, mlp_ratio: float = 4.0, adapter: bool = False) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window: int, grid: int, mlp_ratio: float = 4.0, adapter: bool = False
+    ) -> None:
         super().__init__()
         self.window = window
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)

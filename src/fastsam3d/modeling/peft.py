@@ -48,8 +48,15 @@ class HyperNetwork(nn.Module):
     then ``A = sum_j c_j basis_a[t, j]`` and ``B = sum_j c_j basis_b[t, j]`` (bilinear in c, so the
     update ``B A`` can express more than one basis pair)."""
 
-    def __init__(self, layers: int, shapes: dict[str, tuple[int, int]], rank: int, basis: int = 4,
-                 embed_dim: int = 32, hidden: int = 64) -> None:
+    def __init__(
+        self,
+        layers: int,
+        shapes: dict[str, tuple[int, int]],
+        rank: int,
+        basis: int = 4,
+        embed_dim: int = 32,
+        hidden: int = 64,
+    ) -> None:
         super().__init__()
         self.embeddings = nn.Parameter(torch.randn(layers, embed_dim) * 0.02)
         self.body = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU())
@@ -58,9 +65,11 @@ class HyperNetwork(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.basis_a = nn.ParameterDict(
-            {t: nn.Parameter(torch.randn(basis, rank, i) / math.sqrt(i)) for t, (i, o) in shapes.items()})
+            {t: nn.Parameter(torch.randn(basis, rank, i) / math.sqrt(i)) for t, (i, o) in shapes.items()}
+        )
         self.basis_b = nn.ParameterDict(
-            {t: nn.Parameter(torch.randn(basis, o, rank) / math.sqrt(rank)) for t, (i, o) in shapes.items()})
+            {t: nn.Parameter(torch.randn(basis, o, rank) / math.sqrt(rank)) for t, (i, o) in shapes.items()}
+        )
 
     def generate(self, layer: int, target: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A (r, in) and B (out, r) of one layer's target."""

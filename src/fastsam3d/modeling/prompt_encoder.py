@@ -64,7 +64,9 @@ class PromptEncoder(nn.Module):
         super().__init__()
         dims = len(image_embedding_size)
         if dims not in (2, 3) or len(input_image_size) != dims:
-            raise ValueError(f"a 2D or 3D prompt encoder needs matching sizes, got {image_embedding_size}, {input_image_size}")
+            raise ValueError(
+                f"a 2D or 3D prompt encoder needs matching sizes, got {image_embedding_size}, {input_image_size}"
+            )
         self.spatial_dims = dims
         self.embed_dim = embed_dim
         self.image_embedding_size = tuple(image_embedding_size)

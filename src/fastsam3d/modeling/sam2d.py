@@ -48,6 +48,8 @@ class Sam2D(Sam):
         else:
             encoder = ImageEncoderViT2D(img_size=config.img_size, adapters=config.encoder == "vit-b-adapter")
         grid = (config.grid_size,) * 2
-        model = cls(encoder, PromptEncoder(PROMPT_DIM, grid, (config.img_size,) * 2), MaskDecoder(PROMPT_DIM, spatial_dims=2))
+        model = cls(
+            encoder, PromptEncoder(PROMPT_DIM, grid, (config.img_size,) * 2), MaskDecoder(PROMPT_DIM, spatial_dims=2)
+        )
         model.config = config
         return model.eval()

@@ -79,7 +79,11 @@ class Sam3D(Sam):
         if config.cluster_after is not None:
             encoder.enable_token_clustering(config.cluster_after)
         prompt_encoder = PromptEncoder(
-            config.prompt_dim, (config.grid_size,) * 3, (config.img_size,) * 3, config.mask_in_chans, config.box_embeddings
+            config.prompt_dim,
+            (config.grid_size,) * 3,
+            (config.img_size,) * 3,
+            config.mask_in_chans,
+            config.box_embeddings,
         )
         decoder = MaskDecoder(
             config.prompt_dim,

@@ -23,16 +23,19 @@ class ConvBN(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> None:
         super().__init__()
-        self.add_module("c", nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False))
+        self.add_module(
+            "c", nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False)
+        )
         self.add_module("bn", nn.BatchNorm2d(out_channels))
-
 
     @torch.no_grad()
     def fused(self) -> nn.Conv2d:
         """The same map as one conv with bias (BatchNorm folded in; inference only)."""
         conv, bn = self.c, self.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups)
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, groups=conv.groups
+        )
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         return fused.to(conv.weight.device)
@@ -96,7 +99,9 @@ class WindowAttention(nn.Module):
         offsets: dict[tuple[int, int], int] = {}
         index = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets)) for a in points for b in points]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(points), len(points)), persistent=False)
+        self.register_buffer(
+            "attention_bias_idxs", torch.tensor(index).view(len(points), len(points)), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -175,7 +180,9 @@ class TinyViT(nn.Module):
         super().__init__()
         self.img_size = img_size
         self.patch_embed = nn.Module()
-        self.patch_embed.seq = nn.Sequential(ConvBN(3, embed_dims[0] // 2), nn.GELU(), ConvBN(embed_dims[0] // 2, embed_dims[0]))
+        self.patch_embed.seq = nn.Sequential(
+            ConvBN(3, embed_dims[0] // 2), nn.GELU(), ConvBN(embed_dims[0] // 2, embed_dims[0])
+        )
         stages = []
         for index, dim in enumerate(embed_dims):
             if index == 0:

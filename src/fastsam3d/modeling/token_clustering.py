@@ -49,15 +49,22 @@ class TokenClustering(nn.Module):
             near = flat[:, candidates]  # (B, N, 27, C)
             distance = (near - tokens[:, :, None]).square().sum(-1)
             assignment = torch.gather(candidates.expand(batch, -1, -1), 2, distance.argmin(-1, keepdim=True))[..., 0]
-            sums = torch.zeros_like(flat).index_add_(1, assignment[0], tokens[:1]) if batch == 1 else torch.stack(
-                [torch.zeros_like(flat[0]).index_add_(0, assignment[b], tokens[b]) for b in range(batch)])
+            sums = (
+                torch.zeros_like(flat).index_add_(1, assignment[0], tokens[:1])
+                if batch == 1
+                else torch.stack(
+                    [torch.zeros_like(flat[0]).index_add_(0, assignment[b], tokens[b]) for b in range(batch)]
+                )
+            )
             counts = torch.zeros(batch, flat.shape[1], 1, device=x.device, dtype=x.dtype)
             counts.scatter_add_(1, assignment[..., None], torch.ones_like(tokens[..., :1]))
             flat = torch.where(counts > 0, sums / counts.clamp(min=1), flat)  # an empty cluster keeps its centroid
         return flat.reshape(batch, *coarse, channels), assignment
 
     @staticmethod
-    def restore(fine: torch.Tensor, before: torch.Tensor, after: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    def restore(
+        fine: torch.Tensor, before: torch.Tensor, after: torch.Tensor, assignment: torch.Tensor
+    ) -> torch.Tensor:
         """Fine tokens plus their cluster's update: (B, D, H, W, C)."""
         batch, channels = fine.shape[0], fine.shape[-1]
         update = (after - before).reshape(batch, -1, channels)

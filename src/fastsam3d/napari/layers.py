@@ -40,9 +40,14 @@ def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict]:
     corner = np.array([volume.shape[axes[w]] - 1 if flips[w] else 0 for w in range(3)], float)
     first = np.empty(3)
     first[list(axes)] = corner  # the session index of data voxel (0, 0, 0)
-    kwargs = {"name": name, "scale": volume.spacing[list(axes)], "translate": REVERSE @ volume.index_to_world(first),
-              "colormap": "gray", "contrast_limits": default_limits(volume.array),
-              "metadata": {VOLUME_KEY: volume, AXES_KEY: axes, FLIPS_KEY: flips}}
+    kwargs = {
+        "name": name,
+        "scale": volume.spacing[list(axes)],
+        "translate": REVERSE @ volume.index_to_world(first),
+        "colormap": "gray",
+        "contrast_limits": default_limits(volume.array),
+        "metadata": {VOLUME_KEY: volume, AXES_KEY: axes, FLIPS_KEY: flips},
+    }
     return view, kwargs
 
 
@@ -125,8 +130,13 @@ def _data_to_index(layer, data: np.ndarray) -> np.ndarray:
 
 def layer_transform(layer) -> dict:
     """Keyword arguments that give another layer (labels, uncertainty) the same transform as ``layer``."""
-    return {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear,
-            "affine": layer.affine.affine_matrix}
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
+    }
 
 
 def session_view(array: np.ndarray, layer) -> np.ndarray:

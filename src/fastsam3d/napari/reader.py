@@ -33,5 +33,3 @@ def read_layers(path) -> list[tuple]:
     name = path.name.rstrip("/") or "volume"
     data, kwargs = image_layer_data(volume, name)
     return [(data, kwargs, "image")]
-
-

@@ -67,7 +67,9 @@ class FastSAM3DWidget(QWidget):
         self.last_latency_ms = float("nan")
         self._known_points = 0
         self._rows: list[tuple[int, int, bool]] = []  # per point of the points layer: (object, step id, positive)
-        self._steps: dict[int, dict[str, list]] = {}  # object -> {"done": [step], "undone": [step]}; step = (id, points)
+        self._steps: dict[
+            int, dict[str, list]
+        ] = {}  # object -> {"done": [step], "undone": [step]}; step = (id, points)
         self._next_step = 0
         self._syncing = False
 
@@ -109,8 +111,11 @@ class FastSAM3DWidget(QWidget):
         layout.addWidget(self.layer_box)
         layout.addWidget(self.start_button)
         layout.addWidget(self.open_button)
-        for row in ((self.include_button, self.exclude_button), (self.new_button, self.undo_button, self.redo_button),
-                    (self.uncertainty_button, self.export_button)):
+        for row in (
+            (self.include_button, self.exclude_button),
+            (self.new_button, self.undo_button, self.redo_button),
+            (self.uncertainty_button, self.export_button),
+        ):
             line = QHBoxLayout()
             for button in row:
                 line.addWidget(button)
@@ -167,7 +172,11 @@ class FastSAM3DWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_box.currentText()
-        names = [layer.name for layer in self.viewer.layers if layer.__class__.__name__ == "Image" and layer.name != UNCERTAINTY]
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image" and layer.name != UNCERTAINTY
+        ]
         self.layer_box.clear()
         self.layer_box.addItems(names)
         if current in names:
@@ -179,7 +188,11 @@ class FastSAM3DWidget(QWidget):
         data, kwargs = image_layer_data(read_volume(path), Path(path).name)
         layer = self.viewer.add_image(data, **kwargs)
         self.viewer.dims.ndisplay = 2
-        self.viewer.dims.order = (0, 1, 2)  # slider: superior; rows: anterior at the top; columns: patient's left on the right
+        self.viewer.dims.order = (
+            0,
+            1,
+            2,
+        )  # slider: superior; rows: anterior at the top; columns: patient's left on the right
         self.viewer.reset_view()
         self.layer_box.setCurrentText(layer.name)
         return layer
@@ -208,19 +221,32 @@ class FastSAM3DWidget(QWidget):
                 self.viewer.layers.remove(layer_name_)
         # the labels layer shows the session's own label map (a view, no copy): an interaction only needs a refresh
         self._labels_source = self.session.labels
-        self.labels_layer = self.viewer.add_labels(session_view(self.session.labels, layer), name=LABELS, opacity=0.5,
-                                                   **layer_transform(layer))
+        self.labels_layer = self.viewer.add_labels(
+            session_view(self.session.labels, layer), name=LABELS, opacity=0.5, **layer_transform(layer)
+        )
         # prompts and boxes live in world coordinates (identity transform), mapped through the image layer
         self.boxes_layer = self.viewer.add_shapes(name=BOXES, ndim=3, edge_color="yellow", face_color="transparent")
-        self.points_layer = self.viewer.add_points(np.empty((0, 3)), name=POINTS, ndim=3, size=3 * float(min(volume.spacing)),
-                                                   face_color="lime", border_color="black")
+        self.points_layer = self.viewer.add_points(
+            np.empty((0, 3)),
+            name=POINTS,
+            ndim=3,
+            size=3 * float(min(volume.spacing)),
+            face_color="lime",
+            border_color="black",
+        )
         self.points_layer.mode = "add"
         self._known_points = 0
         self._rows, self._steps, self._next_step = [], {}, 0
         self.points_layer.events.data.connect(self._on_points)
         self.boxes_layer.events.data.connect(self._on_boxes)
-        for key, action in (("i", lambda: self.set_mode(True)), ("e", lambda: self.set_mode(False)), ("n", self.new_object),
-                            ("Control-z", self.undo), ("Control-y", self.redo), ("Control-Shift-z", self.redo)):
+        for key, action in (
+            ("i", lambda: self.set_mode(True)),
+            ("e", lambda: self.set_mode(False)),
+            ("n", self.new_object),
+            ("Control-z", self.undo),
+            ("Control-y", self.redo),
+            ("Control-Shift-z", self.redo),
+        ):
             for target in (self.points_layer, self.labels_layer, self.boxes_layer):
                 target.bind_key(key, lambda _layer, action=action: action(), overwrite=True)
         self.window_box.setCurrentText("CT soft tissue" if is_ct(volume.array) else "auto")
@@ -292,8 +318,11 @@ class FastSAM3DWidget(QWidget):
         self._known_points = len(data)
         self._paint_points()
         cached = not any(self.session.needs_encoder(p) for p in new)
-        self._run(lambda s: s.add_clicks(new, [positive] * len(new), label=label), in_worker=not cached,
-                  step=(label, step, [np.asarray(data[-len(new):])]))
+        self._run(
+            lambda s: s.add_clicks(new, [positive] * len(new), label=label),
+            in_worker=not cached,
+            step=(label, step, [np.asarray(data[-len(new) :])]),
+        )
 
     def _on_boxes(self, event=None) -> None:
         if not len(self.boxes_layer.data) or self._syncing:
@@ -408,8 +437,10 @@ class FastSAM3DWidget(QWidget):
             self.labels_layer.refresh()
         self.last_latency_ms = 1e3 * (time.perf_counter() - started)
         t = result.timings if result is not None else Timings()
-        self.status.setText(f"{self.last_latency_ms:.0f} ms (encoder {1e3 * t.encoder:.0f}, decoder {1e3 * t.decoder:.0f}, "
-                            f"paste {1e3 * t.paste:.0f})")
+        self.status.setText(
+            f"{self.last_latency_ms:.0f} ms (encoder {1e3 * t.encoder:.0f}, decoder {1e3 * t.decoder:.0f}, "
+            f"paste {1e3 * t.paste:.0f})"
+        )
 
     def _failed(self, error: Exception) -> None:
         self.status.setText(f"error: {error}")
@@ -440,8 +471,15 @@ class FastSAM3DWidget(QWidget):
         if UNCERTAINTY in self.viewer.layers:
             self.viewer.layers[UNCERTAINTY].data = values
         else:
-            self.viewer.add_image(values, name=UNCERTAINTY, colormap="magma", blending="additive", opacity=0.6,
-                                  contrast_limits=(0, 1), **layer_transform(self.image_layer))
+            self.viewer.add_image(
+                values,
+                name=UNCERTAINTY,
+                colormap="magma",
+                blending="additive",
+                opacity=0.6,
+                contrast_limits=(0, 1),
+                **layer_transform(self.image_layer),
+            )
 
     def export(self, path: str | Path) -> Path:
         """Write the label map (.nii.gz, .nrrd, .mha) with the source geometry, atomically."""
@@ -450,6 +488,8 @@ class FastSAM3DWidget(QWidget):
     def _export_dialog(self) -> None:
         if self.session is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export labels", "labels.nii.gz", "Label maps (*.nii.gz *.nrrd *.mha)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export labels", "labels.nii.gz", "Label maps (*.nii.gz *.nrrd *.mha)"
+        )
         if path:
             self.status.setText(f"wrote {self.export(path)}")

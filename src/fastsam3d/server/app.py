@@ -99,13 +99,24 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         worker.shutdown()  # running work stops at its next step
         store.close_all()  # remove every session's temporary files
 
-    app = FastAPI(title="fastsam3d", version=__version__, description=__doc__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # /docs is a packaged page below (no CDN)
+    app = FastAPI(
+        title="fastsam3d", version=__version__, description=__doc__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )  # /docs is a packaged page below (no CDN)
     app.state.store = store
-    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_key=settings.api_key,
-                       upload_bytes=int(settings.max_upload_mb * 2**20))
-    api = APIRouter(prefix="/api", dependencies=[Security(APIKeyHeader(
-        name="X-API-Key", auto_error=False, description="required when the server has an API key"))])
+    app.add_middleware(
+        RequestGuard,
+        allowed_hosts=settings.allowed_hosts,
+        api_key=settings.api_key,
+        upload_bytes=int(settings.max_upload_mb * 2**20),
+    )
+    api = APIRouter(
+        prefix="/api",
+        dependencies=[
+            Security(
+                APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the server has an API key")
+            )
+        ],
+    )
 
     @app.exception_handler(FastSAM3DError)
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
@@ -113,8 +124,13 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @api.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "version": __version__, "model": settings.model, "sessions": len(store),
-                "max_sessions": settings.max_sessions}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": settings.model,
+            "sessions": len(store),
+            "max_sessions": settings.max_sessions,
+        }
 
     @api.get("/models")
     async def models() -> dict:
@@ -179,14 +195,18 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         is checked before any is applied."""
         entry = store.get(session_id)
         if len(request.points) > settings.max_points:
-            raise PromptError(f"{len(request.points)} points in one request; this server accepts at most {settings.max_points}")
+            raise PromptError(
+                f"{len(request.points)} points in one request; this server accepts at most {settings.max_points}"
+            )
         signs = request.positive if isinstance(request.positive, list) else [request.positive] * len(request.points)
         if len(signs) != len(request.points) or any(len(p) != 3 for p in request.points):
             raise PromptError("give three coordinates per point and one 'positive' per point (or one for all)")
 
         def action(session: AnySession, job: Job):
             indices = [session.to_index(p, request.coordinates) for p in request.points]
-            return all_or_nothing(session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job)
+            return all_or_nothing(
+                session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job
+            )
 
         return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
@@ -201,7 +221,9 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             corners = [session.to_index(c, request.coordinates) for c in (request.corner_a, request.corner_b)]
             if isinstance(session, Session):
                 corners = _with_depth(session, *corners)
-            return all_or_nothing(session, request.object, [partial(session.set_box, *corners, label=request.object)], job)
+            return all_or_nothing(
+                session, request.object, [partial(session.set_box, *corners, label=request.object)], job
+            )
 
         return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
@@ -210,21 +232,31 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         """Start an object from a mask file on the image's voxels (any non-zero voxel is inside)."""
         entry = store.get(session_id)
         mask = await worker.open(lambda: _read_mask(store, entry, file))
-        return await _interact(worker, entry, lambda session, job: all_or_nothing(
-            session, object, [partial(session.set_mask, mask, label=object)], job))
+        return await _interact(
+            worker,
+            entry,
+            lambda session, job: all_or_nothing(session, object, [partial(session.set_mask, mask, label=object)], job),
+        )
 
     @api.post("/sessions/{session_id}/undo")
     async def undo(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(worker, store.get(session_id), lambda s, job: _step(s, request.object, -1, job), report="changed")
+        return await _interact(
+            worker, store.get(session_id), lambda s, job: _step(s, request.object, -1, job), report="changed"
+        )
 
     @api.post("/sessions/{session_id}/redo")
     async def redo(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(worker, store.get(session_id), lambda s, job: _step(s, request.object, +1, job), report="changed")
+        return await _interact(
+            worker, store.get(session_id), lambda s, job: _step(s, request.object, +1, job), report="changed"
+        )
 
     @api.post("/sessions/{session_id}/reset")
     async def reset(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(worker, store.get(session_id), lambda session, job: all_or_nothing(
-            session, request.object, [partial(session.reset, request.object)], job))
+        return await _interact(
+            worker,
+            store.get(session_id),
+            lambda session, job: all_or_nothing(session, request.object, [partial(session.reset, request.object)], job),
+        )
 
     @api.post("/sessions/{session_id}/uncertainty")
     async def uncertainty(session_id: str, request: UncertaintyRequest) -> dict:
@@ -323,8 +355,9 @@ def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) ->
     return low, high
 
 
-async def _interact(worker: SessionWorker, entry: ServerSession, action, report: str = "", stream: bool = False,
-                    scrub=str):
+async def _interact(
+    worker: SessionWorker, entry: ServerSession, action, report: str = "", stream: bool = False, scrub=str
+):
     """Run one interaction as the session's job; answer with the changed region and timings (with
     ``stream``, as a stream of progress events ending in the answer)."""
     started = time.perf_counter()
@@ -337,7 +370,11 @@ async def _interact(worker: SessionWorker, entry: ServerSession, action, report:
             "object": session.active,
             "objects": _objects(session),
             "region": _encode(region, session.labels[region]) if region else None,
-            "timings_ms": {"encoder": 1e3 * timings.encoder, "decoder": 1e3 * timings.decoder, "paste": 1e3 * timings.paste},
+            "timings_ms": {
+                "encoder": 1e3 * timings.encoder,
+                "decoder": 1e3 * timings.decoder,
+                "paste": 1e3 * timings.paste,
+            },
         }
         if timings.slices:
             answer["slices"] = timings.slices
@@ -413,8 +450,14 @@ def _encode(box, crop: np.ndarray) -> dict:
     """The values ``crop`` of a box of the volume as zlib + base64, i fastest (NIfTI order)."""
     dtype = np.uint8 if crop.size == 0 or int(crop.max()) < 256 else np.uint16
     data = zlib.compress(np.asarray(crop, dtype=dtype).tobytes(order="F"), 1)
-    return {"start": [s.start for s in box], "stop": [s.stop for s in box], "dtype": np.dtype(dtype).name,
-            "order": "F", "encoding": "zlib+base64", "data": base64.b64encode(data).decode()}
+    return {
+        "start": [s.start for s in box],
+        "stop": [s.stop for s in box],
+        "dtype": np.dtype(dtype).name,
+        "order": "F",
+        "encoding": "zlib+base64",
+        "data": base64.b64encode(data).decode(),
+    }
 
 
 def _objects(session: AnySession) -> list[dict]:
@@ -424,10 +467,20 @@ def _objects(session: AnySession) -> list[dict]:
 def _describe(entry: ServerSession) -> dict:
     volume = entry.session.volume
     dims = 2 if isinstance(entry.session, SliceSession) else 3
-    return {"id": entry.id, "name": entry.name, "model": entry.model, "dims": dims, "shape": list(volume.shape),
-            "spacing": volume.spacing.tolist(),
-            "origin": volume.origin.tolist(), "direction": volume.direction.tolist(), "orientation": volume.orientation,
-            "dicom": entry.dicom_dir is not None, "objects": _objects(entry.session), "intensity": list(entry.intensity)}
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "model": entry.model,
+        "dims": dims,
+        "shape": list(volume.shape),
+        "spacing": volume.spacing.tolist(),
+        "origin": volume.origin.tolist(),
+        "direction": volume.direction.tolist(),
+        "orientation": volume.orientation,
+        "dicom": entry.dicom_dir is not None,
+        "objects": _objects(entry.session),
+        "intensity": list(entry.intensity),
+    }
 
 
 def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:

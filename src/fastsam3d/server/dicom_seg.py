@@ -28,7 +28,10 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
             sources.append(dataset)
     if not sources:
         raise VolumeError(f"no DICOM images with positions in {dicom_dir}")
-    slices = [round(float(volume.world_to_index(np.array([[float(v) for v in d.ImagePositionPatient]]))[0, 2])) for d in sources]
+    slices = [
+        round(float(volume.world_to_index(np.array([[float(v) for v in d.ImagePositionPatient]]))[0, 2]))
+        for d in sources
+    ]
     order = np.argsort(slices)
     sources = [sources[i] for i in order]
     slices = [slices[i] for i in order]
@@ -38,20 +41,34 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
     # frame of source slice k: rows run along j, columns along i (the DICOM pixel grid)
     frames = np.stack([labels[:, :, k].T for k in slices])
     pixels = np.stack([frames == label for label in present], axis=-1)
-    algorithm = hd.AlgorithmIdentificationSequence(name="fastsam3d", version=__version__, family=codes.cid7162.ArtificialIntelligence)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="fastsam3d", version=__version__, family=codes.cid7162.ArtificialIntelligence
+    )
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=number, segment_label=names[label] or f"object {label}",
-            segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC, algorithm_identification=algorithm,
+            segment_number=number,
+            segment_label=names[label] or f"object {label}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
         )
         for number, label in enumerate(present, start=1)
     ]
     segmentation = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="fastsam3d", manufacturer_model_name="fastsam3d", software_versions=__version__,
-        device_serial_number="0", series_description="fastsam3d segmentation",
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="fastsam3d",
+        manufacturer_model_name="fastsam3d",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description="fastsam3d segmentation",
     )
     with atomic_output(path) as temp:
         segmentation.save_as(temp)

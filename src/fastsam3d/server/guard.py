@@ -27,8 +27,14 @@ class RequestGuard:
     every other request ``body_bytes``.
     """
 
-    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...], api_key: str | None,
-                 upload_bytes: int, body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_hosts: tuple[str, ...],
+        api_key: str | None,
+        upload_bytes: int,
+        body_bytes: int = 1 << 20,
+    ) -> None:
         self.app = app
         self.allowed_hosts = {host.lower().strip("[]") for host in allowed_hosts}
         self.api_key = api_key.encode() if api_key else None
@@ -41,7 +47,9 @@ class RequestGuard:
             return
         headers = dict(scope["headers"])  # raw bytes; the last of a repeated header wins
         if "*" not in self.allowed_hosts and host_name(headers.get(b"host", b"")) not in self.allowed_hosts:
-            await refuse(headers, receive, send, 400, "Host header not allowed (start the server with --allowed-hosts NAME)")
+            await refuse(
+                headers, receive, send, 400, "Host header not allowed (start the server with --allowed-hosts NAME)"
+            )
             return
         if self.api_key and scope["path"].startswith("/api/"):
             given = headers.get(b"x-api-key", b"")
@@ -51,7 +59,9 @@ class RequestGuard:
         limit = self.upload_bytes if UPLOAD_PATH.match(scope["path"]) else self.body_bytes
         declared = headers.get(b"content-length", b"")
         if declared and (not declared.isdigit() or int(declared) > limit):
-            await reply(send, 413, f"request body larger than {limit >> 10} kB" if declared.isdigit() else "bad Content-Length")
+            await reply(
+                send, 413, f"request body larger than {limit >> 10} kB" if declared.isdigit() else "bad Content-Length"
+            )
             return
         received = 0
 
@@ -102,6 +112,11 @@ async def refuse(headers: dict, receive: Receive, send: Send, status: int, detai
 async def reply(send: Send, status: int, detail: str) -> None:
     """A JSON error answer ``{"detail": ...}``, as FastAPI gives."""
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

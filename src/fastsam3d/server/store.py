@@ -182,11 +182,13 @@ class SessionStore:
         if name not in self._models:
             rows = {row["name"]: row for row in self.models()}
             if name not in rows:
-                raise FastSAM3DError(f"model {name!r} is not offered by this server; choose from "
-                                     f"{', '.join(self.available_models())}")
+                raise FastSAM3DError(
+                    f"model {name!r} is not offered by this server; choose from {', '.join(self.available_models())}"
+                )
             if not rows[name]["available"]:
-                raise FastSAM3DError(f"model {name!r}: its weights are not on this server; there run "
-                                     f"`fastsam3d weights fetch {name}`")
+                raise FastSAM3DError(
+                    f"model {name!r}: its weights are not on this server; there run `fastsam3d weights fetch {name}`"
+                )
         with self._lock:
             if name not in self._models:
                 self._models[name] = self._load(name, None)
@@ -200,11 +202,21 @@ class SessionStore:
         config = getattr(self._models.get(name), "config", None) or MODEL_CONFIGS.get(name)
         if config is None or config.spatial_dims == 3:
             known = MODEL_CONFIGS.get(name)
-            return {"name": name, "dims": 3, "prompts": ["point", "box"], "available": available,
-                    "description": description or (known.description if known else "")}
-        return {"name": name, "dims": 2, "prompts": ["point", "box"] if config.point_prompts else ["box"],
-                "clicks": "points" if config.point_prompts else "box edits", "available": available,
-                "description": description or config.description}
+            return {
+                "name": name,
+                "dims": 3,
+                "prompts": ["point", "box"],
+                "available": available,
+                "description": description or (known.description if known else ""),
+            }
+        return {
+            "name": name,
+            "dims": 2,
+            "prompts": ["point", "box"] if config.point_prompts else ["box"],
+            "clicks": "points" if config.point_prompts else "box edits",
+            "available": available,
+            "description": description or config.description,
+        }
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -294,7 +306,10 @@ class SessionStore:
             if path.is_dir() or path.suffix.lower() == ".dcm":
                 folder = path if path.is_dir() else path.parent
                 reader = sitk.ImageSeriesReader()
-                series = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in reader.GetGDCMSeriesIDs(str(folder)) or []]
+                series = [
+                    reader.GetGDCMSeriesFileNames(str(folder), sid)
+                    for sid in reader.GetGDCMSeriesIDs(str(folder)) or []
+                ]
                 files = max(series, key=len, default=())
                 if not files:
                     raise VolumeError(f"no DICOM series found in {name}")
@@ -306,24 +321,30 @@ class SessionStore:
                 header.ReadImageInformation()
                 size = header.GetSize()
         except RuntimeError:
-            raise VolumeError(f"cannot read {name}: file is corrupt, truncated or not a supported image "
-                              "(NIfTI, NRRD, MHA, DICOM)") from None
+            raise VolumeError(
+                f"cannot read {name}: file is corrupt, truncated or not a supported image (NIfTI, NRRD, MHA, DICOM)"
+            ) from None
         voxels = math.prod(size) * header.GetNumberOfComponents()
         bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(header.GetPixelID()))
         megabytes = voxels * (int(bits.group(1)) // 8 if bits else 8) / 2**20
         shape = "x".join(map(str, size))
         if voxels > self.settings.max_voxels:
-            raise VolumeError(f"{name} has {voxels} voxels ({shape}); this server accepts at most {self.settings.max_voxels}")
+            raise VolumeError(
+                f"{name} has {voxels} voxels ({shape}); this server accepts at most {self.settings.max_voxels}"
+            )
         if megabytes > self.settings.max_unpacked_mb:
-            raise VolumeError(f"{name} unpacks to {megabytes:.0f} MB ({shape}); this server accepts at most "
-                              f"{self.settings.max_unpacked_mb:.0f} MB")
+            raise VolumeError(
+                f"{name} unpacks to {megabytes:.0f} MB ({shape}); this server accepts at most "
+                f"{self.settings.max_unpacked_mb:.0f} MB"
+            )
 
     def _check_room(self) -> None:
         if len(self._sessions) >= self.settings.max_sessions:
             raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
 
-    def _add(self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None,
-             model: tuple[str, torch.nn.Module]) -> ServerSession:
+    def _add(
+        self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None, model: tuple[str, torch.nn.Module]
+    ) -> ServerSession:
         model_name, network = model
         try:
             with self._lock:
@@ -331,8 +352,15 @@ class SessionStore:
                 engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
                 session = engine(network, device=self.device, cache_mb=self.settings.cache_mb)
                 session.set_image(volume)
-                entry = ServerSession(uuid.uuid4().hex, name, session, folder, dicom_dir,
-                                      intensity=(float(volume.array.min()), float(volume.array.max())), model=model_name)
+                entry = ServerSession(
+                    uuid.uuid4().hex,
+                    name,
+                    session,
+                    folder,
+                    dicom_dir,
+                    intensity=(float(volume.array.min()), float(volume.array.max())),
+                    model=model_name,
+                )
                 self._sessions[entry.id] = entry
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -402,8 +430,10 @@ def is_loopback(host: str) -> bool:
 def check_binding(host: str, api_key: str | None, insecure: bool = False) -> None:
     """Refuse to expose the server beyond this machine without an API key (unless ``insecure``)."""
     if not is_loopback(host) and not api_key and not insecure:
-        raise FastSAM3DError(f"--host {host} exposes the server beyond this machine: give --api-key "
-                             "(or $FASTSAM3D_API_KEY), or --insecure to serve without one")
+        raise FastSAM3DError(
+            f"--host {host} exposes the server beyond this machine: give --api-key "
+            "(or $FASTSAM3D_API_KEY), or --insecure to serve without one"
+        )
 
 
 def display_name(name: str | None, default: str) -> str:
@@ -461,12 +491,16 @@ def _safe_unzip(archive: Path, target: Path, max_bytes: float, max_entries: int)
             for member in members:
                 destination = (target / member.filename).resolve()
                 if not destination.is_relative_to(root):
-                    raise VolumeError(f"the zip file has a member outside its folder: {display_name(member.filename, '?')!r}")
+                    raise VolumeError(
+                        f"the zip file has a member outside its folder: {display_name(member.filename, '?')!r}"
+                    )
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with handle.open(member) as source, open(destination, "wb") as sink:
                     shutil.copyfileobj(source, sink, CHUNK)
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError, zlib.error):
-        raise VolumeError("the zip file cannot be unpacked (corrupt, encrypted, or a member name the system refuses)") from None
+        raise VolumeError(
+            "the zip file cannot be unpacked (corrupt, encrypted, or a member name the system refuses)"
+        ) from None
 
 
 def _single_series(folder: Path) -> Path:

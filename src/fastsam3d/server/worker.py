@@ -78,7 +78,9 @@ class SessionWorker:
         try:
             await asyncio.wait_for(entry.lock.acquire(), self.seconds)
         except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
-            raise SessionBusyError(f"the session stayed busy for {self.seconds:.0f} s; the request was not applied") from None
+            raise SessionBusyError(
+                f"the session stayed busy for {self.seconds:.0f} s; the request was not applied"
+            ) from None
         finally:
             entry.waiting -= 1
         if entry.closed:
@@ -97,7 +99,9 @@ class SessionWorker:
                     deadline = loop.time() + renewed
                     continue
                 if job.cancel():
-                    raise SessionBusyError(f"the request took longer than {self.seconds:.0f} s and was not applied") from None
+                    raise SessionBusyError(
+                        f"the request took longer than {self.seconds:.0f} s and was not applied"
+                    ) from None
                 return await future  # committed just in time: its answer stands
 
     async def open(self, work: Callable[[], T]) -> T:
@@ -120,7 +124,9 @@ class SessionWorker:
         self.open_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def all_or_nothing(session: Session, label: int | None, steps: list[Callable[[], Interaction]], job: Job) -> Interaction:
+def all_or_nothing(
+    session: Session, label: int | None, steps: list[Callable[[], Interaction]], job: Job
+) -> Interaction:
     """Apply prompt steps (each pushes one state of one object) in order, or none of them; returns
     their answers as one (the label-map box they changed together, their summed timings).
 

@@ -48,8 +48,13 @@ class ClickTrainSettings:
     minutes: float | None = None  # a wall-time budget: the schedule follows elapsed time and stops at it
 
 
-def interactive_loss(model: ClickUNet3D, images: torch.Tensor, targets: torch.Tensor, settings: ClickTrainSettings,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+def interactive_loss(
+    model: ClickUNet3D,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ClickTrainSettings,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, float]:
     """Mean loss after the first prompt and after the last click; Dice after the last click."""
     batch, device = images.shape[0], images.device
     truth = (targets[:, 0] > 0.5).cpu().numpy()
@@ -58,7 +63,9 @@ def interactive_loss(model: ClickUNet3D, images: torch.Tensor, targets: torch.Te
     labels: list[list[int]] = [[] for _ in range(batch)]
     boxes = None
     if rng.random() < settings.box_rate:
-        corners = [np.concatenate([np.argwhere(t).min(0), np.argwhere(t).max(0)]) + rng.normal(0, 1.5, 6) for t in truth]
+        corners = [
+            np.concatenate([np.argwhere(t).min(0), np.argwhere(t).max(0)]) + rng.normal(0, 1.5, 6) for t in truth
+        ]
         boxes = torch.tensor(np.array(corners), dtype=torch.float32, device=device)
     previous = torch.zeros_like(targets)  # zero logits: no previous mask (as the session passes)
     corrections = int(rng.integers(settings.max_corrections + 1))
@@ -83,8 +90,13 @@ def interactive_loss(model: ClickUNet3D, images: torch.Tensor, targets: torch.Te
     return torch.stack(losses).mean(), float(overlap.mean())
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
-          click_weight: float) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    click_weight: float,
+) -> torch.Tensor:
     probability = torch.sigmoid(logits)
     intersection = (probability * targets).flatten(1).sum(1)
     dice_loss = 1 - (2 * intersection + 1) / (probability.flatten(1).sum(1) + targets.flatten(1).sum(1) + 1)
@@ -94,8 +106,9 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, coords: torch.Tensor | No
     return dice_loss.mean() + F.binary_cross_entropy_with_logits(logits, targets, weight=weight)
 
 
-def validation_crops(manifest: Path, cases: tuple[str, ...], structures: tuple[str, ...], size: int = 64,
-                     spacing: float = 3.0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def validation_crops(
+    manifest: Path, cases: tuple[str, ...], structures: tuple[str, ...], size: int = 64, spacing: float = 3.0
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, image (1, S, S, S) raw intensities, target) crops of real held-out structures, each
     ROI centred on the structure's interior-most voxel (where the first `center` click goes)."""
     data = json.loads(Path(manifest).read_text())
@@ -133,8 +146,15 @@ def _learning_rate(settings: ClickTrainSettings, step: int, progress: float) -> 
     return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_click_model(out: Path, source, settings: ClickTrainSettings, validation: list | None = None,
-                      device: str | None = None, progress: bool = True, config: str = "click-unet") -> ClickUNet3D:
+def train_click_model(
+    out: Path,
+    source,
+    settings: ClickTrainSettings,
+    validation: list | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    config: str = "click-unet",
+) -> ClickUNet3D:
     """Train (or resume from ``out/checkpoint.pt``); writes ``metrics.csv``, ``validation.csv`` and
     ``model.safetensors``. ``source.draw(rng)`` gives (image, target) crops."""
     from ..data.streams import sample_rng
@@ -165,7 +185,9 @@ def train_click_model(out: Path, source, settings: ClickTrainSettings, validatio
         lr = _learning_rate(settings, step, _progress(settings, step, elapsed))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        samples = [source.draw(sample_rng(settings.seed, step * settings.batch_size + b)) for b in range(settings.batch_size)]
+        samples = [
+            source.draw(sample_rng(settings.seed, step * settings.batch_size + b)) for b in range(settings.batch_size)
+        ]
         images = torch.stack([s[0] for s in samples]).to(device)
         targets = torch.stack([s[1] for s in samples]).to(device)
         loss, score = interactive_loss(model, images, targets, settings, sample_rng(settings.seed + 1, step))
@@ -181,8 +203,16 @@ def train_click_model(out: Path, source, settings: ClickTrainSettings, validatio
         last = done == settings.steps or _progress(settings, done, elapsed) >= 1
         if done % settings.checkpoint_every == 0 or last:
             with atomic_output(checkpoint_path) as temp:
-                torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": done,
-                            "elapsed": elapsed, "settings": asdict(settings)}, temp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "step": done,
+                        "elapsed": elapsed,
+                        "settings": asdict(settings),
+                    },
+                    temp,
+                )
         if validation and (done % settings.validate_every == 0 or last):
             model.eval()
             per_click = validate(model, [(image, target) for _, image, target in validation])

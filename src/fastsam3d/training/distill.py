@@ -61,13 +61,17 @@ def layer_pairs(student_depth: int, teacher_depth: int, mode: str = "official") 
     Feature list index k >= 1 is the output after block 2k; index -1 is the neck.
     """
     if student_depth % 2 or teacher_depth % 2 or student_depth > teacher_depth:
-        raise FastSAM3DError(f"distillation needs even depths with student <= teacher, got {student_depth} / {teacher_depth}")
+        raise FastSAM3DError(
+            f"distillation needs even depths with student <= teacher, got {student_depth} / {teacher_depth}"
+        )
     student_stages, teacher_stages = student_depth // 2, teacher_depth // 2
     if mode == "official":
         pairs = [(k, k) for k in range(1, student_stages + 1)]
     elif mode == "uniform":
         if teacher_stages % student_stages:
-            raise FastSAM3DError(f"uniform layer map needs teacher depth a multiple of student depth, got {teacher_depth} / {student_depth}")
+            raise FastSAM3DError(
+                f"uniform layer map needs teacher depth a multiple of student depth, got {teacher_depth} / {student_depth}"
+            )
         ratio = teacher_stages // student_stages
         pairs = [(k, k * ratio) for k in range(1, student_stages + 1)]
     else:
@@ -81,7 +85,9 @@ def _pair_name(pair: tuple[int, int]) -> str:
 
 
 @torch.no_grad()
-def prepare_labels(teacher: str, out: Path, count: int, settings: TrainSettings | None = None, progress: bool = True) -> Path:
+def prepare_labels(
+    teacher: str, out: Path, count: int, settings: TrainSettings | None = None, progress: bool = True
+) -> Path:
     """Teacher features for ``count`` training crops (drawn as ``fastsam3d train`` draws them).
 
     Resumable (existing crops are kept); under torchrun rank r makes crops r, r + N, ...
@@ -100,13 +106,21 @@ def prepare_labels(teacher: str, out: Path, count: int, settings: TrainSettings 
                 continue
             image, _ = source.draw(sample_rng(settings.seed, index))
             _, features = model.image_encoder(image[None].to(group.device), return_intermediates=True)
-            tensors = {"image": image.half()} | {f"feature{k}": f[0].half().cpu().contiguous() for k, f in enumerate(features)}
+            tensors = {"image": image.half()} | {
+                f"feature{k}": f[0].half().cpu().contiguous() for k, f in enumerate(features)
+            }
             with atomic_output(path) as temp:
                 save_file(tensors, str(temp))
         group.barrier()
         if group.is_main:
-            description = {"teacher": teacher, "teacher_config": model.config.to_json(), "count": count,
-                           "features": model.config.depth // 2 + 2, "seed": settings.seed, "data": settings.data}
+            description = {
+                "teacher": teacher,
+                "teacher_config": model.config.to_json(),
+                "count": count,
+                "features": model.config.depth // 2 + 2,
+                "seed": settings.seed,
+                "data": settings.data,
+            }
             (out / "labels.json").write_text(json.dumps(description, indent=1))
         return out
     finally:
@@ -123,7 +137,9 @@ class TeacherFeatures(torch.utils.data.Dataset):
         self.description = json.loads(description.read_text())
         self.files = sorted(folder.glob("crop_*.safetensors"))
         if len(self.files) < self.description["count"]:
-            raise FastSAM3DError(f"{folder} holds {len(self.files)} of {self.description['count']} crops: prepare-labels did not finish")
+            raise FastSAM3DError(
+                f"{folder} holds {len(self.files)} of {self.description['count']} crops: prepare-labels did not finish"
+            )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -179,16 +195,24 @@ def distill(
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_collate)
         if group.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        log = CsvLog(out / "distill.csv", ["epoch", "training"] + [f"mse {_pair_name(p)}" for p in pairs] + ["elapsed_s"],
-                     group.is_main)
+        log = CsvLog(
+            out / "distill.csv",
+            ["epoch", "training"] + [f"mse {_pair_name(p)}" for p in pairs] + ["elapsed_s"],
+            group.is_main,
+        )
         started = time.perf_counter()
         for epoch in range(first_epoch, epochs):
             stage = min(epoch // layer_epochs, len(pairs) - 1)
             sampler.set_epoch(epoch)
             totals = np.zeros(len(pairs))
             optimizer.zero_grad(set_to_none=True)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} {_pair_name(pairs[stage])}",
-                       disable=not (progress and group.is_main), dynamic_ncols=True, leave=False)
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{epochs} {_pair_name(pairs[stage])}",
+                disable=not (progress and group.is_main),
+                dynamic_ncols=True,
+                leave=False,
+            )
             for micro, (images, targets) in enumerate(bar, start=1):
                 _, features = network(images.to(group.device), return_intermediates=True)
                 losses = [F.mse_loss(features[s], targets[t].to(group.device)) for s, t in pairs]
@@ -200,10 +224,19 @@ def distill(
                 bar.set_postfix(loss=f"{losses[stage].item():.4f}")
             means = [group.mean(t / max(len(loader), 1)) for t in totals]
             if group.is_main:
-                log.write([epoch + 1, _pair_name(pairs[stage])] + [f"{m:.5f}" for m in means] + [f"{time.perf_counter() - started:.0f}"])
-                tqdm.write(f"epoch {epoch + 1}: training {_pair_name(pairs[stage])}; " + ", ".join(
-                    f"{_pair_name(p)} {m:.4f}" for p, m in zip(pairs, means, strict=True)))
-                atomic_save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, checkpoint_path)
+                log.write(
+                    [epoch + 1, _pair_name(pairs[stage])]
+                    + [f"{m:.5f}" for m in means]
+                    + [f"{time.perf_counter() - started:.0f}"]
+                )
+                tqdm.write(
+                    f"epoch {epoch + 1}: training {_pair_name(pairs[stage])}; "
+                    + ", ".join(f"{_pair_name(p)} {m:.4f}" for p, m in zip(pairs, means, strict=True))
+                )
+                atomic_save(
+                    {"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                    checkpoint_path,
+                )
             group.barrier()
         if not group.is_main:
             return None
@@ -225,12 +258,22 @@ def assemble_student(encoder: ImageEncoderViT3D, teacher: Sam3D, config: Sam3DCo
 
 def _check_compatible(student: Sam3DConfig, teacher: Sam3DConfig) -> None:
     """Same token grid, width and prompt/decoder sizes: features and decoder transfer as they are."""
-    keys = ("img_size", "patch_size", "embed_dim", "prompt_dim", "mask_in_chans", "box_embeddings",
-            "decoder_depth", "decoder_heads", "decoder_mlp_dim", "num_multimask_outputs", "iou_head_hidden_dim")
+    keys = (
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "prompt_dim",
+        "mask_in_chans",
+        "box_embeddings",
+        "decoder_depth",
+        "decoder_heads",
+        "decoder_mlp_dim",
+        "num_multimask_outputs",
+        "iou_head_hidden_dim",
+    )
     different = [k for k in keys if getattr(student, k) != getattr(teacher, k)]
     if different:
         raise CheckpointError(
             f"student config {student.name!r} does not match teacher {teacher.name!r} in "
             + ", ".join(f"{k} ({getattr(student, k)} vs {getattr(teacher, k)})" for k in different)
         )
-

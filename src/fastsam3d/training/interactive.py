@@ -55,14 +55,23 @@ class InteractiveLoss(nn.Module):
     ``forward(images, targets, rng)`` -> (mean loss over rounds, batch Dice after each round).
     """
 
-    def __init__(self, model: Sam3D, rounds: int = 3, box_rate: float = 0.2, loss_size: int | None = 64,
-                 autocast: torch.dtype | None = None, max_positive_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: Sam3D,
+        rounds: int = 3,
+        box_rate: float = 0.2,
+        loss_size: int | None = 64,
+        autocast: torch.dtype | None = None,
+        max_positive_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.model, self.rounds, self.box_rate, self.autocast = model, rounds, box_rate, autocast
         self.max_positive_weight = max_positive_weight
         self.loss_size = min(loss_size or model.img_size, model.img_size)
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, list[float]]:
+    def forward(
+        self, images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, list[float]]:
         model, device = self.model, images.device
         batch, low_res = images.shape[0], model.low_res_size
         factor = model.img_size // low_res[0]
@@ -73,7 +82,9 @@ class InteractiveLoss(nn.Module):
         previous = torch.zeros(batch, 1, *low_res, device=device)
         points: list[list[np.ndarray]] = [[] for _ in range(batch)]
         labels: list[list[int]] = [[] for _ in range(batch)]
-        boxes = self._boxes(targets, rng) if model.prompt_encoder.supports_boxes and rng.random() < self.box_rate else None
+        boxes = (
+            self._boxes(targets, rng) if model.prompt_encoder.supports_boxes and rng.random() < self.box_rate else None
+        )
         losses, scores = [], []
         for round_index in range(self.rounds):
             predictions = (previous[:, 0] > 0).cpu().numpy()

@@ -97,8 +97,10 @@ def atomic_save(state: dict, path: Path) -> None:
 def _build_model(settings: TrainSettings) -> Sam3D:
     model = load_model(settings.init) if settings.init else build_model(settings.config)
     if not isinstance(model, Sam3D):
-        raise FastSAM3DError(f"`fastsam3d train` fine-tunes 3D SAMs; {settings.init or settings.config!r} is a click-conditioned "
-                             "U-Net: continue it with `fastsam3d train-default --init default`")
+        raise FastSAM3DError(
+            f"`fastsam3d train` fine-tunes 3D SAMs; {settings.init or settings.config!r} is a click-conditioned "
+            "U-Net: continue it with `fastsam3d train-default --init default`"
+        )
     model.train()
     if settings.cluster_after is not None:  # kept in the exported config: inference clusters too
         model.image_encoder.enable_token_clustering(settings.cluster_after)
@@ -144,25 +146,53 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
             _drop_rows_after(out / "metrics.csv", step)  # logged after the checkpoint by the interrupted run
             print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
     autocast = torch.bfloat16 if settings.amp and group.device.type == "cuda" else None
-    objective: torch.nn.Module = InteractiveLoss(model, settings.rounds, loss_size=settings.loss_size, autocast=autocast,
-                                                 max_positive_weight=settings.max_positive_weight)
+    objective: torch.nn.Module = InteractiveLoss(
+        model,
+        settings.rounds,
+        loss_size=settings.loss_size,
+        autocast=autocast,
+        max_positive_weight=settings.max_positive_weight,
+    )
     if group.enabled:
         device_ids = [group.device.index] if group.device.type == "cuda" else None
         objective = DistributedDataParallel(objective, device_ids=device_ids, find_unused_parameters=True)
     source, validation_sources = build_sources(settings, model.img_size)
     validation = {}
     if group.is_main:
-        validation = {name: fixed_samples(s, settings.validation_samples, VALIDATION_SEED) for name, s in validation_sources.items()}
-    stream = IndexedStream(source, settings.batch_size, settings.seed, start_batch=step, rank=group.rank, world=group.world)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=settings.workers, persistent_workers=False)
-    metrics = CsvLog(out / "metrics.csv", ["step", "loss", "dice_first_round", "dice_last_round", "lr", "elapsed_s"], group.is_main)
-    bar = tqdm(total=settings.max_steps, initial=step, unit="step", disable=not (settings.progress and group.is_main), dynamic_ncols=True)
+        validation = {
+            name: fixed_samples(s, settings.validation_samples, VALIDATION_SEED)
+            for name, s in validation_sources.items()
+        }
+    stream = IndexedStream(
+        source, settings.batch_size, settings.seed, start_batch=step, rank=group.rank, world=group.world
+    )
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=settings.workers, persistent_workers=False
+    )
+    metrics = CsvLog(
+        out / "metrics.csv", ["step", "loss", "dice_first_round", "dice_last_round", "lr", "elapsed_s"], group.is_main
+    )
+    bar = tqdm(
+        total=settings.max_steps,
+        initial=step,
+        unit="step",
+        disable=not (settings.progress and group.is_main),
+        dynamic_ncols=True,
+    )
     started = time.perf_counter() - elapsed
 
     def checkpoint() -> None:
         if group.is_main:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "elapsed": time.perf_counter() - started, "settings": _plain(settings)}, checkpoint_path)
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "elapsed": time.perf_counter() - started,
+                    "settings": _plain(settings),
+                },
+                checkpoint_path,
+            )
 
     for images, targets in loader:
         elapsed = time.perf_counter() - started
@@ -182,8 +212,16 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
         else:
             tqdm.write(f"step {step + 1}: non-finite loss, batch skipped")
         step += 1
-        metrics.write([step, f"{loss_value:.4f}", f"{scores[0]:.4f}", f"{scores[-1]:.4f}",
-                       f"{optimizer.param_groups[0]['lr']:.2e}", f"{elapsed:.0f}"])
+        metrics.write(
+            [
+                step,
+                f"{loss_value:.4f}",
+                f"{scores[0]:.4f}",
+                f"{scores[-1]:.4f}",
+                f"{optimizer.param_groups[0]['lr']:.2e}",
+                f"{elapsed:.0f}",
+            ]
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{scores[-1]:.2f}", minutes=f"{elapsed / 60:.1f}")
         if step % settings.checkpoint_every == 0:
@@ -202,7 +240,9 @@ def _train(out: Path, settings: TrainSettings, resume: bool, group: distributed.
     return _export(model, settings, out)
 
 
-def _validate(model: Sam3D, validation: dict, step: int, out: Path, group: distributed.Distributed, final: bool = False) -> None:
+def _validate(
+    model: Sam3D, validation: dict, step: int, out: Path, group: distributed.Distributed, final: bool = False
+) -> None:
     """Dice per click on each validation set (rank 0), appended to ``validation.csv``."""
     if group.is_main and any(validation.values()):
         log = CsvLog(out / "validation.csv", ["step", "set"] + [f"dice_click{c + 1}" for c in range(5)], enabled=True)
@@ -211,7 +251,9 @@ def _validate(model: Sam3D, validation: dict, step: int, out: Path, group: distr
                 scores = validate(model, samples)
                 log.write([step, name] + [f"{s:.4f}" for s in scores])
                 label = "final " if final else ""
-                tqdm.write(f"{label}step {step} validation ({name}) Dice per click " + " ".join(f"{s:.3f}" for s in scores))
+                tqdm.write(
+                    f"{label}step {step} validation ({name}) Dice per click " + " ".join(f"{s:.3f}" for s in scores)
+                )
         log.close()
     group.barrier()
 
@@ -241,8 +283,11 @@ def _check_same_run(saved: dict, settings: TrainSettings, path: Path) -> None:
     keys = ("config", "init", "peft", "cluster_after", "seed", "batch_size", "data")
     different = [k for k in keys if k in saved and saved[k] != getattr(settings, k)]
     if different:
-        raise FastSAM3DError(f"{path} was written by another run (" + ", ".join(
-            f"{k}: {saved[k]!r} there, {getattr(settings, k)!r} now" for k in different) + "): use a new --out or the same options")
+        raise FastSAM3DError(
+            f"{path} was written by another run ("
+            + ", ".join(f"{k}: {saved[k]!r} there, {getattr(settings, k)!r} now" for k in different)
+            + "): use a new --out or the same options"
+        )
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
