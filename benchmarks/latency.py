@@ -15,7 +15,9 @@ volume, measured around ``Session.add_click``), the same split by stage, uncerta
 decoder runs, and peak RSS (after the clicks, at the end, and ``time -v``'s maximum resident set
 size). Then the speed-up of each precision over fp32. The session reads the volume from a file:
 ``--input .nii`` (default) is memory-mapped, so only its ROIs' pages become resident; ``.nii.gz``
-is decompressed (157 MB). The label map (78 MB) is allocated untouched and filled where objects are. ``auto`` is what ``Session``/``segment``/``serve`` use by default.
+is decompressed (157 MB). The label map (78 MB) is allocated untouched and filled where objects are.
+The ONNX precisions export the encoder once per weights into the cache (``fastsam3d.runtime``); the
+weights are seeded, so only a model's first run includes that export (~1.1 GB peak RSS). ``auto`` is what ``Session``/``segment``/``serve`` use by default.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def worker(
     from fastsam3d.runtime import apply_model_precision
 
     torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the same random weights in every run: the ONNX cache is hit from the second run on
     model = apply_model_precision(build_model(name).to(device), precision, device)
     session = Session(model, device=device, max_rois=1)  # random weights: keep to one ROI
     session.set_image(volume)  # read as a user's session reads it (.nii: memory-mapped)

@@ -40,7 +40,7 @@ step "$torch_spec ${torch_args[*]:-(default index)}"
 .venv/bin/python -m pip install --progress-bar on --no-compile "$torch_spec" "${torch_args[@]}"
 done_step
 
-# [all] includes [fast]: ONNX Runtime (a 28 MB wheel) + onnx (9 MB), the CPU encoder that --precision auto picks.
+# [all] includes [fast]: ONNX Runtime (a 28 MB wheel) + onnx (9 MB), the opt-in CPU encoder (--precision onnx-*).
 step "fastsam3d with all extras and the test tools: pip install -e '.[all,test]'"
 .venv/bin/python -m pip install --progress-bar on --no-compile -e ".[all,test]"
 done_step

@@ -61,6 +61,38 @@ def linear_weights(positions: np.ndarray, length: int) -> np.ndarray:
     return weights
 
 
+@dataclass(frozen=True)
+class LinearTaps:
+    """1D linear interpolation as two taps per output sample: ``out = w_lower * x[lower] + w_upper * x[upper]``,
+    the same numbers as a row of :func:`linear_weights` (rows outside the image have zero weights)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    lower_weight: torch.Tensor
+    upper_weight: torch.Tensor
+
+    @classmethod
+    def at(cls, positions: np.ndarray, length: int) -> LinearTaps:
+        inside = (positions >= -0.5) & (positions <= length - 0.5)
+        clamped = np.clip(positions, 0, length - 1)
+        lower = np.minimum(np.floor(clamped).astype(np.int64), length - 1)
+        upper = np.minimum(lower + 1, length - 1)
+        fraction = (clamped - lower).astype(np.float32)
+        return cls(
+            torch.from_numpy(lower),
+            torch.from_numpy(upper),
+            torch.from_numpy(np.where(inside, 1 - fraction, 0).astype(np.float32)),
+            torch.from_numpy(np.where(inside, fraction, 0).astype(np.float32)),
+        )
+
+    def apply(self, array: torch.Tensor, axis: int) -> torch.Tensor:
+        """Interpolate ``array`` along ``axis`` at the taps' positions."""
+        shape = [1] * array.dim()
+        shape[axis] = -1
+        result = array.index_select(axis, self.lower) * self.lower_weight.view(shape)
+        return result.add_(array.index_select(axis, self.upper) * self.upper_weight.view(shape))
+
+
 def upsampling_weights(source: int, target: int) -> np.ndarray:
     """(target, source) matrix of ``F.interpolate(mode="linear", align_corners=False)`` along one axis."""
     positions = np.maximum((np.arange(target) + 0.5) * source / target - 0.5, 0.0)
@@ -159,12 +191,14 @@ class RoiGrid:
         """Linearly resample the input array into the ROI: (size, size, size) float32; where the ROI
         leaves the volume, zero (``outside="zero"``, ITK's default) or the nearest border voxel (``"edge"``).
 
-        The covered input block is read and converted to float in slabs along ROI axis 2 (each
-        slab's share of the result is added up), so memory stays at a few slabs whatever the
-        input's resolution, and a memory-mapped input is read once, slab by slab.
+        Each axis is interpolated from its two neighbouring samples (:class:`LinearTaps`: work in
+        proportion to the output, unlike a dense matrix product). The covered input block is read and
+        converted to float in slabs along ROI axis 2, resampled along axes 0 and 1 slab by slab, then
+        along axis 2: memory stays at a few slabs whatever the input's resolution, and a
+        memory-mapped input is read once.
         """
         sources: list[slice] = []
-        matrices = []
+        taps = []
         for a in range(3):
             positions = self._input_positions(a)
             length = self.volume_shape[self.axes[a]]
@@ -173,21 +207,20 @@ class RoiGrid:
             low = int(np.clip(np.floor(positions.min()), 0, length - 1))
             high = int(np.clip(np.ceil(positions.max()), 0, length - 1))
             sources.append(slice(low, high + 1))
-            matrices.append(torch.from_numpy(linear_weights(positions - low, high - low + 1)))
+            taps.append(LinearTaps.at(positions - low, high - low + 1))
         depth = sources[2].stop - sources[2].start
         slab = max(
             1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start))
         )
-        result = torch.zeros((self.size,) * 3)
+        planes = []  # (size, size, slab) pieces, resampled along ROI axes 0 and 1
         for first in range(0, depth, slab):
             part = slice(sources[2].start + first, sources[2].start + min(first + slab, depth))
             block_slices = [None] * 3
             for a, source in enumerate((sources[0], sources[1], part)):
                 block_slices[self.axes[a]] = source
-            block = np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes)
-            weights = [matrices[0], matrices[1], matrices[2][:, first : first + block.shape[2]]]
-            result += apply_per_axis(torch.from_numpy(np.ascontiguousarray(block)), weights)
-        return result
+            block = torch.from_numpy(np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes))
+            planes.append(taps[1].apply(taps[0].apply(block, 0), 1))
+        return taps[2].apply(torch.cat(planes, dim=2), 2)
 
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
         """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res

@@ -10,8 +10,9 @@ The part that runs once per ROI (a 3D SAM's ``image_encoder``; the U-Net of ``Cl
 :meth:`~fastsam3d.modeling.click_unet.ClickUNet3D.encode_channels`) is traced to ONNX (opset 17);
 ``int8`` then quantises its matrix products and convolutions dynamically (ONNX Runtime's
 ``quantize_dynamic``: uint8 weights, as AVX2's u8×s8 product can saturate). The prompt encoder and
-mask decoder (every click) stay in torch. On a CPU this is faster than torch's own kernels (README
-"Precision / speed"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
+mask decoder (every click) stay in torch. It is opt-in (``--precision onnx-fp32|onnx-int8``): its
+encoder alone is 1.2-2.3x faster than torch fp32 here, most on a busy machine, but in a session on a
+quiet one no faster than ``auto``'s torch choice (README "Precision / speed"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
 ``~/.cache/fastsam3d/onnx``), named by a key over the weights, the config, the precision, the
 modeling code and the torch / ONNX Runtime versions; the key is stored in the file and checked on
 load, so a stale or corrupt cached file is rebuilt and a mismatched explicit file is refused.
@@ -20,7 +21,6 @@ load, so a stale or corrupt cached file is rebuilt and a mismatched explicit fil
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -45,11 +45,6 @@ OPSET = 17
 FORMAT = 1  # bump when the exported graph's inputs, outputs or metadata change
 METADATA_KEY = "fastsam3d"
 MODELING_DIR = Path(__file__).parent / "modeling"
-
-
-def onnx_available() -> bool:
-    """Whether ONNX Runtime and the ``onnx`` package (export, quantisation) are installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def cache_dir() -> Path:
@@ -162,6 +157,9 @@ class OnnxEncoder(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        # ONNX Runtime's threads otherwise spin for a while after each run, taking the cores from the
+        # torch work that follows (ROI crop, decoder, paste): the decoder ran 2-3x slower beside them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for unreadable files
@@ -236,27 +234,18 @@ def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None =
 
 
 INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 here (192: 0.4x, 384: 0.6x)
-# ONNX Runtime's int8 (per-tensor activations) passes the gate on the 6-block student (logits correlation
-# 0.99977) but not on the 12-block teacher (0.9983 < 0.999): deeper encoders get its fp32.
-ONNX_INT8_MAX_DEPTH = 6
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (README "Precision / speed"), on a CPU: with ONNX
-    Runtime installed (``fastsam3d[fast]``), its int8 encoder for a ViT at least ``INT8_MIN_WIDTH``
-    wide and at most ``ONNX_INT8_MAX_DEPTH`` blocks deep (the official student) and its fp32 encoder
-    for the other 3D models (the teacher, narrow ViTs such as ``compact``, the convolutional
-    default); without it, torch's int8 for the wide ViTs. fp32 otherwise (GPUs, 2D SAMs)."""
+    """The fastest precision that keeps the masks (README "Precision / speed"): torch's int8 for a
+    ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a CPU,
+    fp32 otherwise. The ONNX Runtime encoder is opt-in: on a quiet machine here it was no faster in a
+    session than this choice, and it costs a one-time export and 120-230 MB more memory."""
     device = torch.device(device)
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
     wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
-    if device.type != "cpu":
-        return "fp32"
-    if onnx_available() and getattr(model, "spatial_dims", 2) == 3:
-        shallow = len(getattr(encoder, "blocks", ())) <= ONNX_INT8_MAX_DEPTH
-        return "onnx-int8" if wide and shallow else "onnx-fp32"
-    return "int8" if wide and int8_available() else "fp32"
+    return "int8" if device.type == "cpu" and wide and int8_available() else "fp32"
 
 
 def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -264,10 +253,9 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
 
     A 3D SAM's image encoder (the first click) gets the precision; its prompt encoder and mask
     decoder (the cached clicks) stay fp32. ``"onnx-fp32"`` / ``"onnx-int8"`` run the encoder under
-    ONNX Runtime (:mod:`fastsam3d.runtime`; ``auto`` falls back to torch if that fails). Models without ``image_encoder`` (ClickUNet3D) get it
+    ONNX Runtime (:func:`use_onnx_encoder`). Models without ``image_encoder`` (ClickUNet3D) get it
     as a whole. The chosen precision is stored as ``model.precision``.
     """
-    requested = precision
     if precision == "auto":
         precision = default_precision(model, device)
     if precision not in PRECISIONS + ONNX_PRECISIONS:
@@ -283,18 +271,7 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
     if precision in ("int8", *ONNX_PRECISIONS) and torch.device(device).type != "cpu":
         raise ValueError(f"{precision} runs on the CPU only, not on {device}; use bf16 or fp32 there")
     if precision in ONNX_PRECISIONS:
-        try:
-            return use_onnx_encoder(model, precision)
-        except Exception as error:  # auto falls back to torch whatever the exporter raised
-            if requested != "auto":
-                raise
-            warnings.warn(
-                f"the ONNX encoder failed ({str(error).strip().splitlines()[0]}); running in torch", stacklevel=2
-            )
-            precision = "int8" if precision == "onnx-int8" and int8_available() else "fp32"
-            if precision == "fp32":
-                model.precision = precision
-                return model
+        return use_onnx_encoder(model, precision)
     encoder = getattr(model, "image_encoder", None)
     target = encoder if encoder is not None else model
     if precision == "int8" and not any(isinstance(m, nn.Linear) for m in target.modules()):

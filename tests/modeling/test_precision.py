@@ -115,8 +115,6 @@ def test_session_logits_agree_between_fp32_and_int8(tmp_path):
 def test_auto_picks_int8_for_wide_3d_sams_on_cpu_and_fp32_otherwise(tmp_path, monkeypatch):
     import fastsam3d.runtime as runtime
 
-    monkeypatch.setattr("fastsam3d.runtime.onnx_available", lambda: False)  # torch's choices; ONNX's: test_runtime.py
-
     def sam_of_width(width: int) -> nn.Module:
         model = nn.Module()
         model.image_encoder = nn.Sequential(nn.Linear(width, 8))

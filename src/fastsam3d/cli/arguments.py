@@ -56,9 +56,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"),
         default="auto",
-        help="image encoder arithmetic: auto (default: on a CPU, ONNX Runtime when fastsam3d[fast] is "
-        "installed, int8 for the official 3D SAMs, fp32 for the others; else torch), fp32, bf16, int8 "
-        "(CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only)",
+        help="image encoder arithmetic: auto (default: int8 for the official 3D SAMs on a CPU, else fp32), "
+        "fp32, bf16, int8 (CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only, fastsam3d[fast])",
     )
 
 
