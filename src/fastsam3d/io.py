@@ -190,14 +190,10 @@ def _read_nifti(path: Path) -> Volume:
     if geometry is None:
         geometry = _itk_header_geometry(path, shape)
     proxy = image.dataobj
-    if _suffix(path) == ".nii.gz" and (proxy.slope, proxy.inter) == (1.0, 0.0) and len(proxy.shape) == 3:
-        array = _read_gzip_voxels(path, proxy.offset, proxy.dtype, proxy.shape, proxy.order)
+    if _suffix(path) == ".nii.gz" and (proxy.slope, proxy.inter) == (1.0, 0.0):
+        array = _read_gzip_voxels(path, proxy.offset, proxy.dtype, shape, proxy.order)
     else:  # memory-mapped when uncompressed and unscaled; scaled values as nibabel computes them
-        array = np.asarray(proxy)
-    if array.ndim > 3 and all(size == 1 for size in array.shape[3:]):
-        array = array.reshape(array.shape[:3])
-    if array.shape != shape:
-        raise VolumeError(f"{path} has voxel data of shape {array.shape} but a header saying {shape}")
+        array = np.asarray(proxy).reshape(shape)  # trailing axes of size 1 dropped: a view
     return Volume(array, *geometry)
 
 

@@ -49,22 +49,18 @@ def linear_weights(positions: np.ndarray, length: int) -> np.ndarray:
     Positions within half a voxel outside the samples use the edge value; further out the row is
     zero (outside the image).
     """
+    taps = LinearTaps.at(positions, length)
     weights = np.zeros((len(positions), length), dtype=np.float32)
-    inside = (positions >= -0.5) & (positions <= length - 0.5)
-    clamped = np.clip(positions, 0, length - 1)
-    lower = np.minimum(np.floor(clamped).astype(int), length - 1)
-    upper = np.minimum(lower + 1, length - 1)
-    fraction = (clamped - lower).astype(np.float32)
-    rows = np.nonzero(inside)[0]
-    np.add.at(weights, (rows, lower[rows]), 1 - fraction[rows])
-    np.add.at(weights, (rows, upper[rows]), fraction[rows])
+    rows = np.arange(len(positions))
+    np.add.at(weights, (rows, taps.lower.numpy()), taps.lower_weight.numpy())
+    np.add.at(weights, (rows, taps.upper.numpy()), taps.upper_weight.numpy())
     return weights
 
 
 @dataclass(frozen=True)
 class LinearTaps:
     """1D linear interpolation as two taps per output sample: ``out = w_lower * x[lower] + w_upper * x[upper]``,
-    the same numbers as a row of :func:`linear_weights` (rows outside the image have zero weights)."""
+    the sparse form of :func:`linear_weights` (positions outside the image get zero weights)."""
 
     lower: torch.Tensor
     upper: torch.Tensor

@@ -196,7 +196,7 @@ class ClickUNet3D(nn.Module):
 
     @property
     def spatial_dims(self) -> int:
-        return 3
+        return self.config.spatial_dims
 
     @property
     def img_size(self) -> int:

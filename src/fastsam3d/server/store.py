@@ -201,13 +201,12 @@ class SessionStore:
     def _describe_model(self, name: str, available: bool, description: str = "") -> dict:
         config = getattr(self._models.get(name), "config", None) or MODEL_CONFIGS.get(name)
         if config is None or config.spatial_dims == 3:
-            known = MODEL_CONFIGS.get(name)
             return {
                 "name": name,
                 "dims": 3,
                 "prompts": ["point", "box"],
                 "available": available,
-                "description": description or (known.description if known else ""),
+                "description": description or getattr(config, "description", ""),
             }
         return {
             "name": name,
