@@ -132,6 +132,7 @@ def test_without_onnxruntime_a_request_names_the_extra(monkeypatch):
 def test_onnx_is_opt_in_and_cpu_only():
     model = _student()
     assert default_precision(build_model("fastsam3d"), "cpu") == "int8"  # torch's: as fast in a session here
+    assert default_precision(build_model("litemedsam"), "cpu") == "fp32"  # 2D SAMs: int8 failed their gate
     assert default_precision(model, "cpu") == "fp32"
     with pytest.raises(ValueError, match="onnx-fp32 runs on the CPU only"):
         apply_model_precision(copy.deepcopy(model), "onnx-fp32", "meta")

@@ -237,15 +237,16 @@ INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 h
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (README "Precision / speed"): torch's int8 for a
-    ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a CPU,
-    fp32 otherwise. The ONNX Runtime encoder is opt-in: on a quiet machine here it was no faster in a
+    """The fastest precision that keeps the masks (README "Precision / speed"): torch's int8 for a 3D
+    SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a
+    CPU, fp32 otherwise (the 2D SAMs' int8 failed the gate: ``benchmarks/slicewise.py``). The ONNX Runtime encoder is opt-in: on a quiet machine here it was no faster in a
     session than this choice, and it costs a one-time export and 120-230 MB more memory."""
     device = torch.device(device)
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
     wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
-    return "int8" if device.type == "cpu" and wide and int8_available() else "fp32"
+    three_d = getattr(model, "spatial_dims", 3) == 3
+    return "int8" if device.type == "cpu" and three_d and wide and int8_available() else "fp32"
 
 
 def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:

@@ -195,7 +195,7 @@ class SessionStore:
         return self._models[name]
 
     def _load(self, name: str, checkpoint: str | None) -> torch.nn.Module:
-        precision = self.settings.precision if spatial_dims(name) == 3 else "fp32"  # 2D: int8 failed the gate
+        precision = self.settings.precision if spatial_dims(name) == 3 else "fp32"  # --precision is for 3D encoders
         return load_model(name, checkpoint, device=self.device, precision=precision)
 
     def _describe_model(self, name: str, available: bool, description: str = "") -> dict:
