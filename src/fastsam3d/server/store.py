@@ -159,14 +159,14 @@ class SessionStore:
         the official ones (3D and 2D), each with ``name, dims, prompts, available, description``;
         ``available`` is false for official weights not downloaded on this server yet."""
         from ..hub import official_models
-        from ..registry import WEIGHTS_DIR
+        from ..registry import weights_status
 
         rows = {self.settings.model: self._describe_model(self.settings.model, True)}
         for row in official_models():
             if row["runnable"]:
                 rows.setdefault(row["name"], self._describe_model(row["name"], row["cached"], row["description"]))
         for name, config in MODEL_CONFIGS.items():
-            if getattr(config, "weights", "") and (WEIGHTS_DIR / config.weights).is_file():
+            if weights_status(name) == "shipped":
                 rows.setdefault(name, self._describe_model(name, True, config.description))
         for name in self._models:
             rows[name] = {**rows.get(name, self._describe_model(name, True)), "available": True}
