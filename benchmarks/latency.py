@@ -3,7 +3,8 @@
     python benchmarks/latency.py                       # CPU, 2 threads, fastsam3d + sam-med3d, fp32 vs auto
     python benchmarks/latency.py --models default fastsam3d --precisions fp32 int8 bf16
     python benchmarks/latency.py --precisions fp32 int8 onnx-fp32 onnx-int8   # torch beside ONNX Runtime
-    python benchmarks/latency.py --device cuda         # on a GPU
+    python benchmarks/latency.py --device cuda --threads 8 --models fastsam3d sam-med3d default \
+        --precisions fp32 bf16 bf16+compile bf16+cudagraphs --sdpa   # on a GPU (benchmarks/gpu_check.sh)
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
 
 Random weights (timing does not depend on them). Each model and precision runs in its own process
@@ -18,6 +19,9 @@ size). Then the speed-up of each precision over fp32. The session reads the volu
 is decompressed (157 MB). The label map (78 MB) is allocated untouched and filled where objects are.
 The ONNX precisions export the encoder once per weights into the cache (``fastsam3d.runtime``); the
 weights are seeded, so only a model's first run includes that export (~1.1 GB peak RSS). ``auto`` is what ``Session``/``segment``/``serve`` use by default.
+A precision with ``+compile`` runs the encoder under ``torch.compile`` (``+cudagraphs``: mode
+"reduce-overhead", replayed as a CUDA graph); its compile time is the row's ``warm_up_s``. ``--sdpa``
+adds the encoder time with each of PyTorch's attention kernels (flash, memory-efficient, cuDNN, math).
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+
+# ``--precisions bf16+compile``: the encoder under torch.compile; ``+cudagraphs`` also replays it as a CUDA graph
+COMPILE_MODES = {"compile": "default", "cudagraphs": "reduce-overhead"}
 
 
 def _times(function, repeats: int) -> list[float]:
@@ -50,15 +58,16 @@ def _median_time(function, repeats: int) -> float:
 
 def write_test_volume(path: Path) -> Path:
     """A 512x512x300 int16 CT-like volume of random values at 0.8 x 0.8 x 1.5 mm, written once."""
+    import nibabel
     import numpy as np
-
-    from fastsam3d import Volume, write_volume
 
     rng = np.random.default_rng(0)
     array = np.empty((512, 512, 300), dtype=np.int16)  # filled in slabs: no full-size temporaries
     for start in range(0, 512, 32):
         array[start : start + 32] = rng.integers(-1000, 1500, size=(32, 512, 300), dtype=np.int16)
-    return write_volume(Volume(array, np.array([0.8, 0.8, 1.5]), np.zeros(3), np.eye(3)), path)
+    # nibabel (a core dependency) rather than SimpleITK, which the session does not need for NIfTI either
+    nibabel.save(nibabel.Nifti1Image(array, np.diag([-0.8, -0.8, 1.5, 1.0])), path)
+    return path
 
 
 def worker(
@@ -71,18 +80,24 @@ def worker(
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # the same random weights in every run: the ONNX cache is hit from the second run on
+    precision, _, compiled = precision.partition("+")
     model = apply_model_precision(build_model(name).to(device), precision, device)
+    if compiled:  # the encoder only: the per-click decoder sees a new number of points on every click
+        model.encode = torch.compile(model.encode, mode=COMPILE_MODES[compiled])
     session = Session(model, device=device, max_rois=1)  # random weights: keep to one ROI
     session.set_image(volume)  # read as a user's session reads it (.nii: memory-mapped)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     crop = torch.randn(1, 1, *(model.img_size,) * 3, device=device)
     with torch.inference_mode():
-        model.encode(crop)  # warm-up
+        started = time.perf_counter()
+        for _ in range(3 if compiled == "cudagraphs" else 1):  # warm-up (CUDA graphs record on the third call)
+            model.encode(crop)
         sync()
+        warm_up = time.perf_counter() - started
         encoder_times = _times(lambda: (model.encode(crop), sync()), repeats)
 
-    first_click = session.add_click((256, 256, 150)).timings.total  # first click: encoder + decoder
+    first = session.add_click((256, 256, 150)).timings  # first click: crop + encoder, decoder, paste
     clicks, stages = [], []
     for index in range(max(repeats, 10)):
         point = (256 + (index % 5), 250 + (index % 7), 150 + (index % 3))
@@ -96,12 +111,15 @@ def worker(
     result = {
         "model": name,
         "input": volume.name.partition(".")[2],
-        "precision": model.precision,
+        "precision": model.precision + (f"+{compiled}" if compiled else ""),
+        "warm_up_s": warm_up,
         "device": device,
         "threads": threads,
         "encoder_s": statistics.median(encoder_times),
         "encoder_min_s": min(encoder_times),
-        "first_click_s": first_click,
+        "first_click_s": first.total,
+        "first_crop_encoder_s": first.encoder,
+        "first_decoder_paste_ms": 1e3 * (first.decoder + first.paste),
         "click_ms": 1e3 * statistics.median(clicks),
         "decoder_ms": 1e3 * statistics.median(s[0] for s in stages),
         "paste_ms": 1e3 * statistics.median(s[1] for s in stages),
@@ -109,6 +127,8 @@ def worker(
         "peak_rss_clicks_mb": rss_clicks,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if device.startswith("cuda"):
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if verify_padding and getattr(model.config, "window_size", 0) and precision == "fp32":
         with torch.inference_mode():
             for name_, parameter in model.image_encoder.named_parameters():
@@ -154,6 +174,7 @@ def _run(name: str, precision: str, args: argparse.Namespace) -> dict:
     if found:
         row["time_v_max_rss_mb"] = int(found.group(1)) / 1024
     row["requested"] = precision
+    print(f"# {json.dumps(row)}", flush=True)  # as it comes: a run cut short keeps what it measured
     return row
 
 
@@ -200,6 +221,38 @@ def paired_encoder(name: str, precisions: list[str], device: str, threads: int, 
     return result
 
 
+def sdpa_backends(name: str, precisions: list[str], device: str, repeats: int) -> list[dict]:
+    """Encoder seconds with attention restricted to each of PyTorch's SDPA kernels in turn. The
+    official models add the relative-position term as a mask, which the flash kernel does not take:
+    such a kernel is reported as refused, with PyTorch's reason."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastsam3d import build_model
+    from fastsam3d.runtime import apply_model_precision
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rows = []
+    for precision in precisions:
+        torch.manual_seed(0)
+        model = apply_model_precision(build_model(name).to(device), precision, device)
+        crop = torch.randn(1, 1, *(model.img_size,) * 3, device=device)
+        row = {"model": name, "precision": model.precision}
+        for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+            try:
+                with torch.inference_mode(), sdpa_kernel(getattr(SDPBackend, backend)), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the refusal's reasons come as warnings before the error
+                    model.encode(crop)
+                    sync()
+                    row[f"{backend.lower()}_ms"] = 1e3 * _median_time(
+                        lambda m=model, c=crop: (m.encode(c), sync()), repeats
+                    )
+            except RuntimeError as error:
+                row[f"{backend.lower()}_ms"] = "refused: " + str(error).splitlines()[0][:60]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fastsam3d", "sam-med3d"])
@@ -224,8 +277,14 @@ def main() -> None:
     )
     parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sdpa", action="store_true", help="also time the 3D SAM encoders with each SDPA attention kernel in turn"
+    )
     parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.sdpa:
+        print(json.dumps(sdpa_backends(args.worker, args.precisions, args.device, args.repeats)))
+        return
     if args.worker and args.paired:
         print(json.dumps(paired_encoder(args.worker, args.precisions, args.device, args.threads, args.repeats)))
         return
@@ -292,7 +351,17 @@ def main() -> None:
     if speedups:
         print("\nspeed-up over fp32 (x; > 1 is faster; separate processes, minutes apart)")
         _table(speedups, list(speedups[0]))
-    fast = [p for p in args.precisions if p != "fp32"]
+    plain = [p for p in args.precisions if "+" not in p]
+    if args.sdpa:
+        timed = []
+        for name in [n for n in args.models if n != "default"]:
+            command = [sys.executable, __file__, "--worker", name, "--sdpa", "--precisions", *plain]
+            command += ["--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            timed += json.loads(done.stdout.strip().splitlines()[-1])
+        print("\nencoder ms per SDPA kernel (median; 'refused': the kernel does not take these inputs)")
+        _table(timed, list(dict.fromkeys(k for row in timed for k in row)))
+    fast = [p for p in plain if p != "fp32"]
     if fast and args.paired_repeats:
         paired = []
         for name in args.models:

@@ -4,6 +4,7 @@
     python benchmarks/precision_gate.py --precisions onnx-fp32 onnx-int8 --random fastsam3d
     python benchmarks/precision_gate.py --checkpoint trained.safetensors # a trained 3D SAM as well
     python benchmarks/precision_gate.py --random fastsam3d sam-med3d     # random official-size models
+    python benchmarks/precision_gate.py --device cuda --precisions fp32 bf16 --random fastsam3d sam-med3d
 
 For each trained model and every structure of the development volumes (``fastsam3d data fetch``):
 the fp32 session is driven by simulated centre clicks (the interior-most voxel of its largest
@@ -34,13 +35,16 @@ from fastsam3d.runtime import apply_model_precision
 from fastsam3d.session import Session
 
 
-def gate_trained(label: str, reference, candidates: dict, clicks: int, min_voxels: int) -> list[dict]:
-    """Masks of each candidate model against ``reference``'s at ``reference``'s centre clicks."""
+def gate_trained(
+    label: str, reference, candidates: dict, clicks: int, min_voxels: int, device: str = "cpu"
+) -> list[dict]:
+    """Masks of each candidate model (run on ``device``) against ``reference``'s (fp32 on the CPU)
+    at ``reference``'s centre clicks."""
     rows = []
     for case in load_cases(default_root() / "dataset.json"):
         image, truth = case.load()
         sessions = {"reference": Session(reference, device="cpu")}
-        sessions |= {name: Session(model, device="cpu") for name, model in candidates.items()}
+        sessions |= {name: Session(model, device=device) for name, model in candidates.items()}
         for session in sessions.values():
             session.set_image(image)
         for class_id, name in case.classes.items():
@@ -100,7 +104,7 @@ def _report(label: str, rows: list[dict], clicks: int) -> None:
         )
 
 
-def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0) -> list[dict]:
+def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0, device: str = "cpu") -> list[dict]:
     torch.manual_seed(seed)
     model = build_model(name).eval()
     with torch.no_grad():
@@ -110,7 +114,7 @@ def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0) -> 
     case = next(c for c in load_cases(default_root() / "dataset.json") if c.name == "ct")
     image, _ = case.load()
     rng = np.random.default_rng(seed)
-    fast_models = {p: apply_model_precision(copy.deepcopy(model), p) for p in precisions}
+    fast_models = {p: apply_model_precision(copy.deepcopy(model).to(device), p, device) for p in precisions}
     rows = []
     for index in range(crops):
         centre = rng.uniform(0.3, 0.7, 3) * np.array(image.shape)
@@ -121,7 +125,8 @@ def gate_random(name: str, precisions: list[str], crops: int, seed: int = 0) -> 
         with torch.inference_mode():
             reference, _ = model.decode(model.encode(crop), point, labels)
             for precision, fast in fast_models.items():
-                logits, _ = fast.decode(fast.encode(crop), point, labels)
+                logits, _ = fast.decode(fast.encode(crop.to(device)), point.to(device), labels.to(device))
+                logits = logits.cpu()
                 correlation = torch.corrcoef(torch.stack([reference.flatten(), logits.flatten()]))[0, 1].item()
                 rows.append(
                     {
@@ -158,10 +163,17 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=3)
     parser.add_argument("--min-voxels", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", help="where the candidates run (cuda: fp32 and bf16 there against fp32 on the CPU)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for model_name in args.models + args.checkpoint:
-        candidates = {p: load_model(model_name, precision=p) for p in args.precisions if _supported(model_name, p)}
+        candidates = {
+            _label(p, args.device): load_model(model_name, precision=p, device=args.device)
+            for p in args.precisions
+            if _supported(model_name, p, args.device)
+        }
         for mode in args.modes if model_name in args.checkpoint else []:
             changes = (
                 {"cluster_after": int(mode.split("-")[1])}
@@ -169,23 +181,27 @@ def main() -> None:
                 else {"attention_mode": "dilated"}
             )
             candidates[mode] = _variant(model_name, **changes)
-        rows = gate_trained(model_name, load_model(model_name), candidates, args.clicks, args.min_voxels)
+        rows = gate_trained(model_name, load_model(model_name), candidates, args.clicks, args.min_voxels, args.device)
         _report(model_name, rows, args.clicks)
     for name in args.random:
-        rows = gate_random(name, args.precisions, args.crops)
+        rows = gate_random(name, args.precisions, args.crops, device=args.device)
         for precision in args.precisions:
             chosen = [r for r in rows if r["precision"] == precision]
             low = min(r["logits_correlation"] for r in chosen)
             print(
-                f"{name} (random weights) {precision}: {len(chosen)} crops; logits correlation min {low:.5f}; "
+                f"{name} (random weights) {_label(precision, args.device)}: {len(chosen)} crops; logits correlation min {low:.5f}; "
                 f"mask Dice vs fp32 min {min(r['mask_dice_vs_fp32'] for r in chosen):.4f}; gate >= 0.999: "
                 f"{'PASS' if low >= 0.999 else 'FAIL'}"
             )
 
 
-def _supported(model_name: str, precision: str) -> bool:
+def _label(precision: str, device: str) -> str:
+    return precision if device == "cpu" else f"{precision}@{device}"
+
+
+def _supported(model_name: str, precision: str, device: str = "cpu") -> bool:
     try:
-        load_model(model_name, precision=precision)
+        load_model(model_name, precision=precision, device=device)
     except ValueError as error:
         print(f"{model_name} {precision}: skipped ({error})")
         return False

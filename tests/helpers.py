@@ -70,13 +70,13 @@ class IntensityModel(torch.nn.Module):
         logits = (low - (low.amax() + low.amin()) / 2) * 10.0  # threshold halfway: bright = inside
         batch = point_coords.shape[0]
         logits = logits.expand(batch, -1, -1, -1, -1).clone()
-        centres = (torch.arange(32, dtype=torch.float32) + 0.5) * 4 - 0.5
+        centres = (torch.arange(32, dtype=torch.float32, device=embedding.device) + 0.5) * 4 - 0.5
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
         for b in range(batch):
             for coord, label in zip(point_coords[b], point_labels[b], strict=True):
                 if label == 0:
                     logits[b, 0][(grid - coord).norm(dim=-1) < 12] = -10.0
-        return logits, torch.ones(batch, 1)
+        return logits, torch.ones(batch, 1, device=embedding.device)
 
 
 class BrightInBox(torch.nn.Module):

@@ -25,7 +25,7 @@ def test_predict_encodes_once_per_roi_and_matches_the_session():
     assert predictor.encoder_runs == 1 and predictor.decoder_runs == 2 and predictor.is_cached(roi)
     assert not torch.equal(first, second)  # the exclude click and the mask prompt changed the answer
 
-    session = Session(model, max_rois=1)
+    session = Session(model, device="cpu", max_rois=1)  # the predictor's device
     session.set_image(volume)
     session.add_click(click[0])
     ((_, logits),) = session.objects[1].state.logits

@@ -85,3 +85,27 @@ def test_session_uses_the_models_roi_grid():
     assert session.mask()[40, 35, 20]  # the clicked voxel is inside (clicks are honoured)
     session.add_click((40, 35, 20), positive=False)
     assert not session.mask()[40, 35, 20]
+
+
+@pytest.mark.parametrize(("channels", "size", "kernel", "stride"), [(48, 16, 3, 1), (8, 12, 3, 2), (6, 10, 1, 1)])
+def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, kernel, stride):
+    """The oneDNN convolution (PyTorch sends small 3D ones to a slow kernel) and the channels-last
+    instance norm give PyTorch's numbers, for a batch of two, with gradients."""
+    from fastsam3d.modeling.click_unet import CHANNELS_LAST, Conv3d, InstanceNorm3d
+
+    from ..helpers import randomise
+
+    conv, norm = Conv3d(channels, 16, kernel, stride=stride, padding=kernel // 2), InstanceNorm3d(16, affine=True)
+    randomise(conv)
+    randomise(norm, seed=2)
+    conv.to(memory_format=CHANNELS_LAST)
+    x = torch.randn(2, channels, size, size, size).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    out = norm(conv(x))
+    expected = torch.nn.functional.instance_norm(
+        torch.nn.functional.conv3d(x, conv.weight, conv.bias, stride, kernel // 2), weight=norm.weight, bias=norm.bias
+    )
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    (gradient,) = torch.autograd.grad(out.square().sum(), conv.weight)
+    (expected_gradient,) = torch.autograd.grad(expected.square().sum(), conv.weight)
+    torch.testing.assert_close(gradient, expected_gradient, atol=1e-3, rtol=1e-3)

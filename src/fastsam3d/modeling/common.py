@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,6 +48,14 @@ class PatchExpand3d(nn.ConvTranspose3d):
         y = y.view(batch, d, h, w, out_channels, k, k, k).permute(0, 4, 1, 5, 2, 6, 3, 7)
         y = y.reshape(batch, out_channels, d * k, h * k, w * k)
         return y + self.bias.view(1, -1, 1, 1, 1)
+
+    def expand_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same layer on voxel rows: (B, R, C_in) -> (B, R·k³, C_out), each voxel's k³ children
+        consecutive (in kernel order) instead of placed in space."""
+        k3 = self.kernel_size[0] ** 3
+        weight = self.weight.permute(0, 2, 3, 4, 1).reshape(self.in_channels, k3 * self.out_channels)
+        out = F.linear(rows, weight.t(), self.bias.repeat(k3))
+        return out.view(rows.shape[0], rows.shape[1] * k3, self.out_channels)
 
 
 class MLPBlock(nn.Module):
