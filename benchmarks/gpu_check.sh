@@ -8,7 +8,8 @@
 # 3. the engine's CUDA path under pytest (Session picks cuda when there is one; three tests that
 #    need SimpleITK or FastAPI, absent on the GPU image used here, are left out);
 # 4. torch.compile of the encoder (plain and with CUDA graphs) for the student and the default.
-# Each step has its own time limit inside an overall deadline, and tees its output to OUT_DIR.
+# Each step has its own time limit inside an overall deadline ($GPU_CHECK_SECONDS, default 540) and
+# tees its output to OUT_DIR; GPU_CHECK_STEPS="latency pytest" runs only those steps.
 # Needs: torch with CUDA, numpy, scipy, safetensors, tqdm, nibabel (the wheels in .device/whl, if
 # present, are installed to /tmp/site first) and the development volumes ($FASTSAM3D_DATA, or
 # .device/data when present: `fastsam3d data fetch`).
@@ -26,6 +27,7 @@ fi
 step() {  # step NAME SECONDS COMMAND...: run within min(SECONDS, time left), output to $out/NAME.txt
     local name=$1 limit=$2
     shift 2
+    [[ " ${GPU_CHECK_STEPS:-latency gate pytest compile} " == *" $name "* ]] || return 0
     local left=$((deadline - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 20)); then
@@ -49,7 +51,8 @@ step latency 200 python3 benchmarks/latency.py --device cuda --threads "$threads
 step gate 110 python3 benchmarks/precision_gate.py --device cuda --threads "$threads" --precisions fp32 bf16 \
     --random fastsam3d sam-med3d
 step pytest 80 python3 -m pytest -q -p no:cacheprovider tests/test_session.py tests/test_predictor.py \
-    tests/modeling/test_precision.py tests/modeling/test_sam3d.py \
+    tests/modeling/test_precision.py tests/modeling/test_sam3d.py tests/modeling/test_common.py \
+    tests/modeling/test_click_unet.py \
     -k "not cli_precision_option and not server_settings_precision and not same_world_place"
 step compile 200 python3 benchmarks/latency.py --device cuda --threads "$threads" --repeats 20 --paired-repeats 0 \
     --models fastsam3d default --precisions bf16+compile bf16+cudagraphs

@@ -10,7 +10,8 @@
 Random weights (timing does not depend on them). Each model and precision runs in its own process
 (under ``/usr/bin/time -v`` when present) so that peak RSS is per run. Per run it reports: encoder
 time per ROI (128³ for the SAMs, 64³ for the default; min and median of the repeats), the first
-click (encoder + decoder + paste, as the answer's ``timings``), the time of a further click with the
+click (encoder + decoder + paste, as the answer's ``timings``; ``warm_first_click_s``: the first click of a second
+object in another ROI, once the process is warm, as on a server), the time of a further click with the
 cached embedding (prompt encoder + decoder + upsampling + paste back into a 512x512x300 int16
 volume, measured around ``Session.add_click``), the same split by stage, uncertainty with N=16
 decoder runs, and peak RSS (after the clicks, at the end, and ``time -v``'s maximum resident set
@@ -107,6 +108,8 @@ def worker(
         stages.append((timings.decoder, timings.paste))
     assert session.encoder_runs == 1, "a click inside the ROI re-ran the encoder"
     rss_clicks = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    session.add_object()  # a second object far away: a first click in a warm process (a server's every first click)
+    warm_first = session.add_click((120, 120, 60)).timings.total
     uncertainty = _median_time(lambda: session.uncertainty(samples=16), 3)
     result = {
         "model": name,
@@ -120,6 +123,7 @@ def worker(
         "first_click_s": first.total,
         "first_crop_encoder_s": first.encoder,
         "first_decoder_paste_ms": 1e3 * (first.decoder + first.paste),
+        "warm_first_click_s": warm_first,
         "click_ms": 1e3 * statistics.median(clicks),
         "decoder_ms": 1e3 * statistics.median(s[0] for s in stages),
         "paste_ms": 1e3 * statistics.median(s[1] for s in stages),
@@ -321,6 +325,7 @@ def main() -> None:
         "encoder_min_s",
         "encoder_s",
         "first_click_s",
+        "warm_first_click_s",
         "click_ms",
         "decoder_ms",
         "paste_ms",

@@ -136,3 +136,18 @@ def test_onnx_is_opt_in_and_cpu_only():
     assert default_precision(model, "cpu") == "fp32"
     with pytest.raises(ValueError, match="onnx-fp32 runs on the CPU only"):
         apply_model_precision(copy.deepcopy(model), "onnx-fp32", "meta")
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_bf16_on_a_cpu_without_bf16_hardware_warns(monkeypatch, hardware):
+    """Emulated bf16 ran the default model's encoder 100x slower here: asking for it says so."""
+    import warnings
+
+    from fastsam3d import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: hardware)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = runtime.apply_model_precision(build_model("tiny-student"), "bf16", "cpu")
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert model.precision == "bf16" and len(emulated) == (0 if hardware else 1)

@@ -236,11 +236,23 @@ def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None =
 INT8_MIN_WIDTH = 512  # narrower Linear layers ran slower in int8 than in fp32 here (192: 0.4x, 384: 0.6x)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX, read from /proc/cpuinfo);
+    elsewhere torch emulates bf16 products and convolutions. True where it cannot tell."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
     """The fastest precision that keeps the masks (README "Precision / speed"): torch's int8 for a 3D
     SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a
-    CPU, fp32 otherwise (the 2D SAMs' int8 failed the gate: ``benchmarks/slicewise.py``). The ONNX Runtime encoder is opt-in: on a quiet machine here it was no faster in a
-    session than this choice, and it costs a one-time export and 120-230 MB more memory."""
+    CPU, fp32 otherwise (the 2D SAMs' int8 failed the gate: ``benchmarks/slicewise.py``; on a GPU,
+    an H200, bf16 was no faster and failed the default model's gate: README "On a GPU"). The ONNX
+    Runtime encoder is opt-in: on a quiet machine here it was no faster in a session than this
+    choice, and it costs a one-time export and 120-230 MB more memory."""
     device = torch.device(device)
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
@@ -273,6 +285,12 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
         raise ValueError(f"{precision} runs on the CPU only, not on {device}; use bf16 or fp32 there")
     if precision in ONNX_PRECISIONS:
         return use_onnx_encoder(model, precision)
+    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_bf16():
+        warnings.warn(
+            "bf16 on this CPU is emulated (no AVX512-BF16 or AMX): the encoder runs 10-100x slower than "
+            "in fp32 here (the default model: 26 s instead of 0.2 s); use --precision auto or fp32",
+            stacklevel=2,
+        )
     encoder = getattr(model, "image_encoder", None)
     target = encoder if encoder is not None else model
     if precision == "int8" and not any(isinstance(m, nn.Linear) for m in target.modules()):
