@@ -1,0 +1,115 @@
+"""The per-click path of two versions of the code, run alternately: a before/after that the
+machine's drift between runs does not swamp.
+
+    python benchmarks/click_ab.py 7993a7a              # that commit against the working tree, 3 rounds
+    python benchmarks/click_ab.py HEAD~3 --rounds 5
+
+The baseline is checked out into a temporary git worktree. Each round runs one process per version
+(baseline first) that times, on 2 threads: the shipped ``default`` model's ``encode`` and
+``decode`` (64³), the random-weight student's mask decoder, and a ``Session`` per model (``default``
+and ``fastsam3d`` in fp32, max_rois=1) on a 512x512x300 int16 ``.nii``: the first click and its
+decoder + paste, then the median of six further clicks and their paste. Prints the medians over
+the rounds, with min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_ms(function, repeats: int = 7) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(times)
+
+
+def measure(volume: Path) -> dict[str, float]:
+    """One process's figures (ms) for the code on ``sys.path``."""
+    import torch
+
+    from fastsam3d import Session, build_model, load_model
+
+    torch.set_num_threads(2)
+    result = {}
+    with torch.inference_mode():
+        default = load_model("default").eval()
+        crop = torch.randn(1, 1, 64, 64, 64) * 300 + 40
+        features = default.encode(crop)
+        points, labels = torch.tensor([[[32.0, 30, 33], [20.0, 40, 30]]]), torch.tensor([[1, 0]])
+        result["default encode"] = _median_ms(lambda: default.encode(crop))
+        result["default decode"] = _median_ms(lambda: default.decode(features, points, labels))
+        torch.manual_seed(0)
+        student = build_model("fastsam3d").eval()
+        embedding, previous = torch.randn(1, 384, 8, 8, 8), torch.randn(1, 1, 32, 32, 32)
+        points3, labels3 = torch.rand(1, 3, 3) * 128, torch.tensor([[1, 1, 0]])
+        result["student decode"] = _median_ms(lambda: student.decode(embedding, points3, labels3, mask_input=previous))
+    for name in ("default", "fastsam3d"):
+        torch.manual_seed(0)
+        model = load_model("default") if name == "default" else build_model(name)
+        session = Session(model, device="cpu", max_rois=1, precision="fp32")
+        session.set_image(volume)
+        first = session.add_click((256, 256, 150)).timings
+        further = [session.add_click((256 + i, 250, 150), positive=i % 3 != 2).timings for i in range(6)]
+        result[f"{name} first click"] = 1e3 * first.total
+        result[f"{name} first click: decoder + paste"] = 1e3 * (first.decoder + first.paste)
+        result[f"{name} further click"] = 1e3 * statistics.median(t.total for t in further)
+        result[f"{name} further click: paste"] = 1e3 * statistics.median(t.paste for t in further)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline", help="a git revision to compare the working tree with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.volume)))
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    from latency import write_test_volume
+
+    with tempfile.TemporaryDirectory() as folder:
+        baseline = Path(folder) / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(baseline), args.baseline], check=True
+        )
+        try:
+            volume = write_test_volume(Path(folder) / "ct.nii")
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for round_ in range(args.rounds):
+                for label, tree in (("before", baseline), ("after", ROOT)):
+                    environment = dict(os.environ, PYTHONPATH=str(tree / "src"))
+                    command = [sys.executable, __file__, args.baseline, "--worker", "--volume", str(volume)]
+                    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+                    runs[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(f"# round {round_ + 1} of {args.rounds} done", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
+    print(f"| ms, median (min-max) of {args.rounds} rounds | before ({args.baseline}) | after (working tree) |")
+    print("|---|---|---|")
+    for key in runs["after"][0]:
+        cells = []
+        for label in ("before", "after"):
+            values = [run[key] for run in runs[label] if key in run]
+            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
+        print(f"| {key} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
