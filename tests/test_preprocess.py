@@ -108,7 +108,7 @@ def test_normalise_intensity_uses_positive_voxels():
 
 @pytest.mark.parametrize("slab_voxels", [2**21, 50])  # one slab, or a few rows at a time
 def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels):
-    monkeypatch.setattr(preprocess, "EXTRACT_SLAB_VOXELS", slab_voxels)
+    monkeypatch.setattr(preprocess, "PASTE_SLAB_VOXELS", slab_voxels)
     volume = _oblique_volume()
     roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
     low = torch.full((32, 32, 32), -3.0)

@@ -27,7 +27,8 @@ import torch
 from .io import Volume
 
 TARGET_SPACING_MM = 1.5
-EXTRACT_SLAB_VOXELS = 2**21  # voxels resampled at a time by RoiGrid.extract and paste_mask (8 MB of float32)
+EXTRACT_SLAB_VOXELS = 2**19  # input voxels RoiGrid.extract reads at a time (2 MB of float32: 2**21 was 1.6x slower)
+PASTE_SLAB_VOXELS = 2**21  # output voxels paste_mask computes at a time (smaller slabs slow its products)
 # RAS axis directions written in LPS world coordinates (the convention of Volume.direction).
 _RAS_IN_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]).T
 
@@ -259,7 +260,7 @@ class RoiGrid:
         rows = [len(matrix) for matrix in cropped]
         planes = partial.reshape(partial.shape[0], -1)
         mask = np.empty(rows, dtype=bool)
-        slab = max(1, EXTRACT_SLAB_VOXELS // (rows[1] * rows[2]))
+        slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2]))
         for first in range(0, rows[0], slab):
             product = cropped[0][first : first + slab] @ planes
             mask[first : first + len(product)] = (product > 0).view(-1, rows[1], rows[2]).numpy()
