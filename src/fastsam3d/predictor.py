@@ -73,8 +73,7 @@ class RoiPredictor:
         crop = normalise_intensity(roi.extract(self.volume.array, outside=self.model.roi_padding))
         with torch.inference_mode():
             embedding = self.model.encode(crop[None, None].to(self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._synchronize()
         self.timings.encoder += time.perf_counter() - started
         self.encoder_runs += 1
         self._embeddings[key] = embedding
@@ -126,6 +125,7 @@ class RoiPredictor:
         started = time.perf_counter()
         with torch.inference_mode():
             logits, scores = self.model.decode(embedding, coords, labels, boxes=boxes, mask_input=mask_input)
+        self._synchronize()
         self.decoder_runs += 1
         self.timings.decoder += time.perf_counter() - started
         return logits, scores
@@ -144,6 +144,11 @@ class RoiPredictor:
         coords, label_tensor = self.points_in_roi(roi, points, labels)
         mask_input = self.empty_mask_prompt() if mask_input is None else mask_input.float()
         return self.decode(roi, coords, label_tensor, self.box_in_roi(roi, box), mask_input)
+
+    def _synchronize(self) -> None:
+        """Wait for queued GPU work, so that a stage's time is its own and not the next one's."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def _nbytes(embedding) -> int:

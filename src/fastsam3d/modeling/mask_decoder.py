@@ -87,12 +87,13 @@ class MaskDecoder(nn.Module):
         masks put in place at the end: the layer-by-layer numbers without reshuffling the 32³ × C/8
         features twice (a cached click's decoder 53 -> ~40 ms on 2 CPU cores). -> (B, M, 4D, 4H, 4W)."""
         expand, norm, _, expand_again, _ = self.output_upscaling
-        x = expand.expand_rows(src_tokens)  # (B, 8N, C/4)
+        x = expand.expand_rows(src_tokens)  # (B, k³N, C/4)
         x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = F.gelu(expand_again.expand_rows(x))  # (B, 64N, C/8)
-        masks = x @ hyper_in.transpose(1, 2)  # (B, 64N, M)
+        x = F.gelu(expand_again.expand_rows(x))  # (B, k⁶N, C/8)
+        masks = x @ hyper_in.transpose(1, 2)  # (B, k⁶N, M)
         batch, count = masks.shape[0], masks.shape[-1]
         d, h, w = grid
-        # row = ((voxel, child), grandchild); depth of a grandchild = 4 d + 2 child_d + grandchild_d
-        masks = masks.view(batch, d, h, w, 2, 2, 2, 2, 2, 2, count).permute(0, 10, 1, 4, 7, 2, 5, 8, 3, 6, 9)
-        return masks.reshape(batch, count, 4 * d, 4 * h, 4 * w)
+        k = expand.kernel_size[0]
+        # row = ((voxel, child), grandchild); depth of a grandchild = k² d + k child_d + grandchild_d
+        masks = masks.view(batch, d, h, w, *(k,) * 6, count).permute(0, 10, 1, 4, 7, 2, 5, 8, 3, 6, 9)
+        return masks.reshape(batch, count, k * k * d, k * k * h, k * k * w)
