@@ -2,7 +2,7 @@
 machine's drift between runs does not swamp.
 
     python benchmarks/click_ab.py 7993a7a              # that commit against the working tree, 3 rounds
-    python benchmarks/click_ab.py HEAD~3 --rounds 5
+    python benchmarks/click_ab.py HEAD~3 --rounds 5 --no-masks
 
 The baseline is checked out into a temporary git worktree. Each round runs one process per version
 (baseline first) that times, on 2 threads: the shipped ``default`` model's ``encode`` and
@@ -10,6 +10,12 @@ The baseline is checked out into a temporary git worktree. Each round runs one p
 and ``fastsam3d`` in fp32, max_rois=1) on a 512x512x300 int16 ``.nii``: the first click and its
 decoder + paste, then the median of six further clicks and their paste. Prints the medians over
 the rounds, with min-max.
+
+Then the equal-mask check of the same two versions: the working tree's ``default`` model segments
+every structure of the development volumes (``fastsam3d data fetch``) with three centre clicks
+(the interior-most voxel of the largest error), the baseline replays exactly those clicks, and
+the Dice of the two masks is reported per structure (minimum, median, count below 0.98).
+``--no-masks`` skips it.
 """
 
 from __future__ import annotations
@@ -71,15 +77,88 @@ def measure(volume: Path) -> dict[str, float]:
     return result
 
 
+def drive_masks(store: Path) -> None:
+    """Segment every dev structure with centre clicks; keep the clicks and the packed masks."""
+    import numpy as np
+
+    from fastsam3d.clicks import center_click
+
+    clicks_by_structure, masks = {}, {}
+    for key, image, target, session in _structures():
+        prediction, clicks = np.zeros_like(target), []
+        for _ in range(3):
+            click = center_click(prediction, target, image.spacing)
+            if click is None:
+                break
+            clicks.append([[float(v) for v in click[0]], bool(click[1])])
+            session.add_click(click[0], positive=click[1])
+            prediction = session.mask()
+        clicks_by_structure[key], masks[key] = clicks, np.packbits(prediction)
+    np.savez(store, **masks)
+    store.with_suffix(".json").write_text(json.dumps(clicks_by_structure))
+
+
+def replay_masks(store: Path) -> dict[str, float]:
+    """Replay the stored clicks; Dice of each mask against the stored one."""
+    import numpy as np
+
+    from fastsam3d.clicks import dice
+
+    masks, clicks_by_structure = np.load(store), json.loads(store.with_suffix(".json").read_text())
+    result = {}
+    for key, _, target, session in _structures():
+        for point, positive in clicks_by_structure[key]:
+            session.add_click(point, positive=positive)
+        theirs = np.unpackbits(masks[key])[: target.size].reshape(target.shape).astype(bool)
+        result[key] = dice(session.mask(), theirs)
+    return result
+
+
+def _structures():
+    """(case/structure, image, label mask, session with a fresh object) for every dev structure."""
+    import torch
+
+    from fastsam3d import Session
+    from fastsam3d.data.devdata import default_root
+    from fastsam3d.evaluation.datasets import load_cases
+
+    torch.set_num_threads(2)
+    for case in load_cases(default_root() / "dataset.json"):
+        image, truth = case.load()
+        session = Session("default", device="cpu")
+        session.set_image(image)
+        for class_id, name in case.classes.items():
+            target = truth.array == class_id
+            if target.sum() >= 50:
+                session.add_object(name)
+                yield f"{case.name}/{name}", image, target, session
+
+
+def _in_tree(tree: Path, *arguments: str) -> str:
+    """This script's last output line, run as a worker on the code of ``tree``."""
+    environment = dict(os.environ, PYTHONPATH=str(tree / "src"))
+    command = [sys.executable, __file__, "-", *arguments]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="a git revision to compare the working tree with")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-masks", action="store_true", help="skip the equal-mask check on the dev volumes")
     parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("time", "drive", "replay"), help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
+    if args.worker == "time":
         print(json.dumps(measure(args.volume)))
+        return
+    if args.worker == "drive":
+        drive_masks(args.store)
+        return
+    if args.worker == "replay":
+        print(json.dumps(replay_masks(args.store)))
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from latency import write_test_volume
@@ -94,11 +173,12 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for round_ in range(args.rounds):
                 for label, tree in (("before", baseline), ("after", ROOT)):
-                    environment = dict(os.environ, PYTHONPATH=str(tree / "src"))
-                    command = [sys.executable, __file__, args.baseline, "--worker", "--volume", str(volume)]
-                    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
-                    runs[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    runs[label].append(json.loads(_in_tree(tree, "--worker", "time", "--volume", str(volume))))
                 print(f"# round {round_ + 1} of {args.rounds} done", flush=True)
+            if not args.no_masks:
+                store = Path(folder) / "masks.npz"
+                _in_tree(ROOT, "--worker", "drive", "--store", str(store))
+                agreement = json.loads(_in_tree(baseline, "--worker", "replay", "--store", str(store)))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     print(f"| ms, median (min-max) of {args.rounds} rounds | before ({args.baseline}) | after (working tree) |")
@@ -109,6 +189,14 @@ def main() -> None:
             values = [run[key] for run in runs[label] if key in run]
             cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
         print(f"| {key} | {cells[0]} | {cells[1]} |")
+    if not args.no_masks:
+        values = sorted(agreement.values())
+        worst = min(agreement, key=agreement.get)
+        print(
+            f"\n`default` masks, {len(values)} dev structures x 3 centre clicks, baseline replaying the working "
+            f"tree's clicks: Dice min {values[0]:.4f} ({worst}), median {values[len(values) // 2]:.4f}, "
+            f"below 0.98: {sum(v < 0.98 for v in values)}"
+        )
 
 
 if __name__ == "__main__":
