@@ -58,6 +58,7 @@ class IntensityModel(torch.nn.Module):
 
     img_size = 128
     roi_spacing = 1.5
+    roi_spacings = (1.5,)
     roi_padding = "zero"
     low_res_size = (32, 32, 32)
     supports_boxes = False

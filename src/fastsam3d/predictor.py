@@ -52,9 +52,10 @@ class RoiPredictor:
         self.volume = volume
         self._embeddings.clear()
 
-    def roi_at(self, centre_index: np.ndarray) -> RoiGrid:
-        """The model's ROI centred on an input voxel index."""
-        return RoiGrid.centred(self.volume, centre_index, size=self.model.img_size, spacing=self.model.roi_spacing)
+    def roi_at(self, centre_index: np.ndarray, spacing: float | None = None) -> RoiGrid:
+        """The model's ROI centred on an input voxel index, at ``spacing`` mm (default: the model's)."""
+        spacing = spacing or self.model.roi_spacing
+        return RoiGrid.centred(self.volume, centre_index, size=self.model.img_size, spacing=spacing)
 
     def is_cached(self, roi: RoiGrid) -> bool:
         return roi.key in self._embeddings

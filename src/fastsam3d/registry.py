@@ -112,7 +112,9 @@ register_config(
 register_config(
     ClickUNetConfig(
         name="default",
-        description="the model shipped with fastsam3d: a click-conditioned 3D U-Net (64³ ROI at 3 mm), see weights/MODEL_CARD.md",
+        description="the model shipped with fastsam3d: a click-conditioned 3D U-Net (64³ ROI at 1.5 or 3 mm), "
+        "see weights/MODEL_CARD.md",
+        fine_spacing=1.5,
         weights="default.safetensors",
     )
 )

@@ -13,6 +13,11 @@ logits of each ROI it touched), so undo/redo are list moves and the masks on the
 derived from the logits on demand. The :class:`~fastsam3d.predictor.RoiPredictor` computes each
 ROI's image embedding once: a click inside a cached ROI runs only the prompt encoder and decoder,
 then the result is pasted back onto the covered input voxels (:mod:`fastsam3d.preprocess`).
+
+Zoom: a model trained at two ROI spacings (the ``default``: 1.5 and 3 mm) starts each object in
+the fine ROI, where a small structure keeps its detail; when the mask reaches a face of the fine
+ROI inside the volume, the object moves to the coarse ROI (one encoder pass) and from there grows
+into neighbouring ROIs as needed. A click inside a cached ROI stays a decoder pass at either scale.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class Session(ObjectEngine):
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
+        zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces
+            (models trained at several ROI spacings, on volumes finer than the coarse one); False
+            keeps the model's coarse ROI.
         precision: ``"auto"`` (the fastest that keeps the masks on this device: on a CPU the image
             encoder under ONNX Runtime when the ``fast`` extra is installed, see README "Precision /
             speed"), ``"fp32"``, ``"bf16"``, ``"int8"``, ``"onnx-fp32"`` or ``"onnx-int8"``. Default: ``"auto"`` for a model given
@@ -92,6 +100,7 @@ class Session(ObjectEngine):
         max_rois: int = 4,
         cache_mb: float = 512.0,
         precision: str | None = None,
+        zoom: bool = True,
     ) -> None:
         super().__init__()
         if click_history not in ("all", "last"):
@@ -107,6 +116,7 @@ class Session(ObjectEngine):
         self.model = model.to(self.device).eval()
         self.click_history = click_history
         self.max_rois = max(1, max_rois)
+        self.zoom = zoom
         self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb)
 
     @property
@@ -155,8 +165,9 @@ class Session(ObjectEngine):
         clicks = state.clicks + (Click(tuple(float(v) for v in index), positive),)
         rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
         if not rois:
-            roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre))
-            rois = [roi if roi.contains(index)[0] else self._new_roi(index)]
+            spacing = self._object_spacing(state)
+            roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre), spacing)
+            rois = [roi if roi.contains(index)[0] else self._new_roi(index, spacing)]
         return self._update(obj, replace(state, clicks=clicks), rois)
 
     def add_clicks(self, points, positives, *, frame: Frame = "voxel", label: int | None = None) -> Interaction:
@@ -169,9 +180,11 @@ class Session(ObjectEngine):
             Click(tuple(float(v) for v in i), p) for i, p in zip(indices, positives, strict=True)
         )
         rois: dict[tuple, RoiGrid] = {}
+        spacing = self._object_spacing(state)
         for index in indices:
             inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
-            inside = inside or [roi for roi in rois.values() if roi.contains(index)[0]] or [self._new_roi(index)]
+            inside = inside or [roi for roi in rois.values() if roi.contains(index)[0]]
+            inside = inside or [self._new_roi(index, spacing)]
             rois.update((roi.key, roi) for roi in inside)
         return self._update(obj, replace(state, clicks=clicks), list(rois.values()))
 
@@ -180,7 +193,8 @@ class Session(ObjectEngine):
         Lets a UI run cached clicks at once and send encoder passes to a worker thread."""
         index = self.to_index(point)
         state = self.objects[label if label is not None else self.active].state if self.objects else ObjectState()
-        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]] or [self._new_roi(index)]
+        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+        rois = rois or [self._new_roi(index, self._object_spacing(state))]
         return not all(self.predictor.is_cached(roi) for roi in rois)
 
     def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> Interaction:
@@ -198,9 +212,13 @@ class Session(ObjectEngine):
         state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
         centre = (low + high) / 2.0
         rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
-        return self._update(
-            obj, state, rois or [self._new_roi(centre if roi_centre is None else self.to_index(roi_centre))]
-        )
+        if not rois:
+            centre = centre if roi_centre is None else self.to_index(roi_centre)
+            spacing = self._object_spacing(obj.state)
+            fine = self._new_roi(centre, spacing)
+            fits = fine.contains(low, margin=2)[0] and fine.contains(high, margin=2)[0]
+            rois = [fine if fits else self._new_roi(centre, self._spacings()[-1])]
+        return self._update(obj, state, rois)
 
     def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> Interaction:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
@@ -273,9 +291,26 @@ class Session(ObjectEngine):
 
     # --- internals --------------------------------------------------------------------
 
-    def _new_roi(self, centre_index: np.ndarray) -> RoiGrid:
+    def _new_roi(self, centre_index: np.ndarray, spacing: float | None = None) -> RoiGrid:
         self._require_image()
-        return self.predictor.roi_at(centre_index)
+        return self.predictor.roi_at(centre_index, spacing)
+
+    def _spacings(self) -> tuple[float, ...]:
+        """The ROI spacings (mm) objects may use on this volume, finest first: the model's zoom
+        levels finer than the coarse one only where the volume has detail at that scale."""
+        spacings = tuple(self.model.roi_spacings)
+        coarse = spacings[-1]
+        if not self.zoom or float(np.min(self._require_image().spacing)) >= coarse:
+            return (coarse,)
+        return spacings
+
+    def _object_spacing(self, state: ObjectState) -> float:
+        """The spacing (mm) of the object's ROIs, or the finest available for a new object."""
+        return self._roi_spacing(state.logits[0][0]) if state.logits else self._spacings()[0]
+
+    def _roi_spacing(self, roi: RoiGrid) -> float:
+        """Millimetres per voxel of a ROI."""
+        return round(abs(roi.step[0]) * float(self._require_image().spacing[roi.axes[0]]), 6)
 
     def _previous_logits(self, obj: SegmentObject, roi: RoiGrid) -> torch.Tensor | None:
         return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
@@ -305,22 +340,59 @@ class Session(ObjectEngine):
         reaches a ROI face), push the new state and repaint the label map."""
         self.timings = self.predictor.timings = Timings()
         old_boxes = self._boxes(obj.state)
-        logits = {roi.key: (roi, value) for roi, value in state.logits}
-        queue = [(roi, self._previous_logits(obj, roi)) for roi in rois]
-        while queue:
-            roi, mask_input = queue.pop(0)
-            logits[roi.key] = (roi, self._decode(state, roi, mask_input))
-            if len(logits) + len(queue) >= self.max_rois:
-                continue
-            for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):
-                if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
-                    state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
-                    queue.append((neighbour, prompt))
+        state, logits = self._decode_rois(obj, state, rois)
+        zoomed_out = self._zoom_out(logits)
+        if zoomed_out is not None:
+            state = replace(state, seeds=())
+            state, logits = self._decode_rois(obj, replace(state, logits=()), [zoomed_out])
         started = time.perf_counter()
         obj.push(replace(state, logits=tuple(logits.values())))
         answer = self._repaint(old_boxes, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
         return answer
+
+    def _decode_rois(
+        self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]
+    ) -> tuple[ObjectState, dict[tuple, tuple[RoiGrid, torch.Tensor]]]:
+        """Decode ``state``'s prompts in ``rois``; at the coarsest scale, grow into neighbouring ROIs
+        where the mask reaches a face (up to ``max_rois``). Returns the state (with any new seeds)
+        and the logits per ROI key."""
+        logits = {roi.key: (roi, value) for roi, value in state.logits}
+        queue = [(roi, self._previous_logits(obj, roi)) for roi in rois]
+        coarsest = self._roi_spacing(rois[0]) >= self._spacings()[-1]
+        while queue:
+            roi, mask_input = queue.pop(0)
+            logits[roi.key] = (roi, self._decode(state, roi, mask_input))
+            if not coarsest or len(logits) + len(queue) >= self.max_rois:
+                continue
+            for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):
+                if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
+                    state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
+                    queue.append((neighbour, prompt))
+        return state, logits
+
+    def _zoom_out(self, logits: dict[tuple, tuple[RoiGrid, torch.Tensor]]) -> RoiGrid | None:
+        """The coarse ROI to move the object to when its mask reaches a face of a finer ROI that lies
+        inside the volume (centred where the finer ROI was), else None."""
+        coarse = self._spacings()[-1]
+        if all(self._roi_spacing(roi) >= coarse for roi, _ in logits.values()):
+            return None
+        for roi, value in logits.values():
+            if self._touches_inner_face(roi, value):
+                centre = roi.roi_to_index(np.full((1, 3), (roi.size - 1) / 2))[0]
+                return self._new_roi(centre, coarse)
+        return None
+
+    def _touches_inner_face(self, roi: RoiGrid, logits: torch.Tensor) -> bool:
+        """Whether the mask covers at least ``MIN_FACE_VOXELS`` of a ROI face lying inside the volume."""
+        positive = (logits[0, 0] > 0).cpu().numpy()
+        low_res = positive.shape[0]
+        return any(
+            np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
+            and roi.face_inside_volume(axis, direction, low_res)
+            for axis in range(3)
+            for side, direction in ((0, -1), (low_res - 1, 1))
+        )
 
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""

@@ -16,12 +16,19 @@ from monai.metrics import compute_surface_dice
 
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
-from fastsam3d.errors import VolumeError
+from fastsam3d.errors import PromptError, VolumeError
 from fastsam3d.evaluation.datasets import Case, load_cases
 from fastsam3d.evaluation.evaluate import evaluate
-from fastsam3d.evaluation.harness import COLUMNS, EvaluationSettings, evaluate_case
-from fastsam3d.evaluation.metrics import area_under_curve, segmentation_metrics
-from fastsam3d.evaluation.protocols import Prompt, get_protocol
+from fastsam3d.evaluation.harness import COLUMNS, EvaluationSettings, evaluate_case, run_cases
+from fastsam3d.evaluation.metrics import (
+    CHALLENGE_NSD_TOLERANCE_MM,
+    area_under_curve,
+    challenge_auc,
+    challenge_nsd,
+    segmentation_metrics,
+)
+from fastsam3d.evaluation.protocols import Prompt, challenge_box, challenge_click, get_protocol, is_vessel_like
+from fastsam3d.evaluation.report import write_report
 from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter
 from fastsam3d.interaction import Timings
 from fastsam3d.io import Volume, align_label, write_volume
@@ -83,14 +90,228 @@ def test_random_protocol_gives_one_include_and_one_exclude_near_the_structure():
         assert 10 <= negative.point[0] <= 39 and 5 <= negative.point[2] <= 19  # within 10 mm of the box
 
 
-def test_box_protocol_starts_with_the_bounding_box():
+def test_box_protocol_starts_with_the_challenge_box():
     target = cube((30, 30, 30), (3, 4, 5), (10, 20, 12))
     protocol = get_protocol("box+5")
-    assert protocol.default_steps == 6
+    assert protocol.default_steps == 6 and protocol.challenge and type(get_protocol("cvpr25")) is type(protocol)
     (prompt,) = protocol.prompts(1, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0))
-    assert prompt.box == ((3, 4, 5), (9, 19, 11))
+    assert prompt.box == ((3, 4, 5), (9, 19, 11)) and prompt.box_slice == (2, 8)  # 30 voxels: no growth
     (prompt,) = protocol.prompts(2, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0))
     assert prompt.point is not None and target[prompt.point]
+
+
+# --- the CVPR 2025 challenge protocol -------------------------------------------------------
+
+
+class FixedShift:
+    """A generator stand-in whose box shift (``integers(0, 6)``) is ``shift``."""
+
+    def __init__(self, shift: int):
+        self.shift = shift
+
+    def integers(self, low, high):
+        assert (low, high) == (0, 6)
+        return self.shift
+
+
+def test_challenge_box_spans_the_slices_and_the_middle_slice_in_plane():
+    target = np.zeros((300, 260, 40), bool)
+    target[100:150, 60:90, 10:31] = True  # slices 10-30 across axis 2: middle slice 20
+    target[20:250, 30:200, 28:31] = True  # a wide top that the 3D box would include
+    (low, high), middle = challenge_box(target, 2, FixedShift(0)).box, 20
+    assert (low, high) == ((100, 60, 10), (149, 89, 30))
+    prompt = challenge_box(target, 2, FixedShift(5))  # grown by int(5 * n / 256): 5 on i (300), 5 on j (260)
+    assert prompt.box == ((95, 55, 10), (154, 94, 30)) and prompt.box_slice == (2, middle)
+    across_i = challenge_box(target.transpose(2, 1, 0), 2, FixedShift(0))  # slices i 20-249: middle 135
+    assert across_i.box == ((10, 30, 20), (30, 199, 249)) and across_i.box_slice == (2, 135)
+
+
+def test_challenge_click_is_at_the_centre_of_the_largest_error_component():
+    target = cube((40, 40, 40), (5, 5, 5), (30, 30, 30))
+    prediction = cube((40, 40, 40), (5, 5, 5), (30, 30, 14))  # misses a 25x25x16 slab: largest error
+    prediction |= cube((40, 40, 40), (34, 34, 34), (37, 37, 37))  # small false positive
+    point, positive = challenge_click(prediction, target)
+    # depth 8 voxels at k 21-22 (of 14-29) for i, j 12-22: ties drawn by RandomState(42) in (k, j, i) order
+    ties = [(i, j, k) for k in (21, 22) for j in range(12, 23) for i in range(12, 23)]
+    assert positive and point == ties[np.random.RandomState(42).choice(len(ties))]
+    overgrown = target | cube((40, 40, 40), (0, 0, 32), (40, 40, 40))  # 8-voxel-thick false positive slab
+    point, positive = challenge_click(overgrown, target)
+    assert not positive and overgrown[point] and not target[point] and point[2] in (35, 36)
+    # the largest component by voxel count wins, not the deepest: a long thin error beats a small cube
+    thin = cube((40, 40, 40), (0, 0, 0), (40, 2, 2)) | cube((40, 40, 40), (20, 20, 20), (25, 25, 25))
+    point, _ = challenge_click(np.zeros_like(thin), thin)
+    assert point[1] < 2 and point[2] < 2
+    assert challenge_click(target, target) is None
+
+
+def test_vessel_like_names_get_no_box():
+    vessels = [
+        "aorta",
+        "inferior_vena_cava",
+        "portal_vein_and_splenic_vein",
+        "iliac_artery_left",
+        "iliac_vena_right",
+        "brachiocephalic_trunk",
+        "common_carotid_artery_right",
+        "pulmonary_vein",
+        "Hepatic Vessel",
+    ]
+    organs = ["liver", "iliopsoas_left", "vertebrae_L1", "heart", "atrial_appendage_left", "kidney_cyst_left"]
+    assert all(is_vessel_like(n) for n in vessels) and not any(is_vessel_like(n) for n in organs)
+    assert is_vessel_like("liver", [r"\bliver"]) and not is_vessel_like("aorta", [])
+    protocol = get_protocol("cvpr25")
+    target = cube((20, 20, 20), (5, 5, 5), (15, 15, 15))
+    protocol.start("aorta", 2)
+    assert protocol.prompts(1, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0)) == []
+    protocol.start("aorta", 2, no_box=())
+    assert protocol.prompts(1, np.zeros_like(target), target, (1, 1, 1), np.random.default_rng(0))[0].box
+
+
+class Recorder(Segmenter):
+    """Stand-in: remembers every prompt; its mask is the structure under the first include prompt
+    (box centre or click) cut to its first ``steps seen`` sixths along axis 0 - a curve that grows."""
+
+    name = "recorder"
+
+    def __init__(self, label: np.ndarray, boxes_only: bool = False):
+        self.label, self.boxes_only, self.seen = label, boxes_only, []
+
+    def set_image(self, volume):
+        pass
+
+    def begin(self, protocol, roi_centre=None):
+        self.value, self.steps = None, 0
+        self.seen.append([])
+
+    def apply(self, prompts):
+        if self.boxes_only and self.value is None and prompts[0].box is None:
+            raise PromptError("this model takes a box first")
+        self.seen[-1].append(prompts)
+        self.steps += 1
+        for p in prompts:
+            point = p.point if p.box is None else tuple((np.array(p.box[0]) + p.box[1]) // 2)
+            if self.value is None and p.positive:
+                self.value = self.label[point]
+        mask = self.label == self.value
+        where = np.flatnonzero(mask.any(axis=(1, 2)))
+        mask[where[0] + max(1, len(where) * self.steps // 6) :] = False
+        return mask, Timings()
+
+
+def test_challenge_first_prompt_is_a_box_for_an_organ_and_a_click_for_a_vessel(tmp_path):
+    case, _, labels = two_structure_case(tmp_path)
+    case = Case(case.name, case.image, case.label, {1: "liver", 2: "inferior_vena_cava"})
+    recorder = Recorder(labels.array)
+    rows = evaluate_case(case, [recorder], EvaluationSettings(models=["recorder"], protocol="cvpr25"))
+    liver, vessel = recorder.seen
+    assert liver[0][0].box is not None and liver[0][0].box_slice is not None and len(liver) == 6
+    assert vessel[0][0].box is None and vessel[0][0].positive and labels.array[vessel[0][0].point] == 2
+    assert len(vessel) == 5  # step 1 skipped
+    first = {r["structure"]: r for r in rows if r["step"] == 1}
+    assert first["liver"]["prompt"].startswith("box") and first["liver"]["dice"] > 0
+    step_one = first["inferior_vena_cava"]
+    assert step_one["prompt"].startswith("none (no box") and step_one["dice"] == step_one["nsd"] == 0.0
+    assert step_one["total_ms"] == 0.0 and step_one["status"] == "ok"
+    assert len([r for r in rows if r["status"] == "ok"]) == 12
+    recorder = Recorder(labels.array)
+    evaluate_case(case, [recorder], EvaluationSettings(models=["recorder"], protocol="cvpr25", no_box=()))
+    assert all(seen[0][0].box is not None for seen in recorder.seen)  # no pattern: every structure a box
+    # a box-only model (LiteMedSAM) on a vessel: its prompts fail, scored as an empty prediction, not a crash
+    rows = evaluate_case(case, [Recorder(labels.array, boxes_only=True)], EvaluationSettings(["r"], "cvpr25"))
+    vessel = [r for r in rows if r["structure"] == "inferior_vena_cava"]
+    assert [r["status"] for r in vessel] == ["ok"] * 6 and all(r["dice"] == 0.0 for r in vessel)
+    assert "prompt not applied" in vessel[1]["error"]
+
+
+def test_challenge_auc_is_the_trapezoid_over_the_five_click_steps():
+    dsc = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # box, then clicks 1-5
+    assert challenge_auc(dsc) == pytest.approx(0.6 / 2 + 0.7 + 0.8 + 0.9 + 1.0 / 2)  # x = 0..4: 3.2
+    assert challenge_auc([1.0] * 6) == pytest.approx(4.0)  # the maximum
+    assert challenge_auc([0.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)  # the box step is left out
+    assert np.isnan(challenge_auc([0.7]))
+    assert challenge_nsd(0.2, 0.9) == 0.0 and challenge_nsd(0.21, 0.9) == 0.9
+
+
+def test_challenge_nsd_is_surface_dice_at_two_mm_with_area_weighting(tmp_path):
+    assert CHALLENGE_NSD_TOLERANCE_MM == 2.0 and EvaluationSettings(["m"]).nsd_tolerance == 2.0
+    target = cube((30, 30, 30), (5, 5, 5), (15, 15, 15))
+    shifted = cube((30, 30, 30), (6, 5, 5), (16, 15, 15))  # one voxel = 2 mm along i
+    assert segmentation_metrics(shifted, target, (2.0, 1, 1), surfels=True)["nsd"] == pytest.approx(1.0)
+    assert segmentation_metrics(shifted, target, (2.0, 1, 1), 1.9, surfels=True)["nsd"] < 1.0
+
+    class Shifted(Segmenter):
+        name = "shifted"
+
+        def set_image(self, volume):
+            pass
+
+        def begin(self, protocol, roi_centre=None):
+            pass
+
+        def apply(self, prompts):
+            return np.roll(labels.array == 1, 1, axis=2), Timings()  # one 3 mm slice off
+
+    case, _, labels = two_structure_case(tmp_path)
+    case = Case(case.name, case.image, case.label, {1: "liver"})
+    (row, *_) = evaluate_case(case, [Shifted()], EvaluationSettings(["shifted"], "cvpr25", steps=2))
+    expected = compute_surface_dice(
+        torch.from_numpy(np.roll(labels.array == 1, 1, axis=2))[None, None].float(),
+        torch.from_numpy(labels.array == 1)[None, None].float(),
+        [2.0],
+        include_background=True,
+        spacing=[1.5, 1.5, 3.0],
+        use_subvoxels=True,
+    )
+    assert row["nsd"] == pytest.approx(float(expected), abs=1e-6) and 0 < row["nsd"] < 1
+
+
+def test_challenge_report_has_the_challenge_summary_columns(tmp_path):
+    case, _, labels = two_structure_case(tmp_path)
+    case = Case(case.name, case.image, case.label, {1: "liver", 2: "aorta"})
+    settings = EvaluationSettings(models=["recorder"], protocol="box+5")
+    rows = run_cases([case], settings, progress=False, segmenters=[Recorder(labels.array)])
+    summary = write_report(rows, tmp_path / "out", settings)["recorder"]
+    # by hand: per step, Dice = mean over the two structures; NSD kept when that Dice > 0.2
+    at = {s: [r for r in rows if r["step"] == s] for s in range(1, 7)}
+    dsc = [np.mean([r["dice"] for r in at[s]]) for s in range(1, 7)]
+    nsd = [np.mean([r["nsd"] for r in at[s]]) if d > 0.2 else 0.0 for s, d in zip(range(1, 7), dsc, strict=True)]
+    auc = (dsc[1] + dsc[5]) / 2 + dsc[2] + dsc[3] + dsc[4]
+    challenge = summary["challenge"]
+    assert challenge["cases"] == 1 and challenge["no_box_structures"] == 1
+    assert challenge["dsc_auc"] == pytest.approx(auc) and challenge["dsc_final"] == pytest.approx(dsc[5])
+    assert challenge["nsd_auc"] == pytest.approx((nsd[1] + nsd[5]) / 2 + sum(nsd[2:5]))
+    assert challenge["nsd_final"] == pytest.approx(nsd[5]) and challenge["dsc_per_step"] == pytest.approx(dsc)
+    assert dsc[0] < dsc[5] and challenge["running_time_per_step_s"][0] > 0
+    with open(tmp_path / "out" / "summary.csv") as handle:
+        (line,) = list(csv.DictReader(handle))
+    for column in ("challenge_dsc_auc", "challenge_nsd_auc", "challenge_dsc_final", "challenge_nsd_final"):
+        assert float(line[column]) == pytest.approx(challenge[column.removeprefix("challenge_")], rel=1e-5)
+    assert all(float(line[f"time_{s}_ms"]) > 0 for s in range(1, 7)) and "challenge_running_time_6_s" in line
+    with open(tmp_path / "out" / "challenge_metrics.csv") as handle:
+        (line,) = list(csv.DictReader(handle))
+    assert list(line)[:3] == ["model", "CaseName", "TotalRunningTime"] and line["num_class"] == "2"
+    assert float(line["DSC_AUC"]) == pytest.approx(auc, rel=1e-5) and float(line["runtime_upperbound"]) == 180
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## CVPR 2025 challenge metrics" in report and "DSC_AUC" in report
+
+
+def test_cli_runs_the_cvpr25_protocol_end_to_end(tmp_path):
+    two_structure_case(tmp_path)
+    manifest = {
+        "labels": {"1": "bright", "2": "grey"},
+        "cases": [{"name": "toy", "image": "img.nii.gz", "label": "lab.nii.gz"}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    arguments = ["evaluate", "--data", str(tmp_path / "dataset.json"), "--model", "random-walker"]
+    code = main([*arguments, "--protocol", "cvpr25", "--no-box", "gr[ae]y", "--clicks", "3", "--out", str(out), "-q"])
+    assert code == 0
+    with open(out / "results.csv") as handle:
+        first = {r["structure"]: r["prompt"] for r in csv.DictReader(handle) if r["step"] == "1"}
+    assert first["bright"].startswith("box") and first["grey"].startswith("none (no box")
+    document = json.loads((out / "summary.json").read_text())
+    assert document["settings"]["no_box"] == ["gr[ae]y"] and "challenge" in document["models"]["random-walker"]
+    assert (out / "challenge_metrics.csv").stat().st_size > 0
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -177,7 +398,7 @@ def two_structure_case(tmp_path: Path) -> tuple[Case, Volume, Volume]:
     )
 
 
-@pytest.mark.parametrize("protocol", ["center", "fastsam3d", "random", "box+5"])
+@pytest.mark.parametrize("protocol", ["center", "fastsam3d", "random", "box+5", "cvpr25"])
 def test_perfect_model_scores_one_at_the_first_step_and_empty_model_zero(tmp_path, protocol):
     case, _, labels = two_structure_case(tmp_path)
     settings = EvaluationSettings(models=["oracle"], protocol=protocol, steps=3, requested={"missing"})

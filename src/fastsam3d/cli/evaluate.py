@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
         "evaluate",
         help="simulated interactive evaluation: Dice/NSD per click, timings, report",
         description="Runs every model on every structure of every case with simulated prompts and writes "
-        "results.csv, summary.json, dice_per_click.png, time_per_click.png and report.md into --out. "
+        "results.csv, summary.json, summary.csv, dice_per_click.png, time_per_click.png and report.md "
+        "(with box+5/cvpr25 also challenge_metrics.csv: the CVPR 2025 challenge's per-case CSV) into --out. "
         "Exit status 1 when some case failed. Under torchrun the cases are sharded over the ranks.",
     )
     parser.add_argument(
@@ -30,8 +31,20 @@ def add_parser(subparsers) -> None:
         metavar="NAME|PATH|NAME=CKPT",
         help="model to evaluate (repeat for a comparison); 'random-walker' is the classical baseline",
     )
-    parser.add_argument("--protocol", default="center", choices=("fastsam3d", "center", "random", "box+5"))
+    parser.add_argument(
+        "--protocol",
+        default="center",
+        choices=("fastsam3d", "center", "random", "box+5", "cvpr25"),
+        help="simulated user (default center); box+5 = cvpr25: the CVPR 2025 interactive challenge "
+        "(box, none for vessels, then 5 clicks; DSC/NSD AUC, finals, time per step; docs/evaluation.md)",
+    )
     parser.add_argument("--clicks", type=int, help="interaction steps per structure (default 5; 6 for box+5)")
+    parser.add_argument(
+        "--no-box",
+        metavar="REGEX[,REGEX...]",
+        help="box+5/cvpr25: structure names (regular expressions, '_' read as space) that get no box "
+        "(default: vessel names, aorta/artery/vein/vena/portal/iliac/carotid/...; 'none': every structure gets one)",
+    )
     parser.add_argument("--classes", help="comma-separated class names or ids (default: all present)")
     parser.add_argument("--cases", help="comma-separated case names to evaluate (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
@@ -53,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         raise FastSAM3DError("--workers must be at least 1")
     classes = [c for c in (args.classes or "").split(",") if c.strip()] or None
     cases = [c.strip() for c in (args.cases or "").split(",") if c.strip()] or None
+    no_box = None
+    if args.no_box is not None:
+        no_box = [] if args.no_box.strip() == "none" else [p.strip() for p in args.no_box.split(",") if p.strip()]
     summary, failed = evaluate(
         args.data,
         args.models,
@@ -67,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         hd95=args.hd95,
         device=args.device,
         progress=not args.quiet,
+        no_box=no_box,
     )
     for model, values in summary.items():
         curve = ", ".join(f"{v:.3f}" for v in values["dice_per_step"])
@@ -75,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
             f"clicks honoured {100 * values['clicks_honoured']:.1f} %, "
             f"first step {values['first_step_ms']:.0f} ms, later {values['later_step_ms']:.0f} ms"
         )
+        if "challenge" in values:
+            c = values["challenge"]
+            log.info(
+                f"{model} (CVPR 2025 challenge, {c['cases']} cases): DSC_AUC {c['dsc_auc']:.3f}, "
+                f"NSD_AUC {c['nsd_auc']:.3f}, final DSC {c['dsc_final']:.3f}, final NSD {c['nsd_final']:.3f}, "
+                f"{c['running_time_s']:.1f} s per case"
+            )
     if summary:
         log.info(f"report: {args.out / 'report.md'}")
     if failed:

@@ -97,6 +97,11 @@ def add_parser(subparsers) -> None:
         "--minutes", type=float, help="a wall-time budget instead of the step budget (not bit-reproducible)"
     )
     recipe.add_argument("--device")
+    recipe.add_argument("--batch-size", type=int, default=2, help="crops per step (16 or more on a GPU)")
+    recipe.add_argument(
+        "--workers", type=int, default=1, help="processes synthesising crops beside the training (0: none)"
+    )
+    recipe.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)")
     recipe.add_argument("--install", action="store_true", help="copy the result into the package as the default model")
     recipe.set_defaults(func=run_train_default)
 
@@ -174,7 +179,19 @@ def run_train_default(args: argparse.Namespace) -> None:
     _require_training_extra(args)
     from ..training.recipe import install_default, train_default
 
-    path = train_default(args.out, args.scale, args.device, seed=args.seed, init=args.init, minutes=args.minutes)
+    if args.batch_size < 1 or args.workers < 0 or args.lr <= 0:
+        raise FastSAM3DError("--batch-size must be >= 1, --workers >= 0 and --lr > 0")
+    path = train_default(
+        args.out,
+        args.scale,
+        args.device,
+        seed=args.seed,
+        init=args.init,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        lr=args.lr,
+    )
     log.info(f"wrote {path}")
     if args.install:
         log.info(f"installed as the default model: {install_default(path)}")

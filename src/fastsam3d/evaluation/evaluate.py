@@ -8,6 +8,7 @@ shards the cases over the ranks (one GPU each when there are GPUs); every rank w
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +18,11 @@ import torch
 from ..errors import FastSAM3DError
 from .datasets import load_cases
 from .harness import EvaluationSettings, distributed_rank, read_rows, run_cases, shard, write_rows
+from .metrics import CHALLENGE_NSD_TOLERANCE_MM
 from .protocols import PROTOCOLS
 from .report import write_report
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(
@@ -35,9 +39,12 @@ def evaluate(
     hd95: bool = False,
     device: str | None = None,
     progress: bool = True,
+    no_box: list[str] | None = None,
 ) -> tuple[dict, int]:
     """Evaluate ``models`` on the cases in ``data``; returns (summary, number of failed rows).
 
+    ``no_box``: for the challenge protocol (``box+5`` / ``cvpr25``), the regular expressions of the
+    structure names that get no box (default: vessels, :data:`~.protocols.NO_BOX_PATTERNS`).
     Under torchrun only rank 0 returns the merged summary; other ranks return ({}, their failures).
     """
     if protocol not in PROTOCOLS:
@@ -46,6 +53,16 @@ def evaluate(
         raise FastSAM3DError("--clicks must be at least 1")
     if not models:
         raise FastSAM3DError("name at least one model")
+    if PROTOCOLS[protocol].challenge and nsd_tolerance != CHALLENGE_NSD_TOLERANCE_MM:
+        log.warning(f"NSD at {nsd_tolerance} mm: the CVPR 2025 challenge scores NSD at {CHALLENGE_NSD_TOLERANCE_MM} mm")
+    if no_box is not None:
+        import re
+
+        for pattern in no_box:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise FastSAM3DError(f"--no-box pattern {pattern!r} is not a regular expression: {error}") from None
     out = Path(out)
     cases = load_cases(data, classes)
     if case_names:
@@ -62,6 +79,7 @@ def evaluate(
         hd95=hd95,
         device=device,
         requested=set(classes or ()),
+        no_box=None if no_box is None else tuple(no_box),
     )
     rank, world = distributed_rank()
     if world == 1:

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import PromptError
 from ..io import atomic_output
+from ..preprocess import canonical_axes
 from .datasets import Case
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, segmentation_metrics
-from .protocols import Prompt, get_protocol
+from .protocols import NO_BOX_PATTERNS, Prompt, get_protocol
 from .segmenters import Segmenter, build_segmenter
 
 COLUMNS = (
@@ -62,6 +64,7 @@ class EvaluationSettings:
     min_voxels: int = 10
     device: str | None = None
     requested: set[str] = field(default_factory=set)  # classes asked for by name/id: report when absent
+    no_box: tuple[str, ...] | None = None  # challenge protocol: name patterns without a box (None: vessels)
 
     @property
     def step_count(self) -> int:
@@ -90,17 +93,27 @@ def evaluate_case(case: Case, segmenters: list[Segmenter], settings: EvaluationS
                     rows.append(_row(entry, status="absent", error=f"{present.get(class_id, 0)} voxels"))
                 continue
             try:
-                rows.extend(_interact(segmenter, label.array == class_id, image.spacing, entry, settings, case))
+                rows.extend(
+                    _interact(segmenter, label.array == class_id, image.spacing, entry, settings, case, image.direction)
+                )
             except Exception as error:  # noqa: BLE001
                 rows.append(_row(entry, status="failed", error=_describe(error)))
     return rows
 
 
 def _interact(
-    segmenter: Segmenter, target: np.ndarray, spacing, entry: dict, settings: EvaluationSettings, case: Case
+    segmenter: Segmenter,
+    target: np.ndarray,
+    spacing,
+    entry: dict,
+    settings: EvaluationSettings,
+    case: Case,
+    direction: np.ndarray | None = None,
 ) -> list[dict]:
     protocol = get_protocol(settings.protocol)
     rng = np.random.default_rng([settings.seed, zlib.crc32(case.name.encode()), int(entry["class_id"])])
+    slice_axis = 2 if direction is None else canonical_axes(np.asarray(direction))[0][2]  # closest to S-I
+    protocol.start(entry["structure"], slice_axis, settings.no_box)
     centre = None
     if protocol.label_centred_roi:
         where = np.argwhere(target)
@@ -110,22 +123,36 @@ def _interact(
     rows, metrics = [], None
     for step in range(1, settings.step_count + 1):
         prompts = protocol.prompts(step, prediction, target, spacing, rng, segmenter.region())
+        text, note = _prompt_text(prompts), ""
         if prompts:
             started = time.perf_counter()
-            prediction, timing = segmenter.apply(prompts)
+            try:
+                prediction, timing = segmenter.apply(prompts)
+            except PromptError as error:
+                if not protocol.challenge:
+                    raise
+                # the challenge scores a run without output as before (the previous output, else empty)
+                timing, note = None, f"prompt not applied, previous prediction kept: {_describe(error)}"
             elapsed = time.perf_counter() - started
-            metrics = segmentation_metrics(prediction, target, spacing, settings.nsd_tolerance, settings.hd95)
+            metrics = segmentation_metrics(
+                prediction, target, spacing, settings.nsd_tolerance, settings.hd95, surfels=protocol.challenge
+            )
             times = {
-                "encoder_ms": 1e3 * timing.encoder,
-                "decoder_ms": 1e3 * timing.decoder,
+                "encoder_ms": 1e3 * timing.encoder if timing else 0.0,
+                "decoder_ms": 1e3 * timing.decoder if timing else 0.0,
                 "total_ms": 1e3 * elapsed,
                 "clicks_honoured": clicks_honoured(prompts, prediction),
             }
         elif metrics is None:
-            raise RuntimeError("the protocol gave no prompt for the first step")
+            if not (protocol.challenge and step == 1):
+                raise RuntimeError("the protocol gave no prompt for the first step")
+            # the challenge's step without a box (vessel-like): Dice = NSD = 0, time 0, empty prediction
+            metrics = {"dice": 0.0, "nsd": 0.0} | ({"hd95": float("nan")} if settings.hd95 else {})
+            times = {"encoder_ms": 0.0, "decoder_ms": 0.0, "total_ms": 0.0}
+            text = "none (no box for this structure: vessel-like / --no-box)"
         else:
             times = {"encoder_ms": 0.0, "decoder_ms": 0.0, "total_ms": 0.0}  # nothing left to correct
-        rows.append(_row(entry, step=step, prompt=_prompt_text(prompts), **metrics, **times, **_memory(), status="ok"))
+        rows.append(_row(entry, step=step, prompt=text, **metrics, **times, **_memory(), status="ok", error=note))
     return rows
 
 
@@ -145,6 +172,8 @@ def _prompt_text(prompts: list[Prompt]) -> str:
     for p in prompts:
         if p.box is not None:
             parts.append("box " + "-".join(",".join(map(str, corner)) for corner in p.box))
+            if p.box_slice is not None:
+                parts.append(f"(middle slice {p.box_slice[1]} across axis {p.box_slice[0]})")
         else:
             parts.append(("+" if p.positive else "-") + ",".join(map(str, p.point)))
     return " ".join(parts)
@@ -257,4 +286,8 @@ def settings_dict(settings: EvaluationSettings) -> dict:
     values = asdict(settings)
     values["requested"] = sorted(values["requested"])
     values["steps"] = settings.step_count
+    if get_protocol(settings.protocol).challenge:
+        values["no_box"] = list(NO_BOX_PATTERNS if settings.no_box is None else settings.no_box)
+    else:
+        values.pop("no_box")
     return values

@@ -2,7 +2,10 @@
 
 Surface metrics only see voxels near the masks, so they are evaluated on the bounding box of
 ``prediction | target`` grown by one voxel (clipped to the volume): the same value as on the
-whole volume, at a fraction of the cost for a small structure in a large CT.
+whole volume, at a fraction of the cost for a small structure in a large CT. With ``surfels``
+the surface Dice weights each boundary element by its surface area (MONAI's
+``use_subvoxels``), which equals the DeepMind ``surface-distance`` code (``SurfaceDice.py``)
+that the CVPR 2024 and 2025 challenges score with.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import numpy as np
 import torch
 
 DEFAULT_NSD_TOLERANCE_MM = 2.0
+CHALLENGE_NSD_TOLERANCE_MM = 2.0  # CVPR25_iter_eval.py: compute_multi_class_nsd(..., tolerance=2.0)
+CHALLENGE_NSD_MIN_DICE = 0.2  # CVPR25_iter_eval.py: NSD only when the case's Dice > 0.2, else 0
+CHALLENGE_CLICKS = 5  # CVPR25_iter_eval.py: n_clicks = 5 (after the box step)
+CHALLENGE_SECONDS_PER_CLASS = 90.0  # the challenge README: 90 s per class for the whole case
 
 
 def segmentation_metrics(
@@ -21,6 +28,7 @@ def segmentation_metrics(
     spacing,
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
     hd95: bool = False,
+    surfels: bool = False,
 ) -> dict[str, float]:
     """Dice, normalised surface Dice at ``nsd_tolerance`` mm and (optionally) HD95 in mm.
 
@@ -49,7 +57,9 @@ def segmentation_metrics(
         result = {
             "dice": float(compute_dice(pred, true, include_background=True)[0, 0]),
             "nsd": float(
-                compute_surface_dice(pred, true, [nsd_tolerance], include_background=True, spacing=spacing)[0, 0]
+                compute_surface_dice(
+                    pred, true, [nsd_tolerance], include_background=True, spacing=spacing, use_subvoxels=surfels
+                )[0, 0]
             ),
         }
         if hd95:
@@ -67,3 +77,18 @@ def area_under_curve(values: list[float]) -> float:
     if len(values) == 1:
         return float(values[0])
     return float(np.trapezoid(values) / (len(values) - 1))
+
+
+def challenge_auc(values: list[float], clicks: int = CHALLENGE_CLICKS) -> float:
+    """DSC_AUC / NSD_AUC of the CVPR 2025 challenge: the trapezoidal area under the last
+    ``clicks`` values (the click steps; the box step is left out) at x = 0, 1, ..., ``clicks`` - 1,
+    so at most ``clicks`` - 1 (4 for the challenge's 5 clicks). NaN with fewer than two values."""
+    tail = np.asarray(values[-clicks:] if clicks > 0 else [], dtype=float)
+    if len(tail) < 2:
+        return float("nan")
+    return float(np.trapezoid(tail))
+
+
+def challenge_nsd(dice: float, nsd: float, min_dice: float = CHALLENGE_NSD_MIN_DICE) -> float:
+    """The challenge's NSD of a case: computed only when its Dice exceeds ``min_dice``, else 0."""
+    return float(nsd) if dice > min_dice else 0.0

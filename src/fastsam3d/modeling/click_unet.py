@@ -48,6 +48,7 @@ class ClickUNetConfig:
     kind: str = "click-unet"
     img_size: int = 64
     spacing: float = 3.0
+    fine_spacing: float | None = None  # a finer ROI for small objects (the engine zooms out from it), mm
     channels: tuple[int, ...] = (8, 24, 48, 96, 128)
     fine_channels: int = 16  # decoded features at the ROI resolution (cached, used by the similarity maps)
     prompt_channels: tuple[int, ...] = (8, 16, 24, 32, 48)
@@ -246,6 +247,12 @@ class ClickUNet3D(nn.Module):
         return self.config.spacing
 
     @property
+    def roi_spacings(self) -> tuple[float, ...]:
+        """The ROI spacings the model was trained at, finest first (the engine's zoom levels)."""
+        fine = self.config.fine_spacing
+        return (fine, self.config.spacing) if fine and fine < self.config.spacing else (self.config.spacing,)
+
+    @property
     def roi_padding(self) -> str:
         """The crop continues the volume's border voxels where it leaves the volume: thin slabs (a
         20-slice CT) would otherwise be mostly zeros, which the model over-segments into."""
@@ -275,8 +282,9 @@ class ClickUNet3D(nn.Module):
             x = self.merge[level](torch.cat([x, skips[level]], 1))
             decoded.append(x)
         fine = decoded[-1]
-        # the norm in one pass over channels-last memory (fine * fine then a sum over channels: 5x slower)
-        unit = fine * torch.linalg.vector_norm(fine, dim=1, keepdim=True).square_().add_(1e-12).rsqrt_()
+        # the norm in one pass over channels-last memory (fine * fine then a sum over channels: 5x
+        # slower); out of place: autograd saves the norm for backward
+        unit = fine * (torch.linalg.vector_norm(fine, dim=1, keepdim=True).square() + 1e-12).rsqrt()
         return ClickUNetFeatures(decoded[-2::-1], unit, self.head_fine(fine))
 
     def decode(

@@ -104,6 +104,11 @@ class Sam3D(Sam):
         return TARGET_SPACING_MM
 
     @property
+    def roi_spacings(self) -> tuple[float, ...]:
+        """One zoom level: the training spacing."""
+        return (TARGET_SPACING_MM,)
+
+    @property
     def roi_padding(self) -> str:
         """What the crop holds where it leaves the volume: zeros, as in training (torchio CropOrPad)."""
         return "zero"

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..io import align_label, atomic_output, read_volume
+from ..data.streams import IndexedStream, sample_rng
+from ..io import Volume, align_label, atomic_output, read_volume
 from ..modeling.click_unet import ClickUNet3D, click_maps
 from ..preprocess import RoiGrid
 from ..registry import build_model, load_model, save_model
@@ -46,6 +47,7 @@ class ClickTrainSettings:
     checkpoint_every: int = 50
     init: str | None = None  # start from these weights (e.g. "default" to continue the shipped model)
     minutes: float | None = None  # a wall-time budget: the schedule follows elapsed time and stops at it
+    workers: int = 1  # processes synthesising crops while the model trains (0: in the training process)
 
 
 def interactive_loss(
@@ -109,8 +111,9 @@ def _loss(
 def validation_crops(
     manifest: Path, cases: tuple[str, ...], structures: tuple[str, ...], size: int = 64, spacing: float = 3.0
 ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, image (1, S, S, S) raw intensities, target) crops of real held-out structures, each
-    ROI centred on the structure's interior-most voxel (where the first `center` click goes)."""
+    """(name, image (1, S, S, S) raw intensities, target) crops of real held-out structures of the
+    development manifest's ``cases``, each ROI centred on the structure's interior-most voxel (where
+    the first `center` click goes)."""
     data = json.loads(Path(manifest).read_text())
     crops = []
     for case in data["cases"]:
@@ -118,18 +121,27 @@ def validation_crops(
             continue
         image = read_volume(Path(manifest).parent / case["image"])
         label = align_label(image, read_volume(Path(manifest).parent / case["label"]))
-        for value, name in case["labels"].items():
-            if name not in structures:
-                continue
-            mask = label.array == int(value)
-            if mask.sum() < 50:
-                continue
-            depth = ndimage.distance_transform_edt(mask, sampling=image.spacing)
-            centre = np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), dtype=np.float64)
-            roi = RoiGrid.centred(image, centre, size=size, spacing=spacing)
-            crop = roi.extract(image.array, outside="edge")[None]  # as the engine crops for ClickUNet3D
-            target = (roi.extract(mask.astype(np.float32)) > 0.5).float()[None]
-            crops.append((f"{case['name']}:{name}", crop, target))
+        names = {int(value): name for value, name in case["labels"].items() if name in structures}
+        crops += structure_crops(case["name"], image, label, names, size, spacing)
+    return crops
+
+
+def structure_crops(
+    case: str, image: Volume, label: Volume, names: dict[int, str], size: int, spacing: float
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(``case:name``, image crop, target crop) per structure of ``names`` (label value -> name), each
+    ROI of ``size``³ at ``spacing`` mm centred on the structure's interior-most voxel."""
+    crops = []
+    for value, name in names.items():
+        mask = label.array == value
+        if mask.sum() < 50:
+            continue
+        depth = ndimage.distance_transform_edt(mask, sampling=image.spacing)
+        centre = np.array(np.unravel_index(int(np.argmax(depth)), mask.shape), dtype=np.float64)
+        roi = RoiGrid.centred(image, centre, size=size, spacing=spacing)
+        crop = roi.extract(image.array, outside="edge")[None]  # as the engine crops for ClickUNet3D
+        target = (roi.extract(mask.astype(np.float32)) > 0.5).float()[None]
+        crops.append((f"{case}:{name}", crop, target))
     return crops
 
 
@@ -146,6 +158,28 @@ def _learning_rate(settings: ClickTrainSettings, step: int, progress: float) -> 
     return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def crop_loader(source, settings: ClickTrainSettings, start_step: int) -> torch.utils.data.DataLoader:
+    """Batches of ``source`` from ``start_step`` on, synthesised by ``settings.workers`` processes.
+
+    Batch ``j`` holds the samples ``j * batch_size + b`` of the seeded stream whatever the number
+    of workers (:class:`~fastsam3d.data.streams.IndexedStream`), so a resumed run sees the crops
+    an uninterrupted one would have."""
+    stream = IndexedStream(source, settings.batch_size, settings.seed, start_batch=start_step)
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=settings.workers,
+        worker_init_fn=_single_thread if settings.workers else None,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=settings.workers > 0,
+    )
+
+
+def _single_thread(_: int) -> None:
+    """In a loader worker: one thread each (the workers share the cores with the training)."""
+    torch.set_num_threads(1)
+
+
 def train_click_model(
     out: Path,
     source,
@@ -157,8 +191,6 @@ def train_click_model(
 ) -> ClickUNet3D:
     """Train (or resume from ``out/checkpoint.pt``); writes ``metrics.csv``, ``validation.csv`` and
     ``model.safetensors``. ``source.draw(rng)`` gives (image, target) crops."""
-    from ..data.streams import sample_rng
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -177,6 +209,7 @@ def train_click_model(
     metrics = CsvLog(out / "metrics.csv", ["step", "loss", "dice_last_click", "lr", "seconds"], True)
     validation_log = CsvLog(out / "validation.csv", ["step", "crops", *[f"dice_click{i + 1}" for i in range(5)]], True)
     bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, disable=not progress, desc="train")
+    batches = iter(crop_loader(source, settings, start))
     began = time.perf_counter() - elapsed
     for step in bar:
         elapsed = time.perf_counter() - began
@@ -185,11 +218,7 @@ def train_click_model(
         lr = _learning_rate(settings, step, _progress(settings, step, elapsed))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        samples = [
-            source.draw(sample_rng(settings.seed, step * settings.batch_size + b)) for b in range(settings.batch_size)
-        ]
-        images = torch.stack([s[0] for s in samples]).to(device)
-        targets = torch.stack([s[1] for s in samples]).to(device)
+        images, targets = (t.to(device, non_blocking=True) for t in next(batches))
         loss, score = interactive_loss(model, images, targets, settings, sample_rng(settings.seed + 1, step))
         optimiser.zero_grad(set_to_none=True)
         if torch.isfinite(loss):

@@ -1,10 +1,14 @@
 """``fastsam3d train-default``: the one command that reproduces the shipped default model.
 
 The default is a :class:`~fastsam3d.modeling.click_unet.ClickUNet3D` trained interactively on
-SynthSeg-style crops (:mod:`fastsam3d.data.synth`) made from the 61-structure label map of the
-development torso CT (plus its real intensities, and random shapes). The development MR and the
-DICOM CT are never trained on: their labelled structures are the validation set, printed
-and written to ``validation.csv`` as Dice per click.
+SynthSeg-style crops (:mod:`fastsam3d.data.synth`) from a library of label maps: the
+61-structure map of the development torso CT (with its real intensities), four brains' parcellations
+completed into heads (:mod:`fastsam3d.data.brains`), procedural vessel trees, lesions and thin
+sheets laid over them (:mod:`fastsam3d.data.procedural`), and random shapes; at both ROI spacings
+of the engine's zoom (1.5 and 3 mm). Never trained on: the development MR and DICOM CT, two of
+the six brains, and the labelled MNI152 template: the held-out torso structures (at 3 mm) and the
+template's deep grey nuclei (at 1.5 mm) are the validation set, printed and written to
+``validation.csv`` as Dice per click.
 
 Budgets are in steps, so the same command gives the same weights on the same software; run it
 again after an interruption and it resumes from its last checkpoint. ``minutes`` replaces the
@@ -19,12 +23,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from ..data.brains import DEEP_GREY, brain_atlases, brain_manifest, validation_case
 from ..data.devdata import dev_manifest, training_cases
 from ..data.synth import LabelMapAtlas, SynthesisSource
 from ..errors import FastSAM3DError
 from ..io import atomic_output
 from ..registry import MODEL_CONFIGS, WEIGHTS_DIR, load_model, save_model
-from .click_training import ClickTrainSettings, train_click_model, validation_crops
+from .click_training import ClickTrainSettings, structure_crops, train_click_model, validation_crops
 
 HOLDOUT = ("mr", "ct_dicom")
 VALIDATION_STRUCTURES = (
@@ -42,7 +47,10 @@ VALIDATION_STRUCTURES = (
     "iliopsoas_right",
 )
 STEPS = 3500  # ~65 min on 2 idle Zen 4 cores (~1.1 s per step)
-CROP_SIZE = 48  # training crops at 3 mm (the network is fully convolutional; it runs on 64³ ROIs)
+CROP_SIZE = 48  # training crops (the network is fully convolutional; it runs on 64³ ROIs)
+SPACINGS = (1.5, 3.0)  # mm: the engine's fine and coarse ROI (fastsam3d.session's zoom)
+ATLAS_WEIGHTS = {"torso": 0.45, "brains": 0.55}  # share of crops from the torso CT and from the four brains
+OVERLAY_FRACTION = 0.25  # crops whose target is a procedural vessel tree, lesion or sheet
 
 
 def train_default(
@@ -53,16 +61,29 @@ def train_default(
     progress: bool = True,
     init: str | None = None,
     minutes: float | None = None,
+    batch_size: int = 2,
+    workers: int = 1,
+    lr: float = 2e-3,
 ) -> Path:
     """Train (or resume) and export ``out/default.safetensors``."""
     out = Path(out)
-    manifest = dev_manifest()
-    if manifest is None:
-        raise FastSAM3DError("the development data is missing: run `fastsam3d data fetch` first")
-    atlases = [LabelMapAtlas.from_files(image, label) for image, label in training_cases(manifest)]
-    source = SynthesisSource(atlases, size=CROP_SIZE)
+    manifest, brains = dev_manifest(), brain_manifest()
+    if manifest is None or brains is None:
+        raise FastSAM3DError("the training data is missing: run `fastsam3d data fetch` first")
+    source = library_source(manifest, brains)
     validation = validation_crops(manifest, HOLDOUT, VALIDATION_STRUCTURES)
-    settings = ClickTrainSettings(steps=round(STEPS * scale), seed=seed, init=init, minutes=minutes)
+    image, label, names = validation_case(brains)
+    deep = {value: name for value, name in names.items() if name.rsplit("_", 1)[0] in DEEP_GREY}
+    validation += structure_crops("mni152", image, label, deep, size=64, spacing=SPACINGS[0])
+    settings = ClickTrainSettings(
+        steps=round(STEPS * scale),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        init=init,
+        minutes=minutes,
+        workers=workers,
+    )
     print(
         f"training the default model: {settings.steps} steps of {settings.batch_size} synthetic crops; "
         f"validation on {len(validation)} held-out real structures",
@@ -71,6 +92,16 @@ def train_default(
     model = train_click_model(out / "train", source, settings, validation, device, progress)
     model.config = replace(MODEL_CONFIGS["default"])
     return save_model(model, out / "default.safetensors", half=True)
+
+
+def library_source(manifest: Path, brains: Path, size: int = CROP_SIZE) -> SynthesisSource:
+    """The training crops: the label-map library at the engine's ROI spacings, with procedural overlays."""
+    torso = [LabelMapAtlas.from_files(image, label) for image, label in training_cases(manifest)]
+    heads = brain_atlases(brains, "training")
+    weights = [ATLAS_WEIGHTS["torso"] / len(torso)] * len(torso) + [ATLAS_WEIGHTS["brains"] / len(heads)] * len(heads)
+    return SynthesisSource(
+        torso + heads, size=size, spacings=SPACINGS, overlay_fraction=OVERLAY_FRACTION, atlas_weights=tuple(weights)
+    )
 
 
 def install_default(path: Path) -> Path:
