@@ -341,10 +341,9 @@ class Session(ObjectEngine):
         self.timings = self.predictor.timings = Timings()
         old_boxes = self._boxes(obj.state)
         state, logits = self._decode_rois(obj, state, rois)
-        zoomed_out = self._zoom_out(logits)
-        if zoomed_out is not None:
-            state = replace(state, seeds=())
-            state, logits = self._decode_rois(obj, replace(state, logits=()), [zoomed_out])
+        coarse = self._zoom_out(state, logits)
+        if coarse:
+            state, logits = self._decode_rois(obj, replace(state, logits=(), seeds=()), coarse)
         started = time.perf_counter()
         obj.push(replace(state, logits=tuple(logits.values())))
         answer = self._repaint(old_boxes, self._boxes(obj.state))
@@ -371,17 +370,25 @@ class Session(ObjectEngine):
                     queue.append((neighbour, prompt))
         return state, logits
 
-    def _zoom_out(self, logits: dict[tuple, tuple[RoiGrid, torch.Tensor]]) -> RoiGrid | None:
-        """The coarse ROI to move the object to when its mask reaches a face of a finer ROI that lies
-        inside the volume (centred where the finer ROI was), else None."""
+    def _zoom_out(self, state: ObjectState, logits: dict[tuple, tuple[RoiGrid, torch.Tensor]]) -> list[RoiGrid]:
+        """The coarse ROIs to move the object to when its mask reaches a face of a finer ROI that lies
+        inside the volume: one centred where that ROI was, and one at each click it leaves out
+        (up to ``max_rois``); empty when the object stays where it is."""
         coarse = self._spacings()[-1]
-        if all(self._roi_spacing(roi) >= coarse for roi, _ in logits.values()):
-            return None
-        for roi, value in logits.values():
-            if self._touches_inner_face(roi, value):
-                centre = roi.roi_to_index(np.full((1, 3), (roi.size - 1) / 2))[0]
-                return self._new_roi(centre, coarse)
-        return None
+        touching = [
+            roi
+            for roi, value in logits.values()
+            if self._roi_spacing(roi) < coarse and self._touches_inner_face(roi, value)
+        ]
+        if not touching:
+            return []
+        centre = touching[0].roi_to_index(np.full((1, 3), (touching[0].size - 1) / 2))[0]
+        rois = [self._new_roi(centre, coarse)]
+        for click in state.clicks:
+            point = np.array(click.index)
+            if len(rois) < self.max_rois and not any(roi.contains(point)[0] for roi in rois):
+                rois.append(self._new_roi(point, coarse))
+        return rois
 
     def _touches_inner_face(self, roi: RoiGrid, logits: torch.Tensor) -> bool:
         """Whether the mask covers at least ``MIN_FACE_VOXELS`` of a ROI face lying inside the volume."""
