@@ -30,6 +30,7 @@ from fastsam3d.session import Session
 
 LESION_GRID = 64  # voxels of the cube a lesion is drawn in (at the volume's finest spacing)
 TOLERANCE = 1.5  # a mask within this factor of the lesion's volume does not leak
+MIN_LESION_VOXELS = 10
 BODY_DEPTH_MM = 15.0  # lesion centres lie at least this deep inside the body (not in a table or a thin rim)
 
 
@@ -44,23 +45,13 @@ def backgrounds() -> list[tuple[str, Volume]]:
 
 def place_lesion(volume: Volume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(image with a painted lesion, lesion mask) on the volume's grid."""
-    spacing = float(np.min(volume.spacing))
-    mask_grid, rim_grid = lesion(LESION_GRID, spacing, rng)
     image = volume.array.astype(np.float32)
     body = image > np.percentile(image, 40)
     candidates = np.argwhere(ndimage.distance_transform_edt(body, sampling=volume.spacing) >= BODY_DEPTH_MM)
-    centre = candidates[rng.integers(len(candidates))]
-    # voxel v of the volume sits at (v - centre) * spacing mm from the lesion grid's centre
-    axes = [
-        np.clip(np.round((np.arange(n) - c) * s / spacing + LESION_GRID / 2), -1, LESION_GRID).astype(int)
-        for n, c, s in zip(volume.shape, centre, volume.spacing, strict=True)
-    ]
-    inside_grid = [(a >= 0) & (a < LESION_GRID) for a in axes]
-    box = tuple(slice(int(np.argmax(m)), int(len(m) - np.argmax(m[::-1]))) for m in inside_grid)
-    index = np.ix_(*[a[b] for a, b in zip(axes, box, strict=True)])
-    truth = np.zeros(volume.shape, bool)
-    rim = np.zeros(volume.shape, bool)
-    truth[box], rim[box] = mask_grid[index], rim_grid[index]
+    while True:  # a lesion thinner than the slices may miss every slice: draw again
+        truth, rim = _lesion_on_grid(volume, candidates[rng.integers(len(candidates))], rng)
+        if truth.sum() >= MIN_LESION_VOXELS:
+            break
     around = ndimage.binary_dilation(truth, iterations=4) & ~truth
     median = float(np.median(image[around]))
     low, high = np.percentile(image[around], [25, 75])
@@ -73,7 +64,25 @@ def place_lesion(volume: Volume, rng: np.random.Generator) -> tuple[np.ndarray, 
     blurred = ndimage.gaussian_filter(lesion_image, 0.7)
     edge = ndimage.binary_dilation(truth) & ~ndimage.binary_erosion(truth)
     lesion_image[edge] = blurred[edge]
-    return lesion_image.astype(volume.array.dtype if volume.array.dtype.kind == "f" else np.float32), truth
+    return lesion_image, truth
+
+
+def _lesion_on_grid(volume: Volume, centre: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(lesion, rim) drawn at the volume's finest spacing around ``centre``, sampled onto its voxels."""
+    spacing = float(np.min(volume.spacing))
+    mask_grid, rim_grid = lesion(LESION_GRID, spacing, rng)
+    # voxel v of the volume sits at (v - centre) * spacing mm from the lesion grid's centre
+    axes = [
+        np.clip(np.round((np.arange(n) - c) * s / spacing + LESION_GRID / 2), -1, LESION_GRID).astype(int)
+        for n, c, s in zip(volume.shape, centre, volume.spacing, strict=True)
+    ]
+    inside_grid = [(a >= 0) & (a < LESION_GRID) for a in axes]
+    box = tuple(slice(int(np.argmax(m)), int(len(m) - np.argmax(m[::-1]))) for m in inside_grid)
+    index = np.ix_(*[a[b] for a, b in zip(axes, box, strict=True)])
+    truth = np.zeros(volume.shape, bool)
+    rim = np.zeros(volume.shape, bool)
+    truth[box], rim[box] = mask_grid[index], rim_grid[index]
+    return truth, rim
 
 
 def main() -> None:
