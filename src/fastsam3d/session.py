@@ -378,28 +378,17 @@ class Session(ObjectEngine):
         touching = [
             roi
             for roi, value in logits.values()
-            if self._roi_spacing(roi) < coarse and self._touches_inner_face(roi, value)
+            if self._roi_spacing(roi) < coarse and _faces_reached(roi, (value[0, 0] > 0).cpu().numpy())
         ]
         if not touching:
             return []
-        centre = touching[0].roi_to_index(np.full((1, 3), (touching[0].size - 1) / 2))[0]
+        centre = touching[0].roi_to_index(np.full((1, 3), touching[0].size // 2))[0]  # where it was centred
         rois = [self._new_roi(centre, coarse)]
         for click in state.clicks:
             point = np.array(click.index)
             if len(rois) < self.max_rois and not any(roi.contains(point)[0] for roi in rois):
                 rois.append(self._new_roi(point, coarse))
         return rois
-
-    def _touches_inner_face(self, roi: RoiGrid, logits: torch.Tensor) -> bool:
-        """Whether the mask covers at least ``MIN_FACE_VOXELS`` of a ROI face lying inside the volume."""
-        positive = (logits[0, 0] > 0).cpu().numpy()
-        low_res = positive.shape[0]
-        return any(
-            np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
-            and roi.face_inside_volume(axis, direction, low_res)
-            for axis in range(3)
-            for side, direction in ((0, -1), (low_res - 1, 1))
-        )
 
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
@@ -419,27 +408,22 @@ class Session(ObjectEngine):
         low_res = positive.shape[0]
         half = low_res // 2
         grown = []
-        for axis in range(3):
-            for side, direction in ((0, -1), (low_res - 1, 1)):
-                if np.take(positive, side, axis=axis).sum() < MIN_FACE_VOXELS:
-                    continue
-                if not roi.face_inside_volume(axis, direction, low_res):
-                    continue  # the face is the volume's border: nothing beyond it
-                ahead, behind = slice(half, None), slice(0, half)
-                if direction < 0:
-                    ahead, behind = behind, ahead
-                overlap = np.zeros_like(positive)
-                keep = [slice(None)] * 3
-                keep[axis] = ahead
-                overlap[tuple(keep)] = positive[tuple(keep)]
-                depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
-                seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
-                seed = roi.low_res_grid(low_res).roi_to_index(seed_low_res)[0]
-                prompt = torch.zeros_like(logits)
-                moved, source = [slice(None)] * 5, [slice(None)] * 5
-                moved[axis + 2], source[axis + 2] = behind, ahead
-                prompt[tuple(moved)] = logits[tuple(source)]
-                grown.append((roi.neighbour(axis, direction), Click(tuple(float(v) for v in seed)), prompt))
+        for axis, direction in _faces_reached(roi, positive):
+            ahead, behind = slice(half, None), slice(0, half)
+            if direction < 0:
+                ahead, behind = behind, ahead
+            overlap = np.zeros_like(positive)
+            keep = [slice(None)] * 3
+            keep[axis] = ahead
+            overlap[tuple(keep)] = positive[tuple(keep)]
+            depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
+            seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
+            seed = roi.low_res_grid(low_res).roi_to_index(seed_low_res)[0]
+            prompt = torch.zeros_like(logits)
+            moved, source = [slice(None)] * 5, [slice(None)] * 5
+            moved[axis + 2], source[axis + 2] = behind, ahead
+            prompt[tuple(moved)] = logits[tuple(source)]
+            grown.append((roi.neighbour(axis, direction), Click(tuple(float(v) for v in seed)), prompt))
         return grown
 
     def _empty_state(self) -> ObjectState:
@@ -487,6 +471,19 @@ def open_session(
 
         return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
     return Session(model, device=device, checkpoint=checkpoint, **options)
+
+
+def _faces_reached(roi: RoiGrid, positive: np.ndarray) -> list[tuple[int, int]]:
+    """(ROI axis, direction -1 / +1) of each ROI face that the low-res mask ``positive`` covers with
+    at least ``MIN_FACE_VOXELS`` voxels and that lies inside the volume (else nothing is beyond it)."""
+    low_res = positive.shape[0]
+    return [
+        (axis, direction)
+        for axis in range(3)
+        for side, direction in ((0, -1), (low_res - 1, 1))
+        if np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
+        and roi.face_inside_volume(axis, direction, low_res)
+    ]
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
