@@ -99,6 +99,7 @@ def worker(
         encoder_times = _times(lambda: (model.encode(crop), sync()), repeats)
 
     first = session.add_click((256, 256, 150)).timings  # first click: crop + encoder, decoder, paste
+    first_encoder_runs = session.encoder_runs  # 2 when the mask fills a zooming model's fine ROI
     clicks, stages = [], []
     for index in range(max(repeats, 10)):
         point = (256 + (index % 5), 250 + (index % 7), 150 + (index % 3))
@@ -106,7 +107,7 @@ def worker(
         timings = session.add_click(point, positive=index % 3 != 2).timings
         clicks.append(time.perf_counter() - started)
         stages.append((timings.decoder, timings.paste))
-    assert session.encoder_runs == 1, "a click inside the ROI re-ran the encoder"
+    assert session.encoder_runs == first_encoder_runs, "a click inside the ROI re-ran the encoder"
     rss_clicks = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     session.add_object()  # a second object far away: a first click in a warm process (a server's every first click)
     warm_first = session.add_click((120, 120, 60)).timings.total
@@ -121,6 +122,7 @@ def worker(
         "encoder_s": statistics.median(encoder_times),
         "encoder_min_s": min(encoder_times),
         "first_click_s": first.total,
+        "first_click_encoder_runs": first_encoder_runs,
         "first_crop_encoder_s": first.encoder,
         "first_decoder_paste_ms": 1e3 * (first.decoder + first.paste),
         "warm_first_click_s": warm_first,
