@@ -3,8 +3,8 @@ SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: :class:`ObjectEngine` (
 several objects with label values 1, 2, ..., one undo history per object, and a
 :class:`~fastsam3d.labelmap.LabelMap` that each interaction repaints only inside the box it
 changed), the answer of an interaction, progress events and point frames. Every verb (``add_click``,
-``add_clicks``, ``set_box``, ``set_mask``, ``undo``, ``redo``, ``reset``, ``remove_object``)
-returns an :class:`Interaction`.
+``add_clicks``, ``add_scribble``, ``add_lasso``, ``set_box``, ``set_mask``, ``undo``, ``redo``,
+``reset``, ``remove_object``) returns an :class:`Interaction`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from .errors import PromptError
 from .io import Volume, ras_to_lps, write_volume
 from .labelmap import LabelMap, Region, Slices, union_box
+from .strokes import Stroke, StrokeKind, checked_points, lasso, scribble
 
 MAX_HISTORY = 100  # undo steps kept per object
 Frame = Literal["voxel", "lps", "ras"]  # a point as an input voxel index (i, j, k), or world mm in LPS / RAS
@@ -74,19 +75,30 @@ def voxel_index(volume: Volume, point, frame: Frame = "voxel") -> np.ndarray:
     """A point given in ``frame`` as a continuous input voxel index (i, j, k), checked to lie
     inside the volume. Frames: ``"voxel"`` (ITK index order = nibabel ``data[i, j, k]``),
     ``"lps"`` (world mm as ITK / Slicer / DICOM) or ``"ras"`` (world mm as NIfTI / nibabel)."""
-    if frame not in get_args(Frame):
-        raise PromptError(f"unknown point frame {frame!r}: use one of {', '.join(get_args(Frame))}")
     point = np.asarray(point, dtype=np.float64).reshape(-1)
     if point.shape != (3,) or not np.isfinite(point).all():
         raise PromptError(f"a point needs three finite coordinates, got {point.tolist()}")
+    return voxel_indices(volume, point[None], frame)[0]
+
+
+def voxel_indices(volume: Volume, points: np.ndarray, frame: Frame = "voxel") -> np.ndarray:
+    """Finite points (N, 3) given in ``frame`` (see :func:`voxel_index`) as continuous input voxel
+    indices, every one checked to lie inside the volume."""
+    if frame not in get_args(Frame):
+        raise PromptError(f"unknown point frame {frame!r}: use one of {', '.join(get_args(Frame))}")
+    points = np.asarray(points, dtype=np.float64)
     if frame != "voxel":
-        point = volume.world_to_index(ras_to_lps(point) if frame == "ras" else point)
-    if np.any(np.round(point) < 0) or np.any(np.round(point) > np.array(volume.shape) - 1):
+        points = volume.world_to_index(ras_to_lps(points) if frame == "ras" else points)
+    rounded = np.round(points)
+    outside = np.flatnonzero(np.any((rounded < 0) | (rounded > np.array(volume.shape) - 1), axis=1))
+    if outside.size:
         unit = f"world point ({frame.upper()} mm)" if frame != "voxel" else "voxel"
+        where = "" if len(points) == 1 else f" (point {int(outside[0])})"
         raise PromptError(
-            f"point at {unit} {np.round(point, 2).tolist()} is outside the volume of shape {volume.shape}"
+            f"point at {unit} {np.round(points[outside[0]], 2).tolist()}{where} is outside the volume "
+            f"of shape {volume.shape}"
         )
-    return point
+    return points
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,32 @@ class ObjectEngine:
                 f"give one include/exclude flag per point ({len(indices)} points, {len(positives)} flags)"
             )
         return indices, positives
+
+    # --- strokes ----------------------------------------------------------------------
+
+    def add_scribble(
+        self, points, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None
+    ) -> Interaction:
+        """A scribble: a polyline (N >= 2 points, voxel or world as in ``add_click``) on one slice or
+        freehand in 3D. Include (``positive``): its voxels belong to the object; exclude: they do not.
+        One interaction (one undo step); every point is checked before anything is applied."""
+        return self._add_stroke("scribble", points, positive, frame, label)
+
+    def add_lasso(
+        self, polygon, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None
+    ) -> Interaction:
+        """A lasso: a closed polygon (N >= 3 points, not crossing itself) on one slice. Include: the
+        area it encloses belongs to the object on that slice; exclude: it does not."""
+        return self._add_stroke("lasso", polygon, positive, frame, label)
+
+    def _add_stroke(self, kind: StrokeKind, points, positive: bool, frame: Frame, label: int | None) -> Interaction:
+        volume = self._require_image()
+        indices = voxel_indices(volume, checked_points(points), frame)
+        stroke = (scribble if kind == "scribble" else lasso)(indices, positive, volume.shape)
+        return self._apply_stroke(self._object_for_prompt(label), stroke)
+
+    def _apply_stroke(self, obj: SegmentObject, stroke: Stroke) -> Interaction:
+        raise NotImplementedError
 
     # --- history ----------------------------------------------------------------------
 

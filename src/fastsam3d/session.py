@@ -39,10 +39,13 @@ from .predictor import RoiPredictor
 from .preprocess import RoiGrid
 from .registry import load_model, spatial_dims
 from .runtime import apply_model_precision
+from .strokes import Stroke, interior_points, sampled
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
+SPARSE_STROKE_POINTS = 5  # points a stroke becomes for models trained with a few clicks (3D SAMs)
+LASSO_BAND = (1.5, 3.0)  # ROI voxels outside a lasso's outline that a dense-prompt model is told are outside
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ObjectState:
     initial_mask: np.ndarray | None = field(default=None, compare=False)
     logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False)
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
+    strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks
 
 
 class Session(ObjectEngine):
@@ -220,6 +224,21 @@ class Session(ObjectEngine):
             rois = [fine if fits else self._new_roi(centre, self._spacings()[-1])]
         return self._update(obj, state, rois)
 
+    def _apply_stroke(self, obj: SegmentObject, stroke: Stroke) -> Interaction:
+        """Decode the object with the stroke added, in the ROIs it touches (a new one around it, fine
+        when it fits the fine ROI, else coarse), plus new ROIs for any of its voxels left outside."""
+        state = obj.state
+        stroke = replace(stroke, after_clicks=len(state.clicks))
+        voxels = stroke.voxels
+        rois = [roi for roi, _ in state.logits if roi.contains(voxels).any()]
+        if not rois:
+            low, high = voxels.min(0), voxels.max(0)
+            fine = self._new_roi((low + high) / 2.0, self._object_spacing(state))
+            fits = fine.contains(np.stack([low, high]), margin=2).all()
+            rois = [fine if fits else self._new_roi((low + high) / 2.0, self._spacings()[-1])]
+        rois = self._cover(rois, voxels, self._roi_spacing(rois[0]))
+        return self._update(obj, replace(state, strokes=state.strokes + (stroke,)), rois)
+
     def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> Interaction:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
         volume = self._require_image()
@@ -316,16 +335,23 @@ class Session(ObjectEngine):
         return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
 
     def _prompts(self, state: ObjectState, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
-        """The state's point prompts inside one ROI: (N, 3) input voxel indices and their labels.
+        """The state's point prompts inside one ROI: (N, 3) input voxel indices and their labels,
+        clicks and strokes in the order they were given (a later prompt wins where they meet).
 
-        Clicks follow ``click_history``; a box on a model without box embeddings adds a positive
-        click at its centre; seeds placed when the object grew into this ROI are positive clicks.
+        Clicks follow ``click_history`` (``"last"``: the newest click or stroke only); a box on a
+        model without box embeddings adds a positive click at its centre; seeds placed when the
+        object grew into this ROI are positive clicks.
         """
-        clicks = [c for c in state.clicks if roi.contains(np.array(c.index))[0]]
+        clicks = [(n, c) for n, c in enumerate(state.clicks) if roi.contains(np.array(c.index))[0]]
+        strokes = list(state.strokes)
         if self.click_history == "last":
-            clicks = clicks[-1:]
-        points = [c.index for c in clicks]
-        labels = [int(c.positive) for c in clicks]
+            newest_is_stroke = bool(strokes) and strokes[-1].after_clicks == len(state.clicks)
+            clicks, strokes = ([], strokes[-1:]) if newest_is_stroke else (clicks[-1:], [])
+        prompts = [((n, 1), np.array([c.index]), [int(c.positive)]) for n, c in clicks]
+        prompts += [((s.after_clicks, 0), *self._stroke_prompts(s, roi)) for s in strokes]
+        prompts.sort(key=lambda prompt: prompt[0])
+        points = [p for _, group, _ in prompts for p in group]
+        labels = [label for _, _, group in prompts for label in group]
         if state.box is not None and not self.model.supports_boxes:
             points.append(tuple((np.array(state.box[0]) + np.array(state.box[1])) / 2.0))
             labels.append(1)
@@ -334,6 +360,26 @@ class Session(ObjectEngine):
                 points.append(seed.index)
                 labels.append(1)
         return np.array(points, dtype=np.float64).reshape(-1, 3), labels
+
+    def _stroke_prompts(self, stroke: Stroke, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
+        """A stroke as point prompts in one ROI (docs/prompts.md). Models trained with prompt maps
+        (``dense_prompts``) get one point per ROI voxel the stroke covers, and for an include lasso
+        exclude points on a band just outside its outline on its slice (given first, so the area
+        wins where they meet); 3D SAMs get a few points: spread along a scribble, deep inside a lasso."""
+        shape = self._require_image().shape
+        if getattr(self.model, "dense_prompts", False):
+            area = _one_per_cell(roi, stroke.voxels)
+            if stroke.kind == "lasso" and stroke.positive:
+                step = float(np.min(np.abs(roi.step)))
+                band = _one_per_cell(roi, stroke.outline_band(shape, LASSO_BAND[0] * step, LASSO_BAND[1] * step))
+                return np.concatenate([band, area]), [0] * len(band) + [1] * len(area)
+            return area, [int(stroke.positive)] * len(area)
+        if stroke.kind == "lasso":
+            points = interior_points(stroke, shape, SPARSE_STROKE_POINTS)
+        else:
+            points = sampled(stroke.voxels.astype(np.float64), SPARSE_STROKE_POINTS)
+        points = points[roi.contains(points)]
+        return points, [int(stroke.positive)] * len(points)
 
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> Interaction:
         """Decode ``state``'s prompts in ``rois`` (and grow into neighbouring ROIs where the mask
@@ -383,11 +429,17 @@ class Session(ObjectEngine):
         if not touching:
             return []
         centre = touching[0].roi_to_index(np.full((1, 3), touching[0].size // 2))[0]  # where it was centred
-        rois = [self._new_roi(centre, coarse)]
-        for click in state.clicks:
-            point = np.array(click.index)
-            if len(rois) < self.max_rois and not any(roi.contains(point)[0] for roi in rois):
-                rois.append(self._new_roi(point, coarse))
+        prompted = [np.array([c.index for c in state.clicks]).reshape(-1, 3)] + [s.voxels for s in state.strokes]
+        return self._cover([self._new_roi(centre, coarse)], np.concatenate(prompted), coarse)
+
+    def _cover(self, rois: list[RoiGrid], points: np.ndarray, spacing: float) -> list[RoiGrid]:
+        """``rois`` plus ROIs of ``spacing`` centred on the first of ``points`` (N, 3) that none of
+        them holds, in turn, up to ``max_rois``."""
+        rois = list(rois)
+        outside = ~np.any([roi.contains(points) for roi in rois], axis=0)
+        while outside.any() and len(rois) < self.max_rois:
+            rois.append(self._new_roi(points[np.flatnonzero(outside)[0]], spacing))
+            outside &= ~rois[-1].contains(points)
         return rois
 
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
@@ -484,6 +536,13 @@ def _faces_reached(roi: RoiGrid, positive: np.ndarray) -> list[tuple[int, int]]:
         if np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
         and roi.face_inside_volume(axis, direction, low_res)
     ]
+
+
+def _one_per_cell(roi: RoiGrid, voxels: np.ndarray) -> np.ndarray:
+    """The input voxels (M, 3) inside the ROI, one per ROI cell they fall in (first seen), as floats."""
+    inside = voxels[roi.contains(voxels)].astype(np.float64)
+    _, first = np.unique(np.floor(roi.index_to_roi(inside)), axis=0, return_index=True)
+    return inside[np.sort(first)]
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

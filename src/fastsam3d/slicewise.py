@@ -61,11 +61,13 @@ from .modeling.precision import apply_precision
 from .modeling.sam2d import Sam2D
 from .preprocess import canonical_axes, upsampling_weights
 from .registry import load_model
+from .strokes import Stroke, sampled
 
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), as MedSAM prepares CT
 UNCHANGED_DICE = 0.98  # a corrective click's propagation stops at a slice that changes less than this
 MIN_SCORE = 0.7  # see the README's "2D models on volumes": stops propagation past the object's end
 EMBEDDING_DTYPE = torch.float16  # cached slice embeddings: half the memory
+SCRIBBLE_CLICKS = 8  # clicks a scribble becomes, spread along it
 Click2D = tuple[float, float, bool]  # (row, col, positive) on a slice's display grid
 
 
@@ -222,22 +224,72 @@ class SliceSession(ObjectEngine):
                 f"takes a rectangle on a slice across axis {self.axis}"
             )
         obj = self._object_for_prompt(label)
+        self.timings = Timings()
+        work = np.zeros(self.volume.shape, dtype=bool)
+        start = self._segment_box(obj, work, low, high)
+        return self._commit(obj, work, {}, start)
+
+    def _segment_box(self, obj: SegmentObject, work: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+        """Segment the middle slice of the box (low, high corner voxels) into ``work`` and propagate
+        (up and down for a one-slice box, within its slices otherwise); returns that slice."""
         start = int((low[self.axis] + high[self.axis]) // 2)
         one_slice = low[self.axis] == high[self.axis]
         limits = (0, self.volume.shape[self.axis] - 1) if one_slice else (int(low[self.axis]), int(high[self.axis]))
         corners = [self._in_plane(low), self._in_plane(high)]
         rows = sorted(round(c[0]) for c in corners)
         cols = sorted(round(c[1]) for c in corners)
-        self.timings = Timings()
         self._total = None if one_slice else limits[1] - limits[0] + 1
-        work = np.zeros(self.volume.shape, dtype=bool)
         first = self._segment(start, box=(rows[0], cols[0], rows[1], cols[1]))
         if first is None:
             raise PromptError("the model found nothing inside the box")
         self._write(work, start, first)
         self._report(obj, work, start)
         self._propagate(obj, work, start, first, limits)
-        return self._commit(obj, work, {}, start)
+        return start
+
+    def _apply_stroke(self, obj: SegmentObject, stroke: Stroke) -> Interaction:
+        """A lasso becomes its slice's mask (its area, plus what the model finds inside the area's
+        box near it), then propagation; a scribble becomes clicks along it (a box-only model's empty
+        object starts from the scribble's box). The stroke's own voxels end up inside (include) or
+        outside (exclude) the mask; an exclude lasso edits its slice only. See docs/prompts.md."""
+        if stroke.kind == "lasso" and stroke.axis != self.axis:
+            raise PromptError(
+                f"a 2D model takes a lasso on a slice across axis {self.axis}; this one lies across axis {stroke.axis}"
+            )
+        state = obj.state
+        work = self._mask_of(state)
+        clicks = {k: list(v) for k, v in state.clicks}
+        root = state.root
+        self.timings = Timings()
+        self._total = None
+        if stroke.kind == "lasso":
+            root = self._lasso(obj, work, root, stroke)
+        elif stroke.positive and not work.any() and not self.config.point_prompts:
+            margin = np.array([0 if a == self.axis else self.box_margin for a in range(3)])
+            low = np.maximum(stroke.voxels.min(0) - margin, 0)
+            high = np.minimum(stroke.voxels.max(0) + margin, np.array(work.shape) - 1)
+            root = self._segment_box(obj, work, low, high)
+        else:
+            for point in sampled(stroke.voxels.astype(np.float64), SCRIBBLE_CLICKS):
+                root = self._click(obj, work, clicks, root, point, stroke.positive)
+        work[tuple(stroke.voxels.T)] = stroke.positive
+        return self._commit(obj, work, clicks, root)
+
+    def _lasso(self, obj: SegmentObject, work: np.ndarray, root: int | None, stroke: Stroke) -> int | None:
+        index = stroke.slice_index
+        area = np.zeros(self._slice(work, index).shape, dtype=bool)
+        area[self._pixels(stroke.voxels)] = True
+        current = self._slice(work, index)
+        if not stroke.positive:
+            self._write(work, index, current & ~area)
+            self._report(obj, work, index)
+            return root
+        found = self._segment(index, box=_box_of(area, self.box_margin, area.shape))
+        near = ndimage.binary_dilation(area, iterations=self.box_margin)
+        result = area | (near & (found if found is not None else area))
+        self._write(work, index, result)
+        self._report(obj, work, index)
+        return self._propagate_edit(obj, work, index, result, index if root is None else root)
 
     def add_click(
         self, point, positive: bool = True, *, frame: Frame = "voxel", label: int | None = None
@@ -369,7 +421,11 @@ class SliceSession(ObjectEngine):
         root = index if root is None else root
         if not positive and not self.config.point_prompts:
             return root  # a box edit that removes: this slice only (re-propagating it shrank whole organs)
-        # slices farther from the first prompted slice were derived from this one: update those
+        return self._propagate_edit(obj, work, index, result, root)
+
+    def _propagate_edit(self, obj: SegmentObject, work: np.ndarray, index: int, result: np.ndarray, root: int) -> int:
+        """After slice ``index`` changed to ``result``: update the slices farther from the first
+        prompted slice ``root`` (they were derived from this one); returns ``root``."""
         directions = (-1, 1) if index == root else (int(np.sign(index - root)),)
         last = work.shape[self.axis] - 1
         for direction in directions:
@@ -542,6 +598,14 @@ class SliceSession(ObjectEngine):
         row = point[ra] if rs > 0 else shape[ra] - 1 - point[ra]
         col = point[ca] if cs > 0 else shape[ca] - 1 - point[ca]
         return float(row), float(col)
+
+    def _pixels(self, voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 3) voxels -> their (rows, cols) on their slices' display grid."""
+        (ra, rs), (ca, cs) = self._rows, self._cols
+        shape = self.volume.shape
+        rows = voxels[:, ra] if rs > 0 else shape[ra] - 1 - voxels[:, ra]
+        cols = voxels[:, ca] if cs > 0 else shape[ca] - 1 - voxels[:, ca]
+        return rows, cols
 
     def _slice(self, array: np.ndarray, index: int) -> np.ndarray:
         """The (H, W) display-oriented slice ``index`` of a volume-shaped array."""

@@ -31,6 +31,8 @@ from torch import nn
 
 CLICK_SIGMA = 1.5  # voxels: width of the Gaussian drawn for each click
 CLICK_MARGIN = 2.0  # logit a clicked cell is at least pushed to (include) / below (exclude)
+CLICK_RADIUS = 6  # voxels: each click's Gaussian is drawn within this distance (beyond it < 1e-4)
+SIMILARITY_POINTS = 64  # include (exclude) points whose features the similarity maps compare against, at most
 PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclude similarity
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
@@ -153,20 +155,23 @@ def click_maps(
     """(B, 2, S, S, S) include / exclude maps: the max over clicks of a Gaussian at each click.
 
     ``coords`` (B, N, 3) in ROI voxels (tensor index order), ``labels`` (B, N): 1 include,
-    0 exclude, -1 padding. Each Gaussian is the outer product of three 1D profiles; clicks are
-    accumulated one at a time, so memory does not grow with their number.
+    0 exclude, -1 padding. Each Gaussian is the outer product of three 1D profiles, drawn within
+    ``CLICK_RADIUS`` voxels of its click, so a stroke of hundreds of points costs little more than a click.
     """
     if coords is None:
         return torch.zeros(1, 2, size, size, size)
-    batch = coords.shape[0]
-    axis = torch.arange(size, dtype=torch.float32, device=coords.device)
-    profiles = torch.exp(-((axis - coords[..., None].float()) ** 2) / (2 * sigma**2))  # (B, N, 3, S)
-    maps = torch.zeros(batch, 2, size, size, size, device=coords.device)
-    for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
-        x, y, z = profiles[b, n]
-        channel = maps[b, 0 if labels[b, n] == 1 else 1]
-        torch.maximum(channel, x[:, None, None] * y[None, :, None] * z[None, None, :], out=channel)
-    return maps
+    batch, device = coords.shape[0], coords.device
+    offsets = torch.arange(-CLICK_RADIUS, CLICK_RADIUS + 1, device=device)
+    positions = coords.round().long()[..., None] + offsets  # (B, N, 3, W): the voxels of each click's window
+    inside = (positions >= 0) & (positions < size) & (labels >= 0)[..., None, None]
+    profiles = torch.exp(-((positions - coords[..., None].float()) ** 2) / (2 * sigma**2)) * inside
+    values = profiles[:, :, 0, :, None, None] * profiles[:, :, 1, None, :, None] * profiles[:, :, 2, None, None, :]
+    positions = positions.clamp(0, size - 1)  # out-of-range voxels carry the value 0: max leaves the map as it is
+    flat = (positions[:, :, 0, :, None, None] * size + positions[:, :, 1, None, :, None]) * size
+    flat = flat + positions[:, :, 2, None, None, :] + (labels != 1).long()[..., None, None, None] * size**3
+    maps = torch.zeros(batch, 2 * size**3, device=device)
+    maps.scatter_reduce_(1, flat.reshape(batch, -1), values.reshape(batch, -1), "amax")
+    return maps.view(batch, 2, size, size, size)
 
 
 def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.device) -> torch.Tensor:
@@ -197,6 +202,7 @@ class ClickUNet3D(nn.Module):
     """U-Net image features cached per ROI + a light prompt decoder (see the module docstring)."""
 
     supports_boxes = True
+    dense_prompts = True  # strokes reach it as one point per ROI voxel they cover (the engine's Session)
 
     def __init__(self, config: ClickUNetConfig = ClickUNetConfig()) -> None:
         super().__init__()
@@ -349,6 +355,8 @@ class ClickUNet3D(nn.Module):
             vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
             for channel, value in enumerate((1, 0)):
                 chosen = vectors[:, labels[b] == value]
+                if chosen.shape[1] > SIMILARITY_POINTS:  # a stroke: an even sample of its points
+                    chosen = chosen[:, torch.linspace(0, chosen.shape[1] - 1, SIMILARITY_POINTS).round().long()]
                 if chosen.shape[1]:
                     similarity = (flat[b] @ chosen).amax(1).clamp_min(0)
                     result[b, channel] = similarity.view(size, size, size)
