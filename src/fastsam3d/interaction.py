@@ -236,6 +236,13 @@ class ObjectEngine:
         area it encloses belongs to the object on that slice; exclude: it does not."""
         return self._add_stroke("lasso", polygon, positive, frame, label)
 
+    def add_stroke(self, stroke: Stroke, *, label: int | None = None) -> Interaction:
+        """A stroke already on this volume's voxels (e.g. :func:`~fastsam3d.strokes.from_slice_mask`)."""
+        volume = self._require_image()
+        if len(stroke.voxels) == 0 or np.any(stroke.voxels < 0) or np.any(stroke.voxels >= np.array(volume.shape)):
+            raise PromptError(f"the {stroke.kind} leaves the volume of shape {volume.shape}")
+        return self._apply_stroke(self._object_for_prompt(label), stroke)
+
     def _add_stroke(self, kind: StrokeKind, points, positive: bool, frame: Frame, label: int | None) -> Interaction:
         volume = self._require_image()
         indices = voxel_indices(volume, checked_points(points), frame)

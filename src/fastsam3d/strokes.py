@@ -120,6 +120,35 @@ def lasso(indices: np.ndarray, positive: bool, shape: tuple[int, int, int], afte
     return Stroke("lasso", bool(positive), _vertices(indices), voxels, axis, after_clicks)
 
 
+def from_slice_mask(
+    kind: StrokeKind, positive: bool, axis: int, index: int, origin, plane: np.ndarray, shape: tuple[int, int, int]
+) -> Stroke:
+    """A stroke drawn as pixels on one slice: ``plane`` (a boolean 2D crop over the two other input
+    axes, in increasing axis order) placed at ``origin`` on slice ``index`` across ``axis``. A
+    scribble covers the drawn pixels; a lasso covers the area they enclose (holes filled)."""
+    if axis not in (0, 1, 2) or not 0 <= index < shape[axis]:
+        raise PromptError(f"slice {index} across axis {axis} is outside the volume of shape {shape}")
+    others = [a for a in range(3) if a != axis]
+    plane = np.asarray(plane, dtype=bool)
+    origin = np.asarray(origin, dtype=np.int64)
+    if plane.ndim != 2 or origin.shape != (2,):
+        raise PromptError("a drawn stroke is a 2D crop of pixels with a 2-number origin")
+    if np.any(origin < 0) or np.any(origin + plane.shape > np.array([shape[a] for a in others])):
+        raise PromptError(f"the drawn crop at {origin.tolist()} of shape {list(plane.shape)} leaves the slice")
+    if kind == "lasso":
+        plane = ndimage.binary_fill_holes(plane)
+    pixels = np.argwhere(plane)
+    if not len(pixels):
+        raise PromptError(f"the drawn {kind} is empty")
+    if kind == "lasso" and len(pixels) < 3:
+        raise PromptError("a lasso has no area: draw a closed outline around the region")
+    voxels = np.empty((len(pixels), 3), dtype=np.int32)
+    voxels[:, others[0]], voxels[:, others[1]] = pixels[:, 0] + origin[0], pixels[:, 1] + origin[1]
+    voxels[:, axis] = index
+    ends = voxels[[0, -1]].astype(np.float64)
+    return Stroke(kind, bool(positive), _vertices(ends), voxels, axis if kind == "lasso" else None)
+
+
 def sampled(points: np.ndarray, count: int) -> np.ndarray:
     """At most ``count`` of ``points`` (N, 3), evenly spread along their order (all when fewer)."""
     if len(points) <= count:

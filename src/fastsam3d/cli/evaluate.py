@@ -34,9 +34,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--protocol",
         default="center",
-        choices=("fastsam3d", "center", "random", "box+5", "cvpr25"),
+        choices=("fastsam3d", "center", "random", "box+5", "cvpr25", "lasso", "scribble"),
         help="simulated user (default center); box+5 = cvpr25: the CVPR 2025 interactive challenge "
-        "(box, none for vessels, then 5 clicks; DSC/NSD AUC, finals, time per step; docs/evaluation.md)",
+        "(box, none for vessels, then 5 clicks; DSC/NSD AUC, finals, time per step; docs/evaluation.md); "
+        "lasso / scribble: a lasso on the structure's largest slice or a scribble along its medial axis, then center clicks",
     )
     parser.add_argument("--clicks", type=int, help="interaction steps per structure (default 5; 6 for box+5)")
     parser.add_argument(

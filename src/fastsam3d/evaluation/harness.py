@@ -170,7 +170,9 @@ def _prompt_text(prompts: list[Prompt]) -> str:
         return "none (no error left)"
     parts = []
     for p in prompts:
-        if p.box is not None:
+        if p.stroke is not None:
+            parts.append(f"{'+' if p.positive else '-'}{p.stroke} of {len(p.vertices)} points")
+        elif p.box is not None:
             parts.append("box " + "-".join(",".join(map(str, corner)) for corner in p.box))
             if p.box_slice is not None:
                 parts.append(f"(middle slice {p.box_slice[1]} across axis {p.box_slice[0]})")

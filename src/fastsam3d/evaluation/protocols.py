@@ -20,6 +20,10 @@ prompts of a structure accumulate in one object of the segmenter.
     The Fast 3D SAM random-click test: step k holds k include clicks drawn uniformly from the
     structure and k exclude clicks drawn uniformly from the background within the structure's
     bounding box grown by 10 mm (each step adds one of each).
+``lasso`` / ``scribble``
+    Step 1 is one stroke: a lasso tracing the outline of the structure's largest 2D part on the
+    slice (across the axis closest to superior-inferior) where it has most voxels, or a scribble
+    along its medial axis (:mod:`.simulated_strokes`); later steps are ``center`` clicks.
 ``box+5`` (alias ``cvpr25``)
     The CVPR 2025 challenge "Foundation Models for Interactive 3D Biomedical Image
     Segmentation", as its evaluation script ``CVPR25_iter_eval.py`` and box script
@@ -45,6 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..clicks import center_click
+from .simulated_strokes import medial_scribble, traced_lasso
 
 RANDOM_BACKGROUND_MARGIN_MM = 10.0
 
@@ -82,13 +87,16 @@ def is_vessel_like(structure: str, patterns: tuple[str, ...] | list[str] | None 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A click (``point`` voxel index, ``positive``) or a box (``box`` = inclusive low/high corners;
-    ``box_slice`` = (axis, index) of the slice its in-plane extent was measured on, when known)."""
+    """A click (``point`` voxel index, ``positive``), a box (``box`` = inclusive low/high corners;
+    ``box_slice`` = (axis, index) of the slice its in-plane extent was measured on, when known) or
+    a stroke (``stroke`` = ``"scribble"`` or ``"lasso"`` through the voxel indices ``vertices``)."""
 
     point: tuple[int, int, int] | None = None
     positive: bool = True
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
     box_slice: tuple[int, int] | None = None
+    stroke: str | None = None
+    vertices: tuple[tuple[float, float, float], ...] = ()
 
 
 class Protocol:
@@ -201,6 +209,38 @@ class BoxThenClicksProtocol(Protocol):
         return [Prompt(point=point, positive=positive)]
 
 
+class StrokeThenClicksProtocol(Protocol):
+    """``lasso`` / ``scribble``: step 1 is a stroke on the structure (:mod:`.simulated_strokes`),
+    later steps ``center`` clicks."""
+
+    default_steps = 5
+
+    def __init__(self) -> None:
+        self.slice_axis = 2
+
+    def start(self, structure, slice_axis=2, no_box=None):
+        self.slice_axis = int(slice_axis)
+
+    def prompts(self, step, prediction, target, spacing, rng, region=None):
+        if step > 1:
+            return CenterProtocol.prompts(self, step, prediction, target, spacing, rng, region)
+        if self.name == "lasso":
+            vertices = traced_lasso(target, self.slice_axis)
+        else:
+            vertices = medial_scribble(target, spacing)
+        if vertices is None:
+            return []
+        return [Prompt(stroke=self.name, vertices=tuple(tuple(float(v) for v in p) for p in vertices))]
+
+
+class LassoProtocol(StrokeThenClicksProtocol):
+    name = "lasso"
+
+
+class ScribbleProtocol(StrokeThenClicksProtocol):
+    name = "scribble"
+
+
 def challenge_box(target: np.ndarray, slice_axis: int, rng: np.random.Generator) -> Prompt:
     """The challenge's box (``get_boxes.py``: ``mask3D_to_bbox``): slices ``z_min..z_max`` across
     ``slice_axis``; in plane, the bounding box on the middle slice (the median of the occupied
@@ -281,7 +321,8 @@ def _grown_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple[slice, slic
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {
-    p.name: p for p in (FastSAM3DProtocol, CenterProtocol, RandomProtocol, BoxThenClicksProtocol)
+    p.name: p
+    for p in (FastSAM3DProtocol, CenterProtocol, RandomProtocol, BoxThenClicksProtocol, LassoProtocol, ScribbleProtocol)
 }
 PROTOCOLS["cvpr25"] = BoxThenClicksProtocol  # the same protocol under a clearer name
 

@@ -20,6 +20,7 @@ from ..labelmap import Slices
 from ..preprocess import RoiGrid
 from ..registry import spatial_dims
 from ..session import Session
+from ..strokes import lasso, scribble
 from .protocols import Prompt, Protocol
 
 
@@ -83,7 +84,9 @@ class SamSegmenter(Segmenter):
     def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
         timing = Timings()
         for prompt in prompts:
-            if prompt.box is not None:
+            if prompt.stroke is not None:
+                answer = apply_stroke(self.session, prompt)
+            elif prompt.box is not None:
                 answer = self.session.set_box(*prompt.box, roi_centre=self._roi_centre)
             else:
                 answer = self.session.add_click(prompt.point, prompt.positive, roi_centre=self._roi_centre)
@@ -109,12 +112,20 @@ class SliceSegmenter(Segmenter):
     def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
         timing = Timings()
         for prompt in prompts:
-            if prompt.box is not None:
+            if prompt.stroke is not None:
+                answer = apply_stroke(self.session, prompt)
+            elif prompt.box is not None:
                 answer = self.session.set_box(*prompt.box)
             else:
                 answer = self.session.add_click(prompt.point, prompt.positive)
             timing += answer.timings
         return self.session.mask(), timing
+
+
+def apply_stroke(session, prompt: Prompt):
+    """A protocol's stroke through the engine's ``add_scribble`` / ``add_lasso``."""
+    verb = session.add_lasso if prompt.stroke == "lasso" else session.add_scribble
+    return verb(np.array(prompt.vertices), prompt.positive)
 
 
 class RandomWalkerSegmenter(Segmenter):
@@ -146,7 +157,13 @@ class RandomWalkerSegmenter(Segmenter):
 
         started = time.perf_counter()
         for prompt in prompts:
-            if prompt.box is not None:
+            if prompt.stroke is not None:  # every voxel of the stroke seeds its side
+                make = lasso if prompt.stroke == "lasso" else scribble
+                voxels = make(np.array(prompt.vertices), prompt.positive, self.volume.shape).voxels
+                self.clicks += [
+                    Prompt(point=tuple(int(v) for v in voxel), positive=prompt.positive) for voxel in voxels
+                ]
+            elif prompt.box is not None:
                 self.box = prompt.box
             else:
                 self.clicks.append(prompt)

@@ -34,6 +34,7 @@ from ..interaction import Frame, Interaction, Progress, Timings
 from ..io import align_label, write_volume
 from ..session import Session
 from ..slicewise import SliceSession
+from ..strokes import from_slice_mask
 from .guard import RequestGuard
 from .store import (
     CHUNK,
@@ -80,6 +81,21 @@ class BoxRequest(ObjectRef):
     corner_a: list[float] = Field(min_length=3, max_length=3)
     corner_b: list[float] = Field(min_length=3, max_length=3)
     coordinates: Frame = Field("voxel", description="voxel index (i, j, k) or world mm (LPS or RAS)")
+
+
+class SliceBits(BaseModel):
+    axis: int = Field(ge=0, le=2, description="the input axis the slice lies across")
+    index: int = Field(ge=0, description="the slice's index along that axis")
+    origin: list[int] = Field(min_length=2, max_length=2, description="the crop's low corner on the other two axes")
+    shape: list[int] = Field(min_length=2, max_length=2, description="the crop's size on the other two axes")
+    data: str = Field(description="base64 of zlib of numpy.packbits of the crop's pixels, row-major (C order)")
+
+
+class StrokeRequest(ObjectRef):
+    points: list[list[float]] | None = Field(None, description="the stroke's points (three numbers each)")
+    bits: SliceBits | None = Field(None, description="or the drawn pixels on one slice, as a bit crop")
+    positive: bool = Field(True, description="include (true) or exclude")
+    coordinates: Frame = Field("voxel", description="frame of the points: voxel index or world mm (LPS or RAS)")
 
 
 class UncertaintyRequest(ObjectRef):
@@ -227,6 +243,35 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
         return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
+    @api.post("/sessions/{session_id}/scribble", description=STREAM_DESCRIPTION)
+    async def scribble(session_id: str, request: StrokeRequest, stream: bool = False):
+        """A scribble (a polyline of points, or the pixels drawn on one slice) as one interaction."""
+        return await _stroke(store.get(session_id), "scribble", request, stream)
+
+    @api.post("/sessions/{session_id}/lasso", description=STREAM_DESCRIPTION)
+    async def lasso(session_id: str, request: StrokeRequest, stream: bool = False):
+        """A lasso (a closed polygon on one slice, or its drawn pixels) as one interaction."""
+        return await _stroke(store.get(session_id), "lasso", request, stream)
+
+    async def _stroke(entry: ServerSession, kind: str, request: StrokeRequest, stream: bool):
+        if (request.points is None) == (request.bits is None):
+            raise PromptError(f"give the {kind} as 'points' or as 'bits', one of the two")
+        plane = None if request.bits is None else _decode_bits(request.bits, settings.max_stroke_pixels)
+
+        def action(session: AnySession, job: Job):
+            if plane is None:
+                verb = session.add_scribble if kind == "scribble" else session.add_lasso
+                step = partial(verb, request.points, request.positive, frame=request.coordinates, label=request.object)
+            else:
+                bits = request.bits
+                stroke = from_slice_mask(
+                    kind, request.positive, bits.axis, bits.index, bits.origin, plane, session.volume.shape
+                )
+                step = partial(session.add_stroke, stroke, label=request.object)
+            return all_or_nothing(session, request.object, [step], job)
+
+        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
+
     @api.post("/sessions/{session_id}/mask")
     async def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
         """Start an object from a mask file on the image's voxels (any non-zero voxel is inside)."""
@@ -333,6 +378,20 @@ def _step(session: AnySession, label: int | None, step: int, job: Job) -> Intera
             back(label)
         raise SessionBusyError("cancelled")
     return changed
+
+
+def _decode_bits(bits: SliceBits, max_pixels: int) -> np.ndarray:
+    """A request's bit crop as a boolean 2D array, its size checked before it is inflated."""
+    rows, cols = bits.shape
+    if rows < 1 or cols < 1 or rows * cols > max_pixels:
+        raise PromptError(f"a drawn crop of {rows} x {cols} pixels; this server accepts 1 to {max_pixels}")
+    try:
+        packed = zlib.decompressobj().decompress(base64.b64decode(bits.data, validate=True), (rows * cols + 7) // 8 + 1)
+    except (ValueError, zlib.error):
+        raise PromptError("the drawn crop's data is not base64 of zlib-compressed bits") from None
+    if len(packed) != (rows * cols + 7) // 8:
+        raise PromptError(f"the drawn crop's data holds {len(packed) * 8} bits, not the {rows * cols} of its shape")
+    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=rows * cols).reshape(rows, cols).astype(bool)
 
 
 def _status(error: FastSAM3DError) -> int:

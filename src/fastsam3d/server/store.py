@@ -71,6 +71,7 @@ class ServerSettings:
     max_voxels: int = 2**28
     max_zip_entries: int = 5000
     max_points: int = 100  # per click request
+    max_stroke_pixels: int = 1 << 20  # per drawn scribble / lasso crop (a 1024 x 1024 slice)
     request_seconds: float = 120.0  # one request's wait for its session plus its work
     idle_seconds: float = 1800.0
     temp_dir: Path | None = None  # default: <system temp>/fastsam3d-server
