@@ -23,7 +23,7 @@ import torch
 from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.evaluation.simulated_strokes import largest_component, traced_lasso
+from fastsam3d.simulated_strokes import largest_component, traced_lasso
 from fastsam3d.preprocess import canonical_axes
 from fastsam3d.session import Session
 

@@ -39,13 +39,12 @@ from .predictor import RoiPredictor
 from .preprocess import RoiGrid
 from .registry import load_model, spatial_dims
 from .runtime import apply_model_precision
-from .strokes import Stroke, interior_points, sampled
+from .strokes import LASSO_BAND, Stroke, interior_points, sampled
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
 SPARSE_STROKE_POINTS = 5  # points a stroke becomes for models trained with a few clicks (3D SAMs)
-LASSO_BAND = (1.5, 3.0)  # ROI voxels outside a lasso's outline that a dense-prompt model is told are outside
 
 
 @dataclass(frozen=True)

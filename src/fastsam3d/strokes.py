@@ -19,6 +19,7 @@ from .errors import PromptError
 
 MAX_STROKE_POINTS = 10_000  # vertices one stroke may have (a 1e6-point stroke is refused, not rasterised)
 SAMPLES_PER_VOXEL = 4  # points sampled per voxel of a scribble's length when rasterising it
+LASSO_BAND = (1.5, 3.0)  # ROI voxels outside a lasso's outline that a dense-prompt model is told are outside
 StrokeKind = Literal["scribble", "lasso"]
 
 

@@ -11,13 +11,14 @@ from fastsam3d.data.brains import brain_manifest
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.data.streams import IndexedStream, SyntheticSource
 from fastsam3d.registry import build_model, load_model
+from fastsam3d.simulated_strokes import stroke_points
 from fastsam3d.training.click_training import ClickTrainSettings, crop_loader, interactive_loss, train_click_model
 
 
-def _optimiser_steps(model: torch.nn.Module, steps: int = 3) -> list[float]:
+def _optimiser_steps(model: torch.nn.Module, steps: int = 3, settings: ClickTrainSettings | None = None) -> list[float]:
     """``steps`` AdamW steps of the interactive objective on 32³ synthetic crops; every parameter
     tensor must receive a finite, non-zero gradient and change."""
-    settings = ClickTrainSettings(max_corrections=2, box_rate=0.5)
+    settings = settings or ClickTrainSettings(max_corrections=2, box_rate=0.5)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = {name: value.detach().clone() for name, value in model.named_parameters()}
     batches = iter(crop_loader(SyntheticSource(32, min_voxels=50), ClickTrainSettings(workers=0), 0))
@@ -45,6 +46,29 @@ def test_the_default_architecture_trains_from_scratch():
 
 def test_the_shipped_default_weights_train_on():
     _optimiser_steps(load_model("default").train())
+
+
+def test_the_shipped_default_weights_train_on_with_lassos_and_scribbles():
+    settings = ClickTrainSettings(max_corrections=2, box_rate=0.0, stroke_rate=1.0, corrective_stroke_rate=0.5)
+    _optimiser_steps(load_model("default").train(), settings=settings)
+
+
+def test_simulated_strokes_are_the_points_the_engine_would_give():
+    truth = np.zeros((32, 32, 32), dtype=bool)
+    truth[8:24, 10:22, 6:26] = True
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(8):
+        points, labels = stroke_points(np.zeros_like(truth), truth, rng)
+        voxels = points.round().astype(int)
+        inside = truth[tuple(voxels.T)]
+        assert np.array_equal(inside, np.array(labels) == 1)  # include points on the target, band outside
+        kinds.add(0 in labels)  # a lasso brings an exclude band, a scribble does not
+    assert kinds == {True, False}
+    extra = truth.copy()
+    extra[24:28] = True  # a false positive slab: an exclude stroke on it
+    _, labels = stroke_points(extra, truth, rng)
+    assert set(labels) == {0}
 
 
 def test_the_loader_gives_the_seeded_stream_from_any_step_with_workers():

@@ -23,7 +23,7 @@ prompts of a structure accumulate in one object of the segmenter.
 ``lasso`` / ``scribble``
     Step 1 is one stroke: a lasso tracing the outline of the structure's largest 2D part on the
     slice (across the axis closest to superior-inferior) where it has most voxels, or a scribble
-    along its medial axis (:mod:`.simulated_strokes`); later steps are ``center`` clicks.
+    along its medial axis (:mod:`fastsam3d.simulated_strokes`); later steps are ``center`` clicks.
 ``box+5`` (alias ``cvpr25``)
     The CVPR 2025 challenge "Foundation Models for Interactive 3D Biomedical Image
     Segmentation", as its evaluation script ``CVPR25_iter_eval.py`` and box script
@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..clicks import center_click
-from .simulated_strokes import medial_scribble, traced_lasso
+from ..simulated_strokes import medial_scribble, traced_lasso
 
 RANDOM_BACKGROUND_MARGIN_MM = 10.0
 
@@ -210,7 +210,7 @@ class BoxThenClicksProtocol(Protocol):
 
 
 class StrokeThenClicksProtocol(Protocol):
-    """``lasso`` / ``scribble``: step 1 is a stroke on the structure (:mod:`.simulated_strokes`),
+    """``lasso`` / ``scribble``: step 1 is a stroke on the structure (:mod:`fastsam3d.simulated_strokes`),
     later steps ``center`` clicks."""
 
     default_steps = 5

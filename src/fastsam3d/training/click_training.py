@@ -1,9 +1,10 @@
 """Interactive training of :class:`~fastsam3d.modeling.click_unet.ClickUNet3D` (the default model).
 
 Per batch the image features are computed once; then a simulated user: the first prompt is an
-include click deep inside the target (or, sometimes, a jittered box), then ``k`` corrective
-clicks (``k`` uniform in 0..``max_corrections``), each in the inner core of the larger error
-region, with all clicks and the previous logits fed back. The loss (BCE + soft Dice, with extra
+include click deep inside the target (or, sometimes, a jittered box, a lasso tracing the target on
+its largest slice or a scribble along its medial axis), then ``k`` corrective prompts (``k``
+uniform in 0..``max_corrections``): clicks in the inner core of the larger error region, some of
+them strokes on it, with all prompts and the previous logits fed back. The loss (BCE + soft Dice, with extra
 weight on the clicked voxels so clicks are honoured) is taken after the first prompt and after
 the last click; the rounds between run without gradient. Samples are drawn by index from a
 seeded stream, so an interrupted run resumed from its checkpoint continues exactly.
@@ -28,6 +29,7 @@ from ..io import Volume, align_label, atomic_output, read_volume
 from ..modeling.click_unet import ClickUNet3D, click_maps
 from ..preprocess import RoiGrid
 from ..registry import build_model, load_model, save_model
+from ..simulated_strokes import stroke_points
 from .interactive import _pad_points, sample_error_click, validate
 from .trainer import CsvLog
 
@@ -41,6 +43,8 @@ class ClickTrainSettings:
     warmup_steps: int = 50
     max_corrections: int = 6
     box_rate: float = 0.15
+    stroke_rate: float = 0.0  # share of first prompts that are a stroke (lasso or scribble), not a click
+    corrective_stroke_rate: float = 0.0  # share of corrective prompts that are a stroke
     click_weight: float = 4.0  # extra BCE weight on the clicked voxels
     seed: int = 0
     validate_every: int = 250
@@ -75,7 +79,17 @@ def interactive_loss(
     for round_index in range(corrections + 1):
         prediction = (previous[:, 0] > 0).cpu().numpy()
         if not (round_index == 0 and boxes is not None):
+            stroke_rate = settings.stroke_rate if round_index == 0 else settings.corrective_stroke_rate
             for b in range(batch):
+                stroke = (
+                    stroke_points(prediction[b], truth[b], rng, _slice_axis(rng))
+                    if rng.random() < stroke_rate
+                    else None
+                )
+                if stroke is not None:
+                    points[b] += list(stroke[0] + rng.uniform(-0.5, 0.5, stroke[0].shape))
+                    labels[b] += stroke[1]
+                    continue
                 index, label = sample_error_click(prediction[b], truth[b], rng)
                 points[b].append(index + rng.uniform(-0.5, 0.5, 3))
                 labels[b].append(label)
@@ -90,6 +104,11 @@ def interactive_loss(
         hits, truth_t = (previous > 0).flatten(1), (targets > 0.5).flatten(1)
         overlap = 2 * (hits & truth_t).sum(1) / (hits.sum(1) + truth_t.sum(1)).clamp_min(1)
     return torch.stack(losses).mean(), float(overlap.mean())
+
+
+def _slice_axis(rng: np.random.Generator) -> int:
+    """The ROI axis a simulated lasso's slice lies across: mostly axial (ROI axis 2, S-I), else another."""
+    return 2 if rng.random() < 0.6 else int(rng.integers(2))
 
 
 def _loss(

@@ -51,6 +51,8 @@ CROP_SIZE = 48  # training crops (the network is fully convolutional; it runs on
 SPACINGS = (1.5, 3.0)  # mm: the engine's fine and coarse ROI (fastsam3d.session's zoom)
 ATLAS_WEIGHTS = {"torso": 0.45, "brains": 0.55}  # share of crops from the torso CT and from the four brains
 OVERLAY_FRACTION = 0.25  # crops whose target is a procedural vessel tree, lesion or sheet
+STROKE_RATE = 0.3  # first prompts that are a lasso or a scribble (else a click or a box)
+CORRECTIVE_STROKE_RATE = 0.1  # corrective prompts that are a stroke
 
 
 def train_default(
@@ -83,6 +85,8 @@ def train_default(
         init=init,
         minutes=minutes,
         workers=workers,
+        stroke_rate=STROKE_RATE,
+        corrective_stroke_rate=CORRECTIVE_STROKE_RATE,
     )
     print(
         f"training the default model: {settings.steps} steps of {settings.batch_size} synthetic crops; "
