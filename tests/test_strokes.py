@@ -118,3 +118,14 @@ def test_slice_engine_takes_a_lasso_and_a_scribble():
     session.add_scribble([(20, 15, 12), (20, 15, 14)], positive=False)
     assert not session.mask()[20, 15, 12:15].any()
     assert len(session.objects[1].history) == 3
+
+
+def test_each_object_reports_its_volume_in_ml(intensity_model):
+    volume, inside = sphere_volume()
+    session = Session(intensity_model, device="cpu")
+    session.set_image(volume)
+    session.add_click(np.argwhere(inside).mean(0).round())
+    voxel_ml = float(np.prod(volume.spacing)) / 1000
+    assert session.volume_ml() == pytest.approx(session.mask().sum() * voxel_ml)
+    session.undo()
+    assert session.volume_ml() == 0.0

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import PromptError
 from .io import Volume, ras_to_lps, write_volume
-from .labelmap import LabelMap, Region, Slices, union_box
+from .labelmap import LabelMap, Region, Slices, relative, union_box
 from .strokes import Stroke, StrokeKind, checked_points, lasso, scribble
 
 MAX_HISTORY = 100  # undo steps kept per object
@@ -165,6 +165,7 @@ class ObjectEngine:
         self._label_map: LabelMap | None = None
         self.timings = Timings()  # of the running interaction (a progress callback may read it)
         self._region_cache: dict[int, tuple[object, list[Region]]] = {}
+        self._voxel_counts: dict[int, tuple[object, int]] = {}
 
     def _empty_state(self):
         raise NotImplementedError
@@ -179,6 +180,7 @@ class ObjectEngine:
         self.volume = volume
         self.objects.clear()
         self._region_cache.clear()
+        self._voxel_counts.clear()
         self.active = None
         self._label_map = LabelMap(volume.shape)
 
@@ -275,6 +277,25 @@ class ObjectEngine:
     def mask(self, label: int | None = None) -> np.ndarray:
         """Boolean mask of one object on the input grid."""
         return self._mask_of(self._object(label).state)
+
+    def volume_ml(self, label: int | None = None) -> float:
+        """The object's volume in millilitres: its mask's voxels (counted once per undo step)."""
+        state = self._object(label).state
+        cached = self._voxel_counts.get(id(state))
+        if cached is None or cached[0] is not state:
+            regions = self._regions(state)
+            box = union_box(b for b, _ in regions)
+            count = 0
+            if box is not None:
+                mask = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+                for piece_box, piece in regions:
+                    mask[relative(piece_box, box)] |= piece
+                count = int(np.count_nonzero(mask))
+            current = {id(obj.state) for obj in self.objects.values()}
+            for key in [k for k in self._voxel_counts if k not in current]:
+                del self._voxel_counts[key]
+            cached = self._voxel_counts[id(state)] = (state, count)
+        return cached[1] * float(np.prod(self.volume.spacing)) / 1000.0
 
     def label_map(self) -> np.ndarray:
         """All objects as one label map on the input grid (the higher label wins where they overlap)."""

@@ -520,7 +520,10 @@ def _encode(box, crop: np.ndarray) -> dict:
 
 
 def _objects(session: AnySession) -> list[dict]:
-    return [{"label": label, "name": obj.name} for label, obj in session.objects.items()]
+    return [
+        {"label": label, "name": obj.name, "volume_ml": round(session.volume_ml(label), 3)}
+        for label, obj in session.objects.items()
+    ]
 
 
 def _describe(entry: ServerSession) -> dict:
