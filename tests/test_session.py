@@ -193,7 +193,13 @@ def test_bad_box_mask_and_state(intensity_model):
         session.add_click((1, 1, 1))
     session.set_image(volume)
     with pytest.raises(PromptError, match="no extent"):
-        session.set_box((10, 10, 10), (20, 20, 10))
+        session.set_box((10, 10, 10), (20, 10, 10))  # a line: flat along two axes
+    with pytest.raises(PromptError, match="depth"):
+        session.set_box((10, 10, 10), (20, 20, 10), depth_mm=float("nan"))
+    session.set_box((10, 10, 20), (30, 20, 20))  # drawn on a slice: as deep as its sides' mean, 15.6 mm
+    low, high = session.objects[1].state.box
+    assert (high[2] - low[2]) * volume.spacing[2] == pytest.approx((20 * 0.9 + 10 * 1.2) / 2, abs=volume.spacing[2])
+    session.remove_object(1)
     with pytest.raises(PromptError, match="empty"):
         session.set_mask(np.zeros(volume.shape, bool))
     with pytest.raises(PromptError, match="shape"):

@@ -9,7 +9,8 @@ changed), the answer of an interaction, progress events and point frames. Every 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -164,6 +165,7 @@ class ObjectEngine:
         self.active: int | None = None
         self._label_map: LabelMap | None = None
         self.timings = Timings()  # of the running interaction (a progress callback may read it)
+        self.progress: ProgressCallback | None = None  # called as a long interaction advances; may raise to cancel it
         self._region_cache: dict[int, tuple[object, list[Region]]] = {}
         self._voxel_counts: dict[int, tuple[object, int]] = {}
 
@@ -211,6 +213,24 @@ class ObjectEngine:
         """A point given in ``frame`` (see :func:`voxel_index`) as a checked input voxel index."""
         return voxel_index(self._require_image(), point, frame)
 
+    def _box_corners(
+        self, corner_a, corner_b, depth_mm: float | None, frame: Frame = "voxel"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A box's checked low and high corners (rounded voxels). A box flat along one axis (drawn
+        on a slice) gets ``depth_mm`` through it, centred on its slice and clipped to the volume;
+        ``depth_mm`` is ignored for a box that has depth already."""
+        a, b = self.to_index(corner_a, frame), self.to_index(corner_b, frame)
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        flat = [axis for axis in range(3) if round(high[axis]) == round(low[axis])]
+        if depth_mm is not None and len(flat) == 1:
+            if not np.isfinite(depth_mm) or depth_mm < 0:
+                raise PromptError(f"a box depth must be a finite number of mm >= 0, got {depth_mm}")
+            axis, spacing = flat[0], self.volume.spacing
+            half = depth_mm / 2 / float(spacing[axis])
+            low[axis] = max(low[axis] - half, 0)
+            high[axis] = min(high[axis] + half, self.volume.shape[axis] - 1)
+        return low.round().astype(int), high.round().astype(int)
+
     def _checked_clicks(self, points, positives, frame: Frame) -> tuple[list[np.ndarray], list[bool]]:
         """Every click's voxel index and flag, all checked before any is applied."""
         indices = [self.to_index(point, frame) for point in points]
@@ -253,6 +273,30 @@ class ObjectEngine:
 
     def _apply_stroke(self, obj: SegmentObject, stroke: Stroke) -> Interaction:
         raise NotImplementedError
+
+    # --- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside happens, or none of it: if the block raises, the objects, their undo
+        histories, the active object and the label map are restored, and the error propagates.
+
+            with session.transaction():
+                session.add_click(a)
+                session.set_box(b, c)
+        """
+        saved = {label: (obj, list(obj.history), obj.position) for label, obj in self.objects.items()}
+        active = self.active
+        try:
+            yield
+        except BaseException:
+            boxes = [self._boxes(obj.state) for obj in self.objects.values()]
+            self.objects = {label: obj for label, (obj, _, _) in saved.items()}
+            for obj, history, position in saved.values():
+                obj.history[:], obj.position = history, position
+            self.active = active
+            self._repaint(*boxes, *(self._boxes(obj.state) for obj in self.objects.values()))
+            raise
 
     # --- history ----------------------------------------------------------------------
 

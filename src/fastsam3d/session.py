@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
-from .interaction import Frame, Interaction, ObjectEngine, SegmentObject, Timings, Uncertainty, binary_entropy
+from .interaction import Frame, Interaction, ObjectEngine, Progress, SegmentObject, Timings, Uncertainty, binary_entropy
 from .io import Volume, check_finite, read_volume
 from .labelmap import Region, Slices, bounding_box, merge_max, union_box
 from .modeling import Sam3D
@@ -97,6 +97,7 @@ class Session(ObjectEngine):
         self,
         model: Sam3D | str | Path = "default",
         device: str | torch.device | None = None,
+        *,
         click_history: str = "all",
         cache_size: int = 8,
         checkpoint: str | Path | None = None,
@@ -200,14 +201,20 @@ class Session(ObjectEngine):
         rois = rois or [self._new_roi(index, self._object_spacing(state))]
         return not all(self.predictor.is_cached(roi) for roi in rois)
 
-    def set_box(self, corner_a, corner_b, *, label: int | None = None, roi_centre=None) -> Interaction:
-        """Prompt an object with a 3D box given by two opposite corner voxels (inclusive).
+    def set_box(
+        self, corner_a, corner_b, *, label: int | None = None, depth_mm: float | None = None, roi_centre=None
+    ) -> Interaction:
+        """Prompt an object with a 3D box given by two opposite corner voxels (inclusive). A box
+        drawn on one slice gets ``depth_mm`` through it (default: the mean of its two sides in mm).
 
         Models with box embeddings encode it; for the official weights, which have none, the box
         is emulated: a positive click at its centre, and the mask is clipped to the box.
         """
-        a, b = self.to_index(corner_a), self.to_index(corner_b)
-        low, high = np.minimum(a, b).round().astype(int), np.maximum(a, b).round().astype(int)
+        if depth_mm is None:
+            a, b = self.to_index(corner_a), self.to_index(corner_b)
+            sides = np.abs(a - b) * self._require_image().spacing
+            depth_mm = float(np.mean(np.sort(sides)[1:]))
+        low, high = self._box_corners(corner_a, corner_b, depth_mm)
         flat = [axis for axis in range(3) if high[axis] == low[axis]]
         if flat:
             raise PromptError(f"box {low.tolist()}-{high.tolist()} has no extent along axis {flat[0]}")
@@ -264,11 +271,11 @@ class Session(ObjectEngine):
         return self._clip_to_box(obj.state, probability)
 
     def uncertainty(
-        self, samples: int = 16, jitter: float = 2.0, seed: int = 0, label: int | None = None
+        self, samples: int = 16, jitter_mm: float = 3.0, seed: int = 0, label: int | None = None
     ) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs.
 
-        Each run jitters every click by up to ``jitter`` ROI voxels (1.5 mm) per axis; all runs
+        Each run jitters every click by up to ``jitter_mm`` millimetres per axis; all runs
         reuse the cached embedding, so this costs decoder time only (one batched decoder call per
         ROI). The mean is taken on the low-res grid and pasted like a prediction. The maps cover
         the object's ROIs (``box``); :meth:`Uncertainty.full` places them on the whole input grid.
@@ -286,6 +293,7 @@ class Session(ObjectEngine):
             coords, labels = self.predictor.points_in_roi(roi, *self._prompts(obj.state, roi))
             embedding, boxes = self.predictor.embedding(roi), self.predictor.box_in_roi(roi, obj.state.box)
             total = torch.zeros(previous.shape[2:], device=self.device)
+            jitter = jitter_mm / self._roi_spacing(roi)  # ROI voxels
             for first in range(0, samples, UNCERTAINTY_BATCH):
                 batch = min(UNCERTAINTY_BATCH, samples - first)
                 noise = (torch.rand((batch, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
@@ -407,6 +415,8 @@ class Session(ObjectEngine):
         while queue:
             roi, mask_input = queue.pop(0)
             logits[roi.key] = (roi, self._decode(state, roi, mask_input))
+            if self.progress is not None:
+                self.progress(Progress(len(logits), None))
             if not coarsest or len(logits) + len(queue) >= self.max_rois:
                 continue
             for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):

@@ -44,17 +44,7 @@ from scipy import ndimage
 
 from .clicks import dice
 from .errors import PromptError
-from .interaction import (
-    Frame,
-    Interaction,
-    ObjectEngine,
-    Progress,
-    ProgressCallback,
-    SegmentObject,
-    Timings,
-    Uncertainty,
-    binary_entropy,
-)
+from .interaction import Frame, Interaction, ObjectEngine, Progress, SegmentObject, Timings, Uncertainty, binary_entropy
 from .io import Volume, check_finite, read_volume
 from .labelmap import Region, Slices, bounding_box
 from .modeling.precision import apply_precision
@@ -147,8 +137,9 @@ class SliceSession(ObjectEngine):
     def __init__(
         self,
         model: str | Sam2D = "litemedsam",
+        device: str | torch.device | None = None,
+        *,
         checkpoint: str | Path | None = None,
-        device: str | None = None,
         axis: int | None = None,
         box_margin: int = 3,
         min_pixels: int = 5,
@@ -172,7 +163,6 @@ class SliceSession(ObjectEngine):
         self.min_pixels = min_pixels
         self.min_score = min_score
         self.cache_bytes = int(cache_mb * 2**20)
-        self.progress: ProgressCallback | None = None  # called after each slice of a propagation
         self._total: int | None = None  # slices the running interaction will segment, when known
         self.encoder_runs = 0
         self.decoder_runs = 0
@@ -211,12 +201,12 @@ class SliceSession(ObjectEngine):
         """Whether a click at this voxel would run the image encoder (its slice is not cached)."""
         return round(self.to_index(point)[self.axis]) not in self._embeddings
 
-    def set_box(self, corner_a, corner_b, *, label: int | None = None) -> Interaction:
+    def set_box(self, corner_a, corner_b, *, label: int | None = None, depth_mm: float | None = None) -> Interaction:
         """A box given by two corner voxels (inclusive). A box drawn on one slice segments that
-        slice and propagates up and down until the object ends; a box over several slices
-        segments its middle slice and propagates within its slice range."""
-        a, b = self.to_index(corner_a), self.to_index(corner_b)
-        low, high = np.minimum(a, b).round().astype(int), np.maximum(a, b).round().astype(int)
+        slice and propagates up and down until the object ends (with ``depth_mm``: within that
+        depth, centred on the slice); a box over several slices segments its middle slice and
+        propagates within its slice range."""
+        low, high = self._box_corners(corner_a, corner_b, depth_mm)
         flat = [axis for axis in range(3) if axis != self.axis and low[axis] == high[axis]]
         if flat:
             raise PromptError(
@@ -329,13 +319,18 @@ class SliceSession(ObjectEngine):
 
     # --- results ------------------------------------------------------------------------
 
+    def probability(self, label: int | None = None) -> np.ndarray:
+        """Foreground probability of one object on the input grid: each of its slices decoded again
+        from its prompts on the cached embedding (0 outside the object's slices)."""
+        return self.uncertainty(samples=1, jitter_mm=0.0, label=label).full("probability", self.volume.shape)
+
     def uncertainty(
-        self, samples: int = 8, jitter: float = 0.05, seed: int = 0, label: int | None = None
+        self, samples: int = 16, jitter_mm: float = 3.0, seed: int = 0, label: int | None = None
     ) -> Uncertainty:
         """Mean foreground probability and its binary entropy (bits) over ``samples`` decoder runs
-        per slice of the object, each with its box prompt's edges moved by up to ``jitter`` of the
-        box's size (at least 2 pixels) and its clicks by up to 2 pixels; the slice embeddings are
-        the cached ones, so this costs decoder time only (one batched decoder call per slice)."""
+        per slice of the object, each with its box prompt's edges and its clicks moved by up to
+        ``jitter_mm`` millimetres in the slice; the slice embeddings are the cached ones, so this
+        costs decoder time only (one batched decoder call per slice)."""
         obj = self._object(label)
         region = next(iter(self._regions(obj.state)), None)
         if region is None:
@@ -356,7 +351,7 @@ class SliceSession(ObjectEngine):
                 self._write(
                     one_slice,
                     0,
-                    self._sampled_probability(index, plane, clicks.get(index, ()), samples, jitter, generator),
+                    self._sampled_probability(index, plane, clicks.get(index, ()), samples, jitter_mm, generator),
                 )
                 target = [slice(None)] * 3
                 target[self.axis] = slice(index - box[self.axis].start, index - box[self.axis].start + 1)
@@ -577,17 +572,27 @@ class SliceSession(ObjectEngine):
         return plane if plane.sum() >= self.min_pixels and float(scores[0]) >= min_score else None
 
     def _sampled_probability(
-        self, index: int, plane: np.ndarray, clicks, samples: int, jitter: float, generator: torch.Generator
+        self, index: int, plane: np.ndarray, clicks, samples: int, jitter_mm: float, generator: torch.Generator
     ) -> np.ndarray:
-        """Mean foreground probability of one slice over jittered copies of its prompts."""
+        """Mean foreground probability of one slice over copies of its prompts moved by up to
+        ``jitter_mm`` (the first copy unmoved when ``samples`` is 1)."""
         boxes, coords, labels = self._prompts(_box_of(plane, self.box_margin, plane.shape), clicks)
-        size = boxes[0, 2:] - boxes[0, :2]
-        spread = torch.maximum(size * jitter, torch.tensor(2.0)).repeat(2)
+        pixel_mm = torch.tensor(self._model_pixel_mm(), dtype=torch.float32)  # (x, y) millimetres per model pixel
+        spread = (jitter_mm / pixel_mm).repeat(2)
         boxes = boxes + (torch.rand((samples, 4), generator=generator) * 2 - 1) * spread
         if coords is not None:
-            coords = coords + (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * 2.0
+            coords = coords + (torch.rand((samples, *coords.shape[1:]), generator=generator) * 2 - 1) * spread[:2]
             labels = labels.expand(samples, -1)
         return torch.sigmoid(self._logits(index, boxes, coords, labels)[0]).mean(0).cpu().numpy()
+
+    def _model_pixel_mm(self) -> tuple[float, float]:
+        """Millimetres per model input pixel along x (columns) and y (rows)."""
+        spacing = self.volume.spacing
+        geometry = self.geometry
+        return (
+            float(spacing[self._cols[0]]) * geometry.width / geometry.resized[1],
+            float(spacing[self._rows[0]]) * geometry.height / geometry.resized[0],
+        )
 
     # --- slice geometry -----------------------------------------------------------------
 

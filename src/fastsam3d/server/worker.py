@@ -127,28 +127,15 @@ class SessionWorker:
 def all_or_nothing(
     session: Session, label: int | None, steps: list[Callable[[], Interaction]], job: Job
 ) -> Interaction:
-    """Apply prompt steps (each pushes one state of one object) in order, or none of them; returns
-    their answers as one (the label-map box they changed together, their summed timings).
-
-    Every step's input should be validated before this runs; if a step fails or the job is
-    cancelled, the steps applied so far are undone and the object's history restored."""
-    new_object = label is None and session.active is None
-    target = session.objects.get(session.active if label is None else label)
-    saved = (list(target.history), target.position) if target is not None and not new_object else None
+    """Apply prompt steps in order inside one engine transaction, or none of them; returns their
+    answers as one (the label-map box they changed together, their summed timings). A cancelled
+    job rolls the steps applied so far back, as a failing step does."""
     answers: list[Interaction] = []
-    try:
+    with session.transaction():
         for step in steps:
             if job.cancelled:
                 raise SessionBusyError("cancelled")
             answers.append(step())
         if not job.commit():
             raise SessionBusyError("cancelled")
-        return Interaction(union_box(a.changed_region for a in answers), sum((a.timings for a in answers), Timings()))
-    except BaseException:
-        if new_object and session.active is not None:
-            session.remove_object(session.active)
-        elif saved is not None and answers:
-            for _ in answers:
-                session.undo(target.label)
-            target.history[:], target.position = saved
-        raise
+    return Interaction(union_box(a.changed_region for a in answers), sum((a.timings for a in answers), Timings()))
