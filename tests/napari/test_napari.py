@@ -169,3 +169,29 @@ def test_reader_opens_a_dicom_folder():
     [(data, kwargs, kind)] = get_reader(str(folder))(str(folder))
     assert kind == "image" and data.ndim == 3 and kwargs["contrast_limits"] == (-160, 240)
     assert (np.asarray(kwargs["scale"]) > 0).all()
+
+
+def test_exclude_after_an_undo_keeps_working(make_napari_viewer, qtbot):
+    """Two points, undo, then E (key and button): the mode changes, no IndexError, the next point excludes."""
+    viewer = make_napari_viewer(show=True)
+    volume, truth = sphere_volume()
+    layer = viewer.add_image(volume.array, name="sphere")
+    widget = make_widget(viewer)
+    widget.start(layer.name)
+    centre = tuple(int(v) for v in np.argwhere(truth).mean(0).round())
+    for point in (centre, (centre[0] + 3, *centre[1:])):
+        widget.click(point, positive=True)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(widget.points_layer.data) == 2
+    widget.undo()
+    qtbot.waitUntil(lambda: not widget.busy and len(widget.points_layer.data) == 1, timeout=60_000)
+    viewer.layers.selection.active = widget.points_layer
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "e")
+    assert not widget.positive
+    widget.include_button.click()
+    widget.exclude_button.click()
+    assert not widget.positive and widget.exclude_button.isChecked()
+    widget.points_layer.add(widget.points_layer.data[:1] + 1.0)  # a point placed in the viewer, now excluding
+    qtbot.waitUntil(lambda: not widget.busy and len(widget._rows) == 2, timeout=60_000)
+    assert [positive for _, _, positive in widget._rows] == [True, False]
+    assert widget.session.objects[1].state.clicks[-1].positive is False

@@ -172,6 +172,34 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         settled(f"document.body.dataset.labelled === '{labelled}'")
         assert [m for m in page.evaluate("window.fastsam3d.markers()") if m["kind"] == "include"]
 
+        # a click exactly at the crosshair counts (NiiVue reports no location change for it), and a click
+        # made while a request runs is queued and applied after it, in order
+        sent = []
+        page.on("request", lambda r: sent.append(json.loads(r.post_data)) if "/clicks" in r.url else None)
+        page.evaluate("""() => { window.maxQueued = 0; new MutationObserver(() => { window.maxQueued =
+            Math.max(window.maxQueued, Number(document.body.dataset.queued || 0)); }).observe(document.body, {attributes: true}); }""")
+        before_exclude = int(page.evaluate("document.body.dataset.labelled"))
+        shift_click = f"""() => {{ for (const type of ["pointerdown", "mousedown", "pointerup", "mouseup"]) {{
+            const options = {{bubbles: true, shiftKey: true, button: 0, clientX: {canvas["x"] + at[0]}, clientY: {canvas["y"] + at[1]}}};
+            document.getElementById("gl").dispatchEvent(type.startsWith("pointer") ? new PointerEvent(type, options) : new MouseEvent(type, options)); }} }}"""
+        page.keyboard.down("Shift")
+        page.mouse.click(canvas["x"] + at[0], canvas["y"] + at[1])  # at the crosshair: exclude
+        page.keyboard.up("Shift")
+        settled(f"Number(document.body.dataset.labelled) < {before_exclude}")
+        assert [body["positive"] for body in sent] == [False]
+        busy = page.evaluate(
+            f"() => {{ window.fastsam3d.interact('clicks', {{points: [{target}], positive: true, coordinates: 'ras'}});"
+            " return window.fastsam3d.state.busy; }"
+        )
+        page.evaluate(shift_click)  # during that request (the mouse events NiiVue and the viewer listen to)
+        settled("document.body.dataset.queued === '0' && window.fastsam3d.state.busy === false")
+        assert busy and page.evaluate("window.maxQueued") == 1
+        assert [body["positive"] for body in sent] == [False, True, False]  # in the order made
+        for _ in range(3):
+            page.keyboard.press("Control+z")
+            settled("true")
+        settled(f"document.body.dataset.labelled === '{labelled}'")
+
         # shortcuts still work after a checkbox took the focus; N: a new object; B: box mode
         page.click("#radiological")
         page.click("#radiological")

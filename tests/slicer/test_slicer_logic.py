@@ -142,17 +142,30 @@ def test_effect_applies_only_the_changed_region_with_masking(server_url):
     logic.close()
 
 
-def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
-    """The Segment Editor effect's own Python (Slicer, Qt and VTK replaced by stand-ins): a click in
-    a slice view uploads the volume and segments in background calls, then hands the Segment Editor
-    one modifier labelmap with the changed extent, after saving an undo state. What Slicer does with
-    it is Slicer's; this checks the glue's wiring against a real server."""
+class QPoint:
+    """Qt's QPoint as the effect must build it for ``xyToRas`` (PythonQt refuses a plain tuple)."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self._x, self._y = x, y
+
+    def x(self) -> int:
+        return self._x
+
+    def y(self) -> int:
+        return self._y
+
+
+@pytest.fixture
+def stand_in_effect(server_url, monkeypatch):
+    """The Segment Editor effect's own Python with Slicer, Qt and VTK replaced by stand-ins, against
+    a real server: yields the effect, its scripted-effect mock, the modifier's scalars and ``settle``
+    (what the QTimer does until the background call ends)."""
     import importlib
     import time
     import types
     from unittest import mock
 
-    array, ijk_to_ras, truth, _ = slicer_volume()
+    array, ijk_to_ras, _, _ = slicer_volume()
     scalars = {}
 
     class Modifier:
@@ -183,8 +196,10 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
             self.scriptedEffect = scriptedEffect
 
     base.AbstractScriptedSegmentEditorEffect = Abstract
+    qt = mock.MagicMock()
+    qt.QPoint = QPoint
     for name, module in (
-        ("qt", mock.MagicMock()),
+        ("qt", qt),
         ("slicer", slicer),
         ("vtk", vtk),
         ("vtk.util", vtk.util),
@@ -203,7 +218,8 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
     parameters.GetSegmentationNode.return_value.GetSegmentation.return_value.GetSegment.return_value.GetName.return_value = "liver"
     effect = effect_module.SegmentEditorEffect(scripted)
     effect.modelBox = mock.MagicMock(currentData=None)
-    effect.statusLabel, effect.progress = mock.MagicMock(), mock.MagicMock()
+    effect.statusLabel, effect.progress, effect.depthBox = mock.MagicMock(), mock.MagicMock(), mock.MagicMock(value=0)
+    effect.modeButtons = {name: mock.MagicMock() for name in ("include", "exclude", "box")}
     effect.logic = FastSAM3DLogic(server_url, api_key="k")
 
     def settle():
@@ -213,6 +229,16 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
             time.sleep(0.01)
         assert effect.pending is None and "error" not in str(effect.statusLabel.text), effect.statusLabel.text
 
+    yield effect, scripted, scalars, settle, vtk
+    effect.logic.close()
+
+
+def test_effect_glue_with_stand_in_slicer(stand_in_effect):
+    """A click uploads the volume and segments in background calls, then hands the Segment Editor
+    one modifier labelmap with the changed extent, after saving an undo state. What Slicer does with
+    it is Slicer's; this checks the glue's wiring against a real server."""
+    effect, scripted, scalars, settle, _ = stand_in_effect
+    _, ijk_to_ras, truth, _ = slicer_volume()
     centre_ijk = np.argwhere(truth).mean(0)[::-1]
     ras = (ijk_to_ras @ np.append(centre_ijk, 1.0))[:3].tolist()
     effect.submit(lambda label: effect.logic.click(ras, True, label))
@@ -225,7 +251,39 @@ def test_effect_glue_with_stand_in_slicer(server_url, monkeypatch):
     mask = scalars["array"].reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
     np.testing.assert_array_equal(mask, effect.logic.labels[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] == 1)
     assert mask.sum() > 0.9 * truth.sum()
-    effect.logic.close()
+
+
+def test_effect_clicks_reach_xy_to_ras_as_a_qpoint(stand_in_effect):
+    """A left click in a slice view: the event position goes to ``xyToRas`` as a QPoint (as Slicer's own
+    effects pass it), and the point it answers is clicked on the server; E then makes clicks exclude."""
+    from unittest import mock
+
+    effect, scripted, _, settle, vtk = stand_in_effect
+    _, ijk_to_ras, truth, _ = slicer_volume()
+    centre_ijk = np.argwhere(truth).mean(0)[::-1]
+    ras = (ijk_to_ras @ np.append(centre_ijk, 1.0))[:3]
+    received = []
+
+    def xy_to_ras(xy, view):
+        if not isinstance(xy, QPoint):  # PythonQt: "could not find matching overload"
+            raise ValueError(f"xyToRas takes a QPoint, got {type(xy).__name__}")
+        received.append((xy.x(), xy.y()))
+        return mock.Mock(x=lambda: ras[0], y=lambda: ras[1], z=lambda: ras[2])  # a QVector3D
+
+    scripted.xyToRas.side_effect = xy_to_ras
+    view = mock.Mock(className=lambda: "qMRMLSliceWidget")
+    interactor = mock.Mock(
+        GetEventPosition=lambda: (212, 87), GetControlKey=lambda: 0, GetShiftKey=lambda: 0, GetKeySym=lambda: "e"
+    )
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
+    settle()
+    assert received == [(212, 87)]
+    k, j, i = np.round(centre_ijk[::-1]).astype(int)
+    assert effect.logic.labels[k, j, i] == 1
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.KeyPressEvent, view) and effect.mode == "exclude"
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
+    settle()
+    assert received == [(212, 87)] * 2 and effect.logic.labels[k, j, i] == 0
 
 
 def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():

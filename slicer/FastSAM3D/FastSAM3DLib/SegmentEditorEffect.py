@@ -239,7 +239,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetControlKey():
             return False
-        point = self.scriptedEffect.xyToRas(callerInteractor.GetEventPosition(), viewWidget)  # a QVector3D
+        x, y = callerInteractor.GetEventPosition()
+        point = self.scriptedEffect.xyToRas(qt.QPoint(x, y), viewWidget)  # a QVector3D, as Slicer's own effects call it
         ras = [point.x(), point.y(), point.z()] if hasattr(point, "x") else [float(v) for v in point]
         if self.mode == "box":
             if self.corner is None:

@@ -300,6 +300,9 @@ class FastSAM3DWidget(QWidget):
         self.include_button.setChecked(positive)
         self.exclude_button.setChecked(not positive)
         if hasattr(self, "points_layer"):
+            # napari recolours the selected points with the current colour: deselect first, so placed
+            # points keep the colour of their own sign (and a selection left stale by undo is not indexed)
+            self.points_layer.selected_data = set()
             self.points_layer.current_face_color = INCLUDE if positive else EXCLUDE
 
     def _on_points(self, event=None) -> None:
@@ -391,6 +394,7 @@ class FastSAM3DWidget(QWidget):
                 self.points_layer.data = np.concatenate([np.asarray(self.points_layer.data).reshape(-1, 3), coords])
                 self._rows += [(moved[0], step_id, p) for p in positive]
             self._known_points = len(self.points_layer.data)
+            self.points_layer.selected_data = set()  # indices into the old data
         finally:
             self._syncing = False
         self._paint_points()

@@ -1,7 +1,10 @@
-"""DICOM-SEG export (highdicom) of a label map made on a DICOM series."""
+"""DICOM-SEG export (highdicom) of a label map made on a DICOM series: one segment per object, with
+its name, a distinct recommended display colour and a coded term (SNOMED CT) read from the name."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,104 @@ import numpy as np
 from .. import __version__
 from ..errors import VolumeError
 from ..io import Volume, atomic_output
+
+# Display colours (RGB) in segment order: the web viewer's label colours.
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+)
+# Words of a structure name -> the keyword of its SNOMED CT code in pydicom's ``codes.SCT``.
+ANATOMY = {
+    "adrenal gland": "AdrenalGland",
+    "aorta": "Aorta",
+    "bladder": "Bladder",
+    "bone": "Bone",
+    "brain": "Brain",
+    "colon": "Colon",
+    "duodenum": "Duodenum",
+    "esophagus": "Esophagus",
+    "oesophagus": "Esophagus",
+    "femur": "Femur",
+    "gallbladder": "Gallbladder",
+    "heart": "Heart",
+    "hippocampus": "Hippocampus",
+    "inferior vena cava": "InferiorVenaCava",
+    "kidney": "Kidney",
+    "kidneys": "Kidney",
+    "liver": "Liver",
+    "lung": "Lung",
+    "lungs": "Lung",
+    "muscle": "Muscle",
+    "pancreas": "Pancreas",
+    "portal vein": "PortalVein",
+    "prostate": "Prostate",
+    "rib": "Rib",
+    "skull": "Skull",
+    "small intestine": "SmallIntestine",
+    "spleen": "Spleen",
+    "stomach": "Stomach",
+    "thyroid": "Thyroid",
+    "trachea": "Trachea",
+    "vertebra": "Vertebra",
+}
+ABNORMAL = {
+    "cyst": "Cyst",
+    "edema": "Edema",
+    "oedema": "Edema",
+    "haemorrhage": "Hemorrhage",
+    "hemorrhage": "Hemorrhage",
+    "lesion": "Lesion",
+    "mass": "Mass",
+    "metastasis": "Metastasis",
+    "necrosis": "Necrosis",
+    "neoplasm": "Neoplasm",
+    "nodule": "Nodule",
+    "tumor": "Neoplasm",
+    "tumour": "Neoplasm",
+}
+
+
+@dataclass(frozen=True)
+class SegmentTerms:
+    """A segment's coded category and type (pydicom ``Code``s), and the organ an abnormality lies in."""
+
+    category: object
+    type: object
+    region: object | None = None
+
+
+def segment_terms(name: str) -> SegmentTerms:
+    """The SNOMED CT terms for a structure name: an organ it names ("Left kidney" -> Kidney, category
+    Anatomical Structure), an abnormality ("liver tumour" -> Neoplasm, category Morphologically
+    Altered Structure, region Liver), else the generic Tissue."""
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    text = " ".join(re.findall(r"[a-z]+", name.lower()))
+
+    def find(table: dict[str, str]):
+        hits = [keyword for words, keyword in table.items() if re.search(rf"\b{words}\b", text)]
+        return getattr(codes.SCT, hits[0]) if hits else None
+
+    organ, abnormality = find(ANATOMY), find(ABNORMAL)
+    if abnormality is not None:
+        return SegmentTerms(Code("49755003", "SCT", "Morphologically Altered Structure"), abnormality, organ)
+    if organ is not None:
+        return SegmentTerms(codes.SCT.AnatomicalStructure, organ)
+    return SegmentTerms(codes.SCT.Tissue, codes.SCT.Tissue)
+
+
+def segment_colour(number: int) -> tuple[int, int, int]:
+    """The recommended display colour (RGB) of segment ``number`` (1, 2, ...)."""
+    return PALETTE[(number - 1) % len(PALETTE)]
 
 
 def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: dict[int, str], path: Path) -> Path:
@@ -45,15 +146,7 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
         name="fastsam3d", version=__version__, family=codes.cid7162.ArtificialIntelligence
     )
     descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=names[label] or f"object {label}",
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for number, label in enumerate(present, start=1)
+        _description(number, names[label] or f"object {label}", algorithm) for number, label in enumerate(present, 1)
     ]
     segmentation = hd.seg.Segmentation(
         source_images=sources,
@@ -73,6 +166,23 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, dicom_dir: Path, names: 
     with atomic_output(path) as temp:
         segmentation.save_as(temp)
     return path
+
+
+def _description(number: int, name: str, algorithm):
+    """Segment ``number``'s description: its name, coded terms and display colour."""
+    import highdicom as hd
+
+    terms = segment_terms(name)
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=name,
+        segmented_property_category=terms.category,
+        segmented_property_type=terms.type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        algorithm_identification=algorithm,
+        anatomic_regions=None if terms.region is None else [terms.region],
+        display_color=hd.color.CIELabColor.from_rgb(*segment_colour(number)),
+    )
 
 
 def _fill_from_file_meta(dataset) -> None:

@@ -222,11 +222,14 @@ class SessionStore:
         return len(self._sessions)
 
     def data_files(self) -> list[str]:
-        """Volumes under the data folder (relative paths; DICOM folders end with ``/``)."""
+        """Volumes under the data folder (relative paths; DICOM folders end with ``/``): exactly those
+        :meth:`resolve_data_path` opens, so a symlink is listed only when it resolves inside the folder."""
         root = self._data_root()
         found = []
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root).as_posix()
+            if path.is_symlink() and not _resolves_inside(path, root):
+                continue
             if path.is_file() and relative.lower().endswith(VOLUME_SUFFIXES):
                 found.append(relative)
             elif path.is_dir() and holds_dicom(path):
@@ -241,13 +244,10 @@ class SessionStore:
             raise missing
         if any(len(part.encode()) > MAX_NAME_CHARS for part in relative.split("/")):
             raise missing
-        try:
-            path = (root / relative).resolve()
-            if path.is_relative_to(root) and path.exists():
-                return path
-        except (OSError, RuntimeError, ValueError):  # symlink loops, names the OS refuses
-            pass
-        raise missing
+        path = _resolves_inside(root / relative, root)
+        if path is None:
+            raise missing
+        return path
 
     def _data_root(self) -> Path:
         if self.settings.data_dir is None:
@@ -509,3 +509,13 @@ def _single_series(folder: Path) -> Path:
     if not candidates:
         raise VolumeError("the zip file holds no files")
     return max(candidates, key=lambda p: sum(1 for f in p.iterdir() if f.is_file()))
+
+
+def _resolves_inside(path: Path, root: Path) -> Path | None:
+    """The existing file or folder ``path`` leads to with every symlink followed, or None when that
+    leaves ``root`` (a resolved folder), is missing or cannot be resolved (a loop, a name the OS refuses)."""
+    try:
+        resolved = path.resolve()
+        return resolved if resolved.is_relative_to(root) and resolved.exists() else None
+    except (OSError, RuntimeError, ValueError):
+        return None

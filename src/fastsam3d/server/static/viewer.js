@@ -16,6 +16,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   session: null, models: [], model: null, objects: [], active: null, mode: "include", corner: null, pending: null,
   busy: false, labels: null, labelled: 0, ras: null, history: {}, hover: null, paintMs: null, lastPoint: null,
+  queue: [],  // [path, body] of prompts made while a request runs, applied in order after it
 };
 const nv = new niivue.Niivue({
   backColor: [0.07, 0.07, 0.07, 1], show3Dcrosshair: true, dragAndDropEnabled: false, isRadiologicalConvention: true,
@@ -383,7 +384,13 @@ function renderObjects() {
 }
 
 async function interact(path, body) {
-  if (!state.session || state.busy) return;
+  if (!state.session) return;
+  if (state.busy) {  // no prompt is lost: it runs when the running request is done
+    state.queue.push([path, body]);
+    document.body.dataset.queued = String(state.queue.length);
+    setStatus("busy", `segmenting… (${state.queue.length} queued)`);
+    return;
+  }
   state.busy = true;
   setStatus("busy", "segmenting…");
   const started = performance.now();
@@ -425,17 +432,26 @@ async function interact(path, body) {
     showError(error.message);
   } finally {
     state.busy = false;
-    if ($("uncertainty").checked && document.body.dataset.status !== "error") await refreshUncertainty();
+    const next = state.queue.shift();
+    document.body.dataset.queued = String(state.queue.length);
+    if (next) await interact(...next);
+    else if ($("uncertainty").checked && document.body.dataset.status !== "error") await refreshUncertainty();
   }
 }
 
 async function openSession(answer) {
+  // a new volume starts clean: no queued prompts, read-outs or drawing (nor its 3D rendering) of the last one
   clearUncertainty();
+  if (nv.drawBitmap) nv.closeDrawing();
   state.session = { ...answer, geometry: geometry(answer) };
   state.objects = answer.objects;
   state.active = null;
   state.history = {};
   state.corner = null;
+  Object.assign(state, { queue: [], pending: null, hover: null, lastPoint: null, paintMs: null, progressEvents: 0 });
+  for (const id of ["latency", "cursor", "crosshair"]) $(id).textContent = "";
+  delete document.body.dataset.paintMs;
+  document.body.dataset.queued = "0";
   nv.opts.isRadiologicalConvention = $("radiological").checked;
   await nv.loadVolumes([{ url: `/api/sessions/${answer.id}/image.nii.gz`, headers: headers(), name: "image.nii.gz", colormap: "gray" }]);
   nv.setSliceType(nv.sliceTypeMultiplanar);
@@ -567,7 +583,20 @@ function clearUncertainty() {
 
 $("gl").addEventListener("pointerdown", (event) => {
   state.pending = event.button === 0 && !event.altKey && state.mode !== "navigate"
-    ? { shift: event.shiftKey, time: performance.now() } : null;
+    ? { shift: event.shiftKey, time: performance.now(), x: event.clientX, y: event.clientY } : null;
+});
+
+$("gl").addEventListener("pointerup", (event) => {
+  // NiiVue reports no location change for a click exactly at the crosshair (it moves nothing): such a
+  // click, still pending after NiiVue's mousedown, is a prompt at the crosshair when it hit a 2D tile
+  const pending = state.pending;
+  if (!pending || !state.session || Math.hypot(event.clientX - pending.x, event.clientY - pending.y) > 4) return;
+  const rect = $("gl").getBoundingClientRect();
+  const dpr = $("gl").width / rect.width || 1;
+  const frac = nv.canvasPos2frac([(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr]);
+  state.pending = null;
+  if (!frac || frac[0] < 0 || performance.now() - pending.time > 1000) return;
+  placePrompt(Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3), pending.shift);
 });
 
 $("gl").addEventListener("pointermove", (event) => {
@@ -601,7 +630,11 @@ nv.onLocationChange = (location) => {
   const pending = state.pending;
   state.pending = null;
   if (!pending || performance.now() - pending.time > 1000 || !state.session || !location.mm) return;
-  const point = Array.from(location.mm).slice(0, 3);
+  placePrompt(Array.from(location.mm).slice(0, 3), pending.shift);
+};
+
+function placePrompt(point, shift) {
+  // a click at `point` (RAS mm): a box corner in box mode, else an include / exclude click
   state.lastPoint = point;
   if (state.mode === "box") {
     if (!state.corner) {
@@ -617,9 +650,9 @@ nv.onLocationChange = (location) => {
     if (corners) interact("box", { corner_a: corners[0], corner_b: corners[1], coordinates: "voxel", object: state.active });
     return;
   }
-  const positive = state.mode === "include" && !pending.shift;
+  const positive = state.mode === "include" && !shift;
   interact("clicks", { points: [point], positive, coordinates: "ras", object: state.active });
-};
+}
 
 function boxCorners(a, b) {
   // Two clicked corners (RAS mm) -> two server voxel corners. Corners on one slice make a flat box:
