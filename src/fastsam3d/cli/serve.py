@@ -59,6 +59,22 @@ def add_parser(subparsers) -> None:
         "folders of dead servers under it are removed at start",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="folder where sessions are saved after every change and reopened from after a restart "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--no-state", action="store_true", help="save no sessions: they end with the server")
+    parser.add_argument(
+        "--keep-days", type=float, default=14.0, help="delete saved sessions unchanged this long (default 14)"
+    )
+    parser.add_argument(
+        "--sync-saves",
+        action="store_true",
+        help="answer each change only once its session is saved (nothing answered is lost on a crash; slower clicks)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -67,6 +83,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-access-log", action="store_true", help="no line per request")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def default_state_dir() -> Path:
+    """Where sessions are saved unless --state-dir says: the user's data folder."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fastsam3d" / "sessions"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -103,6 +127,9 @@ def run(args: argparse.Namespace) -> None:
         idle_seconds=60 * args.idle_minutes,
         temp_dir=args.temp_dir,
         precision=args.precision,
+        state_dir=None if args.no_state else args.state_dir,
+        keep_days=args.keep_days,
+        sync_saves=args.sync_saves,
     )
     app = create_app(settings)
     if app.state.store.temp.stale_removed:

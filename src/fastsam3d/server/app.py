@@ -35,6 +35,7 @@ from ..io import align_label, write_volume
 from ..session import Session
 from ..slicewise import SliceSession
 from .guard import RequestGuard
+from .lease import SessionElsewhereError
 from .store import (
     CHUNK,
     UPLOAD_SUFFIXES,
@@ -94,8 +95,10 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         expiry = asyncio.create_task(_expire_idle(store))
+        leases = asyncio.create_task(_renew_leases(store))
         yield
         expiry.cancel()
+        leases.cancel()
         worker.shutdown()  # running work stops at its next step
         store.close_all()  # remove every session's temporary files
 
@@ -330,6 +333,13 @@ async def _expire_idle(store: SessionStore) -> None:
             await asyncio.to_thread(store.records.remove_old)
 
 
+async def _renew_leases(store: SessionStore) -> None:
+    """Keep this server's leases on its open sessions (a state folder shared by replicas)."""
+    while store.leases is not None:
+        await asyncio.sleep(store.leases.seconds / 3)
+        await asyncio.to_thread(store.renew_leases)
+
+
 def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> np.ndarray:
     """An uploaded mask, checked and aligned to the session's image (voxels > 0 are inside)."""
     name = display_name(file.filename, "mask.nii.gz")
@@ -357,7 +367,9 @@ def _step(session: AnySession, label: int | None, step: int, job: Job) -> Intera
 
 
 def _status(error: FastSAM3DError) -> int:
-    return {UnknownSessionError: 404, SessionLimitError: 429, SessionBusyError: 503}.get(type(error), 400)
+    return {UnknownSessionError: 404, SessionElsewhereError: 409, SessionLimitError: 429, SessionBusyError: 503}.get(
+        type(error), 400
+    )
 
 
 def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ encoded and compressed once (states are immutable). Nothing here decides policy:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +95,25 @@ class SessionRecords:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.keep_seconds = keep_days * 86400.0
         self.index: dict[str, dict] = {}  # id -> the record's JSON without its steps
+        self._read_at: dict[str, float] = {}  # id -> modification time of the record listed
         self.remove_old()
-        for path in sorted(self.folder.glob("*.npz")):
-            summary = self._summary(path)
-            if summary is not None:
-                self.index[summary["id"]] = summary
+        self.scan()
+
+    def scan(self) -> None:
+        """List the records again (other servers on this folder write some): read the new and
+        changed ones, forget the deleted ones; damaged ones are skipped with a log line."""
+        found = {}
+        for path in self.folder.glob("*.npz"):
+            with contextlib.suppress(OSError):
+                found[path.stem] = path.stat().st_mtime
+        for session_id in set(self.index) - set(found):
+            self.index.pop(session_id, None)
+        for session_id, modified in sorted(found.items()):
+            if self._read_at.get(session_id) != modified:
+                self._read_at[session_id] = modified
+                summary = self._summary(self.folder / f"{session_id}.npz")
+                if summary is not None:
+                    self.index[session_id] = summary
 
     def path(self, session_id: str) -> Path:
         if not SESSION_ID.fullmatch(session_id):
@@ -186,10 +202,11 @@ class SessionRecords:
 
 
 class RecordWriter:
-    """One background thread running saves; a session's newest pending save replaces an older one."""
+    """One background thread running saves; a session's newest pending save replaces an older one
+    (the futures of both are done when it is written)."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, Callable[[], None]] = {}
+        self._pending: dict[str, tuple[Callable[[], None], list[Future]]] = {}
         self._busy: str | None = None
         self._stopped = False
         self._changed = threading.Condition()
@@ -198,15 +215,20 @@ class RecordWriter:
         self._thread = threading.Thread(target=self._run, name="fastsam3d-records", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, save: Callable[[], None]) -> None:
+    def submit(self, key: str, save: Callable[[], None]) -> Future:
+        """Run ``save`` soon; the future is done once this or a newer save of ``key`` ran."""
+        done: Future = Future()
         with self._changed:
-            self._pending[key] = save
+            waiting = self._pending.pop(key, (None, []))[1]
+            self._pending[key] = (save, [*waiting, done])
             self._changed.notify_all()
+        return done
 
     def cancel(self, key: str) -> None:
         """Drop a pending save and wait for a running one (before its record is deleted)."""
         with self._changed:
-            self._pending.pop(key, None)
+            for waiting in self._pending.pop(key, (None, []))[1]:
+                waiting.set_result(None)
             self._changed.wait_for(lambda: self._busy != key)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -229,7 +251,7 @@ class RecordWriter:
                 if not self._pending:
                     return
                 key = next(iter(self._pending))
-                save = self._pending.pop(key)
+                save, waiting = self._pending.pop(key)
                 self._busy = key
             started = time.perf_counter()
             try:
@@ -237,6 +259,8 @@ class RecordWriter:
             except Exception:  # a failed save must not end the thread; the next change tries again
                 log.exception(f"could not save session {key}")
             finally:
+                for done in waiting:
+                    done.set_result(None)
                 with self._changed:
                     self.saves += 1
                     self.seconds += time.perf_counter() - started

@@ -40,6 +40,7 @@ from ..persistence import restore_objects, take_snapshot
 from ..registry import MODEL_CONFIGS, load_model, spatial_dims
 from ..session import Session
 from ..slicewise import SliceSession
+from .lease import Leases
 from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
@@ -82,6 +83,8 @@ class ServerSettings:
     temp_dir: Path | None = None  # default: <system temp>/fastsam3d-server
     state_dir: Path | None = None  # saved sessions (see .state); None: sessions end with the server
     keep_days: float = 14.0  # saved sessions unchanged this long are deleted
+    sync_saves: bool = False  # answer a change only once its record is on disk (else just after)
+    lease_seconds: float = 30.0  # a saved session's lease (see .lease): how soon another server may take it over
 
 
 @dataclass
@@ -169,6 +172,7 @@ class SessionStore:
         self.temp = TempFolder(settings.temp_dir)
         self.records = SessionRecords(settings.state_dir, settings.keep_days) if settings.state_dir else None
         self.writer = RecordWriter() if self.records else None
+        self.leases = Leases(self.records.folder, settings.lease_seconds) if self.records else None
 
     def models(self) -> list[dict]:
         """Every model a session can be opened with: the server's own (first), the shipped ones and
@@ -384,14 +388,17 @@ class SessionStore:
     ) -> ServerSession:
         """A new session (or, with ``saved``, a reopened one: a record's JSON and its objects)."""
         model_name, network = model
+        session_id = session_id or uuid.uuid4().hex
         try:
             with self._lock:
                 self._check_room()
+                if self.leases is not None:
+                    self.leases.acquire(session_id)
                 engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
                 session = engine(network, device=self.device, cache_mb=self.settings.cache_mb)
                 session.set_image(volume)
                 entry = ServerSession(
-                    session_id or uuid.uuid4().hex,
+                    session_id,
                     name,
                     session,
                     folder,
@@ -409,6 +416,8 @@ class SessionStore:
                 self._sessions[entry.id] = entry
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if self.leases is not None:
+                self.leases.release(session_id)
             raise
         return entry
 
@@ -433,8 +442,15 @@ class SessionStore:
             "changes": entry.changes,
         }
         snapshot = take_snapshot(entry.session)
-        encoder, engine, records = entry.encoder, entry.session, self.records
-        self.writer.submit(entry.id, lambda: records.write(*encoder.encode(engine, snapshot, header)))
+        encoder, engine, records, leases = entry.encoder, entry.session, self.records, self.leases
+
+        def write() -> None:
+            if leases.owns(entry.id):  # else another server took the session over: its record now
+                records.write(*encoder.encode(engine, snapshot, header))
+
+        written = self.writer.submit(entry.id, write)
+        if self.settings.sync_saves:
+            written.result()
 
     def is_saved(self, session_id: str) -> bool:
         return self.records is not None and self.records.exists(session_id)
@@ -446,9 +462,11 @@ class SessionStore:
             entry = self._sessions.get(session_id)
             if entry is not None:
                 return self.get(session_id)
+            self.leases.acquire(session_id)  # before reading: the holder's last write is in the record
             try:
                 meta, objects, labels = self.records.load(session_id)
             except RECORD_ERRORS as error:  # a damaged record: skipped, never a crash
+                self.leases.release(session_id)
                 self.records.forget(session_id, f"unreadable ({type(error).__name__}: {error})")
                 raise UnknownSessionError(f"saved session {session_id!r} cannot be read") from None
             network = (meta["model"], self.model_for(meta["model"]))
@@ -458,11 +476,13 @@ class SessionStore:
                 volume = self.read(path, meta["name"])
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
+                self.leases.release(session_id)
                 raise
             saved = {"meta": meta, "objects": objects}
             try:
                 entry = self._add(volume, meta["name"], folder, dicom_dir, network, meta["image"], session_id, saved)
             except RECORD_ERRORS as error:  # objects that do not fit the image or the engine
+                self.leases.release(session_id)
                 self.records.forget(session_id, f"cannot be restored ({type(error).__name__}: {error})")
                 raise UnknownSessionError(f"saved session {session_id!r} cannot be restored") from None
             if labels is not None and not np.array_equal(entry.session.labels[labels[0]], labels[1]):
@@ -488,6 +508,7 @@ class SessionStore:
         """Open and saved sessions, most recently changed first."""
         rows = {}
         if self.records is not None:
+            self.records.scan()
             for meta in list(self.records.index.values()):
                 rows[meta["id"]] = {
                     "id": meta["id"],
@@ -516,6 +537,9 @@ class SessionStore:
         if entry is not None and self._idle(entry, time.monotonic() - self.settings.idle_seconds):
             self.expire()  # its record (if any) stays
             entry = None
+        if entry is not None and self.leases is not None and not self.leases.owns(session_id):
+            self._drop([entry])  # another server took it over (this one stalled past its lease)
+            entry = None
         if entry is None:
             raise UnknownSessionError(f"no session {display_name(session_id, '?')!r} (closed, expired or never opened)")
         entry.last_used = time.monotonic()
@@ -540,12 +564,24 @@ class SessionStore:
     def expire(self) -> None:
         """Close sessions idle for longer than ``idle_seconds`` (and not working)."""
         limit = time.monotonic() - self.settings.idle_seconds
+        self._drop([entry for entry in list(self._sessions.values()) if self._idle(entry, limit)])
+
+    def _drop(self, entries: list[ServerSession]) -> None:
+        """Close sessions but keep their records (and give up their leases)."""
         with self._lock:
-            stale = [key for key, entry in self._sessions.items() if self._idle(entry, limit)]
-            entries = [self._sessions.pop(key) for key in stale]
+            entries = [self._sessions.pop(entry.id) for entry in entries if entry.id in self._sessions]
         for entry in entries:
             entry.closed = True
-            release(entry)
+            if self.leases is not None:
+                self.leases.release(entry.id)
+            if not entry.lock.locked():
+                release(entry)
+
+    def renew_leases(self) -> None:
+        """Extend the leases of the open sessions; drop those another server took over."""
+        if self.leases is not None:
+            lost = set(self.leases.renew(list(self._sessions)))
+            self._drop([entry for entry in list(self._sessions.values()) if entry.id in lost])
 
     @staticmethod
     def _idle(entry: ServerSession, since: float) -> bool:
@@ -560,6 +596,8 @@ class SessionStore:
             entry.closed = True
         if self.writer is not None:
             self.writer.stop()  # what is pending is written first
+            for entry in entries:
+                self.leases.release(entry.id)
         self.temp.remove()
         release_memory()
 
