@@ -2,7 +2,8 @@
 
 A server holds a session while ``<id>.lease`` in the state folder names it and has not expired;
 it renews its leases every third of their lifetime. A server that dies stops renewing, so after at
-most ``seconds`` another one may take the session over (it reopens the session from its record).
+most ``seconds`` another one may take the session over (it reopens the session from its record);
+on the same machine at once, when the holder's process is gone (a restart after a crash).
 Reading and writing a lease happen under a POSIX lock (``fcntl.lockf``) on ``.leases.lock``, so two
 servers never both take the same lease.
 """
@@ -13,12 +14,15 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import FastSAM3DError
+
+HOST = socket.gethostname()
 
 
 class SessionElsewhereError(FastSAM3DError):
@@ -37,7 +41,7 @@ class Leases:
         """Hold the session; raises :class:`SessionElsewhereError` while another server holds it."""
         with self._guard():
             holder = self._read(session_id)
-            if holder is not None and holder["owner"] != self.owner and holder["expires"] > time.time():
+            if holder is not None and holder["owner"] != self.owner and _alive(holder):
                 wait = holder["expires"] - time.time()
                 raise SessionElsewhereError(
                     f"session {session_id} is open on another server (free in {wait:.0f} s if that one stopped)"
@@ -79,7 +83,8 @@ class Leases:
     def _write(self, session_id: str) -> None:
         path = self._path(session_id)
         temp = path.with_name(f".{path.name}-{self.owner[:8]}.tmp")
-        temp.write_text(json.dumps({"owner": self.owner, "expires": time.time() + self.seconds, "pid": os.getpid()}))
+        holder = {"owner": self.owner, "expires": time.time() + self.seconds, "host": HOST, "pid": os.getpid()}
+        temp.write_text(json.dumps(holder))
         os.replace(temp, path)
 
     @contextlib.contextmanager
@@ -90,3 +95,18 @@ class Leases:
             yield
         finally:
             os.close(handle)  # closing drops the lock
+
+
+def _alive(holder: dict) -> bool:
+    """Whether a lease still binds: not expired, and on this machine its process still runs."""
+    if holder["expires"] <= time.time():
+        return False
+    if holder.get("host") != HOST or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it runs, as another user
+    return True
