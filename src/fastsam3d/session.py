@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .cache import CacheView
 from .errors import PromptError
 from .interaction import Frame, Interaction, ObjectEngine, SegmentObject, Timings, Uncertainty, binary_entropy
 from .io import Volume, check_finite, read_volume
@@ -78,6 +79,8 @@ class Session(ObjectEngine):
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
+        feature_cache: keep the ROI embeddings in this view of a cache shared with other sessions
+            (:mod:`fastsam3d.cache`; a server's one budget) instead of a cache of the session's own.
         zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces
             (models trained at several ROI spacings, on volumes finer than the coarse one); False
             keeps the model's coarse ROI.
@@ -101,6 +104,7 @@ class Session(ObjectEngine):
         cache_mb: float = 512.0,
         precision: str | None = None,
         zoom: bool = True,
+        feature_cache: CacheView | None = None,
     ) -> None:
         super().__init__()
         if click_history not in ("all", "last"):
@@ -117,7 +121,7 @@ class Session(ObjectEngine):
         self.click_history = click_history
         self.max_rois = max(1, max_rois)
         self.zoom = zoom
-        self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb)
+        self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb, feature_cache)
 
     @property
     def encoder_runs(self) -> int:

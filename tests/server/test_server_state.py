@@ -118,3 +118,18 @@ def test_without_a_state_folder_nothing_is_saved(data_dir, tmp_path):
         session = open_sphere(client)
         click(client, session, centre_voxel())
         assert client.get("/api/sessions").json()["sessions"][0]["open"]
+
+
+def test_sessions_share_one_feature_budget_and_idle_ones_make_room(data_dir, state_dir):
+    budget = 20.0  # MB: the stand-in model's embedding of a ROI is 8 MiB, so two fit
+    with make_client(data_dir, state_dir=state_dir, cache_mb=budget, max_sessions=2) as client:
+        store = client.app.state.store
+        sessions = [open_sphere(client) for _ in range(3)]  # the third closes (and keeps) the first
+        assert [row["open"] for row in client.get("/api/sessions").json()["sessions"]] == [True, True, False]
+        encoder_runs = []
+        for session in [*sessions, sessions[0]]:
+            answer = click(client, session, centre_voxel())
+            encoder_runs.append(answer["timings_ms"]["encoder"] > 0)
+            assert store.features.total_bytes() <= budget * 2**20
+        assert encoder_runs == [True, True, True, True]  # the first session's features were evicted
+        assert click(client, sessions[0], centre_voxel())["timings_ms"]["encoder"] == 0  # now cached

@@ -32,12 +32,18 @@ def add_parser(subparsers) -> None:
         default="",
         help="comma-separated Host header names accepted besides localhost, 127.0.0.1, ::1 and --host ('*': any)",
     )
-    parser.add_argument("--max-sessions", type=int, default=8)
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=64,
+        help="sessions open at once (default 64); with a state folder the least recently used idle one "
+        "is closed, and saved, to make room",
+    )
     parser.add_argument(
         "--cache-mb",
         type=float,
-        default=256.0,
-        help="cached ROI features per session in MB (at most max-sessions x this in all; default 256)",
+        default=2048.0,
+        help="cached image features of all sessions together in MB (LRU: idle sessions' go first; default 2048)",
     )
     parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="volume and mask uploads")
     parser.add_argument(

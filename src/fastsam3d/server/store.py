@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..cache import CacheView, FeatureCache
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume, holds_dicom, read_volume
 from ..persistence import restore_objects, take_snapshot
@@ -70,8 +71,8 @@ class ServerSettings:
     device: str | None = None
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
-    max_sessions: int = 8
-    cache_mb: float = 256.0  # cached ROI features per session (the server holds at most max_sessions x this)
+    max_sessions: int = 64  # open at once; with a state folder the least recently used idle one makes room
+    cache_mb: float = 2048.0  # cached image features of all sessions together (LRU: idle sessions' go first)
     precision: str = "auto"  # image encoder arithmetic (fastsam3d.modeling.precision): auto, fp32, bf16, int8
     max_upload_mb: float = 2048.0  # volume and mask uploads
     max_unpacked_mb: float = 2048.0  # decoded image bytes, and the unpacked size of a zip
@@ -105,6 +106,7 @@ class ServerSession:
     updated: float = field(default_factory=time.time)  # last change
     changes: int = 0
     encoder: RecordEncoder = field(default_factory=RecordEncoder)
+    features: CacheView | None = None  # its part of the server's feature cache
 
 
 class TempFolder:
@@ -167,12 +169,13 @@ class SessionStore:
             self._models = {settings.model: self._load(settings.model, settings.checkpoint)}
         self.model = self._models[settings.model]
         self._sessions: dict[str, ServerSession] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._reopening = threading.Lock()
         self.temp = TempFolder(settings.temp_dir)
         self.records = SessionRecords(settings.state_dir, settings.keep_days) if settings.state_dir else None
         self.writer = RecordWriter() if self.records else None
         self.leases = Leases(self.records.folder, settings.lease_seconds) if self.records else None
+        self.features = FeatureCache(settings.cache_mb)
 
     def models(self) -> list[dict]:
         """Every model a session can be opened with: the server's own (first), the shipped ones and
@@ -372,6 +375,12 @@ class SessionStore:
             )
 
     def _check_room(self) -> None:
+        """Refuse a new session at the limit; with a state folder, close (keeping its record) the
+        least recently used session that is not working instead."""
+        if len(self._sessions) >= self.settings.max_sessions and self.records is not None:
+            idle = [e for e in list(self._sessions.values()) if not e.lock.locked() and not e.waiting]
+            if idle:
+                self._drop([min(idle, key=lambda e: e.last_used)])
         if len(self._sessions) >= self.settings.max_sessions:
             raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
 
@@ -395,7 +404,8 @@ class SessionStore:
                 if self.leases is not None:
                     self.leases.acquire(session_id)
                 engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
-                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb)
+                features = self.features.view()
+                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features)
                 session.set_image(volume)
                 entry = ServerSession(
                     session_id,
@@ -406,6 +416,7 @@ class SessionStore:
                     intensity=(float(volume.array.min()), float(volume.array.max())),
                     model=model_name,
                     image=image,
+                    features=features,
                 )
                 if saved is not None:
                     restore_objects(session, saved["objects"], saved["meta"]["active"])
@@ -570,6 +581,8 @@ class SessionStore:
         """Close sessions but keep their records (and give up their leases)."""
         with self._lock:
             entries = [self._sessions.pop(entry.id) for entry in entries if entry.id in self._sessions]
+        if entries and self.writer is not None:
+            self.writer.flush()  # their last saves, while the leases are still this server's
         for entry in entries:
             entry.closed = True
             if self.leases is not None:
@@ -635,6 +648,8 @@ def display_name(name: str | None, default: str) -> str:
 def release(entry: ServerSession) -> None:
     """Remove a closed session's files and give its memory back to the system."""
     shutil.rmtree(entry.folder, ignore_errors=True)
+    if entry.features is not None:
+        entry.features.clear()
     release_memory()
 
 
