@@ -437,7 +437,7 @@ async function interact(path, body) {
 
 async function openSession(answer) {
   const previous = state.session;
-  if (previous && previous.id !== answer.id && !$("keep").checked) {
+  if (previous && previous.id !== answer.id) {
     api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {}); // closed and forgotten
   }
   clearUncertainty();
