@@ -8,6 +8,7 @@ changed. Where objects overlap the higher label wins.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +48,55 @@ def bounding_box(mask: np.ndarray) -> Slices | None:
             return None
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     return tuple(box)
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """A boolean mask on the input grid kept small: its bounding box and the box's voxels as
+    packed bits (``np.packbits``, C order); ``box`` None for an empty mask."""
+
+    shape: tuple[int, ...]
+    box: Slices | None = None
+    bits: np.ndarray | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> PackedMask:
+        box = bounding_box(mask)
+        return cls(mask.shape, box, None if box is None else np.packbits(mask[box], axis=None))
+
+    @classmethod
+    def of_regions(cls, regions: Iterable[Region], shape: tuple[int, ...]) -> PackedMask:
+        """The union of (box, boolean piece) regions."""
+        regions = list(regions)
+        box = union_box(piece_box for piece_box, _ in regions)
+        if box is None:
+            return cls(shape)
+        mask = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        for piece_box, piece in regions:
+            mask[relative(piece_box, box)] |= piece
+        inner = bounding_box(mask)
+        if inner is None:
+            return cls(shape)
+        return cls(
+            shape,
+            tuple(slice(o.start + s.start, o.start + s.stop) for o, s in zip(box, inner, strict=True)),
+            np.packbits(mask[inner], axis=None),
+        )
+
+    def region(self) -> Region | None:
+        """(box, boolean mask inside it), or None for an empty mask."""
+        if self.box is None:
+            return None
+        size = tuple(s.stop - s.start for s in self.box)
+        return self.box, np.unpackbits(self.bits, count=int(np.prod(size))).reshape(size).astype(bool)
+
+    def full(self) -> np.ndarray:
+        """The mask on the whole grid."""
+        mask = np.zeros(self.shape, dtype=bool)
+        region = self.region()
+        if region is not None:
+            mask[region[0]] = region[1]
+        return mask
 
 
 def merge_max(regions: Iterable[Region], box: Slices, dtype=np.float32) -> np.ndarray:

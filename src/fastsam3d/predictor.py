@@ -20,6 +20,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from .cache import CacheView
 from .interaction import Timings
 from .io import Volume
 from .modeling import Sam3D
@@ -36,7 +37,14 @@ class RoiPredictor:
     at the start of each interaction.
     """
 
-    def __init__(self, model: Sam3D, device: torch.device, cache_size: int = 8, cache_mb: float = 512.0) -> None:
+    def __init__(
+        self,
+        model: Sam3D,
+        device: torch.device,
+        cache_size: int = 8,
+        cache_mb: float = 512.0,
+        embeddings: CacheView | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.cache_size = cache_size
@@ -45,7 +53,10 @@ class RoiPredictor:
         self.timings = Timings()
         self.encoder_runs = 0
         self.decoder_runs = 0
-        self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        # the embeddings by ROI key: a view of a cache shared with other sessions (fastsam3d.cache), or its own
+        self._embeddings: OrderedDict[tuple, torch.Tensor] | CacheView = (
+            OrderedDict() if embeddings is None else embeddings
+        )
 
     def set_image(self, volume: Volume) -> None:
         """Take a new volume; forgets every cached embedding."""

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .cache import CacheView
 from .errors import PromptError
 from .interaction import Frame, Interaction, ObjectEngine, Progress, SegmentObject, Timings, Uncertainty, binary_entropy
 from .io import Volume, check_finite, read_volume
-from .labelmap import Region, Slices, bounding_box, merge_max, union_box
+from .labelmap import PackedMask, Region, Slices, merge_max, union_box
 from .modeling import Sam3D
 from .predictor import RoiPredictor
 from .preprocess import RoiGrid
@@ -61,7 +62,7 @@ class ObjectState:
 
     clicks: tuple[Click, ...] = ()
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
-    initial_mask: np.ndarray | None = field(default=None, compare=False)
+    initial_mask: PackedMask | None = field(default=None, compare=False)  # a mask given (or restored) as a prompt
     logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False)
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
     strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks
@@ -81,6 +82,8 @@ class Session(ObjectEngine):
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
             volume continues into the neighbouring ROI (one encoder run each) until this limit;
             1 keeps every object inside the ROI of its first click.
+        feature_cache: keep the ROI embeddings in this view of a cache shared with other sessions
+            (:mod:`fastsam3d.cache`; a server's one budget) instead of a cache of the session's own.
         zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces
             (models trained at several ROI spacings, on volumes finer than the coarse one); False
             keeps the model's coarse ROI.
@@ -105,6 +108,7 @@ class Session(ObjectEngine):
         cache_mb: float = 512.0,
         precision: str | None = None,
         zoom: bool = True,
+        feature_cache: CacheView | None = None,
     ) -> None:
         super().__init__()
         if click_history not in ("all", "last"):
@@ -121,7 +125,7 @@ class Session(ObjectEngine):
         self.click_history = click_history
         self.max_rois = max(1, max_rois)
         self.zoom = zoom
-        self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb)
+        self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb, feature_cache)
 
     @property
     def encoder_runs(self) -> int:
@@ -255,7 +259,7 @@ class Session(ObjectEngine):
             raise PromptError("the initial mask is empty")
         obj = self._object_for_prompt(label)
         old_boxes = self._boxes(obj.state)
-        obj.push(ObjectState(initial_mask=mask.astype(bool)))
+        obj.push(ObjectState(initial_mask=PackedMask.of(mask.astype(bool))))
         self.timings = Timings()
         return self._repaint(old_boxes, self._boxes(obj.state))
 
@@ -454,7 +458,7 @@ class Session(ObjectEngine):
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
         if previous is None and state.initial_mask is not None:
-            previous = self.predictor.mask_prompt(roi, state.initial_mask)
+            previous = self.predictor.mask_prompt(roi, state.initial_mask.full())
         logits, _ = self.predictor.predict(roi, *self._prompts(state, roi), box=state.box, mask_input=previous)
         return logits.to(HISTORY_DTYPE)
 
@@ -493,10 +497,8 @@ class Session(ObjectEngine):
     def _compute_regions(self, state: ObjectState) -> list[Region]:
         """The object's mask as (input box, boolean sub-array) pieces (cached by ObjectEngine._regions)."""
         if not state.logits:
-            if state.initial_mask is None:
-                return []
-            box = bounding_box(state.initial_mask)
-            return [(box, state.initial_mask[box])]
+            region = None if state.initial_mask is None else state.initial_mask.region()
+            return [] if region is None else [region]
         regions = []
         for roi, logits in state.logits:
             box, mask = roi.paste_mask(logits[0, 0])

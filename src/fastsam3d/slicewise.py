@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .cache import CacheView
 from .clicks import dice
 from .errors import PromptError
 from .interaction import Frame, Interaction, ObjectEngine, Progress, SegmentObject, Timings, Uncertainty, binary_entropy
@@ -130,6 +131,8 @@ class SliceSession(ObjectEngine):
         cache_mb: slice embeddings kept (LRU; LiteMedSAM: 2 MB per slice).
         precision: the image encoder's arithmetic, ``"fp32"`` (default), ``"int8"`` or ``"bf16"``
             (:mod:`fastsam3d.modeling.precision`; see ``benchmarks/slicewise.py`` for their cost).
+        feature_cache: keep the slice embeddings in this view of a cache shared with other sessions
+            (:mod:`fastsam3d.cache`) instead of a cache of the session's own.
     """
 
     dims = 2
@@ -146,6 +149,7 @@ class SliceSession(ObjectEngine):
         cache_mb: float = 1024.0,
         precision: str = "fp32",
         min_score: float = MIN_SCORE,
+        feature_cache: CacheView | None = None,
     ) -> None:
         super().__init__()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -166,7 +170,10 @@ class SliceSession(ObjectEngine):
         self._total: int | None = None  # slices the running interaction will segment, when known
         self.encoder_runs = 0
         self.decoder_runs = 0
-        self._embeddings: OrderedDict[int, torch.Tensor] = OrderedDict()
+        # slice embeddings: a view of a cache shared with other sessions (fastsam3d.cache), or its own
+        self._embeddings: OrderedDict[int, torch.Tensor] | CacheView = (
+            OrderedDict() if feature_cache is None else feature_cache
+        )
 
     # --- image and objects --------------------------------------------------------------
 

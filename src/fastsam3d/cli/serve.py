@@ -32,12 +32,18 @@ def add_parser(subparsers) -> None:
         default="",
         help="comma-separated Host header names accepted besides localhost, 127.0.0.1, ::1 and --host ('*': any)",
     )
-    parser.add_argument("--max-sessions", type=int, default=8)
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=64,
+        help="sessions open at once (default 64); with a state folder the least recently used idle one "
+        "is closed, and saved, to make room",
+    )
     parser.add_argument(
         "--cache-mb",
         type=float,
-        default=256.0,
-        help="cached ROI features per session in MB (at most max-sessions x this in all; default 256)",
+        default=2048.0,
+        help="cached image features of all sessions together in MB (LRU: idle sessions' go first; default 2048)",
     )
     parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="volume and mask uploads")
     parser.add_argument(
@@ -59,6 +65,22 @@ def add_parser(subparsers) -> None:
         "folders of dead servers under it are removed at start",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="folder where sessions are saved after every change and reopened from after a restart "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--no-state", action="store_true", help="save no sessions: they end with the server")
+    parser.add_argument(
+        "--keep-days", type=float, default=14.0, help="delete saved sessions unchanged this long (default 14)"
+    )
+    parser.add_argument(
+        "--sync-saves",
+        action="store_true",
+        help="answer each change only once its session is saved (nothing answered is lost on a crash; slower clicks)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug"),
@@ -67,6 +89,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-access-log", action="store_true", help="no line per request")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def default_state_dir() -> Path:
+    """Where sessions are saved unless --state-dir says: the user's data folder."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fastsam3d" / "sessions"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -103,6 +133,9 @@ def run(args: argparse.Namespace) -> None:
         idle_seconds=60 * args.idle_minutes,
         temp_dir=args.temp_dir,
         precision=args.precision,
+        state_dir=None if args.no_state else args.state_dir,
+        keep_days=args.keep_days,
+        sync_saves=args.sync_saves,
     )
     app = create_app(settings)
     if app.state.store.temp.stale_removed:

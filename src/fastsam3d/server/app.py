@@ -36,6 +36,7 @@ from ..session import Session
 from ..slicewise import SliceSession
 from ..strokes import from_slice_mask
 from .guard import RequestGuard
+from .lease import SessionElsewhereError
 from .store import (
     CHUNK,
     UPLOAD_SUFFIXES,
@@ -110,8 +111,10 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         expiry = asyncio.create_task(_expire_idle(store))
+        leases = asyncio.create_task(_renew_leases(store))
         yield
         expiry.cancel()
+        leases.cancel()
         worker.shutdown()  # running work stops at its next step
         store.close_all()  # remove every session's temporary files
 
@@ -137,6 +140,16 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @app.exception_handler(FastSAM3DError)
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
         return JSONResponse({"detail": store.scrub(str(error))}, status_code=_status(error))
+
+    async def lookup(session_id: str) -> ServerSession:
+        """The open session with this id; a saved one is reopened first (after a restart, or on
+        another replica)."""
+        try:
+            return store.get(session_id)
+        except UnknownSessionError:
+            if not store.is_saved(session_id):
+                raise
+        return await worker.open(lambda: store.reopen(session_id))
 
     @api.get("/health")
     async def health() -> dict:
@@ -166,23 +179,30 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     async def open_upload(file: UploadFile = File(...), model: str | None = None) -> dict:
         return _describe(await worker.open(lambda: store.open_upload(file.file, file.filename, model)))
 
+    @api.get("/sessions")
+    async def sessions() -> dict:
+        """Open and saved sessions (most recently changed first): id, image name, model, objects,
+        ``updated`` (last change, seconds since 1970) and whether it is ``open`` in memory."""
+        return {"sessions": store.sessions()}
+
     @api.get("/sessions/{session_id}")
     async def describe(session_id: str) -> dict:
-        return _describe(store.get(session_id))
+        return _describe(await lookup(session_id))
 
     @api.post("/sessions/{session_id}/heartbeat")
     async def heartbeat(session_id: str) -> dict:
-        store.get(session_id)
+        await lookup(session_id)
         return {"status": "ok"}
 
     @api.delete("/sessions/{session_id}")
     async def close(session_id: str) -> dict:
+        """Close the session and delete its saved record."""
         await asyncio.to_thread(store.close, session_id)
         return {"closed": session_id}
 
     @api.get("/sessions/{session_id}/image.nii.gz")
     async def image(session_id: str) -> FileResponse:
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
         path = entry.folder / "image.nii.gz"
 
         def write(session: AnySession, job: Job) -> None:
@@ -194,13 +214,14 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @api.post("/sessions/{session_id}/objects")
     async def add_object(session_id: str, request: ObjectRequest) -> dict:
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
 
         def work(session: AnySession, job: Job) -> dict:
             label = session.add_object(request.name)
             if not job.commit():
                 session.remove_object(label)
                 raise SessionBusyError("cancelled")
+            store.save(entry)
             return {"object": label, "objects": _objects(session)}
 
         return await worker.run(entry, work)
@@ -209,7 +230,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     async def clicks(session_id: str, request: ClickRequest, stream: bool = False):
         """Add clicks as one interaction (one undo step, one model pass), all or none: every point
         is checked before any is applied."""
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
         if len(request.points) > settings.max_points:
             raise PromptError(
                 f"{len(request.points)} points in one request; this server accepts at most {settings.max_points}"
@@ -224,14 +245,14 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                 session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job
             )
 
-        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
+        return await _interact(worker, store, entry, action, stream=stream)
 
     @api.post("/sessions/{session_id}/box", description=STREAM_DESCRIPTION)
     async def box(session_id: str, request: BoxRequest, stream: bool = False):
         """A box from two opposite corners. 2D models: a box on one slice segments it and propagates
         up and down until the object ends. 3D models: a box on one slice gets a depth equal to the
         mean of its in-plane sides in mm (centred on that slice)."""
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
 
         def action(session: AnySession, job: Job):
             corners = [session.to_index(c, request.coordinates) for c in (request.corner_a, request.corner_b)]
@@ -241,7 +262,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                 session, request.object, [partial(session.set_box, *corners, label=request.object)], job
             )
 
-        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
+        return await _interact(worker, store, entry, action, stream=stream)
 
     @api.post("/sessions/{session_id}/scribble", description=STREAM_DESCRIPTION)
     async def scribble(session_id: str, request: StrokeRequest, stream: bool = False):
@@ -275,31 +296,31 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @api.post("/sessions/{session_id}/mask")
     async def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
         """Start an object from a mask file on the image's voxels (any non-zero voxel is inside)."""
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
         mask = await worker.open(lambda: _read_mask(store, entry, file))
         return await _interact(
             worker,
+            store,
             entry,
             lambda session, job: all_or_nothing(session, object, [partial(session.set_mask, mask, label=object)], job),
         )
 
     @api.post("/sessions/{session_id}/undo")
     async def undo(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(
-            worker, store.get(session_id), lambda s, job: _step(s, request.object, -1, job), report="changed"
-        )
+        entry = await lookup(session_id)
+        return await _interact(worker, store, entry, lambda s, job: _step(s, request.object, -1, job), report="changed")
 
     @api.post("/sessions/{session_id}/redo")
     async def redo(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(
-            worker, store.get(session_id), lambda s, job: _step(s, request.object, +1, job), report="changed"
-        )
+        entry = await lookup(session_id)
+        return await _interact(worker, store, entry, lambda s, job: _step(s, request.object, +1, job), report="changed")
 
     @api.post("/sessions/{session_id}/reset")
     async def reset(session_id: str, request: ObjectRef) -> dict:
         return await _interact(
             worker,
-            store.get(session_id),
+            store,
+            await lookup(session_id),
             lambda session, job: all_or_nothing(session, request.object, [partial(session.reset, request.object)], job),
         )
 
@@ -312,12 +333,12 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             quantised = np.clip(np.rint(result.entropy * 255), 0, 255).astype(np.uint8)  # bits in [0, 1]
             return {"region": _encode(result.box, quantised), "scale": 1 / 255, "unit": "bits"}
 
-        answer = await worker.run(store.get(session_id), work)
+        answer = await worker.run(await lookup(session_id), work)
         return answer | {"timings_ms": {"total": 1e3 * (time.perf_counter() - started)}}
 
     @api.get("/sessions/{session_id}/labels")
     async def labels(session_id: str, format: Literal["nii.gz", "nrrd", "dcm"] = "nii.gz") -> FileResponse:
-        entry = store.get(session_id)
+        entry = await lookup(session_id)
         path = entry.folder / f"labels.{format}"
 
         def export(session: AnySession, job: Job) -> None:
@@ -347,11 +368,21 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
 
 async def _expire_idle(store: SessionStore) -> None:
-    """Close idle sessions in the background (not only when a request looks one up)."""
+    """Close idle sessions in the background (not only when a request looks one up); delete saved
+    sessions older than ``keep_days``."""
     interval = min(60.0, max(1.0, store.settings.idle_seconds / 10))
     while True:
         await asyncio.sleep(interval)
         await asyncio.to_thread(store.expire)
+        if store.records is not None:
+            await asyncio.to_thread(store.records.remove_old)
+
+
+async def _renew_leases(store: SessionStore) -> None:
+    """Keep this server's leases on its open sessions (a state folder shared by replicas)."""
+    while store.leases is not None:
+        await asyncio.sleep(store.leases.seconds / 3)
+        await asyncio.to_thread(store.renew_leases)
 
 
 def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> np.ndarray:
@@ -395,7 +426,9 @@ def _decode_bits(bits: SliceBits, max_pixels: int) -> np.ndarray:
 
 
 def _status(error: FastSAM3DError) -> int:
-    return {UnknownSessionError: 404, SessionLimitError: 429, SessionBusyError: 503}.get(type(error), 400)
+    return {UnknownSessionError: 404, SessionElsewhereError: 409, SessionLimitError: 429, SessionBusyError: 503}.get(
+        type(error), 400
+    )
 
 
 def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -415,14 +448,16 @@ def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) ->
 
 
 async def _interact(
-    worker: SessionWorker, entry: ServerSession, action, report: str = "", stream: bool = False, scrub=str
+    worker: SessionWorker, store: SessionStore, entry: ServerSession, action, report: str = "", stream: bool = False
 ):
-    """Run one interaction as the session's job; answer with the changed region and timings (with
-    ``stream``, as a stream of progress events ending in the answer)."""
+    """Run one interaction as the session's job and save the session; answer with the changed
+    region and timings (with ``stream``, as a stream of progress events ending in the answer)."""
     started = time.perf_counter()
 
     def work(session: AnySession, job: Job) -> dict:
         result = action(session, job)  # an Interaction; None: nothing to undo / redo
+        if result is not None:
+            store.save(entry)
         region = result.changed_region if result is not None else None
         timings = result.timings if result is not None else Timings()
         answer = {
@@ -442,7 +477,7 @@ async def _interact(
         return answer
 
     if stream:
-        return _streamed(worker, entry, work, started, scrub)
+        return _streamed(worker, entry, work, started, store.scrub)
     answer = await worker.run(entry, partial(_reporting, work, None))
     answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
     return answer

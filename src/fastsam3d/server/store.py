@@ -4,7 +4,8 @@ All sessions share one loaded model (its weights are read once); each keeps its 
 embeddings. A session runs one piece of work at a time (see :mod:`.worker`), so one client's
 clicks run in order while other sessions run in parallel. Every file a session writes lives in a
 private folder under this server's temporary folder, removed with the session; the folders of
-servers that died are removed when the next server starts.
+servers that died are removed when the next server starts. With a state folder every change is
+also saved (:mod:`.state`), and a saved session is reopened on the first request for its id.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ctypes
 import fcntl
 import gc
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -28,14 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..cache import CacheView, FeatureCache
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume, holds_dicom, read_volume
+from ..persistence import restore_objects, take_snapshot
 from ..registry import MODEL_CONFIGS, load_model, spatial_dims
 from ..session import Session
 from ..slicewise import SliceSession
+from .lease import Leases
+from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
@@ -43,6 +50,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_PATH_CHARS = 1024
 MAX_NAME_CHARS = 255
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class SessionLimitError(FastSAM3DError):
@@ -63,8 +71,8 @@ class ServerSettings:
     device: str | None = None
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
-    max_sessions: int = 8
-    cache_mb: float = 256.0  # cached ROI features per session (the server holds at most max_sessions x this)
+    max_sessions: int = 64  # open at once; with a state folder the least recently used idle one makes room
+    cache_mb: float = 2048.0  # cached image features of all sessions together (LRU: idle sessions' go first)
     precision: str = "auto"  # image encoder arithmetic (fastsam3d.modeling.precision): auto, fp32, bf16, int8
     max_upload_mb: float = 2048.0  # volume and mask uploads
     max_unpacked_mb: float = 2048.0  # decoded image bytes, and the unpacked size of a zip
@@ -75,6 +83,10 @@ class ServerSettings:
     request_seconds: float = 120.0  # one request's wait for its session plus its work
     idle_seconds: float = 1800.0
     temp_dir: Path | None = None  # default: <system temp>/fastsam3d-server
+    state_dir: Path | None = None  # saved sessions (see .state); None: sessions end with the server
+    keep_days: float = 14.0  # saved sessions unchanged this long are deleted
+    sync_saves: bool = False  # answer a change only once its record is on disk (else just after)
+    lease_seconds: float = 30.0  # a saved session's lease (see .lease): how soon another server may take it over
 
 
 @dataclass
@@ -90,6 +102,12 @@ class ServerSession:
     intensity: tuple[float, float] = (0.0, 0.0)
     last_used: float = field(default_factory=time.monotonic)
     model: str = ""
+    image: dict = field(default_factory=dict)  # how to read the image again: {"data": path} or {"upload": file}
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)  # last change
+    changes: int = 0
+    encoder: RecordEncoder = field(default_factory=RecordEncoder)
+    features: CacheView | None = None  # its part of the server's feature cache
 
 
 class TempFolder:
@@ -152,8 +170,13 @@ class SessionStore:
             self._models = {settings.model: self._load(settings.model, settings.checkpoint)}
         self.model = self._models[settings.model]
         self._sessions: dict[str, ServerSession] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._reopening = threading.Lock()
         self.temp = TempFolder(settings.temp_dir)
+        self.records = SessionRecords(settings.state_dir, settings.keep_days) if settings.state_dir else None
+        self.writer = RecordWriter() if self.records else None
+        self.leases = Leases(self.records.folder, settings.lease_seconds) if self.records else None
+        self.features = FeatureCache(settings.cache_mb)
 
     def models(self) -> list[dict]:
         """Every model a session can be opened with: the server's own (first), the shipped ones and
@@ -261,7 +284,8 @@ class SessionStore:
         path = self.resolve_data_path(relative)
         volume = self.read(path, display_name(relative, "volume"))
         dicom_dir = path if path.is_dir() else None
-        return self._add(volume, relative, folder=self.temp.new_folder(), dicom_dir=dicom_dir, model=network)
+        folder = self.temp.new_folder()
+        return self._add(volume, relative, folder, dicom_dir, network, image={"data": relative})
 
     def open_upload(self, source: BinaryIO, filename: str | None, model: str | None = None) -> ServerSession:
         """A session from an uploaded volume or zipped DICOM series (runs in a worker thread).
@@ -274,10 +298,12 @@ class SessionStore:
         self._check_room()
         network = (model or self.settings.model, self.model_for(model))
         folder = self.temp.new_folder()
+        session_id = uuid.uuid4().hex
         try:
             path = folder / f"upload{suffix}"
             with open(path, "wb") as sink:
                 shutil.copyfileobj(source, sink, CHUNK)
+            image = {"upload": self._keep_upload(path, session_id) if self.records else None}
             dicom_dir = None
             if suffix == ".zip":
                 unpacked = folder / "dicom"
@@ -285,10 +311,21 @@ class SessionStore:
                 path.unlink()
                 path = dicom_dir = _single_series(unpacked)
             volume = self.read(path, name)
-            return self._add(volume, name, folder=folder, dicom_dir=dicom_dir, model=network)
+            return self._add(volume, name, folder, dicom_dir, network, image=image, session_id=session_id)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if self.records:
+                self.records.delete(session_id)
             raise
+
+    def _keep_upload(self, path: Path, session_id: str) -> str:
+        """A copy of an uploaded file in the state folder (a hard link where possible); its name."""
+        kept = self.records.folder / f"{session_id}.{path.name}"
+        try:
+            os.link(path, kept)
+        except OSError:
+            shutil.copyfile(path, kept)
+        return kept.name
 
     def read(self, path: Path, name: str) -> Volume:
         """Read a volume after checking its header against the voxel and byte limits; errors name
@@ -339,38 +376,181 @@ class SessionStore:
             )
 
     def _check_room(self) -> None:
+        """Refuse a new session at the limit; with a state folder, close (keeping its record) the
+        least recently used session that is not working instead."""
+        if len(self._sessions) >= self.settings.max_sessions and self.records is not None:
+            idle = [e for e in list(self._sessions.values()) if not e.lock.locked() and not e.waiting]
+            if idle:
+                self._drop([min(idle, key=lambda e: e.last_used)])
         if len(self._sessions) >= self.settings.max_sessions:
             raise SessionLimitError(f"{len(self._sessions)} sessions are open (the limit); close one first")
 
     def _add(
-        self, volume: Volume, name: str, folder: Path, dicom_dir: Path | None, model: tuple[str, torch.nn.Module]
+        self,
+        volume: Volume,
+        name: str,
+        folder: Path,
+        dicom_dir: Path | None,
+        model: tuple[str, torch.nn.Module],
+        image: dict,
+        session_id: str | None = None,
+        saved: dict | None = None,
     ) -> ServerSession:
+        """A new session (or, with ``saved``, a reopened one: a record's JSON and its objects)."""
         model_name, network = model
+        session_id = session_id or uuid.uuid4().hex
         try:
             with self._lock:
                 self._check_room()
+                if self.leases is not None:
+                    self.leases.acquire(session_id)
                 engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
-                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb)
+                features = self.features.view()
+                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features)
                 session.set_image(volume)
                 entry = ServerSession(
-                    uuid.uuid4().hex,
+                    session_id,
                     name,
                     session,
                     folder,
                     dicom_dir,
                     intensity=(float(volume.array.min()), float(volume.array.max())),
                     model=model_name,
+                    image=image,
+                    features=features,
                 )
+                if saved is not None:
+                    restore_objects(session, saved["objects"], saved["meta"]["active"])
+                    entry.created, entry.updated = saved["meta"]["created"], saved["meta"]["updated"]
+                    entry.changes = saved["meta"]["changes"]
+                else:
+                    self.save(entry)
                 self._sessions[entry.id] = entry
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if self.leases is not None:
+                self.leases.release(session_id)
             raise
         return entry
+
+    # --- saved sessions (see .state) --------------------------------------------------------
+
+    def save(self, entry: ServerSession) -> None:
+        """Save the session after a change: a snapshot now (microseconds, under the session's
+        lock), the record written by the background writer."""
+        if self.records is None:
+            return
+        entry.changes += 1
+        entry.updated = time.time()
+        header = {
+            "id": entry.id,
+            "name": entry.name,
+            "image": entry.image,
+            "model": entry.model,
+            "precision": getattr(entry.session, "precision", "fp32"),
+            "dims": entry.session.dims,
+            "created": entry.created,
+            "updated": entry.updated,
+            "changes": entry.changes,
+        }
+        snapshot = take_snapshot(entry.session)
+        encoder, engine, records, leases = entry.encoder, entry.session, self.records, self.leases
+
+        def write() -> None:
+            if leases.owns(entry.id):  # else another server took the session over: its record now
+                records.write(*encoder.encode(engine, snapshot, header))
+
+        written = self.writer.submit(entry.id, write)
+        if self.settings.sync_saves:
+            written.result()
+
+    def is_saved(self, session_id: str) -> bool:
+        return self.records is not None and self.records.exists(session_id)
+
+    def reopen(self, session_id: str) -> ServerSession:
+        """The open session with this id, reopened from its record if needed (runs in a worker
+        thread; image features are computed again on the next click)."""
+        with self._reopening:
+            entry = self._sessions.get(session_id)
+            if entry is not None:
+                return self.get(session_id)
+            self.leases.acquire(session_id)  # before reading: the holder's last write is in the record
+            try:
+                meta, objects, labels = self.records.load(session_id)
+            except RECORD_ERRORS as error:  # a damaged record: skipped, never a crash
+                self.leases.release(session_id)
+                self.records.forget(session_id, f"unreadable ({type(error).__name__}: {error})")
+                raise UnknownSessionError(f"saved session {session_id!r} cannot be read") from None
+            network = (meta["model"], self.model_for(meta["model"]))
+            folder = self.temp.new_folder()
+            try:
+                path, dicom_dir = self._saved_image(meta["image"], folder)
+                volume = self.read(path, meta["name"])
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                self.leases.release(session_id)
+                raise
+            saved = {"meta": meta, "objects": objects}
+            try:
+                entry = self._add(volume, meta["name"], folder, dicom_dir, network, meta["image"], session_id, saved)
+            except RECORD_ERRORS as error:  # objects that do not fit the image or the engine
+                self.leases.release(session_id)
+                self.records.forget(session_id, f"cannot be restored ({type(error).__name__}: {error})")
+                raise UnknownSessionError(f"saved session {session_id!r} cannot be restored") from None
+            if labels is not None and not np.array_equal(entry.session.labels[labels[0]], labels[1]):
+                log.warning(f"saved session {session_id}: the restored label map differs from the saved one")
+            return entry
+
+    def _saved_image(self, image: dict, folder: Path) -> tuple[Path, Path | None]:
+        """The image file (or DICOM folder) of a saved session, and its DICOM folder if any."""
+        if image.get("data") is not None:
+            path = self.resolve_data_path(image["data"])
+            return path, path if path.is_dir() else None
+        kept = self.records.folder / display_name(image.get("upload"), "?")
+        if not kept.is_file():
+            raise UnknownSessionError("the uploaded image of this saved session is gone")
+        if kept.name.endswith(".zip"):
+            unpacked = folder / "dicom"
+            _safe_unzip(kept, unpacked, self.settings.max_unpacked_mb * 2**20, self.settings.max_zip_entries)
+            series = _single_series(unpacked)
+            return series, series
+        return kept, None
+
+    def sessions(self) -> list[dict]:
+        """Open and saved sessions, most recently changed first."""
+        rows = {}
+        if self.records is not None:
+            self.records.scan()
+            for meta in list(self.records.index.values()):
+                rows[meta["id"]] = {
+                    "id": meta["id"],
+                    "name": meta["name"],
+                    "model": meta["model"],
+                    "dims": meta["dims"],
+                    "objects": meta["objects"],
+                    "updated": meta["updated"],
+                    "open": False,
+                }
+        for entry in list(self._sessions.values()):
+            objects = [{"label": label, "name": obj.name} for label, obj in list(entry.session.objects.items())]
+            rows[entry.id] = {
+                "id": entry.id,
+                "name": entry.name,
+                "model": entry.model,
+                "dims": entry.session.dims,
+                "objects": objects,
+                "updated": entry.updated,
+                "open": True,
+            }
+        return sorted(rows.values(), key=lambda row: -row["updated"])
 
     def get(self, session_id: str) -> ServerSession:
         entry = self._sessions.get(session_id)
         if entry is not None and self._idle(entry, time.monotonic() - self.settings.idle_seconds):
-            self.close(session_id)
+            self.expire()  # its record (if any) stays
+            entry = None
+        if entry is not None and self.leases is not None and not self.leases.owns(session_id):
+            self._drop([entry])  # another server took it over (this one stalled past its lease)
             entry = None
         if entry is None:
             raise UnknownSessionError(f"no session {display_name(session_id, '?')!r} (closed, expired or never opened)")
@@ -378,10 +558,16 @@ class SessionStore:
         return entry
 
     def close(self, session_id: str) -> None:
-        """Close a session; its files go once its running work (if any) ends."""
+        """Close a session and delete its record; its files go once its running work (if any) ends."""
         with self._lock:
             entry = self._sessions.pop(session_id, None)
+        saved = self.is_saved(session_id)
+        if saved:
+            self.writer.cancel(session_id)
+            self.records.delete(session_id)
         if entry is None:
+            if saved:
+                return
             raise UnknownSessionError(f"no session {display_name(session_id, '?')!r} (closed, expired or never opened)")
         entry.closed = True
         if not entry.lock.locked():
@@ -390,12 +576,26 @@ class SessionStore:
     def expire(self) -> None:
         """Close sessions idle for longer than ``idle_seconds`` (and not working)."""
         limit = time.monotonic() - self.settings.idle_seconds
+        self._drop([entry for entry in list(self._sessions.values()) if self._idle(entry, limit)])
+
+    def _drop(self, entries: list[ServerSession]) -> None:
+        """Close sessions but keep their records (and give up their leases)."""
         with self._lock:
-            stale = [key for key, entry in self._sessions.items() if self._idle(entry, limit)]
-            entries = [self._sessions.pop(key) for key in stale]
+            entries = [self._sessions.pop(entry.id) for entry in entries if entry.id in self._sessions]
+        if entries and self.writer is not None:
+            self.writer.flush()  # their last saves, while the leases are still this server's
         for entry in entries:
             entry.closed = True
-            release(entry)
+            if self.leases is not None:
+                self.leases.release(entry.id)
+            if not entry.lock.locked():
+                release(entry)
+
+    def renew_leases(self) -> None:
+        """Extend the leases of the open sessions; drop those another server took over."""
+        if self.leases is not None:
+            lost = set(self.leases.renew(list(self._sessions)))
+            self._drop([entry for entry in list(self._sessions.values()) if entry.id in lost])
 
     @staticmethod
     def _idle(entry: ServerSession, since: float) -> bool:
@@ -408,6 +608,10 @@ class SessionStore:
             self._sessions.clear()
         for entry in entries:
             entry.closed = True
+        if self.writer is not None:
+            self.writer.stop()  # what is pending is written first
+            for entry in entries:
+                self.leases.release(entry.id)
         self.temp.remove()
         release_memory()
 
@@ -445,6 +649,8 @@ def display_name(name: str | None, default: str) -> str:
 def release(entry: ServerSession) -> None:
     """Remove a closed session's files and give its memory back to the system."""
     shutil.rmtree(entry.folder, ignore_errors=True)
+    if entry.features is not None:
+        entry.features.clear()
     release_memory()
 
 

@@ -38,6 +38,8 @@ function headers(extra = {}) {
   return key ? { ...extra, "X-API-Key": key } : extra;
 }
 
+const HELD_RETRIES = 20; // 409: another server (replica) still holds the session; its lease frees it
+
 async function api(path, options = {}) {
   const init = { ...options, headers: headers(options.headers || {}) };
   if (options.json !== undefined) {
@@ -45,7 +47,11 @@ async function api(path, options = {}) {
     init.headers["Content-Type"] = "application/json";
     init.method = init.method || "POST";
   }
-  const response = await fetch(path, init);
+  let response = await fetch(path, init);
+  for (let tries = 0; response.status === 409 && tries < HELD_RETRIES; tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    response = await fetch(path, init);
+  }
   if (!response.ok) {
     let detail = `${response.status} ${response.statusText}`;
     try { const body = await response.json(); detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail); } catch (e) { /* not JSON */ }
@@ -441,6 +447,10 @@ async function interact(path, body) {
 
 async function openSession(answer) {
   // a new volume starts clean: no queued prompts, read-outs or drawing (nor its 3D rendering) of the last one
+  const previous = state.session;
+  if (previous && previous.id !== answer.id) {
+    api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {}); // closed and forgotten
+  }
   clearUncertainty();
   if (nv.drawBitmap) nv.closeDrawing();
   state.session = { ...answer, geometry: geometry(answer) };

@@ -1,0 +1,166 @@
+"""An engine's objects as plain data and back, for saving a session and reopening it later.
+
+Each step of an object's undo history is saved as its prompts (every field of the engine's state
+dataclass except the ones holding its mask, as JSON, so prompt kinds added later are kept) and its
+mask (a :class:`~fastsam3d.labelmap.PackedMask`). A restored step holds that mask instead of model
+logits: the 3D engine feeds it to the next click as a mask prompt, the 2D engine's states are masks
+already. Image embeddings are not saved; the next click computes them again.
+
+    snapshot = take_snapshot(session)            # cheap: references, under the session's lock
+    objects = StepEncoder().encode(session, snapshot)   # the masks, off the interaction's path
+    restore_objects(other_session, objects, snapshot.active)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import interaction, session, slicewise
+from .interaction import ObjectEngine, SegmentObject
+from .labelmap import PackedMask, Region
+
+# the fields of each state type that hold its mask (the others are prompts, saved as they are)
+MASK_FIELDS = {session.ObjectState: ("logits", "initial_mask"), slicewise.SliceState: ("box", "bits")}
+JSON_TYPES = {
+    name: value
+    for module in (session, slicewise, interaction)
+    for name, value in vars(module).items()
+    if isinstance(value, type) and dataclasses.is_dataclass(value)
+}
+
+
+@dataclass(frozen=True)
+class SavedStep:
+    """One history step: the state's prompt fields (JSON values) and its mask."""
+
+    prompts: dict[str, Any]
+    mask: PackedMask
+
+
+@dataclass(frozen=True)
+class SavedObject:
+    label: int
+    name: str
+    position: int  # the current step (steps after it are redo steps)
+    steps: tuple[SavedStep, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An engine's objects at one moment, by reference to their immutable states."""
+
+    shape: tuple[int, ...]
+    active: int | None
+    objects: tuple[tuple[int, str, tuple, int], ...]  # (label, name, history, position)
+    current: dict[int, list[Region]]  # each object's current mask (already computed by the engine)
+
+
+def take_snapshot(engine: ObjectEngine) -> Snapshot:
+    """The engine's objects (no copies of masks or images: microseconds); call it while nothing
+    else changes the engine."""
+    return Snapshot(
+        tuple(engine.volume.shape),
+        engine.active,
+        tuple((label, obj.name, tuple(obj.history), obj.position) for label, obj in engine.objects.items()),
+        {label: engine._regions(obj.state) for label, obj in engine.objects.items()},
+    )
+
+
+class StepEncoder:
+    """Encodes the steps of successive snapshots of one engine, each state once (states are
+    immutable, so a step saved before is taken from the previous encoding)."""
+
+    def __init__(self) -> None:
+        self._steps: dict[int, tuple[object, SavedStep]] = {}
+
+    def encode(self, engine: ObjectEngine, snapshot: Snapshot) -> tuple[SavedObject, ...]:
+        """Every object of ``snapshot`` with its history; masks not computed yet are computed from
+        the states alone (safe beside an engine that keeps working)."""
+        steps: dict[int, tuple[object, SavedStep]] = {}
+        objects = []
+        for label, name, history, position in snapshot.objects:
+            saved = []
+            for index, state in enumerate(history):
+                known = self._steps.get(id(state)) or steps.get(id(state))
+                if known is None or known[0] is not state:
+                    regions = snapshot.current[label] if index == position else engine._compute_regions(state)
+                    known = (state, SavedStep(state_prompts(state), PackedMask.of_regions(regions, snapshot.shape)))
+                steps[id(state)] = known
+                saved.append(known[1])
+            objects.append(SavedObject(label, name, position, tuple(saved)))
+        self._steps = steps
+        return tuple(objects)
+
+
+def restore_objects(engine: ObjectEngine, objects: tuple[SavedObject, ...], active: int | None) -> None:
+    """Replace the engine's objects by saved ones (its image must be set) and repaint its label map."""
+    volume = engine._require_image()
+    engine.objects.clear()
+    engine._region_cache.clear()
+    state_type = type(engine._empty_state())
+    for saved in objects:
+        if saved.steps and saved.steps[0].mask.shape != tuple(volume.shape):
+            raise ValueError(f"object {saved.label}'s masks have shape {saved.steps[0].mask.shape}, not {volume.shape}")
+        engine._label_map.make_room(saved.label)
+        history = [state_from_step(state_type, step) for step in saved.steps]
+        engine.objects[saved.label] = SegmentObject(saved.label, saved.name, history, saved.position)
+    engine.active = active if active in engine.objects else None
+    engine._repaint([box for obj in engine.objects.values() for box in engine._boxes(obj.state)])
+
+
+def state_prompts(state) -> dict[str, Any]:
+    """A state's prompt fields as JSON values."""
+    masks = MASK_FIELDS[type(state)]
+    return {f.name: to_json(getattr(state, f.name)) for f in dataclasses.fields(state) if f.name not in masks}
+
+
+def state_from_step(state_type: type, step: SavedStep):
+    """A state of ``state_type`` with the step's prompts and its mask."""
+    known = {f.name for f in dataclasses.fields(state_type)}
+    prompts = {name: from_json(value) for name, value in step.prompts.items() if name in known}
+    if state_type is slicewise.SliceState:
+        return state_type(**prompts, box=step.mask.box, bits=step.mask.bits)
+    return state_type(**prompts, initial_mask=step.mask if step.mask.box is not None else None)
+
+
+def to_json(value) -> Any:
+    """Dataclasses (tagged by type name), tuples, arrays, slices and scalars as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"@type": type(value).__name__} | {
+            f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    if isinstance(value, (tuple, list)):
+        return [to_json(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return {"@array": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, slice):
+        return {"@slice": [value.start, value.stop]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {"@dict": [[to_json(k), to_json(v)] for k, v in value.items()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save a prompt of type {type(value).__name__}")
+
+
+def from_json(value) -> Any:
+    """Inverse of :func:`to_json` (lists come back as tuples, as the frozen states hold them)."""
+    if isinstance(value, list):
+        return tuple(from_json(item) for item in value)
+    if not isinstance(value, dict):
+        return value
+    if "@array" in value:
+        return np.array(value["@array"], dtype=np.dtype(value["dtype"]))
+    if "@slice" in value:
+        return slice(*value["@slice"])
+    if "@dict" in value:
+        return {from_json(k): from_json(v) for k, v in value["@dict"]}
+    kind = JSON_TYPES.get(value.get("@type"))
+    if kind is None:
+        raise ValueError(f"unknown saved type {value.get('@type')!r}")
+    return kind(**{name: from_json(item) for name, item in value.items() if name != "@type"})

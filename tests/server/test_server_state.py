@@ -1,0 +1,135 @@
+"""Saved sessions: a server restarted on the same state folder continues every session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastsam3d.io import write_volume
+from fastsam3d.server.app import decode_region
+
+from ..helpers import sphere_volume
+from .test_server import centre_voxel, make_client, open_sphere
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    write_volume(sphere_volume()[0], folder / "sphere.nii.gz")
+    return folder
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return tmp_path / "state"
+
+
+def click(client, session, point, label=None, positive=True):
+    response = client.post(
+        f"/api/sessions/{session}/clicks", json={"points": [point], "positive": positive, "object": label}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+class Mirror:
+    """The label map a client keeps, patched from the answers' regions."""
+
+    def __init__(self, shape):
+        self.array = np.zeros(shape, dtype=np.uint8)
+
+    def apply(self, answer):
+        if answer.get("region"):
+            box, values = decode_region(answer["region"])
+            self.array[box] = values
+        return answer
+
+
+def labels_of(client, session, tmp_path):
+    import nibabel as nib
+
+    response = client.get(f"/api/sessions/{session}/labels")
+    assert response.status_code == 200, response.text
+    path = tmp_path / f"labels-{session}.nii.gz"
+    path.write_bytes(response.content)
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_a_restarted_server_continues_the_session_with_its_history(data_dir, state_dir, tmp_path):
+    centre = centre_voxel()
+    with make_client(data_dir, state_dir=state_dir) as client:
+        session = open_sphere(client)
+        mirror = Mirror(client.get(f"/api/sessions/{session}").json()["shape"])
+        assert client.post(f"/api/sessions/{session}/objects", json={"name": "tumour"}).json()["object"] == 1
+        mirror.apply(click(client, session, centre))
+        mirror.apply(click(client, session, [centre[0] + 6, centre[1], centre[2]], positive=False))
+        assert client.post(f"/api/sessions/{session}/objects", json={"name": "edge"}).json()["object"] == 2
+        mirror.apply(click(client, session, [centre[0] - 5, centre[1], centre[2]], label=2))
+        mirror.apply(client.post(f"/api/sessions/{session}/undo", json={"object": 1}).json())
+        before = labels_of(client, session, tmp_path)
+        assert np.array_equal(before, mirror.array)
+    (state_dir / "0123456789abcdef0123456789abcdef.npz").write_bytes(b"PK\x03\x04 truncated")  # skipped
+
+    with make_client(data_dir, state_dir=state_dir) as client:
+        listed = client.get("/api/sessions").json()["sessions"]
+        assert [row["id"] for row in listed] == [session]
+        assert listed[0]["name"] == "sphere.nii.gz" and not listed[0]["open"]
+        assert listed[0]["objects"] == [{"label": 1, "name": "tumour"}, {"label": 2, "name": "edge"}]
+        info = client.get(f"/api/sessions/{session}").json()  # reopened on the first request
+        assert info["objects"] == listed[0]["objects"]
+        assert np.array_equal(labels_of(client, session, tmp_path), before)
+        mirror.apply(client.post(f"/api/sessions/{session}/redo", json={"object": 1}).json())
+        mirror.apply(client.post(f"/api/sessions/{session}/undo", json={"object": 1}).json())
+        assert np.array_equal(mirror.array, before)
+        mirror.apply(client.post(f"/api/sessions/{session}/undo", json={"object": 1}).json())
+        assert not (mirror.array == 1).any() and (mirror.array == 2).any()
+        mirror.apply(click(client, session, centre, label=1))  # clicks continue from the saved masks
+        assert np.array_equal(labels_of(client, session, tmp_path), mirror.array)
+        assert client.get("/api/sessions").json()["sessions"][0]["open"]
+        assert client.get("/api/sessions/0123456789abcdef0123456789abcdef").status_code == 404
+        assert client.get("/api/sessions/../../etc").status_code == 404
+
+        assert client.delete(f"/api/sessions/{session}").status_code == 200  # closing forgets it
+        assert client.get("/api/sessions").json()["sessions"] == []
+    assert not list(state_dir.glob(f"{session}*"))
+
+
+def test_uploads_are_kept_and_old_records_deleted(data_dir, state_dir, tmp_path):
+    import os
+    import time
+
+    volume_bytes = (data_dir / "sphere.nii.gz").read_bytes()
+    with make_client(data_dir, state_dir=state_dir) as client:
+        uploaded = client.post("/api/sessions/upload", files={"file": ("mine.nii.gz", volume_bytes)}).json()["id"]
+        click(client, uploaded, centre_voxel())
+        old = open_sphere(client)
+        before = labels_of(client, uploaded, tmp_path)
+    ancient = time.time() - 20 * 86400
+    os.utime(state_dir / f"{old}.npz", (ancient, ancient))
+    with make_client(data_dir, state_dir=state_dir, keep_days=14) as client:
+        assert [row["id"] for row in client.get("/api/sessions").json()["sessions"]] == [uploaded]
+        assert client.get(f"/api/sessions/{old}").status_code == 404
+        assert client.get(f"/api/sessions/{uploaded}").json()["name"] == "mine.nii.gz"
+        assert np.array_equal(labels_of(client, uploaded, tmp_path), before)
+
+
+def test_without_a_state_folder_nothing_is_saved(data_dir, tmp_path):
+    with make_client(data_dir) as client:
+        session = open_sphere(client)
+        click(client, session, centre_voxel())
+        assert client.get("/api/sessions").json()["sessions"][0]["open"]
+
+
+def test_sessions_share_one_feature_budget_and_idle_ones_make_room(data_dir, state_dir):
+    budget = 20.0  # MB: the stand-in model's embedding of a ROI is 8 MiB, so two fit
+    with make_client(data_dir, state_dir=state_dir, cache_mb=budget, max_sessions=2) as client:
+        store = client.app.state.store
+        sessions = [open_sphere(client) for _ in range(3)]  # the third closes (and keeps) the first
+        assert [row["open"] for row in client.get("/api/sessions").json()["sessions"]] == [True, True, False]
+        encoder_runs = []
+        for session in [*sessions, sessions[0]]:
+            answer = click(client, session, centre_voxel())
+            encoder_runs.append(answer["timings_ms"]["encoder"] > 0)
+            assert store.features.total_bytes() <= budget * 2**20
+        assert encoder_runs == [True, True, True, True]  # the first session's features were evicted
+        assert click(client, sessions[0], centre_voxel())["timings_ms"]["encoder"] == 0  # now cached
