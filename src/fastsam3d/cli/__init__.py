@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 from ..errors import FastSAM3DError
 from . import check_reference, data, demo, evaluate, export, info, models, prepare, segment, serve, train, weights
-from .arguments import Parser, add_verbosity, setup_logging
+from .arguments import Parser, add_verbosity, join_negative_values, setup_logging
 
 EXIT_USER_ERROR = 2
 COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference, export)
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     setup_logging(args)
     try:
         return args.func(args) or 0
