@@ -24,7 +24,7 @@ from fastsam3d.registry import MODEL_CONFIGS, build_model
 
 from .helpers import sphere_volume
 
-pytest.importorskip("huggingface_hub")
+pytest.importorskip("huggingface_hub", reason="huggingface_hub not installed: pip install 'fastsam3d[weights]'")
 
 TURBO = "/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth"
 

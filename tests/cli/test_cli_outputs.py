@@ -2,11 +2,12 @@
 
 import os
 
+import numpy as np
 import pytest
 
 import fastsam3d.registry
 from fastsam3d.cli import main
-from fastsam3d.io import write_volume
+from fastsam3d.io import Volume, write_volume
 
 from ..helpers import sphere_volume
 
@@ -104,3 +105,22 @@ def test_version(capsys):
 def test_quiet_and_verbose_are_accepted_anywhere(capsys, tmp_path):
     assert main(["-q", "weights", "list"]) == 0 and "sam-med3d-turbo" in capsys.readouterr().out
     assert main(["weights", "list", "--verbose"]) == 0
+
+
+def test_info_labels_the_frame_of_origin_and_direction(capsys, tmp_path):
+    volume = Volume(np.zeros((4, 5, 6), np.float32), (1, 1, 2), (10, -20, 30), np.diag([-1.0, -1.0, 1.0]))
+    path = write_volume(volume, tmp_path / "ras.nii.gz")
+    assert main(["info", str(path)]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["orientation"].split()[0] == "RAS" and "i toward right" in lines["orientation"]
+    assert lines["origin (LPS)"].startswith(" " * 4 + "10.00, -20.00, 30.00 mm")
+    assert lines["origin (RAS)"].strip().startswith("-10.00, 20.00, 30.00 mm")
+    assert lines["direction (RAS)"].strip() == "[1 0 0; 0 1 0; 0 0 1]"
+
+
+def test_serve_prints_its_url_as_information(capsys, monkeypatch):
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn not installed: pip install 'fastsam3d[server]'")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    assert main(["serve", "--port", "8123"]) == 0
+    captured = capsys.readouterr()
+    assert "http://127.0.0.1:8123/" in captured.out and "warning" not in captured.err
