@@ -13,9 +13,10 @@ import sys
 from .. import __version__
 from ..errors import FastSAM3DError
 from . import check_reference, data, demo, evaluate, export, info, models, prepare, segment, serve, train, weights
-from .arguments import Parser, add_verbosity, join_negative_values, setup_logging
+from .arguments import Parser, add_verbosity, fetch_named_weights, join_negative_values, setup_logging
 
 EXIT_USER_ERROR = 2
+FETCH_FIRST = ("segment", "demo")  # commands that load their model at once: its weights are fetched first
 COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference, export)
 
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     setup_logging(args)
     try:
+        if args.command in FETCH_FIRST:
+            fetch_named_weights(args)
         return args.func(args) or 0
     except FastSAM3DError as error:
         print(f"fastsam3d: error: {error}", file=sys.stderr)

@@ -121,6 +121,15 @@ class Parser(argparse.ArgumentParser):
         return action
 
 
+def fetch_named_weights(args: argparse.Namespace) -> None:
+    """The files of an official ``--model NAME`` (cache, else one download), before torch is imported:
+    a missing file and no network fail in a second, not after the imports."""
+    from .. import hub
+
+    if args.checkpoint is None and hub.is_downloadable(args.model):
+        hub.resolve_for_model(args.model, progress=not args.quiet)
+
+
 def load_model(args: argparse.Namespace):
     """The model of --model / --checkpoint; official names download on first use (progress unless -q)."""
     import os
