@@ -285,7 +285,7 @@ def test_unreachable_hub_fails_in_one_line_within_seconds(monkeypatch, capsys, t
     seconds = time.perf_counter() - start
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and seconds < 5, (seconds, err)
-    assert err.startswith("fastsam3d: error: fastsam3d is not downloaded (looked in ")
+    assert err.startswith("fastsam3d: error: fastsam3d is not downloaded and the network is unreachable")
     assert "Hugging Face cache" in err and "did not answer within 3 s" in err
     assert "`fastsam3d weights fetch fastsam3d`" in err and "--checkpoint FILE" in err
 

@@ -356,7 +356,7 @@ def _unavailable(entry: OfficialWeights, why: str) -> WeightsUnavailable:
     kind = entry.source.partition(":")[0]
     looked = f"{manual_path(entry)}" + (f" and the Hugging Face cache {_hf_cache()}" if kind.startswith("hf") else "")
     return WeightsUnavailable(
-        f"{entry.name} is not downloaded (looked in {looked}) and {why}: run `fastsam3d weights fetch {entry.name}` "
+        f"{entry.name} is not downloaded and {why} (looked in {looked}): run `fastsam3d weights fetch {entry.name}` "
         f"where the network is reachable, or download {entry.download_url} to {manual_path(entry)} "
         "(or pass --checkpoint FILE)"
     )
