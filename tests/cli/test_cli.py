@@ -295,3 +295,39 @@ def test_segment_help_says_indices_are_0_based_and_names_the_default_model(capsy
         main(["segment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "0-based" in text and "data[i, j, k]" in text and "default: 'default'" in text
+
+
+def test_timing_covers_the_whole_call(capsys, tmp_path, sphere_file, with_intensity_model):
+    path, _, _ = sphere_file
+    code, out, err = run(
+        capsys, "segment", path, "--world-point", "-5,-25,40", "--out", tmp_path / "s.nii.gz", "--timing"
+    )
+    assert code == 0, err
+    times = {
+        line.split(":")[0].strip(): float(line.rsplit(":", 1)[1].removesuffix(" s"))
+        for line in out.split("timing (wall clock):")[1].strip().splitlines()
+    }
+    total = times.pop("total (wall time since the process started)")
+    assert list(times)[1:] == ["reading sphere.nii.gz", "segmenting", "writing s.nii.gz", "other"]
+    assert 0 < times["start-up (interpreter, imports, model load)"] < total
+    assert abs(sum(times.values()) - total) < 0.05 and min(times.values()) >= 0
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_long_stage_shows_a_status_line_unless_quiet(
+    capsys, monkeypatch, tmp_path, sphere_file, intensity_model, quiet
+):
+    import time
+
+    from fastsam3d.cli import progress
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.8)
+        return intensity_model
+
+    monkeypatch.setattr(fastsam3d.registry, "load_model", slow_load)
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.1)
+    path, _, _ = sphere_file
+    argv = ["segment", path, "--point", "1,1,1", "--out", tmp_path / "s.nii.gz", *(["-q"] if quiet else [])]
+    _, _, err = run(capsys, *argv)
+    assert ("fastsam3d: loading model default…" in err) != quiet, err

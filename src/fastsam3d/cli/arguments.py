@@ -140,10 +140,19 @@ def load_model(args: argparse.Namespace):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
 
+    from ..stages import stage
+    from .progress import MODEL_STAGE
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(
-        args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device, precision=args.precision
-    )
+    with stage(f"{MODEL_STAGE} {args.model}"):
+        return load_model(
+            args.model,
+            args.checkpoint,
+            args.decoder_checkpoint,
+            args.block_style,
+            device=device,
+            precision=args.precision,
+        )
 
 
 def setup_logging(args: argparse.Namespace) -> None:
