@@ -145,3 +145,31 @@ def test_models_lists_every_model_and_its_weights_quickly_without_torch(tmp_path
         assert f"\n{name} " in text, name
     assert "bundled: " in text and "default.safetensors" in text
     assert "not downloaded: fastsam3d weights fetch fastsam3d-encoder" in text and "--checkpoint FILE" in text
+
+
+@pytest.mark.parametrize("stored", ["ras", "lps"])
+def test_demo_views_are_radiological_and_cross_every_structure(stored):
+    from fastsam3d.demo import make_phantom, radiological_views
+
+    volume, masks = make_phantom()
+    if stored == "lps":  # the same patient stored the other way round: the views must not change
+        volume = Volume(
+            volume.array[::-1, ::-1],
+            volume.spacing,
+            volume.index_to_world(np.array([volume.shape[0] - 1, volume.shape[1] - 1, 0])),
+            volume.direction @ np.diag([-1.0, -1.0, 1.0]),
+        )
+        masks = {name: mask[::-1, ::-1] for name, mask in masks.items()}
+    truth = np.zeros(volume.shape, np.uint8)
+    for value, mask in enumerate(masks.values(), 1):
+        truth[mask] = value
+    views = {title.split()[0]: slices for title, _, slices in radiological_views(volume, truth, show=truth)}
+
+    def centre(view: str, name: str) -> np.ndarray:  # (row, column) as fractions, row 0 at the bottom
+        rows, columns = np.nonzero(views[view][1] == list(masks).index(name) + 1)
+        return np.array([rows.mean() / views[view][1].shape[0], columns.mean() / views[view][1].shape[1]])
+
+    assert all(len(np.unique(views[view][1])) == len(masks) + 1 for view in ("axial", "coronal"))
+    assert centre("axial", "liver")[1] < 0.5 < centre("axial", "spleen")[1]  # patient left on the image right
+    assert centre("axial", "left kidney")[0] < centre("axial", "liver")[0]  # posterior down
+    assert centre("coronal", "left kidney")[0] < centre("coronal", "spleen")[0]  # inferior down
