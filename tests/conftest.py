@@ -15,7 +15,9 @@ import torch
 
 from .helpers import IntensityModel
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE_DIR = Path(
+    os.environ.get("FASTSAM3D_REFERENCE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+)
 
 
 def pytest_configure(config):
@@ -62,7 +64,11 @@ def _end_with_parent() -> None:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE_DIR / "ref_small.pt").is_file():
-        pytest.skip(f"reference fixtures not found at {REFERENCE_DIR} (they ship in ../shared/reference)")
+        pytest.skip(
+            f"reference fixtures (ref_small.pt, made with the public FastSAM3D code) not found at {REFERENCE_DIR}: "
+            "they are not in the repository; put the project's shared/reference folder beside the clone "
+            "(../shared/reference) or set FASTSAM3D_REFERENCE_DIR"
+        )
     return REFERENCE_DIR
 
 

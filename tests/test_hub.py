@@ -24,7 +24,7 @@ from fastsam3d.registry import MODEL_CONFIGS, build_model
 
 from .helpers import sphere_volume
 
-pytest.importorskip("huggingface_hub")
+pytest.importorskip("huggingface_hub", reason="huggingface_hub not installed: pip install 'fastsam3d[weights]'")
 
 TURBO = "/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth"
 
@@ -262,3 +262,36 @@ def test_encoder_only_official_model_takes_its_decoder_from_sam_med3d_turbo(fake
     for key, value in student.image_encoder.state_dict().items():
         assert torch.equal(model.image_encoder.state_dict()[key], value)
     assert {p for _, p, _ in fake_hub.requests} == {"/encoder.pth", TURBO}
+
+
+def test_unreachable_hub_fails_in_one_line_within_seconds(monkeypatch, capsys, tmp_path):
+    """No network (every connection refused after a slow lookup): one line naming the model, where it looked
+    and how to get the file, well before huggingface_hub's retries would end."""
+    import socket
+    import time
+
+    def blocked(*args, **kwargs):
+        time.sleep(10)  # a name lookup that hangs: the probe gives up first
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.example")
+    monkeypatch.setattr(socket, "create_connection", blocked)
+    image = write_volume(sphere_volume()[0], tmp_path / "s.nii.gz")
+    start = time.perf_counter()
+    code = main(
+        ["segment", str(image), "--point", "1,1,1", "--model", "fastsam3d", "--out", str(tmp_path / "o.nii.gz")]
+    )
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and seconds < 5, (seconds, err)
+    assert err.startswith("fastsam3d: error: fastsam3d is not downloaded and the network is unreachable")
+    assert "Hugging Face cache" in err and "did not answer within 3 s" in err
+    assert "`fastsam3d weights fetch fastsam3d`" in err and "--checkpoint FILE" in err
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    with pytest.raises(hub.WeightsUnavailable, match=r"huggingface\.example:443 is unreachable \(Connection refused\)"):
+        hub.fetch("sam-med3d-turbo")

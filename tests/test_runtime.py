@@ -24,7 +24,7 @@ from fastsam3d.runtime import (
 
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="pip install 'fastsam3d[fast]'",
+    reason="onnx / onnxruntime not installed: pip install 'fastsam3d[fast]'",
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastsam3d.cli
 from fastsam3d.cli import main
 from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
@@ -177,6 +178,7 @@ def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsy
     from fastsam3d.io import read_volume, write_volume
 
     monkeypatch.setattr(slicewise, "load_model", lambda *args, **kwargs: BrightInBox())
+    monkeypatch.setattr(fastsam3d.cli, "fetch_named_weights", lambda args: None)  # no medsam file needed
     write_volume(volume, tmp_path / "v.nii.gz")
     code = main(
         [

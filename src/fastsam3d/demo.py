@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .clicks import center_click, dice
 from .io import Volume, atomic_output, write_volume
+from .preprocess import canonical_axes
 from .session import Session
 
 
@@ -71,41 +72,75 @@ def make_phantom(seed: int = 0) -> tuple[Volume, dict[str, np.ndarray]]:
     return probe.with_array(np.clip(image, -1024, 3000).astype(np.int16)), masks
 
 
+def radiological_views(volume: Volume, *maps: np.ndarray, show: np.ndarray) -> list[tuple[str, float, list]]:
+    """Axial, coronal and sagittal slices of ``volume`` and of each label map in ``maps``, as shown
+    radiologically with ``imshow(origin="lower")``: patient right on the image left, anterior (axial)
+    or superior (coronal, sagittal) up, whatever the file's axis order. Each view cuts the slice that
+    crosses the most structures of the label map ``show``. Returns (title, pixel height / width, slices)."""
+    axes, signs = canonical_axes(volume.direction)
+
+    def to_ras(array: np.ndarray) -> np.ndarray:
+        array = np.transpose(array, axes)
+        return np.flip(array, [a for a in range(3) if signs[a] < 0])
+
+    spacing = volume.spacing[list(axes)]
+    arrays = [to_ras(a) for a in (volume.array, *maps)]
+    shown = to_ras(show)
+    labels = [value for value in np.unique(shown) if value]
+    views = []
+    for title, across, (rows, columns) in (("axial", 2, (1, 0)), ("coronal", 1, (2, 0)), ("sagittal", 0, (2, 1))):
+        others = tuple(a for a in range(3) if a != across)
+        areas = np.array([(shown == value).sum(others) for value in labels]).reshape(len(labels), -1)
+        present = areas > 0
+        smallest = np.where(present, areas, np.inf).min(0, initial=np.inf)
+        index = int(np.argmax(present.sum(0) * 1e9 + np.where(np.isfinite(smallest), smallest, 0)))
+        cut = [np.take(a, index, axis=across) for a in arrays]  # 2D, axes in order `others`
+        if others.index(rows) == 1:
+            cut = [c.T for c in cut]  # rows first
+        views.append((f"{title} {index}", spacing[rows] / spacing[columns], [c[:, ::-1] for c in cut]))
+    return views
+
+
 def save_overlay(
     volume: Volume, labels: np.ndarray, truth: np.ndarray, path: Path, legend: dict[int, str] | None = None
 ) -> Path:
-    """Three orthogonal slices through the volume centre: image, predicted labels, truth contours;
-    ``legend`` names each label value (with its colour) under the slices."""
+    """Axial, coronal and sagittal slices, radiological (patient left on the image right), each through
+    the slice crossing the most structures: every structure's truth (solid) and prediction (dashed)
+    contour in its colour; ``legend`` names each label value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
-    centre = [s // 2 for s in volume.shape]
-    views = [
-        ("axial (k)", (slice(None), slice(None), centre[2]), volume.spacing[[0, 1]]),
-        ("coronal (j)", (slice(None), centre[1], slice(None)), volume.spacing[[0, 2]]),
-        ("sagittal (i)", (centre[0], slice(None), slice(None)), volume.spacing[[1, 2]]),
-    ]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 5.5))
-    for axis, (title, index, pixel) in zip(axes, views, strict=True):
-        aspect = pixel[1] / pixel[0]  # height / width of one displayed pixel
-        axis.imshow(volume.array[index].T, cmap="gray", vmin=-200, vmax=300, origin="lower", aspect=aspect)
-        shown = np.ma.masked_equal(labels[index].T, 0)
-        axis.imshow(
-            shown, cmap="tab10", vmin=0, vmax=10, alpha=0.45, origin="lower", aspect=aspect, interpolation="nearest"
-        )
-        axis.contour(truth[index].T, levels=np.arange(0.5, truth.max() + 1), colors="yellow", linewidths=0.6)
+    colours = plt.get_cmap("tab10")
+    values = [int(v) for v in np.unique(np.concatenate([np.unique(truth), np.unique(labels)])) if v]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5.8))
+    sides = {"axial": ("R", "L"), "coronal": ("R", "L"), "sagittal": ("A", "P")}
+    for axis, (title, aspect, (image, predicted, true)) in zip(
+        axes, radiological_views(volume, labels, truth, show=truth), strict=True
+    ):
+        axis.imshow(image, cmap="gray", vmin=-200, vmax=300, origin="lower", aspect=aspect)
+        for value in values:
+            for mask, style in ((true, "solid"), (predicted, "dashed")):
+                if (mask == value).any():
+                    axis.contour(
+                        mask == value, levels=[0.5], colors=[colours(value % 10)], linestyles=style, linewidths=1.2
+                    )
+        left, right = sides[title.split()[0]]
+        for x, text in ((0.02, left), (0.98, right)):
+            axis.text(x, 0.5, text, color="white", transform=axis.transAxes, ha="center", va="center", fontsize=12)
         axis.set_title(title)
         axis.axis("off")
-    figure.suptitle("fastsam3d demo: prediction (colour) and ground truth (yellow contours)")
-    colours = plt.get_cmap("tab10")
-    handles = [Patch(facecolor=colours(value / 10), alpha=0.7, label=name) for value, name in (legend or {}).items()]
-    handles.append(Line2D([], [], color="yellow", linewidth=1.5, label="ground truth"))
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.suptitle("fastsam3d demo (radiological: patient left on the image right)")
+    names = legend or {}
+    handles = [Line2D([], [], color=colours(v % 10), linewidth=3, label=names.get(v, f"label {v}")) for v in values]
+    handles += [
+        Line2D([], [], color="grey", linestyle="solid", label="ground truth"),
+        Line2D([], [], color="grey", linestyle="dashed", label="prediction"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     with atomic_output(path) as temp:
         figure.savefig(temp, dpi=90, format="png")
     plt.close(figure)

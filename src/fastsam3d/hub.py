@@ -22,7 +22,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
+import textwrap
+import threading
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,11 +349,42 @@ def _accept(entry: OfficialWeights, accept_licence: bool, interactive: bool) -> 
     _write_checksums(data)
 
 
+PROBE_SECONDS = 3.0  # how long a download waits to reach its server before giving up
+
+
 def _unavailable(entry: OfficialWeights, why: str) -> WeightsUnavailable:
+    kind = entry.source.partition(":")[0]
+    looked = f"{manual_path(entry)}" + (f" and the Hugging Face cache {_hf_cache()}" if kind.startswith("hf") else "")
     return WeightsUnavailable(
-        f"{entry.name} is not downloaded and {why}: run `fastsam3d weights fetch {entry.name}` where the network "
-        f"is reachable, or download {entry.download_url} to {manual_path(entry)} (or pass --checkpoint FILE)"
+        f"{entry.name} is not downloaded and {why} (looked in {looked}): run `fastsam3d weights fetch {entry.name}` "
+        f"where the network is reachable, or download {entry.download_url} to {manual_path(entry)} "
+        "(or pass --checkpoint FILE)"
     )
+
+
+def _unreachable(url: str, seconds: float = PROBE_SECONDS) -> str | None:
+    """Why ``url``'s server (or the proxy to it) cannot be reached within ``seconds``, or None when it
+    answers: saves the download clients' retries (half a minute) when there is no network."""
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy)
+    address = (target.hostname or "", target.port or (443 if target.scheme == "https" else 80))
+    outcome: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=seconds).close()
+            outcome.append("")
+        except OSError as error:
+            outcome.append(f"{address[0]}:{address[1]} is unreachable ({error.strerror or error})")
+
+    probe = threading.Thread(target=connect, daemon=True)  # a name lookup can outlast any socket timeout
+    probe.start()
+    probe.join(seconds)
+    if not outcome:
+        return f"{address[0]}:{address[1]} did not answer within {seconds:g} s"
+    return outcome[0] or None
 
 
 def fetch(name: str, accept_licence: bool = False, progress: bool | None = None, interactive: bool = True) -> Path:
@@ -373,6 +409,8 @@ def fetch(name: str, accept_licence: bool = False, progress: bool | None = None,
     if _offline():
         raise _unavailable(entry, "HF_HUB_OFFLINE is set")
     _accept(entry, accept_licence, interactive)
+    if why := _unreachable(entry.download_url.split(" ")[0]):
+        raise _unavailable(entry, f"the network is unreachable: {why}")
     if kind in ("hf", "hf-dataset"):
         path, etag = _fetch_hub(entry, kind, where, progress)
     elif kind in ("drive", "drive-folder"):
@@ -409,13 +447,22 @@ def _fetch_hub(entry: OfficialWeights, kind: str, repo_id: str, progress: bool) 
             )
         )
     except Exception as error:  # noqa: BLE001 - network, HTTP and cache errors all become one line
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _unavailable(entry, f"the download failed ({type(error).__name__}: {reason[:160]})") from None
+        raise _unavailable(entry, f"the download failed ({_reason(error)})") from None
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()
     blob = path.resolve().name
     return path, blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None
+
+
+def _reason(error: Exception) -> str:
+    """An exception as one short line, shortened at a word boundary."""
+    lines = str(error).strip().splitlines()
+    return (
+        f"{type(error).__name__}: {textwrap.shorten(lines[0], 160, placeholder=' …')}"
+        if lines
+        else type(error).__name__
+    )
 
 
 def _fetch_drive(entry: OfficialWeights, kind: str, file_id: str, progress: bool) -> Path:
@@ -440,14 +487,12 @@ def _fetch_drive(entry: OfficialWeights, kind: str, file_id: str, progress: bool
                 raise OSError("Google Drive gave no file (quota or permission page?)")
             os.replace(part, target)
     except Exception as error:  # noqa: BLE001
-        raise _unavailable(entry, f"the download failed ({type(error).__name__}: {str(error).strip()[:160]})") from None
+        raise _unavailable(entry, f"the download failed ({_reason(error)})") from None
     return target
 
 
 def _fetch_url(entry: OfficialWeights, url: str, progress: bool) -> Path:
     """HTTP(S) download into ``NAME/FILENAME.part``, resumed with a Range request after an interruption."""
-    import urllib.request
-
     from tqdm import tqdm
 
     target = manual_path(entry)

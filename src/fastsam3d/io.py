@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import VolumeError
+from .stages import staged
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -251,6 +252,7 @@ def _itk_header_geometry(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
     return np.array(header.GetSpacing()), np.array(header.GetOrigin()), _direction(header)
 
 
+@staged(lambda path: f"reading {Path(path).name}")
 def read_volume(path: str | Path) -> Volume:
     """Read NIfTI, NRRD, MetaImage, or a DICOM series (a folder, or one of its files)."""
     path = Path(path)
@@ -378,6 +380,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@staged(lambda volume, path, *args, **kwargs: f"writing {Path(path).name}")
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
     """Write atomically (:func:`atomic_output`); the ending chooses the format."""
     import SimpleITK as sitk

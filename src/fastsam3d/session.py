@@ -40,6 +40,7 @@ from .predictor import RoiPredictor
 from .preprocess import RoiGrid
 from .registry import load_model, spatial_dims
 from .runtime import apply_model_precision
+from .stages import staged
 from .strokes import LASSO_BAND, Stroke, interior_points, sampled
 
 UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
@@ -392,6 +393,7 @@ class Session(ObjectEngine):
         points = points[roi.contains(points)]
         return points, [int(stroke.positive)] * len(points)
 
+    @staged(lambda self, obj, state, rois: "segmenting")
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> Interaction:
         """Decode ``state``'s prompts in ``rois`` (and grow into neighbouring ROIs where the mask
         reaches a ROI face), push the new state and repaint the label map."""

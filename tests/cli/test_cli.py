@@ -6,7 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 import fastsam3d.registry
-from fastsam3d.cli import main
+from fastsam3d.cli import build_parser, main
+from fastsam3d.cli.arguments import join_negative_values
 from fastsam3d.clicks import dice
 from fastsam3d.io import Volume, read_volume, write_volume
 from fastsam3d.registry import build_model, save_model
@@ -260,3 +261,73 @@ def test_training_commands_refuse_bad_options(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--real-fraction", "1.5", "--steps", "1"]) == 2
     assert main(["distill", "--labels", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "prepare-labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_negative_coordinates_with_or_without_equals(capsys, tmp_path, sphere_file, with_intensity_model, joined):
+    path, _, truth = sphere_file
+    inside = "-5,-25,40"  # world mm inside the sphere, starting with a minus sign
+    prompt = [f"--world-point={inside}"] if joined else ["--world-point", inside]
+    code, _, err = run(capsys, "segment", path, *prompt, "--out", tmp_path / "seg.nii.gz")
+    assert code == 0, err
+    assert dice(read_volume(tmp_path / "seg.nii.gz").array > 0, truth) > 0.8
+
+
+def test_negative_values_are_joined_to_every_coordinate_option():
+    argv = ["segment", "x", "--point", "-1,-2.5,3e1,-", "--box", "-1,0,0,2,2,2", "--world-point", "-3,0,.5"]
+    args = build_parser().parse_args(join_negative_values([*argv, "--out", "o", "-q"]))
+    assert args.clicks == [("voxel", (-1.0, -2.5, 30.0), False), ("world", (-3.0, 0.0, 0.5), True)]
+    assert args.box == ((-1, 0, 0), (2, 2, 2)) and args.quiet
+    assert join_negative_values(["--point", "-q"]) == ["--point", "-q"]  # not a number: left to argparse
+
+
+def test_reversed_box_corners_are_one_line_naming_the_axis(capsys, tmp_path, sphere_file):
+    path, _, _ = sphere_file
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", str(path), "--box", "10,30,5,20,12,9", "--out", str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("fastsam3d: error:") and "axis j" in err and "j0=30 > j1=12" in err
+
+
+def test_segment_help_says_indices_are_0_based_and_names_the_default_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0-based" in text and "data[i, j, k]" in text and "default: 'default'" in text
+
+
+def test_timing_covers_the_whole_call(capsys, tmp_path, sphere_file, with_intensity_model):
+    path, _, _ = sphere_file
+    code, out, err = run(
+        capsys, "segment", path, "--world-point", "-5,-25,40", "--out", tmp_path / "s.nii.gz", "--timing"
+    )
+    assert code == 0, err
+    times = {
+        line.split(":")[0].strip(): float(line.rsplit(":", 1)[1].removesuffix(" s"))
+        for line in out.split("timing (wall clock):")[1].strip().splitlines()
+    }
+    total = times.pop("total (wall time since the process started)")
+    assert list(times)[1:] == ["reading sphere.nii.gz", "segmenting", "writing s.nii.gz", "other"]
+    assert 0 < times["start-up (interpreter, imports, model load)"] < total
+    assert abs(sum(times.values()) - total) < 0.05 and min(times.values()) >= 0
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_long_stage_shows_a_status_line_unless_quiet(
+    capsys, monkeypatch, tmp_path, sphere_file, intensity_model, quiet
+):
+    import time
+
+    from fastsam3d.cli import progress
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.8)
+        return intensity_model
+
+    monkeypatch.setattr(fastsam3d.registry, "load_model", slow_load)
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.1)
+    path, _, _ = sphere_file
+    argv = ["segment", path, "--point", "1,1,1", "--out", tmp_path / "s.nii.gz", *(["-q"] if quiet else [])]
+    _, _, err = run(capsys, *argv)
+    assert ("fastsam3d: loading model default…" in err) != quiet, err

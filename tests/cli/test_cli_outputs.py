@@ -1,12 +1,15 @@
 """Outputs people can use: permissions from the umask, folders created, one-line errors."""
 
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 import fastsam3d.registry
 from fastsam3d.cli import main
-from fastsam3d.io import write_volume
+from fastsam3d.io import Volume, write_volume
 
 from ..helpers import sphere_volume
 
@@ -104,3 +107,69 @@ def test_version(capsys):
 def test_quiet_and_verbose_are_accepted_anywhere(capsys, tmp_path):
     assert main(["-q", "weights", "list"]) == 0 and "sam-med3d-turbo" in capsys.readouterr().out
     assert main(["weights", "list", "--verbose"]) == 0
+
+
+def test_info_labels_the_frame_of_origin_and_direction(capsys, tmp_path):
+    volume = Volume(np.zeros((4, 5, 6), np.float32), (1, 1, 2), (10, -20, 30), np.diag([-1.0, -1.0, 1.0]))
+    path = write_volume(volume, tmp_path / "ras.nii.gz")
+    assert main(["info", str(path)]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["orientation"].split()[0] == "RAS" and "i toward right" in lines["orientation"]
+    assert lines["origin (LPS)"].startswith(" " * 4 + "10.00, -20.00, 30.00 mm")
+    assert lines["origin (RAS)"].strip().startswith("-10.00, 20.00, 30.00 mm")
+    assert lines["direction (RAS)"].strip() == "[1 0 0; 0 1 0; 0 0 1]"
+
+
+def test_serve_prints_its_url_as_information(capsys, monkeypatch):
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn not installed: pip install 'fastsam3d[server]'")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    assert main(["serve", "--port", "8123"]) == 0
+    captured = capsys.readouterr()
+    assert "http://127.0.0.1:8123/" in captured.out and "warning" not in captured.err
+
+
+def test_models_lists_every_model_and_its_weights_quickly_without_torch(tmp_path):
+    code = (
+        "import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['models']); "
+        "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')"
+    )
+    env = {**os.environ, "FASTSAM3D_WEIGHTS": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    *lines, seconds = result.stdout.splitlines()
+    assert float(seconds) < 1.0
+    text = "\n".join(lines)
+    for name in ("default", "fastsam3d", "fastsam3d-encoder", "sam-med3d-turbo", "litemedsam", "sam-med2d"):
+        assert f"\n{name} " in text, name
+    assert "bundled: " in text and "default.safetensors" in text
+    assert "not downloaded: fastsam3d weights fetch fastsam3d-encoder" in text and "--checkpoint FILE" in text
+
+
+@pytest.mark.parametrize("stored", ["ras", "lps"])
+def test_demo_views_are_radiological_and_cross_every_structure(stored):
+    from fastsam3d.demo import make_phantom, radiological_views
+
+    volume, masks = make_phantom()
+    if stored == "lps":  # the same patient stored the other way round: the views must not change
+        volume = Volume(
+            volume.array[::-1, ::-1],
+            volume.spacing,
+            volume.index_to_world(np.array([volume.shape[0] - 1, volume.shape[1] - 1, 0])),
+            volume.direction @ np.diag([-1.0, -1.0, 1.0]),
+        )
+        masks = {name: mask[::-1, ::-1] for name, mask in masks.items()}
+    truth = np.zeros(volume.shape, np.uint8)
+    for value, mask in enumerate(masks.values(), 1):
+        truth[mask] = value
+    views = {title.split()[0]: slices for title, _, slices in radiological_views(volume, truth, show=truth)}
+
+    def centre(view: str, name: str) -> np.ndarray:  # (row, column) as fractions, row 0 at the bottom
+        rows, columns = np.nonzero(views[view][1] == list(masks).index(name) + 1)
+        return np.array([rows.mean() / views[view][1].shape[0], columns.mean() / views[view][1].shape[1]])
+
+    assert all(len(np.unique(views[view][1])) == len(masks) + 1 for view in ("axial", "coronal"))
+    assert centre("axial", "liver")[1] < 0.5 < centre("axial", "spleen")[1]  # patient left on the image right
+    assert centre("axial", "left kidney")[0] < centre("axial", "liver")[0]  # posterior down
+    assert centre("coronal", "left kidney")[0] < centre("coronal", "spleen")[0]  # inferior down

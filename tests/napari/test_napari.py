@@ -15,7 +15,9 @@ from fastsam3d.session import Session
 
 from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, rotation, sphere_volume
 
-napari = pytest.importorskip("napari", reason="pip install 'fastsam3d[napari]' (scripts/install.sh does)")
+napari = pytest.importorskip(
+    "napari", reason="napari not installed: pip install 'fastsam3d[napari]' (scripts/install.sh does)"
+)
 if not os.environ.get("DISPLAY"):
     pytest.skip("napari needs a display with OpenGL: install Xvfb (.ci/run does)", allow_module_level=True)
 
@@ -165,7 +167,7 @@ def test_reader_opens_a_dicom_folder():
 
     folder = Path.home() / ".cache" / "fastsam3d" / "totalsegmentator" / "reference_files" / "example_ct_dicom"
     if not folder.is_dir():
-        pytest.skip("development data not fetched (fastsam3d data fetch)")
+        pytest.skip("development data not fetched: run `fastsam3d data fetch` (scripts/install.sh does)")
     [(data, kwargs, kind)] = get_reader(str(folder))(str(folder))
     assert kind == "image" and data.ndim == 3 and kwargs["contrast_limits"] == (-160, 240)
     assert (np.asarray(kwargs["scale"]) > 0).all()

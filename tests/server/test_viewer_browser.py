@@ -104,7 +104,9 @@ TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
 def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed: pip install playwright (the test extra)"
+    )
     url, volume, spheres = server
     (centre_a, truth_a), (centre_b, truth_b) = spheres
 

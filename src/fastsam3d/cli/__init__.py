@@ -8,14 +8,20 @@ bars are tqdm on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Callable
+from importlib import import_module
 
 from .. import __version__
 from ..errors import FastSAM3DError
+from ..stages import add_listener, stage
 from . import check_reference, data, demo, evaluate, export, info, models, prepare, segment, serve, train, weights
-from .arguments import Parser, add_verbosity, setup_logging
+from .arguments import Parser, add_verbosity, fetch_named_weights, join_negative_values, setup_logging
 
+log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
+FETCH_FIRST = ("segment", "demo")  # commands that load their model at once: weights first, then torch
 COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference, export)
 
 
@@ -30,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     setup_logging(args)
+    stop_watching, report_timing = _watch_stages(args)
     try:
-        return args.func(args) or 0
+        if args.command in FETCH_FIRST:
+            fetch_named_weights(args)
+            with stage("starting (importing torch)"):  # seconds of silence otherwise
+                import_module("fastsam3d.session")
+        code = args.func(args) or 0
+        report_timing()
+        return code
     except FastSAM3DError as error:
         print(f"fastsam3d: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -45,3 +58,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastsam3d: error: {error.strerror}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        stop_watching()
+
+
+def _watch_stages(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A status line for long stages (unless -q) and, with --timing, their wall times: returns the
+    functions that stop watching and that log the times."""
+    from .progress import StageTimes, StatusLine
+
+    removers = []
+    if not args.quiet:
+        status = StatusLine()
+        removers += [add_listener(status), status.close]
+    times = StageTimes()
+    timing = getattr(args, "timing", False)
+    if timing:
+        removers.append(add_listener(times))
+
+    def report() -> None:
+        if timing:
+            log.info("timing (wall clock):")
+            for line in times.report():
+                log.info(line)
+
+    return lambda: [remove() for remove in removers], report

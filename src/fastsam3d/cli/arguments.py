@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+
+COORDINATE_OPTIONS = ("--point", "--world-point", "--box")  # options whose value may start with a minus sign
+_NUMBER_LIST = re.compile(r"-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?)*(,\s*[-+])?", re.I)
+
+DEFAULT_MODEL = "default"
 
 
 def click(kind: str):
@@ -27,14 +33,37 @@ def click(kind: str):
 
 
 def box(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """argparse type for ``i0,j0,k0,i1,j1,k1``: two corner voxels."""
+    """argparse type for ``i0,j0,k0,i1,j1,k1``: two corner voxels, each of a's indices <= b's."""
     try:
         values = [float(p) for p in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 6:
         raise argparse.ArgumentTypeError(f"a box is i0,j0,k0,i1,j1,k1 (six numbers), got {text!r}")
+    for axis, (low, high) in enumerate(zip(values[:3], values[3:], strict=True)):
+        if low > high:
+            name = "ijk"[axis]
+            raise argparse.ArgumentTypeError(
+                f"reversed box corners on axis {name}: {name}0={low:g} > {name}1={high:g} "
+                "(give the smaller index first on each axis)"
+            )
     return tuple(values[:3]), tuple(values[3:])
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--point -60,10,5`` as ``--point=-60,10,5``: argparse would read ``-60,...`` as an option."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token in COORDINATE_OPTIONS and following is not None and _NUMBER_LIST.fullmatch(following.strip()):
+            joined.append(f"{token}={following}")
+            index += 2
+        else:
+            joined.append(token)
+            index += 1
+    return joined
 
 
 class AppendClick(argparse.Action):
@@ -47,7 +76,12 @@ class AppendClick(argparse.Action):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="model name (see `fastsam3d models`) or checkpoint file")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name (see `fastsam3d models`) or checkpoint file (default: {DEFAULT_MODEL!r}, the click-conditioned "
+        "3D U-Net shipped with fastsam3d)",
+    )
     parser.add_argument("--checkpoint", help="weights for a named model, e.g. sam_med3d_turbo.pth")
     parser.add_argument("--decoder-checkpoint", help="prompt encoder + decoder for an encoder-only student checkpoint")
     parser.add_argument("--block-style", choices=("prenorm", "fastsam3d"), help="override the encoder block form")
@@ -69,7 +103,10 @@ def add_verbosity(parser: argparse.ArgumentParser, default) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """Every subcommand takes -q / -v too (before or after its name)."""
+    """Every subcommand takes -q / -v too (before or after its name); a usage error is one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"fastsam3d: error: {message} (see `{self.prog} --help`)\n")
 
     def add_subparsers(self, **kwargs):
         action = super().add_subparsers(**kwargs)
@@ -84,6 +121,15 @@ class Parser(argparse.ArgumentParser):
         return action
 
 
+def fetch_named_weights(args: argparse.Namespace) -> None:
+    """The files of an official ``--model NAME`` (cache, else one download), before torch is imported:
+    a missing file and no network fail in a second, not after the imports."""
+    from .. import hub
+
+    if args.checkpoint is None and hub.is_downloadable(args.model):
+        hub.resolve_for_model(args.model, progress=not args.quiet)
+
+
 def load_model(args: argparse.Namespace):
     """The model of --model / --checkpoint; official names download on first use (progress unless -q)."""
     import os
@@ -94,10 +140,19 @@ def load_model(args: argparse.Namespace):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
 
+    from ..stages import stage
+    from .progress import MODEL_STAGE
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(
-        args.model, args.checkpoint, args.decoder_checkpoint, args.block_style, device=device, precision=args.precision
-    )
+    with stage(f"{MODEL_STAGE} {args.model}"):
+        return load_model(
+            args.model,
+            args.checkpoint,
+            args.decoder_checkpoint,
+            args.block_style,
+            device=device,
+            precision=args.precision,
+        )
 
 
 def setup_logging(args: argparse.Namespace) -> None:

@@ -23,16 +23,39 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment named objects from prompts (one image or a folder)",
-        description="Voxel points are i,j,k in the image's own index order (ITK index = nibabel data[i, j, k]); "
-        "world points are millimetres in LPS (ITK, Slicer), or RAS with --ras. A trailing + includes "
-        "(default), - excludes. Points are applied in the given order as successive clicks. Several objects, "
-        "scribbles and lassos come from a prompt file (--prompts, see docs/cli.md).",
+        description="Voxel indices (--point, --box) are 0-based i,j,k in the image's own index order, as stored in "
+        "the file: i,j,k indexes nibabel's data[i, j, k] (ITK/SimpleITK index (i, j, k), numpy array of "
+        "sitk.GetArrayFromImage [k, j, i]); `fastsam3d info` prints the shape in this order. World points are "
+        "millimetres in LPS (ITK, Slicer), or RAS with --ras. A trailing + includes (default), - excludes. "
+        "Points are applied in the given order as successive clicks. Negative values may follow the option "
+        "directly (--world-point -60,10,500) or with = (--world-point=-60,10,500). Several objects, scribbles "
+        "and lassos come from a prompt file (--prompts, see docs/cli.md). "
+        "The default model is 'default' (the click-conditioned 3D U-Net shipped with fastsam3d).",
     )
     parser.add_argument("image", type=Path, help="an image, a DICOM series folder, or a folder of images (batch)")
-    parser.add_argument("--point", dest="clicks", type=click("voxel"), action=AppendClick, metavar="I,J,K[,+|-]")
-    parser.add_argument("--world-point", dest="clicks", type=click("world"), action=AppendClick, metavar="X,Y,Z[,+|-]")
+    parser.add_argument(
+        "--point",
+        dest="clicks",
+        type=click("voxel"),
+        action=AppendClick,
+        metavar="I,J,K[,+|-]",
+        help="a click at 0-based voxel index i,j,k (nibabel data[i, j, k]); repeatable",
+    )
+    parser.add_argument(
+        "--world-point",
+        dest="clicks",
+        type=click("world"),
+        action=AppendClick,
+        metavar="X,Y,Z[,+|-]",
+        help="a click at world millimetres (LPS, or RAS with --ras); repeatable",
+    )
     parser.add_argument("--ras", action="store_true", help="world points are RAS instead of LPS")
-    parser.add_argument("--box", type=box, metavar="I0,J0,K0,I1,J1,K1", help="3D box given by two corner voxels")
+    parser.add_argument(
+        "--box",
+        type=box,
+        metavar="I0,J0,K0,I1,J1,K1",
+        help="3D box given by two 0-based corner voxels, each index of the first <= the second's",
+    )
     parser.add_argument("--name", default="object 1", help="the object's name with --point/--box (DICOM-SEG, stats)")
     parser.add_argument("--label", type=int, default=1, help="the object's label value with --point/--box")
     parser.add_argument("--prompts", type=Path, metavar="FILE", help="JSON prompt file: named objects and prompts")

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
         )
     if not is_loopback(args.host) and not api_key:
         log.warning(f"serving on {args.host} without an API key (--insecure)")
-    log.warning(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
+    log.info(f"fastsam3d viewer: http://{args.host}:{args.port}/  (API docs: /docs)")
     level = "warning" if args.quiet else args.log_level
     uvicorn.run(
         app,

@@ -21,13 +21,13 @@ exclude), so the clicked point is inside (outside) the mask whatever the network
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..configs import ClickUNetConfig
 
 CLICK_SIGMA = 1.5  # voxels: width of the Gaussian drawn for each click
 CLICK_MARGIN = 2.0  # logit a clicked cell is at least pushed to (include) / below (exclude)
@@ -37,27 +37,7 @@ PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclud
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
 CDF_BINS = 256  # piecewise-linear histogram equalisation
-
-
-@dataclass(frozen=True)
-class ClickUNetConfig:
-    """The architecture numbers of :class:`ClickUNet3D` (channels per scale, finest first)."""
-
-    spatial_dims: ClassVar[int] = 3
-
-    name: str = "click-unet"
-    description: str = ""
-    kind: str = "click-unet"
-    img_size: int = 64
-    spacing: float = 3.0
-    fine_spacing: float | None = None  # a finer ROI for small objects (the engine zooms out from it), mm
-    channels: tuple[int, ...] = (8, 24, 48, 96, 128)
-    fine_channels: int = 16  # decoded features at the ROI resolution (cached, used by the similarity maps)
-    prompt_channels: tuple[int, ...] = (8, 16, 24, 32, 48)
-    weights: str = field(default="", compare=False)  # file name under the package's weights folder, if shipped
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+DEFAULT_CONFIG = ClickUNetConfig()
 
 
 def _cpu_eager_fp32(x: torch.Tensor) -> bool:
@@ -204,7 +184,7 @@ class ClickUNet3D(nn.Module):
     supports_boxes = True
     dense_prompts = True  # strokes reach it as one point per ROI voxel they cover (the engine's Session)
 
-    def __init__(self, config: ClickUNetConfig = ClickUNetConfig()) -> None:
+    def __init__(self, config: ClickUNetConfig = DEFAULT_CONFIG) -> None:
         super().__init__()
         self.config = config
         c, p, levels = config.channels, config.prompt_channels, len(config.channels)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
+from ..configs import Sam2DConfig
 from .image_encoder2d import ImageEncoderViT2D
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -12,26 +10,6 @@ from .sam import Sam
 from .tiny_vit import TinyViT
 
 PROMPT_DIM = 256
-
-
-@dataclass(frozen=True)
-class Sam2DConfig:
-    """Architecture and input convention of a 2D SAM."""
-
-    spatial_dims: ClassVar[int] = 2
-
-    name: str
-    encoder: str  # "vit-b" | "vit-b-adapter" | "tiny-vit"
-    img_size: int
-    pixel_scale: float  # slice intensities are scaled to [0, pixel_scale], then
-    pixel_mean: tuple[float, float, float]  # minus mean, divided by std (per RGB channel)
-    pixel_std: tuple[float, float, float]
-    description: str
-    point_prompts: bool = False  # trained with clicks; box-only models get clicks as box edits
-
-    @property
-    def grid_size(self) -> int:
-        return self.img_size // (4 if self.encoder == "tiny-vit" else 16)
 
 
 class Sam2D(Sam):

@@ -2,55 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
-
+from ..configs import Sam3DConfig
 from ..preprocess import TARGET_SPACING_MM
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
-
-
-@dataclass(frozen=True)
-class Sam3DConfig:
-    """Every architecture number of a 3D SAM. Defaults are SAM-Med3D's ViT-B teacher."""
-
-    spatial_dims: ClassVar[int] = 3
-
-    name: str = "sam-med3d"
-    description: str = ""
-    img_size: int = 128
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
-    skip_layer: int = 0
-    block_style: str = "prenorm"
-    attention_mode: str = "global"
-    dilation: int = 2
-    prompt_dim: int = 384
-    mask_in_chans: int = 16
-    box_embeddings: bool = False
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
-    decoder_depth: int = 2
-    decoder_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    cluster_after: int | None = None  # 3D token clustering after this encoder block (Fast 3D SAM)
-    weights: str = field(default="", compare=False)  # file name under the package's weights folder, if shipped
-
-    @property
-    def grid_size(self) -> int:
-        return self.img_size // self.patch_size
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 class Sam3D(Sam):
