@@ -78,7 +78,7 @@ class SliceState:
     from it)."""
 
     box: Slices | None = None
-    bits: np.ndarray | None = field(default=None, compare=False)
+    bits: np.ndarray | None = field(default=None, compare=False, repr=False)
     clicks: tuple[tuple[int, tuple[Click2D, ...]], ...] = ()
     root: int | None = None
 
