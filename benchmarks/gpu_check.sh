@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of README "GPU", in one prepared run of at most ~9 minutes on a CUDA machine:
+# The GPU figures of docs/benchmarks.md "GPU", in one prepared run of at most ~9 minutes on a CUDA machine:
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 # 1. latency.py on cuda: student, teacher and default in fp32 and bf16 (encoder, first click,
 #    cached click, GPU memory) and the student/teacher encoders with each SDPA kernel;

@@ -44,6 +44,15 @@ def test_world_coordinates_match_itk():
     assert np.allclose(volume.affine[:3, :3] @ index[0] + volume.affine[:3, 3], expected[0])
 
 
+def test_repr_is_short_and_names_the_geometry():
+    volume = Volume(np.zeros((50, 60, 70), np.int16), (0.8, 0.8, 2.5), (-100.5, 20.0, 3.0), np.diag([-1.0, -1.0, 1.0]))
+    text = repr(volume)
+    assert len(text) < 200, text
+    assert "shape=(50, 60, 70)" in text and "spacing=(0.8, 0.8, 2.5) mm" in text and "int16" in text
+    assert "orientation=RAS" in text and volume.orientation == "RAS"
+    assert "oblique" in repr(Volume(np.zeros((4, 4, 4)), (1, 1, 1), (0, 0, 0), rotation(20, 10)))
+
+
 def test_lps_ras():
     point = np.array([1.0, -2.0, 3.0])
     assert np.allclose(lps_to_ras(point), [-1, 2, 3]) and np.allclose(ras_to_lps(lps_to_ras(point)), point)

@@ -17,7 +17,7 @@ def test_reference_fixture_reproduced(reference_dir, fixture):
 
 
 def test_block_style_switch_selects_the_matching_residual_form(reference_dir):
-    """REFERENCE fact 2: the teacher fixture's weights run through both residual forms. Each
+    """docs/reference.md fact 2: the teacher fixture's weights run through both residual forms. Each
     block_style reproduces its own stored outputs and is far from the other form's (max |d| ~ 2.8),
     so a switch that is ignored, or swapped, fails here."""
     fixture = torch.load(reference_dir / "ref_small.pt", map_location="cpu", weights_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -66,7 +66,7 @@ class Progress:
     done: int
     total: int | None
     region: Slices | None = None
-    values: np.ndarray | None = None
+    values: np.ndarray | None = field(default=None, repr=False)
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -107,8 +107,8 @@ class Uncertainty:
     """Per-voxel mean probability and entropy (bits) on the input voxels inside ``box``."""
 
     box: Slices
-    probability: np.ndarray
-    entropy: np.ndarray
+    probability: np.ndarray = field(repr=False)
+    entropy: np.ndarray = field(repr=False)
 
     def full(self, which: str, shape: tuple[int, int, int]) -> np.ndarray:
         """``"probability"`` or ``"entropy"`` as a full-size float32 map (0 outside ``box``)."""
@@ -139,7 +139,7 @@ class SegmentObject:
 
     label: int
     name: str
-    history: list
+    history: list = field(repr=False)  # a full history's repr would list every step's prompts
     position: int = 0
     max_history: int = MAX_HISTORY
 

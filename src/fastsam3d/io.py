@@ -75,6 +75,21 @@ class Volume:
         object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "direction", direction)
 
+    def __repr__(self) -> str:
+        # Geometry only: the dataclass default printed the whole array (1,469 characters for 50×60×70).
+        # The axis letters are computed here rather than by ``orientation`` so a repr never loads SimpleITK.
+        letters = ""
+        for column in self.direction.T:
+            axis = int(np.argmax(np.abs(column)))
+            letters += ("LR", "PA", "SI")[axis][int(column[axis] < 0)]
+        oblique = "" if np.allclose(np.abs(self.direction), np.round(np.abs(self.direction))) else ", oblique"
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        origin = ", ".join(f"{o:.4g}" for o in self.origin)
+        return (
+            f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing=({spacing}) mm, "
+            f"origin=({origin}) mm LPS, orientation={letters}{oblique})"
+        )
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape)

@@ -1,7 +1,7 @@
 """Region of interest (ROI) around the prompts: where the model looks, and the exact way back.
 
 The models were trained on volumes reoriented to RAS (torchio ``ToCanonical``), resampled to
-1.5 mm and cropped to 128³ (REFERENCE.md §1.5, §5.1). We never resample the whole volume:
+1.5 mm and cropped to 128³ (docs/reference.md §7). We never resample the whole volume:
 a :class:`RoiGrid` is a 128³ grid at 1.5 mm whose axes are the input's own axes, permuted and
 flipped into RAS order (what ``ToCanonical`` does, so oblique volumes are not rotated). Because
 the two grids' axes are parallel, every mapping between them is separable: index conversions

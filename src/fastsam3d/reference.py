@@ -1,7 +1,7 @@
 """Our models against a fixture made with the public reference code (``fastsam3d check-reference``).
 
 The fixture holds the reference constructor arguments, its state dict, inputs and every output
-(REFERENCE.md §9). :func:`check_fixture` builds the same architecture from those arguments, loads
+(docs/reference.md §10). :func:`check_fixture` builds the same architecture from those arguments, loads
 the state dict strictly, reruns each input and returns the max absolute error per output.
 """
 

@@ -68,7 +68,7 @@ def load_model(
             publisher's file from :mod:`fastsam3d.hub`).
         decoder_checkpoint: for an encoder-only FastSAM3D student checkpoint (keys without the
             ``image_encoder.`` prefix), a full checkpoint to take the prompt encoder and decoder from.
-        block_style: override the residual form ("prenorm" or "fastsam3d"), see REFERENCE.md fact 2.
+        block_style: override the residual form ("prenorm" or "fastsam3d"), see docs/reference.md fact 2.
         precision: ``"fp32"`` (trainable), ``"int8"``, ``"bf16"``, ``"onnx-fp32"``, ``"onnx-int8"`` (the
             image encoder under ONNX Runtime, :mod:`fastsam3d.runtime`) or ``"auto"`` (the fastest that
             keeps the masks on ``device``), see :mod:`fastsam3d.modeling.precision`.

@@ -12,7 +12,7 @@ The part that runs once per ROI (a 3D SAM's ``image_encoder``; the U-Net of ``Cl
 ``quantize_dynamic``: uint8 weights, as AVX2's u8×s8 product can saturate). The prompt encoder and
 mask decoder (every click) stay in torch. It is opt-in (``--precision onnx-fp32|onnx-int8``): its
 encoder alone is 1.2-2.3x faster than torch fp32 here, most on a busy machine, but in a session on a
-quiet one no faster than ``auto``'s torch choice (README "Precision / speed"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
+quiet one no faster than ``auto``'s torch choice (docs/benchmarks.md "ONNX Runtime"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
 ``~/.cache/fastsam3d/onnx``), named by a key over the weights, the config, the precision, the
 modeling code and the torch / ONNX Runtime versions; the key is stored in the file and checked on
 load, so a stale or corrupt cached file is rebuilt and a mismatched explicit file is refused.
@@ -247,10 +247,10 @@ def cpu_has_bf16() -> bool:
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (README "Precision / speed"): torch's int8 for a 3D
+    """The fastest precision that keeps the masks (docs/models.md "Precision"): torch's int8 for a 3D
     SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a
     CPU, fp32 otherwise (the 2D SAMs' int8 failed the gate: ``benchmarks/slicewise.py``; on a GPU,
-    an H200, bf16 was no faster and failed the default model's gate: README "On a GPU"). The ONNX
+    an H200, bf16 was no faster and failed the default model's gate: docs/benchmarks.md "GPU"). The ONNX
     Runtime encoder is opt-in: on a quiet machine here it was no faster in a session than this
     choice, and it costs a one-time export and 120-230 MB more memory."""
     device = torch.device(device)

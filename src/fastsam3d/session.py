@@ -63,8 +63,8 @@ class ObjectState:
 
     clicks: tuple[Click, ...] = ()
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
-    initial_mask: PackedMask | None = field(default=None, compare=False)  # a mask given (or restored) as a prompt
-    logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False)
+    initial_mask: PackedMask | None = field(default=None, compare=False, repr=False)  # a mask given (or restored) as a prompt
+    logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False, repr=False)
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
     strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks
 
@@ -77,7 +77,7 @@ class Session(ObjectEngine):
         device: torch device; default CUDA when available.
         click_history: ``"all"`` feeds every click of the object inside the ROI with the previous
             logits (as SAM-Med3D training does); ``"last"`` feeds only the newest click with the
-            previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, REFERENCE.md fact 5).
+            previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, docs/reference.md fact 5).
         cache_size: how many ROI embeddings to keep.
         cache_mb: and at most this many megabytes of them (the newest is always kept).
         max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
@@ -88,9 +88,9 @@ class Session(ObjectEngine):
         zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces
             (models trained at several ROI spacings, on volumes finer than the coarse one); False
             keeps the model's coarse ROI.
-        precision: ``"auto"`` (the fastest that keeps the masks on this device: on a CPU the image
-            encoder under ONNX Runtime when the ``fast`` extra is installed, see README "Precision /
-            speed"), ``"fp32"``, ``"bf16"``, ``"int8"``, ``"onnx-fp32"`` or ``"onnx-int8"``. Default: ``"auto"`` for a model given
+        precision: ``"auto"`` (the fastest that keeps the masks on this device: torch's int8 for the
+            official-size 3D SAM encoders on a CPU, fp32 otherwise; see docs/models.md "Precision"),
+            ``"fp32"``, ``"bf16"``, ``"int8"``, ``"onnx-fp32"`` or ``"onnx-int8"``. Default: ``"auto"`` for a model given
             by name; a model object is used as it is unless a precision is given (then it is
             converted in place). The one in use is ``session.precision``.
     """

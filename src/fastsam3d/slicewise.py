@@ -56,7 +56,7 @@ from .strokes import Stroke, sampled
 
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), as MedSAM prepares CT
 UNCHANGED_DICE = 0.98  # a corrective click's propagation stops at a slice that changes less than this
-MIN_SCORE = 0.7  # see the README's "2D models on volumes": stops propagation past the object's end
+MIN_SCORE = 0.7  # see docs/benchmarks.md "2D models on volumes": stops propagation past the object's end
 EMBEDDING_DTYPE = torch.float16  # cached slice embeddings: half the memory
 SCRIBBLE_CLICKS = 8  # clicks a scribble becomes, spread along it
 Click2D = tuple[float, float, bool]  # (row, col, positive) on a slice's display grid
@@ -69,7 +69,7 @@ class SliceState:
     from it)."""
 
     box: Slices | None = None
-    bits: np.ndarray | None = field(default=None, compare=False)
+    bits: np.ndarray | None = field(default=None, compare=False, repr=False)
     clicks: tuple[tuple[int, tuple[Click2D, ...]], ...] = ()
     root: int | None = None
 

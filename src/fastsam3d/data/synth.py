@@ -50,8 +50,8 @@ class LabelMapAtlas:
     ``target_weights`` says how often each target is chosen as the crop's structure.
     """
 
-    labels: np.ndarray  # (X, Y, Z) int16, background classes >= BACKGROUND_FIRST
-    image: np.ndarray | None  # (X, Y, Z) float32, the real intensities
+    labels: np.ndarray = field(repr=False)  # (X, Y, Z) int16, background classes >= BACKGROUND_FIRST
+    image: np.ndarray | None = field(repr=False)  # (X, Y, Z) float32, the real intensities
     spacing: np.ndarray  # mm per axis of ``labels``
     targets: np.ndarray  # label values that can be targets (the real structures)
     target_weights: np.ndarray | None = None  # one per target (None: uniform)

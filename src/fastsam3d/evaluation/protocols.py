@@ -5,7 +5,7 @@ the current prediction and the truth on the input grid and returns the prompts t
 prompts of a structure accumulate in one object of the segmenter.
 
 ``fastsam3d``
-    The official FastSAM3D / SAM-Med3D validation (REFERENCE.md §5): the ROI is centred on the
+    The official FastSAM3D / SAM-Med3D validation (docs/reference.md §8): the ROI is centred on the
     label's bounding box (an oracle crop), only the newest click is fed with the previous
     low-res logits, one ROI only. Steps 1-2 use the RITM-style sampler (the error type whose
     distance map has the larger maximum wins, ties go to false positives; a voxel drawn

@@ -1,7 +1,7 @@
 """Multi-head self-attention of the 3D ViT encoder, with the reference relative-position bias.
 
 The public SAM-Med3D / FastSAM3D code adds a "decomposed" 3D relative-position term whose
-broadcasting differs from the intended one (REFERENCE.md, fact 1). Trained weights depend on
+broadcasting differs from the intended one (docs/reference.md fact 1). Trained weights depend on
 the term *as computed*, so :func:`reference_rel_pos_bias` reproduces it exactly: for query
 token (qd, qh, qw) and key token (kd, kh, kw) the bias is
 
@@ -15,7 +15,7 @@ Three ways to evaluate a block (``Attention3D.mode``):
 * ``"global"``: all tokens of the grid attend to each other (or per window, when windowed).
 * the teacher's windowed blocks pad the 8³ grid to one 14³ window whose padded tokens take
   part in attention (fact 3). :meth:`Attention3D._padded_window` evaluates that exactly on the
-  real tokens only, folding the padded keys into one "virtual" key per query (REFERENCE.md §8.3);
+  real tokens only, folding the padded keys into one "virtual" key per query (docs/reference.md §9);
   ``exact_padding=True`` runs the literal padded form instead, for verification.
 * ``"dilated"``: sparse attention among tokens whose grid coordinates agree modulo
   ``dilation`` on each axis (a correct, scattered-back form of FastSAM3D's sparse attention).
@@ -204,8 +204,8 @@ class Attention3D(nn.Module):
         """Exact output of the reference's zero-padded single window, computed on the real tokens.
 
         Padded tokens are zero after ``norm1``, so their q, k and v are the qkv biases. Their
-        total softmax weight for each real query factorises over the key axes (REFERENCE.md
-        §8.3) and enters the attention as one extra key (k = k-bias, v = v-bias) whose
+        total softmax weight for each real query factorises over the key axes (docs/reference.md
+        §9) and enters the attention as one extra key (k = k-bias, v = v-bias) whose
         additive bias is the log of that total. Tokens of the real grid attend normally.
         """
         batch, grid, window = x.shape[0], tuple(x.shape[1:4]), self.window_size

@@ -29,7 +29,7 @@ class Block3D(nn.Module):
 
     ``style="prenorm"`` (SAM-Med3D): ``x += attn(norm1(x)); x += mlp(norm2(x))``.
     ``style="fastsam3d"`` (FastSAM3D's block): ``x += attn(norm1(x)); x = norm2(x); x += mlp(x)``,
-    i.e. the normalised tensor becomes the residual stream (REFERENCE.md, fact 2).
+    i.e. the normalised tensor becomes the residual stream (docs/reference.md fact 2).
     """
 
     def __init__(

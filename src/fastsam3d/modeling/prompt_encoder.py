@@ -5,7 +5,7 @@ state-dict keys are those of ``segment_anything`` and SAM-Med3D alike.
 Point frames differ between the two families, as in their public code:
 
 * 3D: (B, N, 3) crop voxels in tensor index order (d, h, w); the dense grid encoding swaps its
-  first two components and the Fourier features are [sin, cos, sin] (REFERENCE.md fact 4, §1.2).
+  first two components and the Fourier features are [sin, cos, sin] (docs/reference.md fact 4, §6).
 * 2D: (B, N, 2) as (x, y) = (column, row) input pixels; features are [sin, cos].
 """
 
