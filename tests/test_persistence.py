@@ -21,6 +21,13 @@ def test_a_restored_3d_session_keeps_objects_label_map_and_history():
     session.add_object("tumour")
     session.add_click(centre)
     session.add_click([centre[0] + 6, centre[1], centre[2]], positive=False)
+    session.add_lasso(
+        [
+            [centre[0] - 3, centre[1] - 3, centre[2]],
+            [centre[0] + 3, centre[1] - 3, centre[2]],
+            [centre[0], centre[1] + 3, centre[2]],
+        ]
+    )
     session.add_object("second")
     session.add_click([centre[0] - 4, centre[1], centre[2]])
     session.undo(1)
@@ -36,6 +43,12 @@ def test_a_restored_3d_session_keeps_objects_label_map_and_history():
     assert np.array_equal(restored.label_map(), session.label_map())
     assert [o.name for o in restored.objects.values()] == ["tumour", "second"] and restored.active == 2
     assert restored.objects[1].state.clicks == session.objects[1].state.clicks
+    restored.redo(1)
+    session.redo(1)
+    saved_stroke, stroke = restored.objects[1].state.strokes[0], session.objects[1].state.strokes[0]
+    assert saved_stroke == stroke and np.array_equal(saved_stroke.voxels, stroke.voxels)  # strokes are prompts too
+    restored.undo(1)
+    session.undo(1)
     for engine in (session, restored):
         engine.redo(1)
     assert np.array_equal(restored.label_map(), session.label_map())

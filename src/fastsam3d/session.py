@@ -63,7 +63,9 @@ class ObjectState:
 
     clicks: tuple[Click, ...] = ()
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
-    initial_mask: PackedMask | None = field(default=None, compare=False, repr=False)  # a mask given (or restored) as a prompt
+    initial_mask: PackedMask | None = field(
+        default=None, compare=False, repr=False
+    )  # a mask given (or restored) as a prompt
     logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False, repr=False)
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
     strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks

@@ -128,19 +128,15 @@ def test_serve_prints_its_url_as_information(capsys, monkeypatch):
     assert "http://127.0.0.1:8123/" in captured.out and "warning" not in captured.err
 
 
-def test_models_lists_every_model_and_its_weights_quickly_without_torch(tmp_path):
-    code = (
-        "import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['models']); "
-        "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')"
-    )
+def test_models_lists_every_model_and_its_weights_without_importing_torch(tmp_path):
+    # fast because torch is never imported (0.24 s against 13.7 s: `time fastsam3d models`, docs/benchmarks.md)
+    code = "import sys; from fastsam3d.cli import main; main(['models']); assert 'torch' not in sys.modules"
     env = {**os.environ, "FASTSAM3D_WEIGHTS": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    *lines, seconds = result.stdout.splitlines()
-    assert float(seconds) < 1.0
-    text = "\n".join(lines)
+    text = result.stdout
     for name in ("default", "fastsam3d", "fastsam3d-encoder", "sam-med3d-turbo", "litemedsam", "sam-med2d"):
         assert f"\n{name} " in text, name
     assert "bundled: " in text and "default.safetensors" in text

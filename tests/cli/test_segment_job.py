@@ -9,7 +9,6 @@ import pytest
 import fastsam3d.registry
 from fastsam3d.cli import main
 from fastsam3d.io import Volume, read_volume, write_volume
-from fastsam3d.session import Session
 
 from ..dicom_series import write_dicom_series
 
@@ -25,12 +24,6 @@ def three_balls() -> Volume:
     for centre in CENTRES:
         inside |= np.linalg.norm(grid - centre, axis=-1) <= RADIUS
     return Volume(np.where(inside, 200.0, 40.0).astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
-
-
-def lasso_stand_in(self, polygon, positive=True, *, frame="voxel", label=None):
-    """STAND-IN until the engine's add_lasso is merged (switch the test to the real verb then): an
-    include click at the polygon's centre."""
-    return self.add_click(np.mean(np.asarray(polygon, float), axis=0), positive, frame=frame, label=label)
 
 
 PROMPTS = {
@@ -50,8 +43,6 @@ PROMPTS = {
 @pytest.fixture
 def job(tmp_path, monkeypatch, intensity_model):
     monkeypatch.setattr(fastsam3d.registry, "load_model", lambda *args, **kwargs: intensity_model)
-    if not hasattr(Session, "add_lasso"):
-        monkeypatch.setattr(Session, "add_lasso", lasso_stand_in, raising=False)
     volume = three_balls()
     series = write_dicom_series(volume, tmp_path / "series")
     prompts = tmp_path / "prompts.json"

@@ -10,7 +10,7 @@ import threading
 import time
 
 SHOW_AFTER_S = 2.0  # a stage shorter than this shows nothing
-MODEL_STAGE = "loading model"  # the stage that ends the start-up (name prefix)
+MODEL_STAGE = "loading model"  # the stage of loading a model (name prefix)
 
 
 def _age_at_import() -> float:
@@ -98,13 +98,13 @@ class StageTimes:
             self.stages.append((name, end - seconds, end))
 
     def report(self) -> list[str]:
-        """Start-up (interpreter, imports, model load), each later stage, the rest, and the total."""
+        """Start-up (interpreter, imports), each stage in the order it ran (reading, loading the
+        model, each prompt, writing), the rest, and the total."""
         total = process_age()
-        loads = [end for name, _, end in self.stages if name.startswith(MODEL_STAGE)]
-        startup = loads[0] if loads else min((start for _, start, _ in self.stages), default=total)
-        later = [(name, end - start) for name, start, end in self.stages if start >= startup]
+        startup = min((start for _, start, _ in self.stages), default=total)
+        later = [(name, end - start) for name, start, end in self.stages]
         counts: dict[str, int] = {}
-        lines = [f"  start-up (interpreter, imports, model load): {startup:.2f} s"]
+        lines = [f"  start-up (interpreter, imports): {startup:.2f} s"]
         for name, seconds in later:
             counts[name] = counts.get(name, 0) + 1
             repeated = sum(other == name for other, _ in later) > 1

@@ -289,7 +289,7 @@ def _log_timings(session, steps, args: argparse.Namespace) -> None:
 
 def _slice_progress(session, quiet: bool):
     """A tqdm bar on stderr for slice propagation (shown once it lasts over a second), or None."""
-    if quiet or not hasattr(session, "progress"):
+    if quiet or session.dims != 2:
         return None
     from tqdm import tqdm
 

@@ -241,9 +241,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
         def action(session: AnySession, job: Job):
             indices = [session.to_index(p, request.coordinates) for p in request.points]
-            return all_or_nothing(
-                session, request.object, [partial(session.add_clicks, indices, signs, label=request.object)], job
-            )
+            return all_or_nothing(session, [partial(session.add_clicks, indices, signs, label=request.object)], job)
 
         return await _interact(worker, store, entry, action, stream=stream)
 
@@ -256,11 +254,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
         def action(session: AnySession, job: Job):
             corners = [session.to_index(c, request.coordinates) for c in (request.corner_a, request.corner_b)]
-            if isinstance(session, Session):
-                corners = _with_depth(session, *corners)
-            return all_or_nothing(
-                session, request.object, [partial(session.set_box, *corners, label=request.object)], job
-            )
+            return all_or_nothing(session, [partial(session.set_box, *corners, label=request.object)], job)
 
         return await _interact(worker, store, entry, action, stream=stream)
 
@@ -289,7 +283,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                     kind, request.positive, bits.axis, bits.index, bits.origin, plane, session.volume.shape
                 )
                 step = partial(session.add_stroke, stroke, label=request.object)
-            return all_or_nothing(session, request.object, [step], job)
+            return all_or_nothing(session, [step], job)
 
         return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
 
@@ -302,7 +296,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             worker,
             store,
             entry,
-            lambda session, job: all_or_nothing(session, object, [partial(session.set_mask, mask, label=object)], job),
+            lambda session, job: all_or_nothing(session, [partial(session.set_mask, mask, label=object)], job),
         )
 
     @api.post("/sessions/{session_id}/undo")
@@ -321,7 +315,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             worker,
             store,
             await lookup(session_id),
-            lambda session, job: all_or_nothing(session, request.object, [partial(session.reset, request.object)], job),
+            lambda session, job: all_or_nothing(session, [partial(session.reset, request.object)], job),
         )
 
     @api.post("/sessions/{session_id}/uncertainty")
@@ -429,22 +423,6 @@ def _status(error: FastSAM3DError) -> int:
     return {UnknownSessionError: 404, SessionElsewhereError: 409, SessionLimitError: 429, SessionBusyError: 503}.get(
         type(error), 400
     )
-
-
-def _with_depth(session: Session, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A box drawn on one slice, given a depth along its flat axis: the mean of its two in-plane
-    sides in mm, centred on the slice and clipped to the volume (boxes with depth pass unchanged)."""
-    low, high = np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b)
-    flat = [axis for axis in range(3) if round(high[axis]) == round(low[axis])]
-    if len(flat) != 1:
-        return corner_a, corner_b
-    axis = flat[0]
-    spacing = session.volume.spacing
-    sides_mm = [(high[a] - low[a]) * spacing[a] for a in range(3) if a != axis]
-    half = float(np.mean(sides_mm)) / 2 / spacing[axis]
-    low[axis] = max(low[axis] - half, 0)
-    high[axis] = min(high[axis] + half, session.volume.shape[axis] - 1)
-    return low, high
 
 
 async def _interact(

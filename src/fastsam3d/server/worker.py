@@ -124,9 +124,7 @@ class SessionWorker:
         self.open_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def all_or_nothing(
-    session: Session, label: int | None, steps: list[Callable[[], Interaction]], job: Job
-) -> Interaction:
+def all_or_nothing(session: Session, steps: list[Callable[[], Interaction]], job: Job) -> Interaction:
     """Apply prompt steps in order inside one engine transaction, or none of them; returns their
     answers as one (the label-map box they changed together, their summed timings). A cancelled
     job rolls the steps applied so far back, as a failing step does."""
