@@ -1,5 +1,6 @@
 """The napari plugin: open a volume, click, see the labels layer, screenshot, export, undo; a
-translated, anisotropic, oblique layer clicked where it is drawn; the reader contribution."""
+translated, anisotropic, oblique layer clicked where it is drawn; lassos and scribbles from the
+shapes layer; the reader contribution."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def test_a_2d_model_segments_from_a_box_drawn_on_one_slice(make_napari_viewer, q
     where = np.argwhere(inside[10])
     (r0, c0), (r1, c1) = where.min(0), where.max(0)
     corners = np.array([[10, r0, c0], [10, r0, c1], [10, r1, c1], [10, r1, c0]], dtype=float)
-    widget.boxes_layer.add_rectangles(np.array([layer.data_to_world(c) for c in corners]))
+    widget.shapes_layer.add_rectangles(np.array([layer.data_to_world(c) for c in corners]))
     qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
     labels = widget.session.labels.astype(bool)
     assert np.nonzero(labels.any(axis=(1, 2)))[0].tolist() == list(range(6, 15))  # beyond the drawn slice
@@ -194,6 +195,53 @@ def test_exclude_after_an_undo_keeps_working(make_napari_viewer, qtbot):
     widget.exclude_button.click()
     assert not widget.positive and widget.exclude_button.isChecked()
     widget.points_layer.add(widget.points_layer.data[:1] + 1.0)  # a point placed in the viewer, now excluding
-    qtbot.waitUntil(lambda: not widget.busy and len(widget._rows) == 2, timeout=60_000)
-    assert [positive for _, _, positive in widget._rows] == [True, False]
+    qtbot.waitUntil(lambda: not widget.busy and len(widget.history.rows) == 2, timeout=60_000)
+    assert [positive for _, _, positive in widget.history.rows] == [True, False]
     assert widget.session.objects[1].state.clicks[-1].positive is False
+
+
+def test_polygon_is_a_lasso_and_path_a_scribble_with_undo_of_their_shapes(make_napari_viewer, qtbot):
+    """A polygon in the shapes layer becomes a lasso, a path an exclude scribble (the mode's sign): the
+    labels change, the object list shows the volume in ml, undo takes the shape out of the layer and redo
+    puts it back; a polygon across slices is refused in the status line and its shape removed."""
+    viewer = make_napari_viewer(show=False)
+    volume, truth = sphere_volume()
+    layer = viewer.add_image(volume.array, name="sphere")  # identity transform: world = voxel index
+    widget = make_widget(viewer)
+    widget.start(layer.name)
+    c = np.argwhere(truth).mean(0).round().astype(int)
+    square = np.array([[0, -4, -4], [0, -4, 4], [0, 4, 4], [0, 4, -4]], float) + c
+    widget.shapes_layer.add([square], shape_type="polygon")  # as drawn with add_polygon on slice c[0]
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    assert widget.session.labels[tuple(c)] == 1 and widget.session.labels[tuple(c + [0, 3, -3])] == 1
+    assert [prompt.kind for prompt in widget.session.objects[1].state.strokes] == ["lasso"]
+    ml = widget.session.volume_ml(1)
+    assert ml > 0 and f"({ml:.2f} ml)" in widget.objects_list.item(0).text()
+
+    widget.undo()
+    qtbot.waitUntil(lambda: not widget.busy and not widget.session.labels.any(), timeout=60_000)
+    assert len(widget.shapes_layer.data) == 0
+    assert "(0.00 ml)" in widget.objects_list.item(0).text()
+    widget.redo()
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.labels.any(), timeout=60_000)
+    assert len(widget.shapes_layer.data) == 1 and widget.shapes_layer.shape_type == ["polygon"]
+    np.testing.assert_allclose(widget.shapes_layer.data[0], square)
+
+    before = widget.session.labels.copy()
+    widget.set_mode(False)
+    path = np.array([c + [0, -6, 0], c + [0, 6, 0]], float)  # as drawn with add_path, beyond the volume too
+    widget.shapes_layer.add([np.vstack([path, [c[0], 10_000, c[2]]])], shape_type="path")
+    qtbot.waitUntil(lambda: not widget.busy and (widget.session.labels != before).any(), timeout=60_000)
+    stroke = widget.session.objects[1].state.strokes[-1]
+    assert stroke.kind == "scribble" and not stroke.positive
+    assert widget.session.labels[tuple(c)] == 0  # the scribble's voxels are outside the object
+    widget.undo()
+    qtbot.waitUntil(lambda: not widget.busy and len(widget.shapes_layer.data) == 1, timeout=60_000)
+    np.testing.assert_array_equal(widget.session.labels, before)
+
+    across = square.copy()
+    across[2, 0] += 3  # one vertex on another slice: no lasso
+    widget.shapes_layer.add([across], shape_type="polygon")
+    qtbot.waitUntil(lambda: not widget.busy and "error" in widget.status.text(), timeout=60_000)
+    assert "slice" in widget.status.text() and len(widget.shapes_layer.data) == 1
+    np.testing.assert_array_equal(widget.session.labels, before)

@@ -112,6 +112,13 @@ def world_to_index(layer, world) -> np.ndarray:
     return _data_to_index(layer, data)
 
 
+def world_to_indices(layer, world_points, shape) -> np.ndarray:
+    """World points (N x 3, e.g. a shape's vertices) -> session voxel indices (N x 3), clipped to a
+    volume of ``shape`` (a stroke drawn past the image's edge ends on it)."""
+    indices = np.array([world_to_index(layer, point) for point in np.asarray(world_points, dtype=float)])
+    return np.clip(indices.reshape(-1, 3), 0, np.asarray(shape) - 1)
+
+
 def index_to_world(layer, index) -> np.ndarray:
     """Session voxel index (i, j, k) -> napari world coordinates of the layer."""
     index = np.asarray(index, dtype=float)

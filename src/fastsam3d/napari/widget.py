@@ -3,12 +3,14 @@
 Include / exclude points go into a points layer in napari world coordinates (the mode buttons or
 I / E choose the sign); each is mapped to the image's voxels through the image layer's full
 transform (scale, translate, rotation / direction, affine; see :mod:`.layers`), so a translated,
-anisotropic or oblique volume is clicked where it is drawn. A rectangle in the shapes layer becomes
-a 3D box (its in-plane extent, ``box depth`` mm through the slices). The result is a labels layer
-with one label per object (the object list selects the active one); undo / redo also remove and
-restore the points of the step. Work that may run the image encoder, and the uncertainty, run in
-worker threads (``napari.qt.threading``) with a busy bar; a click whose ROI embedding is cached
-runs at once (decoder only, ~20 ms: a thread hop and an extra redraw cost more than that).
+anisotropic or oblique volume is clicked where it is drawn. In the shapes layer a rectangle becomes
+a 3D box (its in-plane extent, ``box depth`` mm through the slices), a path a scribble and a polygon
+a lasso (both signed by the include / exclude mode). The result is a labels layer with one label per
+object (the object list selects the active one and shows its volume in ml); undo / redo also remove
+and restore the points and shapes of the step (:mod:`.prompt_history`). Work that may run the image
+encoder, and the uncertainty, run in worker threads (``napari.qt.threading``) with a busy bar; a
+click whose ROI embedding is cached runs at once (decoder only, ~20 ms: a thread hop and an extra
+redraw cost more than that).
 """
 
 from __future__ import annotations
@@ -17,19 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
 from ..interaction import Interaction, Timings
 from ..io import read_volume
@@ -44,13 +34,16 @@ from .layers import (
     session_view,
     window_limits,
     world_to_index,
+    world_to_indices,
 )
+from .panel import setup_ui
+from .prompt_history import EXCLUDE, INCLUDE, PromptHistory, Step
 
 POINTS = "FastSAM3D prompts"
 LABELS = "FastSAM3D labels"
-BOXES = "FastSAM3D boxes"
+SHAPES = "FastSAM3D shapes"
 UNCERTAINTY = "FastSAM3D uncertainty"
-INCLUDE, EXCLUDE = (0.0, 0.9, 0.0, 1.0), (1.0, 0.1, 0.1, 1.0)
+STROKES = {"path": "scribble", "line": "scribble", "polygon": "lasso"}  # shape_type -> session verb
 
 
 class FastSAM3DWidget(QWidget):
@@ -65,69 +58,9 @@ class FastSAM3DWidget(QWidget):
         self.positive = True
         self.busy = False
         self.last_latency_ms = float("nan")
-        self._known_points = 0
-        self._rows: list[tuple[int, int, bool]] = []  # per point of the points layer: (object, step id, positive)
-        self._steps: dict[
-            int, dict[str, list]
-        ] = {}  # object -> {"done": [step], "undone": [step]}; step = (id, points)
-        self._next_step = 0
-        self._syncing = False
+        self.history: PromptHistory | None = None
 
-        self.model_box = QComboBox()
-        self.model_box.setEditable(True)  # a checkpoint path may be typed in
-        self._fill_models(model)
-        self.layer_box = QComboBox()
-        self.start_button = QPushButton("Start on layer")
-        self.open_button = QPushButton("Open volume…")
-        self.include_button = QPushButton("Include (I)")
-        self.exclude_button = QPushButton("Exclude (E)")
-        for button in (self.include_button, self.exclude_button):
-            button.setCheckable(True)
-        self.include_button.setChecked(True)
-        self.new_button = QPushButton("New object (N)")
-        self.undo_button = QPushButton("Undo")
-        self.redo_button = QPushButton("Redo")
-        self.undo_button.setToolTip("Ctrl+Z")
-        self.redo_button.setToolTip("Ctrl+Y or Ctrl+Shift+Z")
-        self.uncertainty_button = QPushButton("Uncertainty")
-        self.export_button = QPushButton("Export…")
-        self.objects_list = QListWidget()
-        self.objects_list.setMaximumHeight(110)
-        self.window_box = QComboBox()
-        self.window_box.addItems(["auto", *WINDOWS])
-        self.box_depth = QDoubleSpinBox()
-        self.box_depth.setRange(1.0, 500.0)
-        self.box_depth.setValue(40.0)
-        self.box_depth.setSuffix(" mm box depth")
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 0)  # busy indicator
-        self.progress.hide()
-        self.status = QLabel("Open a volume (or pick an image layer) and press Start.")
-        self.status.setWordWrap(True)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Model (name or checkpoint):"))
-        layout.addWidget(self.model_box)
-        layout.addWidget(self.layer_box)
-        layout.addWidget(self.start_button)
-        layout.addWidget(self.open_button)
-        for row in (
-            (self.include_button, self.exclude_button),
-            (self.new_button, self.undo_button, self.redo_button),
-            (self.uncertainty_button, self.export_button),
-        ):
-            line = QHBoxLayout()
-            for button in row:
-                line.addWidget(button)
-            layout.addLayout(line)
-        layout.addWidget(QLabel("Objects:"))
-        layout.addWidget(self.objects_list)
-        layout.addWidget(QLabel("Window:"))
-        layout.addWidget(self.window_box)
-        layout.addWidget(self.box_depth)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch()
+        setup_ui(self, model)
 
         self.start_button.clicked.connect(lambda: self.start())
         self.open_button.clicked.connect(self._open_dialog)
@@ -145,25 +78,6 @@ class FastSAM3DWidget(QWidget):
         self._refresh_layers()
 
     # --- set-up -------------------------------------------------------------------------
-
-    def _fill_models(self, default: str) -> None:
-        """The default model, then every official 3D and 2D model (2D ones run slice by slice and
-        start from a box); those whose weights are not here are listed greyed out with the command
-        that fetches them."""
-        try:
-            from ..hub import official_models
-
-            rows = [r for r in official_models() if r["runnable"] and r["name"] != default]
-        except Exception:  # noqa: BLE001 - the catalogue is optional here
-            rows = []
-        self.model_box.addItem(default, default)
-        for row in rows:
-            text = row["name"] + (" (2D, box first)" if row["dims"] == 2 else "")
-            text += "" if row["cached"] else f" (not downloaded: fastsam3d weights fetch {row['name']})"
-            self.model_box.addItem(text, row["name"])
-            if not row["cached"]:
-                item = self.model_box.model().item(self.model_box.count() - 1)
-                item.setEnabled(False)
 
     def _chosen_model(self) -> str:
         text = self.model_box.currentText().strip()
@@ -188,11 +102,8 @@ class FastSAM3DWidget(QWidget):
         data, kwargs = image_layer_data(read_volume(path), Path(path).name)
         layer = self.viewer.add_image(data, **kwargs)
         self.viewer.dims.ndisplay = 2
-        self.viewer.dims.order = (
-            0,
-            1,
-            2,
-        )  # slider: superior; rows: anterior at the top; columns: patient's left on the right
+        # slider: superior; rows: anterior at the top; columns: patient's left on the right
+        self.viewer.dims.order = (0, 1, 2)
         self.viewer.reset_view()
         self.layer_box.setCurrentText(layer.name)
         return layer
@@ -216,7 +127,7 @@ class FastSAM3DWidget(QWidget):
             self.model_name = model
         self.session.set_image(volume)
         self.session.add_object()
-        for layer_name_ in (POINTS, LABELS, BOXES, UNCERTAINTY):
+        for layer_name_ in (POINTS, LABELS, SHAPES, UNCERTAINTY):
             if layer_name_ in self.viewer.layers:
                 self.viewer.layers.remove(layer_name_)
         # the labels layer shows the session's own label map (a view, no copy): an interaction only needs a refresh
@@ -224,8 +135,9 @@ class FastSAM3DWidget(QWidget):
         self.labels_layer = self.viewer.add_labels(
             session_view(self.session.labels, layer), name=LABELS, opacity=0.5, **layer_transform(layer)
         )
-        # prompts and boxes live in world coordinates (identity transform), mapped through the image layer
-        self.boxes_layer = self.viewer.add_shapes(name=BOXES, ndim=3, edge_color="yellow", face_color="transparent")
+        # prompts and shapes live in world coordinates (identity transform), mapped through the image layer
+        self.shapes_layer = self.viewer.add_shapes(name=SHAPES, ndim=3, face_color="transparent")
+        self.shapes_layer.current_face_color = "transparent"
         self.points_layer = self.viewer.add_points(
             np.empty((0, 3)),
             name=POINTS,
@@ -235,10 +147,10 @@ class FastSAM3DWidget(QWidget):
             border_color="black",
         )
         self.points_layer.mode = "add"
-        self._known_points = 0
-        self._rows, self._steps, self._next_step = [], {}, 0
+        self.history = PromptHistory(self.points_layer, self.shapes_layer)
+        self.set_mode(self.positive)
         self.points_layer.events.data.connect(self._on_points)
-        self.boxes_layer.events.data.connect(self._on_boxes)
+        self.shapes_layer.events.data.connect(self._on_shapes)
         for key, action in (
             ("i", lambda: self.set_mode(True)),
             ("e", lambda: self.set_mode(False)),
@@ -247,13 +159,15 @@ class FastSAM3DWidget(QWidget):
             ("Control-y", self.redo),
             ("Control-Shift-z", self.redo),
         ):
-            for target in (self.points_layer, self.labels_layer, self.boxes_layer):
+            for target in (self.points_layer, self.labels_layer, self.shapes_layer):
                 target.bind_key(key, lambda _layer, action=action: action(), overwrite=True)
         self.window_box.setCurrentText("CT soft tissue" if is_ct(volume.array) else "auto")
         self.set_window(self.window_box.currentText())
         self._refresh_objects()
         self.viewer.layers.selection.active = self.points_layer
-        self.status.setText(f"{volume.shape} voxels; click include/exclude points (model: {model})")
+        self.status.setText(
+            f"{volume.shape} voxels; click points, draw a rectangle (box), a path (scribble) or a polygon (lasso) (model: {model})"
+        )
 
     def set_window(self, name: str) -> None:
         """Apply a window preset to the image layer ("auto": its 0.5-99.5 percentiles)."""
@@ -274,7 +188,7 @@ class FastSAM3DWidget(QWidget):
         self.objects_list.blockSignals(True)
         self.objects_list.clear()
         for row, (label, obj) in enumerate(self.session.objects.items()):
-            item = QListWidgetItem(f"{label}: {obj.name}")
+            item = QListWidgetItem(f"{label}: {obj.name} ({self.session.volume_ml(label):.2f} ml)")
             rgba = np.asarray(self.labels_layer.get_color(label), dtype=float)
             item.setForeground(QColor(*(int(255 * c) for c in rgba[:3])))
             self.objects_list.addItem(item)
@@ -291,7 +205,7 @@ class FastSAM3DWidget(QWidget):
         if self.session is not None:
             label = self.session.add_object()
             self._refresh_objects()
-            self.status.setText(f"object {label}: add points")
+            self.status.setText(f"object {label}: add points, a box, a scribble or a lasso")
 
     # --- prompts ----------------------------------------------------------------------
 
@@ -299,40 +213,52 @@ class FastSAM3DWidget(QWidget):
         self.positive = positive
         self.include_button.setChecked(positive)
         self.exclude_button.setChecked(not positive)
-        if hasattr(self, "points_layer"):
-            # napari recolours the selected points with the current colour: deselect first, so placed
-            # points keep the colour of their own sign (and a selection left stale by undo is not indexed)
+        if self.history is not None:
+            # napari recolours the selected points / shapes with the current colour: deselect first, so
+            # placed ones keep the colour of their own sign (and a selection left stale by undo is not indexed)
             self.points_layer.selected_data = set()
             self.points_layer.current_face_color = INCLUDE if positive else EXCLUDE
+            self.shapes_layer.selected_data = set()
+            self.shapes_layer.current_edge_color = INCLUDE if positive else EXCLUDE
 
     def _on_points(self, event=None) -> None:
-        if self.busy or self._syncing:  # new points are picked up when the running interaction is done
+        if self.busy or self.history.syncing:  # new points are picked up when the running interaction is done
             return
-        data = self.points_layer.data
-        if len(data) <= self._known_points:  # points deleted by hand: forget them
-            self._known_points = len(data)
-            self._rows = self._rows[: len(data)]
+        if not self.history.pending_points():  # points deleted by hand: forget them
+            self.history.points_deleted()
             return
-        new = [world_to_index(self.image_layer, point) for point in data[self._known_points :]]
         positive, label = self.positive, self.session.active
-        step = self._next_step
-        self._next_step += 1
-        self._rows += [(label, step, positive)] * len(new)
-        self._known_points = len(data)
-        self._paint_points()
+        step, world = self.history.new_points(label, positive)
+        new = [world_to_index(self.image_layer, point) for point in world]
         cached = not any(self.session.needs_encoder(p) for p in new)
-        self._run(
-            lambda s: s.add_clicks(new, [positive] * len(new), label=label),
-            in_worker=not cached,
-            step=(label, step, [np.asarray(data[-len(new) :])]),
-        )
+        self._run(lambda s: s.add_clicks(new, [positive] * len(new), label=label), in_worker=not cached, step=step)
 
-    def _on_boxes(self, event=None) -> None:
-        if not len(self.boxes_layer.data) or self._syncing:
+    def _on_shapes(self, event=None) -> None:
+        """A shape finished in the shapes layer: its ``shape_type`` picks the prompt."""
+        action = getattr(event, "action", "added")
+        if self.history.syncing or action not in ("added", "removed"):
             return
-        # a rectangle drawn on one slice: 4 world points -> voxel corners; for a 3D model its thin axis
-        # gets the box depth, a 2D model takes it flat (it segments that slice and propagates)
-        corners = np.array([world_to_index(self.image_layer, p) for p in np.asarray(self.boxes_layer.data[-1])])
+        if action == "removed":  # deleted by hand: forget it (the session keeps its prompt)
+            self.history.shapes_deleted(event.data_indices)
+            return
+        if self.busy or not self.history.pending_shapes():  # picked up when the running interaction is done
+            return
+        positive, label = self.positive, self.session.active
+        step, vertices, shape_type = self.history.new_shape(label)
+        indices = world_to_indices(self.image_layer, vertices, self.session.volume.shape)
+        if shape_type == "rectangle":
+            self._box(indices, step)
+        elif shape_type in STROKES:
+            verb = STROKES[shape_type]
+            # a polygon drawn on one slice keeps one slice index after rounding (the engine checks it)
+            self._run(lambda s: getattr(s, f"add_{verb}")(indices, positive, label=label), step=step)
+        else:
+            self.history.refused(step)
+            self.status.setText(f"a {shape_type} is no prompt: draw a rectangle, a path or a polygon")
+
+    def _box(self, corners: np.ndarray, step: Step) -> None:
+        # a rectangle drawn on one slice: its voxel corners; for a 3D model its thin axis gets the box
+        # depth, a 2D model takes it flat (it segments that slice and propagates)
         low, high = corners.min(0), corners.max(0)
         if self.session.dims == 3:
             flat = int(np.argmin((high - low) * self.session.volume.spacing))
@@ -341,8 +267,8 @@ class FastSAM3DWidget(QWidget):
             high[flat] += depth
         shape = np.array(self.session.volume.shape) - 1
         low, high = np.clip(low, 0, shape), np.clip(high, 0, shape)
-        label = self.session.active
-        self._run(lambda s: s.set_box(low, high, label=label), step=(label, None, []))
+        label = step.label
+        self._run(lambda s: s.set_box(low, high, label=label), step=step)
 
     def click(self, point, positive: bool = True) -> None:
         """Programmatic click at a session voxel index (i, j, k), as if placed in the points layer."""
@@ -355,53 +281,9 @@ class FastSAM3DWidget(QWidget):
     def redo(self) -> None:
         self._run(lambda s: s.redo(), history=+1)
 
-    def _paint_points(self) -> None:
-        if len(self._rows) == len(self.points_layer.data):
-            colours = np.array([INCLUDE if positive else EXCLUDE for _, _, positive in self._rows]).reshape(-1, 4)
-            self._syncing = True
-            try:
-                self.points_layer.face_color = colours
-            finally:
-                self._syncing = False
-
-    def _record(self, step, history: int, changed: bool) -> None:
-        """Keep the points layer in step with the session's undo history."""
-        label = self.session.active
-        steps = self._steps.setdefault(label, {"done": [], "undone": []})
-        if history == 0:
-            steps["done"].append(step)
-            steps["undone"].clear()
-            return
-        if not changed:
-            return
-        source, target = (steps["done"], steps["undone"]) if history < 0 else (steps["undone"], steps["done"])
-        if not source:
-            return
-        moved = source.pop()
-        target.append(moved)
-        _, step_id, points = moved
-        self._syncing = True
-        try:
-            if history < 0 and step_id is not None:
-                keep = [row for row, (_, sid, _) in enumerate(self._rows) if sid != step_id]
-                removed = [row for row, (_, sid, _) in enumerate(self._rows) if sid == step_id]
-                positive = [self._rows[row][2] for row in removed]
-                moved[2][:] = [np.asarray(self.points_layer.data[removed]), positive]
-                self.points_layer.data = np.asarray(self.points_layer.data)[keep].reshape(-1, 3)
-                self._rows = [self._rows[row] for row in keep]
-            elif history > 0 and step_id is not None and points:
-                coords, positive = points
-                self.points_layer.data = np.concatenate([np.asarray(self.points_layer.data).reshape(-1, 3), coords])
-                self._rows += [(moved[0], step_id, p) for p in positive]
-            self._known_points = len(self.points_layer.data)
-            self.points_layer.selected_data = set()  # indices into the old data
-        finally:
-            self._syncing = False
-        self._paint_points()
-
     # --- running ----------------------------------------------------------------------
 
-    def _run(self, action, in_worker: bool = True, step=None, history: int = 0) -> None:
+    def _run(self, action, in_worker: bool = True, step: Step | None = None, history: int = 0) -> None:
         """Run ``action(session)`` and update the labels layer: in a worker thread when it may run
         the encoder (the UI stays responsive), at once when the embedding is cached (~20 ms)."""
         from napari.qt.threading import create_worker
@@ -410,25 +292,35 @@ class FastSAM3DWidget(QWidget):
             return
         started = time.perf_counter()
 
-        def work():
-            return action(self.session)  # an Interaction; None: nothing to undo / redo
+        def work():  # (an Interaction or None: nothing to undo / redo, the error)
+            try:
+                return action(self.session), None
+            except Exception as error:  # noqa: BLE001 - handed back: the status line shows it, not napari's dialog
+                return None, error
 
-        def shown(result):
-            if step is not None or history:
-                self._record(step, history, result is not None if history else True)
+        def shown(outcome):
+            result, error = outcome
+            if error is not None:
+                failed(error)
+                return
+            if step is not None:
+                self.history.done(step)
+            elif history and result is not None:
+                self.history.move(self.session.active, history)
             self._show(result, started)
 
+        def failed(error):
+            if step is not None:
+                self.history.refused(step)
+            self._failed(error)
+
         if not in_worker:
-            try:
-                shown(work())
-            except Exception as error:  # noqa: BLE001 - shown in the widget, as from the worker
-                self._failed(error)
+            shown(work())
             return
         self.busy = True
         self.progress.show()
         worker = create_worker(work)
         worker.returned.connect(shown)
-        worker.errored.connect(self._failed)
         worker.finished.connect(self._done)
         self.worker = worker
         worker.start()
@@ -441,6 +333,7 @@ class FastSAM3DWidget(QWidget):
             self.labels_layer.refresh()
         self.last_latency_ms = 1e3 * (time.perf_counter() - started)
         t = result.timings if result is not None else Timings()
+        self._refresh_objects()
         self.status.setText(
             f"{self.last_latency_ms:.0f} ms (encoder {1e3 * t.encoder:.0f}, decoder {1e3 * t.decoder:.0f}, "
             f"paste {1e3 * t.paste:.0f})"
@@ -452,8 +345,12 @@ class FastSAM3DWidget(QWidget):
     def _done(self) -> None:
         self.busy = False
         self.progress.hide()
-        if len(self.points_layer.data) > self._known_points:  # points placed while busy
+        if self.history is None:
+            return
+        if self.history.pending_points():  # points placed while busy
             self._on_points()
+        elif self.history.pending_shapes() and not getattr(self.shapes_layer, "_is_creating", False):
+            self._on_shapes()  # a shape finished while busy (not one still being drawn)
 
     def show_uncertainty(self) -> None:
         """Entropy of the active object (bits), computed in a worker thread, shown as an image layer."""
