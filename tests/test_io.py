@@ -209,9 +209,9 @@ def test_uncompressed_nifti_is_memory_mapped_and_others_are_not_copied(tmp_path)
 
 
 def test_gzipped_nifti_is_read_in_chunks_equal_to_nibabel(tmp_path, monkeypatch):
-    from fastsam3d import io
+    from fastsam3d.io import readers
 
-    monkeypatch.setattr(io, "GZIP_CHUNK_BYTES", 1000)  # the 3360 voxel bytes take four chunks
+    monkeypatch.setattr(readers, "GZIP_CHUNK_BYTES", 1000)  # the 3360 voxel bytes take four chunks
     path = write_volume(_oblique(), tmp_path / "v.nii.gz")
     volume = read_volume(path)
     assert np.array_equal(volume.array, np.asarray(nib.load(path).dataobj)) and volume.array.dtype == np.int16
