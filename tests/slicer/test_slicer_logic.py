@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from fastsam3d.clicks import dice
 from fastsam3d.io import lps_to_ras
 from fastsam3d.server.app import create_app
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.settings import ServerSettings
 
 from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, running_server, sphere_volume
 
@@ -20,6 +21,7 @@ from FastSAM3DLib.logic import (
     Background,
     FastSAM3DLogic,
     ServerError,
+    SessionGone,
     apply_segment_region,
     flat_box_corners,
     ras_to_ijk,
@@ -198,6 +200,7 @@ def stand_in_effect(server_url, monkeypatch):
     base.AbstractScriptedSegmentEditorEffect = Abstract
     qt = mock.MagicMock()
     qt.QPoint = QPoint
+    qt.QTimer.side_effect = lambda *args: mock.MagicMock()  # one timer each: polling, heartbeat
     for name, module in (
         ("qt", qt),
         ("slicer", slicer),
@@ -219,8 +222,20 @@ def stand_in_effect(server_url, monkeypatch):
     effect = effect_module.SegmentEditorEffect(scripted)
     effect.modelBox = mock.MagicMock(currentData=None)
     effect.statusLabel, effect.progress, effect.depthBox = mock.MagicMock(), mock.MagicMock(), mock.MagicMock(value=0)
-    effect.modeButtons = {name: mock.MagicMock() for name in ("include", "exclude", "box")}
+    effect.cancelButton, effect.sessionBox = mock.MagicMock(), mock.MagicMock()
+    effect.modeButtons = {
+        name: mock.MagicMock() for name in ("include", "exclude", "point", "box", "scribble", "lasso")
+    }
     effect.logic = FastSAM3DLogic(server_url, api_key="k")
+    sent = []  # (method, path, payload) of every request, in order
+    request = effect.logic._request
+
+    def recording(method, path, payload=None, **kwargs):
+        sent.append((method, path, payload))
+        return request(method, path, payload, **kwargs)
+
+    effect.logic._request = recording
+    effect.sent = sent
 
     def settle():
         deadline = time.monotonic() + 60
@@ -280,7 +295,7 @@ def test_effect_clicks_reach_xy_to_ras_as_a_qpoint(stand_in_effect):
     assert received == [(212, 87)]
     k, j, i = np.round(centre_ijk[::-1]).astype(int)
     assert effect.logic.labels[k, j, i] == 1
-    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.KeyPressEvent, view) and effect.mode == "exclude"
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.KeyPressEvent, view) and not effect.positive
     assert effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
     settle()
     assert received == [(212, 87)] * 2 and effect.logic.labels[k, j, i] == 0
@@ -290,7 +305,7 @@ def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
     """A 2D model through the Slicer logic: listed with its prompts, a box clicked on one axial slice
     sent flat, segmented and propagated through the sphere's slices."""
     app = create_app(ServerSettings(api_key="k"), model=IntensityModel())
-    app.state.store._models["bright-in-box"] = BrightInBox()  # a loaded 2D model
+    app.state.store.models.loaded["bright-in-box"] = BrightInBox()  # a loaded 2D model
     volume, inside = ellipsoid_volume()  # noise-free: the stand-in model thresholds each slice
     array, truth = volume.array.transpose(2, 1, 0), inside.transpose(2, 1, 0)
     ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
@@ -313,3 +328,130 @@ def test_logic_segments_with_a_2d_model_from_a_box_on_one_slice():
         assert answer["slices"] > 5 and mask.any(axis=(1, 2)).sum() > 5  # propagated beyond the drawn slice
         assert dice(mask, truth) > 0.9
         logic.close()
+
+
+def slice_view_stand_ins(scripted, ijk_to_ras, k):
+    """A slice view whose display (x, y) is voxel (x / 4, y / 4) on slice ``k``: ``xyToRas`` takes a QPoint."""
+    from unittest import mock
+
+    received = []
+
+    def xy_to_ras(xy, view):
+        if not isinstance(xy, QPoint):  # PythonQt: "could not find matching overload"
+            raise ValueError(f"xyToRas takes a QPoint, got {type(xy).__name__}")
+        received.append((xy.x(), xy.y()))
+        ras = (ijk_to_ras @ np.array([xy.x() / 4, xy.y() / 4, k, 1.0]))[:3]
+        return mock.Mock(x=lambda: ras[0], y=lambda: ras[1], z=lambda: ras[2])
+
+    scripted.xyToRas.side_effect = xy_to_ras
+    view = mock.Mock(className=lambda: "qMRMLSliceWidget")
+    return view, received
+
+
+def test_effect_lasso_drag_sends_ras_points_and_keeps_the_session(stand_in_effect):
+    """L then a left-button drag around the sphere's centre: each event position goes through ``xyToRas`` as
+    a QPoint, and the release sends them as one lasso in RAS (include mode); the heartbeat keeps the session."""
+    from unittest import mock
+
+    effect, scripted, _, settle, vtk = stand_in_effect
+    _, ijk_to_ras, truth, _ = slicer_volume()
+    i, j, k = np.round(np.argwhere(truth).mean(0)[::-1]).astype(int)
+    view, received = slice_view_stand_ins(scripted, ijk_to_ras, k)
+    path = [(4 * (i + di), 4 * (j + dj)) for di, dj in ((-6, -6), (6, -6), (6, 6), (6, 6), (-6, 6))]
+    position = {"xy": path[0]}
+    interactor = mock.Mock(
+        GetEventPosition=lambda: position["xy"], GetControlKey=lambda: 0, GetShiftKey=lambda: 0, GetKeySym=lambda: "l"
+    )
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.KeyPressEvent, view) and effect.tool == "lasso"
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
+    for xy in path[1:]:
+        position["xy"] = xy
+        assert effect.processInteractionEvents(interactor, vtk.vtkCommand.MouseMoveEvent, view)  # no panning
+    assert effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonReleaseEvent, view)
+    settle()
+    assert received == [*path, path[-1]]  # every position, as a QPoint
+    [(_, _, payload)] = [entry for entry in effect.sent if entry[1].endswith("/lasso")]
+    expected = [(ijk_to_ras @ np.array([x / 4, y / 4, k, 1.0]))[:3] for x, y in (*path[:3], path[4])]
+    np.testing.assert_allclose(payload["points"], expected)  # the repeated position sent once
+    assert payload["coordinates"] == "ras" and payload["positive"] is True
+    assert effect.logic.labels[k, j, i] == 1 and effect.logic.labels[k, j + 3, i - 3] == 1
+    assert effect.heartbeatTimer.start.called  # started with the session
+    effect._heartbeat()  # what its timer does
+    effect.beat.wait(30)
+    assert effect.sent[-1] == ("POST", f"/api/sessions/{effect.logic.session['id']}/heartbeat", {})
+
+    # a scribble in exclude mode through the centre
+    effect.setSign(False)
+    effect.setTool("scribble")
+    position["xy"] = (4 * i, 4 * (j - 2))
+    effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
+    position["xy"] = (4 * i, 4 * (j + 2))
+    effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonReleaseEvent, view)
+    settle()
+    assert effect.sent[-1][1].endswith("/scribble") and effect.sent[-1][2]["positive"] is False
+    assert effect.logic.labels[k, j, i] == 0
+
+
+def test_effect_closes_the_previous_session_and_explains_a_lost_one(stand_in_effect):
+    """A second volume: its upload DELETEs the first session. A session the server lost (404): the message
+    says how to go on, and the next prompt uploads the volume again."""
+    from unittest import mock
+
+    effect, scripted, _, settle, _ = stand_in_effect
+    _, ijk_to_ras, truth, _ = slicer_volume()
+    ras = (ijk_to_ras @ np.append(np.argwhere(truth).mean(0)[::-1], 1.0))[:3].tolist()
+    effect.submit(lambda label: effect.logic.click(ras, True, label))
+    settle()
+    first = effect.logic.session["id"]
+    scripted.parameterSetNode.return_value.GetSourceVolumeNode.return_value = mock.MagicMock()  # another volume
+    effect.submit(lambda label: effect.logic.click(ras, True, label))
+    settle()
+    second = effect.logic.session["id"]
+    assert second != first and ("DELETE", f"/api/sessions/{first}", None) in effect.sent
+    listed = effect.logic.sessions()
+    assert first not in [s["id"] for s in listed] and second in [s["id"] for s in listed]
+    effect._listed(listed)
+    assert effect.sessionBox.addItem.call_args[0][1] == second
+
+    effect.logic._request("DELETE", f"/api/sessions/{second}")  # closed behind the effect's back (another client)
+    effect.submit(lambda label: effect.logic.click(ras, True, label))
+    deadline = time.monotonic() + 60
+    while effect.pending is not None and time.monotonic() < deadline:
+        effect._poll()
+        time.sleep(0.01)
+    message = str(effect.statusLabel.text)
+    assert message.startswith("404") and "Resume" in message and "Prompt again" in message
+    assert effect.volume_node is None and effect.heartbeatTimer.stop.called
+    effect.submit(lambda label: effect.logic.click(ras, True, label))  # uploads again
+    settle()
+    assert effect.logic.session["id"] not in (first, second) and effect.logic.labels.any()
+
+
+def test_logic_resumes_a_listed_session_and_bounds_its_requests(server_url):
+    """GET /api/sessions lists a session; resume() picks it up with its objects and label map; a server that
+    does not answer gives up after the timeout with a message that says so."""
+    import socket
+
+    array, ijk_to_ras, truth, _ = slicer_volume()
+    logic = FastSAM3DLogic(server_url, api_key="k")
+    assert logic.timeout < 600
+    logic.open_volume(array, ijk_to_ras, "sphere")
+    label = logic.add_object("liver")
+    logic.click((ijk_to_ras @ np.append(np.argwhere(truth).mean(0)[::-1], 1.0))[:3])
+    session_id = logic.session["id"]
+    assert session_id in [s["id"] for s in logic.sessions()]
+    other = FastSAM3DLogic(server_url, api_key="k")
+    with pytest.raises(ServerError, match="not on the selected volume"):
+        other.resume(session_id, (1, 2, 3))
+    other.resume(session_id, array.shape)
+    assert [o["name"] for o in other.objects] == ["liver"] and other.heartbeat() == {"status": "ok"}
+    np.testing.assert_array_equal(other.labels, logic.labels)
+    assert (other.labels == label).sum() > 0.9 * truth.sum()
+    other.close()
+    with pytest.raises(SessionGone, match="Resume"):
+        logic.heartbeat()
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(ServerError, match=r"did not answer GET /api/health within 1 s"):
+            FastSAM3DLogic(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=1).check()

@@ -4,35 +4,58 @@ It talks to a ``fastsam3d serve`` server over HTTP (standard library only) and k
 map in Slicer's array order (k, j, i). Geometry goes through the volume's full IJK-to-RAS matrix
 (world RAS, after parent transforms), so oblique volumes work: the volume is uploaded with that
 geometry and every click travels as a RAS point that the server maps to its voxels.
+
+Session lifecycle (docs/server-state.md): opening a volume closes the previous session, a client
+sends :meth:`FastSAM3DLogic.heartbeat` while the user works, :meth:`~FastSAM3DLogic.sessions` lists
+the server's open and saved sessions and :meth:`~FastSAM3DLogic.resume` picks one up again. A
+session the server no longer knows raises :class:`SessionGone` (HTTP 404), whose message says what
+to do. Every request gives up after ``timeout`` seconds (default 130: just over the server's own
+120 s deadline, so its answer arrives first when it has one).
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import io
 import json
 import os
+import socket
 import tempfile
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import zlib
 
 import numpy as np
 
-_LPS = np.diag([-1.0, -1.0, 1.0])
+from .labelmaps import (  # noqa: F401 - re-exported: the effect and the tests import them from here
+    apply_segment_region,
+    decode_region,
+    flat_box_corners,
+    ras_to_ijk,
+    read_nifti,
+    segment_region,
+    write_nifti,
+)
+
+TIMEOUT_S = 130.0
 
 
 class ServerError(RuntimeError):
-    """The server answered with an error (its message) or could not be reached."""
+    """The server answered with an error (its message), could not be reached or did not answer in time."""
+
+
+class SessionGone(ServerError):
+    """HTTP 404 for a session: the server has it neither open nor saved (closed, expired, another state folder)."""
 
 
 class FastSAM3DLogic:
     """One volume, several objects, include/exclude points, boxes, undo/redo, uncertainty."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = TIMEOUT_S
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key or None
         self.timeout = timeout
@@ -87,10 +110,27 @@ class FastSAM3DLogic:
                 detail = json.loads(error.read()).get("detail", error.reason)
             except (ValueError, AttributeError):
                 detail = error.reason
+            if error.code == 404 and path.startswith("/api/sessions/"):
+                session_id = path.split("/")[3]
+                raise SessionGone(
+                    f"404: the server no longer has session {session_id} (closed, expired or another state "
+                    "folder). Prompt again to upload the volume into a new session, or press Refresh under "
+                    "Sessions and Resume one that is listed."
+                ) from None
             raise ServerError(f"{error.code}: {detail}") from None
+        except TimeoutError as error:
+            raise ServerError(self._late(method, path)) from error
         except (urllib.error.URLError, OSError) as error:
+            if isinstance(getattr(error, "reason", None), (TimeoutError, socket.timeout)):
+                raise ServerError(self._late(method, path)) from None
             raise ServerError(f"cannot reach the fastsam3d server at {self.url}: {error}") from None
         return data if raw else json.loads(data)
+
+    def _late(self, method: str, path: str) -> str:
+        return (
+            f"the server at {self.url} did not answer {method} {path.split('?')[0]} within {self.timeout:.0f} s: "
+            "it may be overloaded or still encoding a large volume; try again (its work may still finish)"
+        )
 
     # --- volume -------------------------------------------------------------------------
 
@@ -102,6 +142,7 @@ class FastSAM3DLogic:
         array_kji = np.asarray(array_kji)
         if array_kji.ndim != 3:
             raise ValueError(f"a 3D volume is needed, got an array of shape {array_kji.shape}")
+        self.close_previous()
         self.models()  # the key first, with a small request: the server refuses a keyless upload unread
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "volume.nii.gz")
@@ -116,6 +157,7 @@ class FastSAM3DLogic:
 
     def open_path(self, path: str, shape_kji: tuple[int, int, int] | None = None, model: str | None = None) -> dict:
         """Open a volume the server can read itself (a path relative to its data folder)."""
+        self.close_previous()
         answer = self._request("POST", "/api/sessions", {"path": path, "model": model})
         self._start(answer, shape_kji or tuple(reversed(answer["shape"])))
         return self.session
@@ -128,11 +170,50 @@ class FastSAM3DLogic:
         self.active = None
 
     def close(self) -> None:
+        """Close the open session on the server (``DELETE``: its saved record goes too)."""
         if self.session is not None:
             try:
-                self._request("DELETE", f"/api/sessions/{self.session['id']}")
+                self.close_session(self.session["id"])
             finally:
                 self.session = None
+
+    def close_previous(self) -> None:
+        """Before another volume: close the open session; one the server no longer has is simply forgotten."""
+        with contextlib.suppress(SessionGone):
+            self.close()
+
+    def close_session(self, session_id: str) -> dict:
+        """Close any of the server's sessions (e.g. one of :meth:`sessions`) and delete its saved record."""
+        answer = self._request("DELETE", f"/api/sessions/{urllib.parse.quote(session_id)}")
+        if self.session is not None and self.session["id"] == session_id:
+            self.session = None
+        return answer
+
+    def heartbeat(self) -> dict:
+        """Tell the server the session is in use, so that it is not closed as idle (it also reopens a saved one)."""
+        return self._call("heartbeat", {})
+
+    def sessions(self) -> list[dict]:
+        """The server's open and saved sessions, most recently changed first: ``{"id", "name", "model",
+        "dims", "objects", "updated", "open"}`` each."""
+        return self._request("GET", "/api/sessions").get("sessions", [])
+
+    def resume(self, session_id: str, shape_kji=None) -> dict:
+        """Continue a session of :meth:`sessions`: its description, objects and label map (downloaded). With
+        ``shape_kji`` (the volume shown, Slicer order) a session on another grid is refused."""
+        answer = self._request("GET", f"/api/sessions/{urllib.parse.quote(session_id)}")
+        shape = tuple(reversed(answer["shape"]))
+        if shape_kji is not None and tuple(shape_kji) != shape:
+            raise ServerError(
+                f"session {session_id} is on a {answer['shape']} (i, j, k) grid, not on the selected volume's "
+                f"{list(reversed(list(shape_kji)))}: select its volume first"
+            )
+        data = self._request("GET", f"/api/sessions/{urllib.parse.quote(session_id)}/labels?format=nii.gz", raw=True)
+        if self.session is not None and self.session["id"] != session_id:
+            self.close_previous()
+        self._start(answer, shape)
+        self.labels[...] = read_nifti(data)
+        return self.session
 
     # --- prompts --------------------------------------------------------------------------
 
@@ -169,6 +250,15 @@ class FastSAM3DLogic:
                 },
             )
         )
+
+    def stroke(self, kind: str, ras_points, positive: bool = True, label: int | None = None) -> dict:
+        """A scribble (a polyline, 2 points or more) or a lasso (a closed polygon on one slice, 3 points or
+        more) in world RAS millimetres, as one interaction; ``kind``: "scribble" or "lasso"."""
+        if kind not in ("scribble", "lasso"):
+            raise ValueError(f"a stroke is a scribble or a lasso, not {kind!r}")
+        points = [list(map(float, point)) for point in ras_points]
+        payload = {"points": points, "positive": bool(positive), "coordinates": "ras", "object": label or self.active}
+        return self._apply(self._call(kind, payload))
 
     def flat_box(
         self, ijk_to_ras: np.ndarray, ras_a, ras_b, depth_mm: float | None = None
@@ -219,68 +309,6 @@ class FastSAM3DLogic:
         return answer
 
 
-def segment_region(answer: dict, labels_kji: np.ndarray, label: int):
-    """The part of an answer a Segment Editor effect applies to the selected segment: the changed
-    box as an inclusive IJK extent ``(i0, i1, j0, j1, k0, k1)`` (what ``modifySelectedSegmentByLabelmap``
-    takes) and the object's binary mask inside it, (K, J, I) uint8; None when nothing changed."""
-    region = answer.get("region")
-    if not region:
-        return None
-    box = (
-        slice(region["start"][2], region["stop"][2]),
-        slice(region["start"][1], region["stop"][1]),
-        slice(region["start"][0], region["stop"][0]),
-    )
-    extent = tuple(v for a in range(3) for v in (region["start"][a], region["stop"][a] - 1))
-    return extent, (labels_kji[box] == label).astype(np.uint8)
-
-
-def apply_segment_region(
-    segment_kji: np.ndarray,
-    extent,
-    mask_kji: np.ndarray,
-    editable_kji: np.ndarray | None = None,
-    others_kji: np.ndarray | None = None,
-    overwrite_others: bool = True,
-) -> None:
-    """What the Segment Editor does with ``modifySelectedSegmentByLabelmap(modifier, Set, extent)``,
-    in numpy (the effect calls Slicer's; this is its model for tests): inside ``extent`` only, the
-    segment becomes the mask where editing is allowed (``editable``: the masking settings' editable
-    area), and, with overwrite, voxels it takes are removed from the other segments."""
-    i0, i1, j0, j1, k0, k1 = extent
-    box = (slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1))
-    allowed = np.ones(mask_kji.shape, bool) if editable_kji is None else editable_kji[box].astype(bool)
-    if others_kji is not None and not overwrite_others:
-        allowed &= ~others_kji[box].astype(bool)
-    current = segment_kji[box]
-    current[allowed] = mask_kji[allowed]
-    if others_kji is not None and overwrite_others:
-        others_kji[box][allowed & (mask_kji > 0)] = 0
-
-
-def flat_box_corners(ijk_to_ras, ras_a, ras_b, dims: int = 3, shape_ijk=None, depth_mm: float | None = None):
-    """See :meth:`FastSAM3DLogic.flat_box`. Corners on different slices are returned unchanged."""
-    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
-    a, b = ras_to_ijk(matrix, ras_a), ras_to_ijk(matrix, ras_b)
-    low, high = np.minimum(a, b), np.maximum(a, b)
-    flat = [axis for axis in range(3) if round(high[axis]) == round(low[axis])]
-    if len(flat) != 1 or dims == 2:
-        return np.asarray(ras_a, float), np.asarray(ras_b, float)
-    axis = flat[0]
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    sides = [(high[o] - low[o]) * spacing[o] for o in range(3) if o != axis]
-    half = max((depth_mm or sum(sides) / 2) / 2 / spacing[axis], 1.0)
-    centre = round(low[axis])
-    low[axis], high[axis] = centre - half, centre + half
-    if shape_ijk is not None:
-        low[axis], high[axis] = max(low[axis], 0), min(high[axis], shape_ijk[axis] - 1)
-
-    def to_ras(ijk):
-        return (matrix @ np.append(ijk, 1.0))[:3]
-
-    return to_ras(low), to_ras(high)
-
-
 class Background:
     """Run one call off the GUI thread; the GUI polls :meth:`poll` (e.g. from a QTimer) and applies
     the result on its own thread. Qt-free so that it is testable anywhere."""
@@ -311,36 +339,6 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
-
-
-def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-    """A server ``region`` (i fastest, box in i, j, k) as a (K, J, I) box and its values."""
-    start, stop = region["start"], region["stop"]
-    shape_ijk = tuple(b - a for a, b in zip(start, stop, strict=True))
-    raw = zlib.decompress(base64.b64decode(region["data"]))
-    values = np.frombuffer(raw, dtype=region["dtype"]).reshape(shape_ijk, order="F").transpose(2, 1, 0)
-    return (slice(start[2], stop[2]), slice(start[1], stop[1]), slice(start[0], stop[0])), values
-
-
-def write_nifti(array_kji: np.ndarray, ijk_to_ras: np.ndarray, path: str) -> None:
-    """Write a (K, J, I) array with its IJK-to-RAS matrix as NIfTI (via SimpleITK, which Slicer bundles)."""
-    import SimpleITK as sitk
-
-    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
-    linear = _LPS @ matrix[:3, :3]  # IJK -> LPS
-    spacing = np.linalg.norm(linear, axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((linear / spacing).flatten().tolist())
-    image.SetOrigin((_LPS @ matrix[:3, 3]).tolist())
-    sitk.WriteImage(image, path, useCompression=True)
-
-
-def ras_to_ijk(ijk_to_ras: np.ndarray, ras) -> np.ndarray:
-    """World RAS millimetres -> continuous (i, j, k)."""
-    return (
-        np.linalg.inv(np.asarray(ijk_to_ras, dtype=np.float64)) @ np.append(np.asarray(ras, dtype=np.float64), 1.0)
-    )[:3]
 
 
 def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
