@@ -98,6 +98,14 @@ class ClickUNetConfig:
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# The image encoder's arithmetic: in torch (fastsam3d.modeling.precision), under ONNX Runtime
+# (fastsam3d.runtime), what --precision accepts ("auto": fastsam3d.runtime chooses) and what
+# `fastsam3d export` writes.
+PRECISIONS = ("fp32", "bf16", "int8")
+ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
+PRECISION_CHOICES = ("auto", *PRECISIONS, *ONNX_PRECISIONS)
+EXPORT_PRECISIONS = ("fp32", "int8")
 ModelConfig = Sam3DConfig | Sam2DConfig | ClickUNetConfig
 
 

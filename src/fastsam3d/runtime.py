@@ -31,20 +31,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .configs import EXPORT_PRECISIONS, ONNX_PRECISIONS, PRECISIONS
 from .errors import CheckpointError
 from .extras import require_extra
 from .io import atomic_output
 from .modeling.click_unet import ClickUNet3D, ClickUNetFeatures, intensity_channels
-from .modeling.precision import PRECISIONS, apply_precision, int8_available
+from .modeling.precision import apply_precision, int8_available
 from .modeling.sam3d import Sam3D
 
 log = logging.getLogger(__name__)
 
-ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
 OPSET = 17
 FORMAT = 1  # bump when the exported graph's inputs, outputs or metadata change
 METADATA_KEY = "fastsam3d"
 MODELING_DIR = Path(__file__).parent / "modeling"
+
+
+def default_device() -> str:
+    """The device of every session, server, training and CLI run not given one: ``"cuda"`` when a
+    GPU is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cache_dir() -> Path:
@@ -100,8 +106,8 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
     require_extra("fast", "onnxruntime", "onnx", feature="the ONNX encoder")
     import onnx
 
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"ONNX precision must be fp32 or int8, not {precision!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"ONNX precision must be {' or '.join(EXPORT_PRECISIONS)}, not {precision!r}")
     if getattr(model, "precision", "fp32") != "fp32":
         raise ValueError(f"the model runs in {model.precision}; export it from an fp32 load")
     part, example = _exported_part(model)

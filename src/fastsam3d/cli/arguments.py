@@ -7,6 +7,8 @@ import logging
 import re
 import sys
 
+from ..configs import PRECISION_CHOICES
+
 COORDINATE_OPTIONS = ("--point", "--world-point", "--box")  # options whose value may start with a minus sign
 _NUMBER_LIST = re.compile(r"-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?(,\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?)*(,\s*[-+])?", re.I)
 
@@ -88,7 +90,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"),
+        choices=PRECISION_CHOICES,
         default="auto",
         help="image encoder arithmetic: auto (default: int8 for the official 3D SAMs on a CPU, else fp32), "
         "fp32, bf16, int8 (CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only, fastsam3d[fast])",
@@ -138,12 +140,11 @@ def load_model(args: argparse.Namespace):
 
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import torch
-
+    from ..runtime import default_device
     from ..stages import stage
     from .progress import MODEL_STAGE
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     with stage(f"{MODEL_STAGE} {args.model}"):
         return load_model(
             args.model,

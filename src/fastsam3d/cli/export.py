@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..configs import EXPORT_PRECISIONS
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=EXPORT_PRECISIONS,
         default="fp32",
         help="fp32 (same results as torch) or int8 (dynamically quantised products)",
     )

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16", "int8")
+from ..configs import PRECISIONS
 
 
 def int8_available() -> bool:

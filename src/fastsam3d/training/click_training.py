@@ -29,6 +29,7 @@ from ..io import Volume, align_label, atomic_output, read_volume
 from ..modeling.click_unet import ClickUNet3D, click_maps
 from ..preprocess import RoiGrid
 from ..registry import build_model, load_model, save_model
+from ..runtime import default_device
 from ..simulated_strokes import stroke_points
 from .interactive import _pad_points, sample_error_click, validate
 from .trainer import CsvLog
@@ -212,7 +213,7 @@ def train_click_model(
     ``model.safetensors``. ``source.draw(rng)`` gives (image, target) crops."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     model = load_model(settings.init) if settings.init else build_model(config)
     model = model.to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
