@@ -210,8 +210,9 @@ def stand_in_effect(server_url, monkeypatch):
         ("SegmentEditorEffects", base),
     ):
         monkeypatch.setitem(sys.modules, name, module)
+    for name in ("FastSAM3DLib.SegmentEditorEffect", "FastSAM3DLib.sessionpanel", "FastSAM3DLib.views"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # imported afresh with this test's stand-ins
     effect_module = importlib.import_module("FastSAM3DLib.SegmentEditorEffect")
-    effect_module = importlib.reload(effect_module)
     scripted = mock.MagicMock()
     volume = mock.MagicMock()
     volume.GetParentTransformNode.return_value = None

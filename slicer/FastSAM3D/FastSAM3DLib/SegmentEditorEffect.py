@@ -24,27 +24,15 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 import slicer
 from FastSAM3DLib.logic import Background, FastSAM3DLogic, ServerError, SessionGone, segment_region
+from FastSAM3DLib.sessionpanel import SessionPanel
+from FastSAM3DLib.views import StrokeLine, world_ijk_to_ras
 
 POLL_MS = 50
 HEARTBEAT_MS = 60_000  # the server closes a session idle for --idle-minutes (default 30)
 TOOLS = {"p": "point", "b": "box", "s": "scribble", "l": "lasso"}
 
 
-def world_ijk_to_ras(volume_node):
-    """The volume's IJK-to-RAS matrix in world coordinates (parent transforms applied, if linear)."""
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    transform = volume_node.GetParentTransformNode()
-    if transform is not None:
-        if not transform.IsTransformToWorldLinear():
-            raise ValueError("the volume has a non-linear parent transform: harden it first")
-        to_world = vtk.vtkMatrix4x4()
-        transform.GetMatrixTransformToWorld(to_world)
-        vtk.vtkMatrix4x4.Multiply4x4(to_world, matrix, matrix)
-    return slicer.util.arrayFromVTKMatrix(matrix)
-
-
-class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+class SegmentEditorEffect(SessionPanel, AbstractScriptedSegmentEditorEffect):
     def __init__(self, scriptedEffect):
         scriptedEffect.name = "FastSAM3D"
         scriptedEffect.perSegment = True
@@ -236,71 +224,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.pending is None and not self.abandoned:
             self.timer.stop()
 
-    # --- session lifecycle ---------------------------------------------------------------
-
-    def _heartbeat(self):
-        """Every HEARTBEAT_MS while a session is open: keep it from being closed as idle."""
-        if self.beat is not None and self.beat.poll() and isinstance(self.beat.error, SessionGone):
-            if self.pending is None:  # else the running request reports it
-                self._forget()
-                self.statusLabel.text = str(self.beat.error)
-            self.beat = None
-            return
-        if self.logic is None or self.logic.session is None:
-            self.heartbeatTimer.stop()
-        elif self.beat is None or self.beat.poll():
-            self.beat = Background(self.logic.heartbeat)
-
-    def refreshSessions(self):
-        if self.logic is not None:
-            self._start(self.logic.sessions, self._listed, "listing the server's sessions…")
-
-    def _listed(self, sessions):
-        import time
-
-        self.sessionBox.clear()
-        for session in sessions:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(session.get("updated", 0)))
-            state = "open" if session.get("open") else "saved"
-            names = ", ".join(o["name"] for o in session.get("objects", []))
-            text = f"{session.get('name', session['id'])} ({session.get('model')}, {when}, {state}): {names}"
-            self.sessionBox.addItem(text, session["id"])
-        self.statusLabel.text = f"{len(sessions)} sessions on the server"
-
-    def resumeSession(self):
-        """Continue the chosen session on the selected source volume: its objects become segments (by name)."""
-        session_id = self.sessionBox.currentData
-        volume, _ = self._selection()
-        if self.logic is None or not session_id or volume is None:
-            self.statusLabel.text = "connect, Refresh, choose a session and select its source volume"
-            return
-        shape = slicer.util.arrayFromVolume(volume).shape
-        self._start(lambda: self.logic.resume(session_id, shape), lambda _: self._resumed(volume), "resuming…")
-
-    def _resumed(self, volume):
-        import numpy as np
-
-        self.volume_node, self.ijk_to_ras, self.objects = volume, world_ijk_to_ras(volume), {}
-        segmentation_node = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
-        segmentation = segmentation_node.GetSegmentation()
-        for obj in self.logic.objects:
-            segment_id = segmentation.GetSegmentIdBySegmentName(obj["name"]) or segmentation.AddEmptySegment(
-                "", obj["name"]
-            )
-            self.objects[segment_id] = obj["label"]
-            mask = (self.logic.labels == obj["label"]).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation_node, segment_id, volume)
-        self.heartbeatTimer.start()
-        self.statusLabel.text = f"resumed session {self.logic.session['id']}: {len(self.objects)} objects"
-
-    def closeSession(self):
-        session_id = self.sessionBox.currentData
-        if self.logic is None or not session_id:
-            return
-        if self.logic.session is not None and self.logic.session["id"] == session_id:
-            self._forget()
-        self._start(lambda: self.logic.close_session(session_id), lambda _: self.refreshSessions(), "closing…")
-
     def submit(self, request):
         """Run ``request(label)`` for the selected segment's object, then apply its changed region."""
         if self.logic is None:
@@ -457,47 +380,3 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for view, line in self.feedback.items():
             line.remove(view)
         self.feedback = {}
-
-
-class StrokeLine:
-    """The drawn scribble / lasso on a slice view: a 2D polyline in display coordinates (as the Draw effect shows it)."""
-
-    def __init__(self, scriptedEffect, view):
-        self.scriptedEffect, self.view = scriptedEffect, view
-        self.points, self.lines = vtk.vtkPoints(), vtk.vtkCellArray()
-        self.polydata = vtk.vtkPolyData()
-        self.polydata.SetPoints(self.points)
-        self.polydata.SetLines(self.lines)
-        mapper = vtk.vtkPolyDataMapper2D()
-        mapper.SetInputData(self.polydata)
-        self.actor = vtk.vtkActor2D()
-        self.actor.SetMapper(mapper)
-        self.actor.GetProperty().SetColor(1.0, 1.0, 0.0)
-        self.actor.GetProperty().SetLineWidth(2)
-        scriptedEffect.addActor2D(view, self.actor)
-        self.xy = []
-
-    def add(self, xy, closed=False):
-        self.xy.append(tuple(xy))
-        self._draw(closed)
-
-    def clear(self):
-        self.xy = []
-        self._draw(False)
-
-    def _draw(self, closed):
-        self.points.Reset()
-        self.lines.Reset()
-        for x, y in self.xy:
-            self.points.InsertNextPoint(x, y, 0.0)
-        ids = list(range(len(self.xy))) + ([0] if closed and len(self.xy) > 2 else [])
-        if len(ids) > 1:
-            self.lines.InsertNextCell(len(ids))
-            for index in ids:
-                self.lines.InsertCellPoint(index)
-        self.points.Modified()
-        self.polydata.Modified()
-        self.view.sliceView().scheduleRender()
-
-    def remove(self, view):
-        self.scriptedEffect.removeActor2D(view, self.actor)
