@@ -53,7 +53,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from fastsam3d.server.app import create_app
-    from fastsam3d.server.store import ServerSettings
+    from fastsam3d.server.settings import ServerSettings
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     shape = tuple(int(v) for v in args.shape.split(","))

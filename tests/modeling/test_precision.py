@@ -178,7 +178,8 @@ def test_cli_precision_option(capsys, tmp_path, monkeypatch, intensity_model):
 
 
 def test_server_settings_precision(tmp_path):
-    from fastsam3d.server.store import ServerSettings, SessionStore
+    from fastsam3d.server.settings import ServerSettings
+    from fastsam3d.server.store import SessionStore
 
     model = save_model(build_model("tiny-student"), tmp_path / "tiny.safetensors")
     store = SessionStore(ServerSettings(model=str(model), device="cpu", precision="int8", temp_dir=tmp_path / "t"))

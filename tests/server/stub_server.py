@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from fastsam3d.server.app import create_app
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.settings import ServerSettings
 
 from ..helpers import IntensityModel
 

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from fastsam3d.io import write_volume
 from fastsam3d.server.app import create_app
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.settings import ServerSettings
 
 from ..helpers import IntensityModel, sphere_volume
 

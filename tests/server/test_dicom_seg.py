@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from fastsam3d.io import Volume
 from fastsam3d.server.app import create_app
 from fastsam3d.server.dicom_seg import segment_colour, segment_terms
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.settings import ServerSettings
 
 from ..dicom_series import write_dicom_series
 from ..helpers import IntensityModel

@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.io import Volume, read_volume, write_volume
-from fastsam3d.server.app import create_app, decode_region
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.app import create_app
+from fastsam3d.server.protocol import decode_region
+from fastsam3d.server.settings import ServerSettings
 
 from ..helpers import IntensityModel, sphere_volume
 

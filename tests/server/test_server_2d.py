@@ -17,8 +17,9 @@ from fastsam3d.errors import CheckpointError
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.hub import fetch
 from fastsam3d.io import write_volume
-from fastsam3d.server.app import create_app, decode_region
-from fastsam3d.server.store import ServerSettings
+from fastsam3d.server.app import create_app
+from fastsam3d.server.protocol import decode_region
+from fastsam3d.server.settings import ServerSettings
 
 from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume
 
@@ -29,7 +30,7 @@ def client(tmp_path):
     (tmp_path / "data").mkdir()
     write_volume(volume, tmp_path / "data" / "ellipsoid.nii.gz")
     app = create_app(ServerSettings(data_dir=tmp_path / "data", temp_dir=tmp_path / "temp"), model=IntensityModel())
-    app.state.store._models["bright-in-box"] = BrightInBox()  # a loaded 2D model
+    app.state.store.models.loaded["bright-in-box"] = BrightInBox()  # a loaded 2D model
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
@@ -183,7 +184,7 @@ def test_each_propagated_slice_renews_the_deadline(tmp_path):
     write_volume(volume, tmp_path / "data" / "ellipsoid.nii.gz")
     settings = ServerSettings(data_dir=tmp_path / "data", temp_dir=tmp_path / "temp", request_seconds=1.0)
     app = create_app(settings, model=IntensityModel())
-    app.state.store._models["slow"] = SlowBrightInBox()
+    app.state.store.models.loaded["slow"] = SlowBrightInBox()
     where = np.argwhere(inside[:, :, 10])
     box = {"corner_a": [*where.min(0).tolist(), 10], "corner_b": [*where.max(0).tolist(), 10]}
     with TestClient(app, base_url="http://127.0.0.1") as client:

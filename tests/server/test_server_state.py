@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastsam3d.io import write_volume
-from fastsam3d.server.app import decode_region
+from fastsam3d.server.protocol import decode_region
 
 from ..helpers import sphere_volume
 from .test_server import centre_voxel, make_client, open_sphere

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from fastsam3d.server.app import decode_region
+from fastsam3d.server.protocol import decode_region
 
 from .test_server import centre_voxel, data_dir, make_client, open_sphere  # noqa: F401 (data_dir is a fixture)
 

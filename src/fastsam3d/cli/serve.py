@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ..server.app import create_app
-    from ..server.store import LOOPBACK_HOSTS, ServerSettings, check_binding, is_loopback
+    from ..server.settings import LOOPBACK_HOSTS, ServerSettings, check_binding, is_loopback
 
     if args.data is not None and not args.data.is_dir():
         raise FastSAM3DError(f"--data {args.data} is not a folder")

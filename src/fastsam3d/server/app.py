@@ -8,13 +8,10 @@ OpenAPI docs at ``/docs``; the viewer at ``/``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import shutil
 import time
 import uuid
-import zlib
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -23,84 +20,39 @@ from typing import Literal
 import numpy as np
 import torch
 from fastapi import APIRouter, FastAPI, File, Request, Security, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import FastSAM3DError, PromptError, VolumeError
-from ..interaction import Frame, Interaction, Progress, Timings
 from ..io import align_label, write_volume
-from ..session import Session
-from ..slicewise import SliceSession
 from ..strokes import from_slice_mask
+from .files import CHUNK, UPLOAD_SUFFIXES, display_name
 from .guard import RequestGuard
-from .lease import SessionElsewhereError
-from .store import (
-    CHUNK,
-    UPLOAD_SUFFIXES,
-    ServerSession,
-    ServerSettings,
-    SessionLimitError,
-    SessionStore,
-    UnknownSessionError,
-    display_name,
+from .interactions import interact, undo_or_redo
+from .protocol import (
+    STREAM_DESCRIPTION,
+    AnySession,
+    BoxRequest,
+    ClickRequest,
+    ObjectRef,
+    ObjectRequest,
+    OpenRequest,
+    StrokeRequest,
+    UncertaintyRequest,
+    decode_bits,
+    describe_objects,
+    describe_session,
+    encode_region,
+    status_code,
 )
+from .settings import ServerSettings
+from .store import ServerSession, SessionStore, UnknownSessionError
 from .worker import Job, SessionBusyError, SessionWorker, all_or_nothing
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
-AnySession = Session | SliceSession
-STREAM_DESCRIPTION = (
-    "stream=true answers application/x-ndjson: one JSON object per line, {event: 'progress', done, total, region} "
-    "after each slice a 2D model segments (region: that slice's label values, as in the answer), then "
-    "{event: 'result', ...the answer...} or {event: 'error', detail, status}"
-)
-
-
-class OpenRequest(BaseModel):
-    path: str = Field(description="a volume (file or DICOM folder) relative to the server's data folder")
-    model: str | None = Field(None, description="one of GET /api/models; default the server's model")
-
-
-class ObjectRequest(BaseModel):
-    name: str | None = None
-
-
-class ObjectRef(BaseModel):
-    object: int | None = Field(None, description="object label; default the active object")
-
-
-class ClickRequest(ObjectRef):
-    points: list[list[float]] = Field(min_length=1, description="one or more points, each three numbers")
-    positive: list[bool] | bool = Field(True, description="include (true) or exclude, per point or for all")
-    coordinates: Frame = Field("voxel", description="voxel index (i, j, k) or world mm (LPS or RAS)")
-
-
-class BoxRequest(ObjectRef):
-    corner_a: list[float] = Field(min_length=3, max_length=3)
-    corner_b: list[float] = Field(min_length=3, max_length=3)
-    coordinates: Frame = Field("voxel", description="voxel index (i, j, k) or world mm (LPS or RAS)")
-
-
-class SliceBits(BaseModel):
-    axis: int = Field(ge=0, le=2, description="the input axis the slice lies across")
-    index: int = Field(ge=0, description="the slice's index along that axis")
-    origin: list[int] = Field(min_length=2, max_length=2, description="the crop's low corner on the other two axes")
-    shape: list[int] = Field(min_length=2, max_length=2, description="the crop's size on the other two axes")
-    data: str = Field(description="base64 of zlib of numpy.packbits of the crop's pixels, row-major (C order)")
-
-
-class StrokeRequest(ObjectRef):
-    points: list[list[float]] | None = Field(None, description="the stroke's points (three numbers each)")
-    bits: SliceBits | None = Field(None, description="or the drawn pixels on one slice, as a bit crop")
-    positive: bool = Field(True, description="include (true) or exclude")
-    coordinates: Frame = Field("voxel", description="frame of the points: voxel index or world mm (LPS or RAS)")
-
-
-class UncertaintyRequest(ObjectRef):
-    samples: int = Field(16, ge=1, le=128)
 
 
 def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -> FastAPI:
@@ -139,7 +91,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @app.exception_handler(FastSAM3DError)
     def _user_error(request: Request, error: FastSAM3DError) -> JSONResponse:
-        return JSONResponse({"detail": store.scrub(str(error))}, status_code=_status(error))
+        return JSONResponse({"detail": store.scrub(str(error))}, status_code=status_code(error))
 
     async def lookup(session_id: str) -> ServerSession:
         """The open session with this id; a saved one is reopened first (after a restart, or on
@@ -165,19 +117,19 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     async def models() -> dict:
         """Every model a session can be opened with (``dims`` 2 or 3, the ``prompts`` it takes) and
         whether its weights are on this server (``available``)."""
-        return {"default": settings.model, "models": await asyncio.to_thread(store.models)}
+        return {"default": settings.model, "models": await asyncio.to_thread(store.models.offered)}
 
     @api.get("/files")
     async def files() -> dict:
-        return {"files": await worker.open(store.data_files)}
+        return {"files": await worker.open(store.data.files)}
 
     @api.post("/sessions")
     async def open_path(request: OpenRequest) -> dict:
-        return _describe(await worker.open(lambda: store.open_path(request.path, request.model)))
+        return describe_session(await worker.open(lambda: store.open_path(request.path, request.model)))
 
     @api.post("/sessions/upload")
     async def open_upload(file: UploadFile = File(...), model: str | None = None) -> dict:
-        return _describe(await worker.open(lambda: store.open_upload(file.file, file.filename, model)))
+        return describe_session(await worker.open(lambda: store.open_upload(file.file, file.filename, model)))
 
     @api.get("/sessions")
     async def sessions() -> dict:
@@ -187,7 +139,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
 
     @api.get("/sessions/{session_id}")
     async def describe(session_id: str) -> dict:
-        return _describe(await lookup(session_id))
+        return describe_session(await lookup(session_id))
 
     @api.post("/sessions/{session_id}/heartbeat")
     async def heartbeat(session_id: str) -> dict:
@@ -222,7 +174,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                 session.remove_object(label)
                 raise SessionBusyError("cancelled")
             store.save(entry)
-            return {"object": label, "objects": _objects(session)}
+            return {"object": label, "objects": describe_objects(session)}
 
         return await worker.run(entry, work)
 
@@ -243,7 +195,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             indices = [session.to_index(p, request.coordinates) for p in request.points]
             return all_or_nothing(session, [partial(session.add_clicks, indices, signs, label=request.object)], job)
 
-        return await _interact(worker, store, entry, action, stream=stream)
+        return await interact(worker, store, entry, action, stream=stream)
 
     @api.post("/sessions/{session_id}/box", description=STREAM_DESCRIPTION)
     async def box(session_id: str, request: BoxRequest, stream: bool = False):
@@ -256,22 +208,22 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             corners = [session.to_index(c, request.coordinates) for c in (request.corner_a, request.corner_b)]
             return all_or_nothing(session, [partial(session.set_box, *corners, label=request.object)], job)
 
-        return await _interact(worker, store, entry, action, stream=stream)
+        return await interact(worker, store, entry, action, stream=stream)
 
     @api.post("/sessions/{session_id}/scribble", description=STREAM_DESCRIPTION)
     async def scribble(session_id: str, request: StrokeRequest, stream: bool = False):
         """A scribble (a polyline of points, or the pixels drawn on one slice) as one interaction."""
-        return await _stroke(store.get(session_id), "scribble", request, stream)
+        return await _stroke(await lookup(session_id), "scribble", request, stream)
 
     @api.post("/sessions/{session_id}/lasso", description=STREAM_DESCRIPTION)
     async def lasso(session_id: str, request: StrokeRequest, stream: bool = False):
         """A lasso (a closed polygon on one slice, or its drawn pixels) as one interaction."""
-        return await _stroke(store.get(session_id), "lasso", request, stream)
+        return await _stroke(await lookup(session_id), "lasso", request, stream)
 
     async def _stroke(entry: ServerSession, kind: str, request: StrokeRequest, stream: bool):
         if (request.points is None) == (request.bits is None):
             raise PromptError(f"give the {kind} as 'points' or as 'bits', one of the two")
-        plane = None if request.bits is None else _decode_bits(request.bits, settings.max_stroke_pixels)
+        plane = None if request.bits is None else decode_bits(request.bits, settings.max_stroke_pixels)
 
         def action(session: AnySession, job: Job):
             if plane is None:
@@ -285,14 +237,14 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
                 step = partial(session.add_stroke, stroke, label=request.object)
             return all_or_nothing(session, [step], job)
 
-        return await _interact(worker, entry, action, stream=stream, scrub=store.scrub)
+        return await interact(worker, store, entry, action, stream=stream)
 
     @api.post("/sessions/{session_id}/mask")
     async def initial_mask(session_id: str, file: UploadFile = File(...), object: int | None = None) -> dict:
         """Start an object from a mask file on the image's voxels (any non-zero voxel is inside)."""
         entry = await lookup(session_id)
         mask = await worker.open(lambda: _read_mask(store, entry, file))
-        return await _interact(
+        return await interact(
             worker,
             store,
             entry,
@@ -302,16 +254,20 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
     @api.post("/sessions/{session_id}/undo")
     async def undo(session_id: str, request: ObjectRef) -> dict:
         entry = await lookup(session_id)
-        return await _interact(worker, store, entry, lambda s, job: _step(s, request.object, -1, job), report="changed")
+        return await interact(
+            worker, store, entry, lambda s, job: undo_or_redo(s, request.object, -1, job), report="changed"
+        )
 
     @api.post("/sessions/{session_id}/redo")
     async def redo(session_id: str, request: ObjectRef) -> dict:
         entry = await lookup(session_id)
-        return await _interact(worker, store, entry, lambda s, job: _step(s, request.object, +1, job), report="changed")
+        return await interact(
+            worker, store, entry, lambda s, job: undo_or_redo(s, request.object, +1, job), report="changed"
+        )
 
     @api.post("/sessions/{session_id}/reset")
     async def reset(session_id: str, request: ObjectRef) -> dict:
-        return await _interact(
+        return await interact(
             worker,
             store,
             await lookup(session_id),
@@ -325,7 +281,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         def work(session: AnySession, job: Job) -> dict:
             result = session.uncertainty(samples=request.samples, label=request.object)
             quantised = np.clip(np.rint(result.entropy * 255), 0, 255).astype(np.uint8)  # bits in [0, 1]
-            return {"region": _encode(result.box, quantised), "scale": 1 / 255, "unit": "bits"}
+            return {"region": encode_region(result.box, quantised), "scale": 1 / 255, "unit": "bits"}
 
         answer = await worker.run(await lookup(session_id), work)
         return answer | {"timings_ms": {"total": 1e3 * (time.perf_counter() - started)}}
@@ -392,175 +348,3 @@ def _read_mask(store: SessionStore, entry: ServerSession, file: UploadFile) -> n
         return align_label(entry.session.volume, store.read(path, name), "the image", name).array > 0
     finally:
         path.unlink(missing_ok=True)
-
-
-def _step(session: AnySession, label: int | None, step: int, job: Job) -> Interaction | None:
-    """Undo (-1) or redo (+1), taken back when the request was cancelled meanwhile."""
-    move, back = (session.undo, session.redo) if step < 0 else (session.redo, session.undo)
-    changed = move(label)
-    if not job.commit():
-        if changed:
-            back(label)
-        raise SessionBusyError("cancelled")
-    return changed
-
-
-def _decode_bits(bits: SliceBits, max_pixels: int) -> np.ndarray:
-    """A request's bit crop as a boolean 2D array, its size checked before it is inflated."""
-    rows, cols = bits.shape
-    if rows < 1 or cols < 1 or rows * cols > max_pixels:
-        raise PromptError(f"a drawn crop of {rows} x {cols} pixels; this server accepts 1 to {max_pixels}")
-    try:
-        packed = zlib.decompressobj().decompress(base64.b64decode(bits.data, validate=True), (rows * cols + 7) // 8 + 1)
-    except (ValueError, zlib.error):
-        raise PromptError("the drawn crop's data is not base64 of zlib-compressed bits") from None
-    if len(packed) != (rows * cols + 7) // 8:
-        raise PromptError(f"the drawn crop's data holds {len(packed) * 8} bits, not the {rows * cols} of its shape")
-    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=rows * cols).reshape(rows, cols).astype(bool)
-
-
-def _status(error: FastSAM3DError) -> int:
-    return {UnknownSessionError: 404, SessionElsewhereError: 409, SessionLimitError: 429, SessionBusyError: 503}.get(
-        type(error), 400
-    )
-
-
-async def _interact(
-    worker: SessionWorker, store: SessionStore, entry: ServerSession, action, report: str = "", stream: bool = False
-):
-    """Run one interaction as the session's job and save the session; answer with the changed
-    region and timings (with ``stream``, as a stream of progress events ending in the answer)."""
-    started = time.perf_counter()
-
-    def work(session: AnySession, job: Job) -> dict:
-        result = action(session, job)  # an Interaction; None: nothing to undo / redo
-        if result is not None:
-            store.save(entry)
-        region = result.changed_region if result is not None else None
-        timings = result.timings if result is not None else Timings()
-        answer = {
-            "object": session.active,
-            "objects": _objects(session),
-            "region": _encode(region, session.labels[region]) if region else None,
-            "timings_ms": {
-                "encoder": 1e3 * timings.encoder,
-                "decoder": 1e3 * timings.decoder,
-                "paste": 1e3 * timings.paste,
-            },
-        }
-        if timings.slices:
-            answer["slices"] = timings.slices
-        if report:
-            answer[report] = result is not None
-        return answer
-
-    if stream:
-        return _streamed(worker, entry, work, started, store.scrub)
-    answer = await worker.run(entry, partial(_reporting, work, None))
-    answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
-    return answer
-
-
-def _reporting(work, send, session: AnySession, job: Job):
-    """Run ``work`` with the 2D session's progress hook set: each slice renews the job's deadline
-    (and, with ``send``, is sent as a progress event); a cancelled job stops at the next slice."""
-    if not isinstance(session, SliceSession):
-        return work(session, job)
-
-    def report(progress: Progress) -> None:
-        if job.cancelled:
-            raise SessionBusyError("cancelled")
-        job.progressed = time.monotonic()  # the event loop's clock
-        if send is not None:
-            region = _encode(progress.region, progress.values) if progress.region is not None else None
-            send({"event": "progress", "done": progress.done, "total": progress.total, "region": region})
-
-    session.progress = report
-    try:
-        return work(session, job)
-    finally:
-        session.progress = None
-
-
-def _streamed(worker: SessionWorker, entry: ServerSession, work, started: float, scrub) -> StreamingResponse:
-    """The job's progress events (2D propagation) as NDJSON lines, then its answer or error."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[dict] = asyncio.Queue()
-
-    def send(event: dict) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
-    async def lines():
-        task = asyncio.ensure_future(worker.run(entry, partial(_reporting, work, send)))
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # a gone client's answer
-        while True:
-            getter = asyncio.ensure_future(events.get())
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield json.dumps(getter.result()) + "\n"
-                continue
-            getter.cancel()
-            while not events.empty():
-                yield json.dumps(events.get_nowait()) + "\n"
-            try:
-                answer = task.result()
-            except FastSAM3DError as error:
-                yield json.dumps({"event": "error", "detail": scrub(str(error)), "status": _status(error)}) + "\n"
-                return
-            except Exception:  # a bug: logged; the client gets an ending line, not a cut stream
-                log.exception("streamed interaction failed")
-                yield json.dumps({"event": "error", "detail": "internal server error", "status": 500}) + "\n"
-                return
-            answer["timings_ms"]["server"] = 1e3 * (time.perf_counter() - started)
-            yield json.dumps({"event": "result", **answer}) + "\n"
-            return
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-
-def _encode(box, crop: np.ndarray) -> dict:
-    """The values ``crop`` of a box of the volume as zlib + base64, i fastest (NIfTI order)."""
-    dtype = np.uint8 if crop.size == 0 or int(crop.max()) < 256 else np.uint16
-    data = zlib.compress(np.asarray(crop, dtype=dtype).tobytes(order="F"), 1)
-    return {
-        "start": [s.start for s in box],
-        "stop": [s.stop for s in box],
-        "dtype": np.dtype(dtype).name,
-        "order": "F",
-        "encoding": "zlib+base64",
-        "data": base64.b64encode(data).decode(),
-    }
-
-
-def _objects(session: AnySession) -> list[dict]:
-    return [
-        {"label": label, "name": obj.name, "volume_ml": round(session.volume_ml(label), 3)}
-        for label, obj in session.objects.items()
-    ]
-
-
-def _describe(entry: ServerSession) -> dict:
-    volume = entry.session.volume
-    dims = 2 if isinstance(entry.session, SliceSession) else 3
-    return {
-        "id": entry.id,
-        "name": entry.name,
-        "model": entry.model,
-        "dims": dims,
-        "shape": list(volume.shape),
-        "spacing": volume.spacing.tolist(),
-        "origin": volume.origin.tolist(),
-        "direction": volume.direction.tolist(),
-        "orientation": volume.orientation,
-        "dicom": entry.dicom_dir is not None,
-        "objects": _objects(entry.session),
-        "intensity": list(entry.intensity),
-    }
-
-
-def decode_region(region: dict) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-    """Inverse of the answer's ``region`` encoding (for Python clients and tests)."""
-    shape = tuple(b - a for a, b in zip(region["start"], region["stop"], strict=True))
-    raw = zlib.decompress(base64.b64decode(region["data"]))
-    values = np.frombuffer(raw, dtype=region["dtype"]).reshape(shape, order="F")
-    return tuple(slice(a, b) for a, b in zip(region["start"], region["stop"], strict=True)), values

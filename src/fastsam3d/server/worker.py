@@ -19,7 +19,8 @@ from ..errors import FastSAM3DError
 from ..interaction import Interaction, Timings
 from ..labelmap import union_box
 from ..session import Session
-from .store import ServerSession, UnknownSessionError, release
+from .memory import release
+from .store import ServerSession, UnknownSessionError
 
 T = TypeVar("T")
 MAX_WAITING = 16  # requests queued on one session before new ones are refused
