@@ -247,7 +247,8 @@ class SegmentEditorEffect(SessionPanel, AbstractScriptedSegmentEditorEffect):
                 self.submit(request)
 
             def cancelled(answer):  # an upload cancelled: its session is not wanted
-                self.logic.session = None
+                if self.logic.session is not None and self.logic.session["id"] == answer["id"]:
+                    self.logic.session = None  # not when a newer upload finished first
                 Background(self.logic.close_session, answer["id"])
 
             self._start(opened, uploaded, "uploading the volume…", late=cancelled)
