@@ -2,7 +2,9 @@
 (radiological convention, CT window), click an organ, see the overlay and the point marker, undo /
 redo (the marker follows), draw a box by two corners on one axial slice, navigate without
 prompting, shortcuts after focusing a checkbox, an error that clears the busy state, the
-uncertainty display, and the download. Needs Debian's chromium (``.ci/run`` installs it) and
+uncertainty display, and the download; then lasso and scribble strokes drawn with the mouse (outlines,
+undo, a refused stroke), each object's volume in ml, a server that does not answer for a while, an
+unknown session, 20 volumes opened one after another, and the Sessions panel (resume, close). Needs Debian's chromium (``.ci/run`` installs it) and
 Playwright."""
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
             at,
         )
         assert green[1] > 200 and green[0] < 50, green  # a green include marker on the overlay canvas
-        assert "round trip" in page.locator("#latency").inner_text()
+        latency = page.locator("#latency").inner_text()
+        assert "server" in latency and "transfer" in latency and "paint" in latency, latency
         assert "axial slice" in page.locator("#crosshair").inner_text()
         page.mouse.move(canvas["x"] + at[0] + 3, canvas["y"] + at[1])
         assert "value 1" in page.locator("#cursor").inner_text()  # HU of the bright sphere (~1200)
@@ -300,3 +303,199 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         labels[tuple(centre_b)] == 2 and ((labels == 2) & truth_b).sum() > 0.6 * truth_b.sum()
     )  # the slab covers most of B
     assert 0 < uncertain < 0.15 * region  # a band around the object, not the whole ROI
+
+
+def sessions_of(page) -> list[dict]:
+    return page.evaluate("async () => (await (await fetch('/api/sessions')).json()).sessions")
+
+
+@pytest.mark.slow
+def test_viewer_strokes_volumes_sessions(server, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed: pip install playwright (the test extra)"
+    )
+    url, volume, spheres = server
+    (centre_a, _), (centre_b, _) = spheres
+
+    def world(index):
+        return lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        sent: list[tuple[str, dict]] = []
+        page.on(
+            "request",
+            lambda r: (
+                sent.append((r.url.split("/")[-1].split("?")[0], json.loads(r.post_data)))
+                if r.method == "POST" and ("/scribble" in r.url or "/lasso" in r.url)
+                else None
+            ),
+        )
+        page.goto(url)
+        page.wait_for_selector("body[data-status=idle]", timeout=60_000)
+        page.click("#open")
+        page.wait_for_selector("body[data-status=ready]", timeout=90_000)
+        canvas = page.locator("#gl").bounding_box()
+
+        def settled(condition: str, timeout=120_000):  # fails at once, with the status line, on an error
+            page.wait_for_function(
+                f"document.body.dataset.status === 'error' || (document.body.dataset.status !== 'busy' && ({condition}))",
+                timeout=timeout,
+            )
+            assert page.evaluate(condition), page.locator("#status").inner_text()
+
+        def screen(index):  # a voxel of the crosshair's axial slice, in page pixels
+            x, y = page.evaluate("(mm) => window.fastsam3d.toCanvas(mm, 0)", world(index))
+            return canvas["x"] + x, canvas["y"] + y
+
+        def drag(indices):
+            page.mouse.move(*screen(indices[0]))
+            page.mouse.down()
+            for index in indices[1:]:
+                page.mouse.move(*screen(index), steps=3)
+            page.mouse.up()
+
+        def strokes():
+            return [m for m in page.evaluate("window.fastsam3d.markers()") if m["kind"] in ("lasso", "scribble")]
+
+        page.evaluate(TO_CANVAS, [world(centre_a), 0])  # the axial tile shows sphere A's middle slice
+        # lasso: a closed freehand outline around the middle of sphere A, overshooting its start (it crosses itself)
+        page.keyboard.press("l")
+        angles = np.linspace(0, 2 * np.pi * 1.08, 40)
+        ring = [centre_a + np.array([np.cos(t) * 9, np.sin(t) * 9, 0]) for t in angles]
+        drag(ring)
+        settled("Number(document.body.dataset.labelled || 0) > 0")
+        assert page.evaluate("document.body.dataset.status") == "ready", page.locator("#status").inner_text()
+        kind, body = sent[-1]
+        assert kind == "lasso" and body["positive"] is True and 3 <= len(body["points"]) <= 500
+        assert {p[2] for p in body["points"]} == {int(centre_a[2])}  # all on the current axial slice
+        lasso = strokes()
+        assert [(m["kind"], m["tile"], m["pending"]) for m in lasso] == [("lasso", 0, False)], lasso
+        x, y = screen(ring[0])
+        pixel = page.evaluate(
+            """([x, y]) => { const c = document.getElementById('marks'), d = devicePixelRatio, out = [];
+            for (let dx = -3; dx <= 3; dx++) for (let dy = -3; dy <= 3; dy++)
+              out.push(Array.from(c.getContext('2d').getImageData(Math.round(x * d) + dx, Math.round(y * d) + dy, 1, 1).data));
+            return out; }""",
+            [x - canvas["x"], y - canvas["y"]],
+        )
+        assert any(px[1] > 200 and px[0] < 50 and px[3] > 200 for px in pixel), pixel  # the green outline
+        # each object's volume in ml beside it in the list
+        ml = page.locator("#objects li .ml").first.inner_text()
+        assert ml.endswith(" ml") and float(ml.split()[0]) > 0, ml
+        labelled = int(page.evaluate("document.body.dataset.labelled"))
+
+        # a negative scribble across it: exclude sign, scribble tool
+        page.keyboard.press("e")
+        page.keyboard.press("s")
+        drag([centre_a + np.array([-12, 0, 0]), centre_a, centre_a + np.array([12, 0, 0])])
+        settled(f"Number(document.body.dataset.labelled) < {labelled}")
+        kind, body = sent[-1]
+        assert kind == "scribble" and body["positive"] is False
+        assert [(m["kind"], m["positive"]) for m in strokes()] == [("lasso", True), ("scribble", False)]
+        assert "ml" in page.locator("#objects li .ml").first.inner_text()
+
+        # undo removes the scribble (its outline and its effect), the lasso stays
+        page.keyboard.press("Control+z")
+        settled(f"document.body.dataset.labelled === '{labelled}'")
+        assert [m["kind"] for m in strokes()] == ["lasso"]
+
+        # a refused stroke (a lasso without area) shows the server's message and leaves nothing drawn
+        page.keyboard.press("i")
+        page.keyboard.press("l")
+        line = [centre_a + np.array([-8, 0, 0]), centre_a + np.array([8, 0, 0]), centre_a + np.array([-8, 0, 0])]
+        drag(line)
+        page.wait_for_selector("body[data-status=error]", timeout=60_000)
+        assert page.evaluate("window.fastsam3d.state.busy") is False
+        assert page.evaluate("window.fastsam3d.state.sent.length") == 0
+        assert [m["kind"] for m in strokes()] == ["lasso"]
+        assert page.evaluate("document.body.dataset.labelled") == str(labelled)
+
+        # the server does not answer for a while (a restart): the click is retried, goes on with the same
+        # session (still listed) and the view (the crosshair) stays; an unknown session says how to resume
+        session_id = page.evaluate("window.fastsam3d.state.session.id")
+        crosshair = page.evaluate("Array.from(window.fastsam3d.nv.scene.crosshairPos)")
+        refused = []
+
+        def down_twice(route):
+            if len(refused) < 2:
+                refused.append(route.request.url)
+                route.abort("connectionrefused")
+            else:
+                route.continue_()
+
+        page.route("**/clicks*", down_twice)
+        page.evaluate(
+            f"window.fastsam3d.interact('clicks', {{points: [{centre_b.tolist()}], positive: true, coordinates: 'voxel', object: 1}})"
+        )
+        settled(f"document.body.dataset.status === 'ready' && Number(document.body.dataset.labelled) > {labelled}")
+        assert len(refused) == 2 and page.evaluate("window.fastsam3d.state.session.id") == session_id
+        assert page.evaluate("Array.from(window.fastsam3d.nv.scene.crosshairPos)") == crosshair
+        page.unroute("**/clicks*")
+        page.keyboard.press("Control+z")
+        settled(f"document.body.dataset.labelled === '{labelled}'")
+        page.route(
+            "**/clicks*",
+            lambda route: route.fulfill(
+                status=404, content_type="application/json", body='{"detail": "unknown session"}'
+            ),
+        )
+        page.evaluate(
+            f"window.fastsam3d.interact('clicks', {{points: [{centre_b.tolist()}], positive: true, coordinates: 'voxel'}})"
+        )
+        page.wait_for_selector("body[data-status=error]", timeout=30_000)
+        assert "Sessions" in page.locator("#status").inner_text()
+        page.unroute("**/clicks*")
+        latency = page.locator("#latency").inner_text()
+        assert "server" in latency and "transfer" in latency and "paint" in latency, latency
+
+        # 20 volumes one after another: each Open closes the previous session, none is refused
+        ids = {session_id}
+        for _ in range(20):
+            previous = page.evaluate("window.fastsam3d.state.session.id")
+            page.click("#open")
+            page.wait_for_function(
+                f"window.fastsam3d.state.session.id !== '{previous}' && document.body.dataset.status === 'ready'",
+                timeout=90_000,
+            )
+            ids.add(page.evaluate("window.fastsam3d.state.session.id"))
+        current = page.evaluate("window.fastsam3d.state.session.id")
+        assert len(ids) == 21 and not errors, errors
+        for _ in range(100):  # the previous session's DELETE is sent without waiting for its answer
+            if [row["id"] for row in sessions_of(page) if row["open"]] == [current]:
+                break
+            page.wait_for_timeout(200)
+        assert [row["id"] for row in sessions_of(page) if row["open"]] == [current]
+
+        # the Sessions panel: another session (opened and clicked through the API) is listed, Resume shows
+        # it with its labels, Close closes it
+        other = page.evaluate(
+            f"""async () => {{ const json = (body) => ({{method: 'POST', headers: {{'Content-Type': 'application/json'}},
+                body: JSON.stringify(body)}});
+            const s = await (await fetch('/api/sessions', json({{path: 'ct.nii.gz'}}))).json();
+            await fetch(`/api/sessions/${{s.id}}/clicks`, json({{points: [{centre_b.tolist()}], positive: true}}));
+            return s.id; }}"""
+        )
+        page.click("#sessions-refresh")
+        page.wait_for_selector(f"#sessions li[data-id='{other}']")
+        assert page.locator(f"#sessions li[data-id='{current}']").get_attribute("class") == "current"
+        page.click(f"#sessions li[data-id='{other}'] button.resume")
+        page.wait_for_function(
+            f"window.fastsam3d.state.session.id === '{other}' && document.body.dataset.status === 'ready' && "
+            "document.getElementById('status').textContent.startsWith('resumed')",
+            timeout=90_000,
+        )
+        resumed = int(page.evaluate("document.body.dataset.labelled"))
+        assert resumed > 0 and "resumed" in page.locator("#status").inner_text()
+        assert page.locator("#objects li .ml").first.inner_text().endswith(" ml")
+        page.click(f"#sessions li[data-id='{current}'] button.close")
+        page.wait_for_selector(f"#sessions li[data-id='{current}']", state="detached")
+        assert [row["id"] for row in sessions_of(page)] == [other]
+        browser.close()
+    assert not errors, errors
+    print(f"lasso labelled {labelled} voxels; resumed session: {resumed} labelled voxels")

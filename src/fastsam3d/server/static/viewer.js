@@ -14,16 +14,22 @@ const UNCERTAINTY_MIN_BITS = 0.1;  // entropy below this is not shown
 const UNCERTAINTY_NEAR = 4;  // voxels: entropy is shown only this close to the object
 const $ = (id) => document.getElementById(id);
 const state = {
-  session: null, models: [], model: null, objects: [], active: null, mode: "include", corner: null, pending: null,
+  session: null, models: [], model: null, objects: [], active: null, mode: "click", sign: "include", corner: null, pending: null,
   busy: false, labels: null, labelled: 0, ras: null, history: {}, hover: null, paintMs: null, lastPoint: null,
   queue: [],  // [path, body] of prompts made while a request runs, applied in order after it
+  drawing: null,  // the stroke being drawn: {kind, positive, tile, axis, index, points (server voxels)}
+  sent: [],  // strokes sent or queued, drawn until their answer comes (then kept in the history, or dropped)
+  sessions: [],  // GET /api/sessions, for the Sessions panel
 };
+const MAX_STROKE_POINTS = 500;  // a drawn path is thinned to at most this many points
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 3000, 5000, 5000, 5000, 5000];  // server down or restarting
 const nv = new niivue.Niivue({
   backColor: [0.07, 0.07, 0.07, 1], show3Dcrosshair: true, dragAndDropEnabled: false, isRadiologicalConvention: true,
   viewModeHotKey: "", clipPlaneHotKey: "", multiplanarShowRender: niivue.SHOW_RENDER.ALWAYS,
 });
 window.fastsam3d = {  // for tests and the console
   nv, state, markers: () => drawMarkers(), interact: (path, body) => interact(path, body),
+  sessions: () => loadSessions(), resume: (id) => resumeSession(id),
   toCanvas: (mm, tile = 0) => {  // a world RAS point on a 2D tile (0 axial, 1 coronal, 2 sagittal), CSS pixels
     const slice = nv.screenSlices.find((s) => s.axCorSag === tile && s.AxyzMxy && s.AxyzMxy.length >= 4);
     const at = tileOf(mm, slice), dpr = $("gl").width / $("gl").clientWidth;
@@ -47,17 +53,62 @@ async function api(path, options = {}) {
     init.headers["Content-Type"] = "application/json";
     init.method = init.method || "POST";
   }
-  let response = await fetch(path, init);
+  let response = await reach(path, init);
   for (let tries = 0; response.status === 409 && tries < HELD_RETRIES; tries++) {
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    response = await fetch(path, init);
+    await sleep(1500);
+    response = await reach(path, init);
   }
   if (!response.ok) {
     let detail = `${response.status} ${response.statusText}`;
     try { const body = await response.json(); detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail); } catch (e) { /* not JSON */ }
-    throw new Error(detail);
+    const sessionId = (path.match(/^\/api\/sessions\/([^/?]+)/) || [])[1];
+    if (response.status === 404 && sessionId && sessionId !== "upload") throw sessionGone(sessionId);
+    const error = new Error(detail);
+    error.status = response.status;
+    throw error;
   }
   return response;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function sessionGone(id) {
+  const error = new Error(`session ${id} is no longer on the server (closed, expired, or the server was restarted ` +
+    "without its state folder): open the Sessions list (↻) and Resume a saved session, or open the volume again");
+  error.status = 404;
+  error.gone = true;
+  return error;
+}
+
+async function reach(path, init) {
+  // fetch, retried while the server does not answer at all (stopped, restarting: the request never
+  // arrived). When it answers again, a request for a session goes on only if the server still lists
+  // that session (a restarted server reopens its saved sessions), so the view stays as it is.
+  const id = (path.match(/^\/api\/sessions\/([^/?]+)/) || [])[1];
+  for (let attempt = 0; ; attempt++) {
+    try {
+      if (attempt > 0 && id && id !== "upload" && init.method !== "DELETE") {
+        const listed = await fetch("/api/sessions", { headers: init.headers });
+        if (listed.ok) {
+          const rows = (await listed.json()).sessions || [];
+          renderSessions(rows);
+          if (!rows.some((row) => row.id === id)) throw sessionGone(id);
+        }
+      }
+      const response = await fetch(path, init);
+      delete document.body.dataset.reconnecting;
+      return response;
+    } catch (error) {
+      if (error.gone || attempt >= RECONNECT_DELAYS_MS.length) {
+        delete document.body.dataset.reconnecting;
+        if (error.gone) throw error;
+        throw new Error(`the server does not answer (${error.message}); try again once it runs`);
+      }
+      document.body.dataset.reconnecting = String(attempt + 1);
+      $("status").textContent = `the server does not answer; retrying (${attempt + 1} / ${RECONNECT_DELAYS_MS.length})…`;
+      await sleep(RECONNECT_DELAYS_MS[attempt]);
+    }
+  }
 }
 
 async function readAnswer(response, onProgress) {
@@ -271,9 +322,21 @@ function record(label, path, body, answer) {
     history.done.push({ points: body.points.map((p, i) => ({ mm: body.coordinates === "ras" ? p : indexToRas(p), positive: signs[i] })) });
   } else if (path === "box") {
     history.done.push({ box: [body.corner_a, body.corner_b].map(indexToRas) });
+  } else if (path === "scribble" || path === "lasso") {
+    history.done.push({ stroke: strokeOf(path, body) });
   } else if (path === "reset") {
     history.done.push({ reset: true });
   }
+}
+
+const drawnOn = new WeakMap();  // a drawn stroke's request body -> the slice axis it was drawn on
+
+function strokeOf(kind, body) {
+  // a sent stroke's outline: its server voxels and the slice they lie on (a lasso's, or a scribble's when flat)
+  let flat = [0, 1, 2].filter((axis) => body.points.every((p) => p[axis] === body.points[0][axis]));
+  if (drawnOn.has(body)) flat = [drawnOn.get(body)];
+  return { kind, positive: body.positive, points: body.points, axis: flat.length === 1 ? flat[0] : null,
+    index: flat.length === 1 ? body.points[0][flat[0]] : null };
 }
 
 function tileOf(mm, slice) {
@@ -305,6 +368,8 @@ function drawMarkers() {
   const steps = [];
   for (const obj of state.objects) for (const step of visibleSteps(obj.label)) steps.push([obj.label, step]);
   if (state.corner) steps.push([state.active, { corner: state.corner, hover: state.hover }]);
+  for (const sent of state.sent) steps.push([sent.label, { stroke: sent.stroke, pending: true }]);
+  if (state.drawing) steps.push([state.active, { stroke: state.drawing, pending: true }]);
   for (const slice of tiles) {
     for (const [label, step] of steps) {
       ctx.globalAlpha = label === state.active ? 1 : 0.5;
@@ -319,6 +384,26 @@ function drawMarkers() {
         ctx.strokeStyle = "black";
         ctx.stroke();
         drawn.push({ kind: point.positive ? "include" : "exclude", tile: slice.axCorSag, x: at.x / dpr, y: at.y / dpr, label });
+      }
+      if (step.stroke && strokeOnTile(step.stroke, slice, tolerance)) {
+        const stroke = step.stroke;
+        const at = stroke.points.map((p) => tileOf(indexToRas(p), slice));
+        ctx.beginPath();
+        at.forEach((p, n) => (n ? ctx.lineTo(p.x, p.y) : ctx.moveTo(p.x, p.y)));
+        const rgb = stroke.positive ? "0, 230, 0" : "255, 30, 30";
+        if (stroke.kind === "lasso" && at.length > 2) {
+          ctx.closePath();
+          ctx.fillStyle = `rgba(${rgb}, 0.15)`;
+          ctx.fill();
+        }
+        ctx.lineWidth = 2 * dpr;
+        ctx.lineJoin = "round";
+        ctx.strokeStyle = `rgb(${rgb})`;
+        ctx.setLineDash(step.pending ? [4 * dpr, 3 * dpr] : []);
+        ctx.stroke();
+        ctx.setLineDash([]);
+        drawn.push({ kind: stroke.kind, positive: stroke.positive, pending: Boolean(step.pending), tile: slice.axCorSag,
+          points: at.length, x: at[0].x / dpr, y: at[0].y / dpr, label });
       }
       const corners = step.box || (step.corner && step.hover ? [step.corner, step.hover] : null);
       if (corners) {
@@ -348,6 +433,28 @@ function drawMarkers() {
   }
   ctx.globalAlpha = 1;
   return drawn;
+}
+
+function strokeOnTile(stroke, slice, tolerance) {
+  // a flat stroke shows on the tile showing its slice; a 3D scribble where a point lies on the tile's plane
+  if (!stroke.points.length) return false;
+  if (stroke.axis === null) return stroke.points.some((p) => tileOf(indexToRas(p), slice).depth <= tolerance);
+  const r = [2, 1, 0][slice.axCorSag];
+  return state.ras.axis[r] === stroke.axis && crosshairIndex()[stroke.axis] === stroke.index;
+}
+
+function crosshairIndex() {
+  // the crosshair's server voxel (NiiVue's RAS voxel mapped back onto the server's axes)
+  return serverIndex(nv.frac2vox(nv.scene.crosshairPos));
+}
+
+function serverIndex(vox) {
+  const m = state.ras, index = [0, 0, 0];
+  for (let r = 0; r < 3; r++) {
+    const a = m.axis[r];
+    index[a] = Math.min(Math.max(m.flip[r] ? m.dims[a] - 1 - vox[r] : vox[r], 0), m.dims[a] - 1);
+  }
+  return index;
 }
 
 function boxSpans(corners, slice, tolerance) {
@@ -382,15 +489,25 @@ function renderObjects() {
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = `rgb(${colour(obj.label)})`;
-    item.append(swatch, document.createTextNode(obj.name));
+    const ml = document.createElement("span");
+    ml.className = "ml";
+    ml.title = "volume of the object's mask";
+    ml.textContent = obj.volume_ml == null ? "" : `${obj.volume_ml.toFixed(obj.volume_ml >= 10 ? 1 : 2)} ml`;
+    item.append(swatch, document.createTextNode(obj.name), ml);
     item.classList.toggle("active", obj.label === state.active);
     item.onclick = () => { state.active = obj.label; renderObjects(); nv.drawScene(); };
     list.appendChild(item);
   }
 }
 
+const STROKES = ["scribble", "lasso"];
+
 async function interact(path, body) {
   if (!state.session) return;
+  if (STROKES.includes(path) && !state.sent.some((sent) => sent.body === body)) {  // drawn until answered
+    state.sent.push({ body, label: body.object ?? state.active, stroke: strokeOf(path, body) });
+    drawMarkers();
+  }
   if (state.busy) {  // no prompt is lost: it runs when the running request is done
     state.queue.push([path, body]);
     document.body.dataset.queued = String(state.queue.length);
@@ -403,7 +520,7 @@ async function interact(path, body) {
   let paint = 0;
   const streamed = [];  // boxes painted from progress events, with their previous labels
   try {
-    const streams = path === "clicks" || path === "box";
+    const streams = ["clicks", "box", ...STROKES].includes(path);
     const response = await api(`/api/sessions/${state.session.id}/${path}${streams ? "?stream=true" : ""}`, { json: body });
     const answer = await readAnswer(response, async (event) => {
       state.progressEvents = (state.progressEvents || 0) + 1;
@@ -428,15 +545,20 @@ async function interact(path, body) {
     const t = answer.timings_ms || {};
     const f = (v) => (v === undefined ? "–" : v.toFixed(0));
     // stage timings belong to model passes; undo / redo / reset run none (the session's are stale then)
-    const stages = streams ? `: encoder ${f(t.encoder)}, decoder ${f(t.decoder)}, paste ${f(t.paste)}` : "";
-    $("latency").textContent = `${(received - started).toFixed(0)} ms round trip (server ${f(t.server)}${stages}); ` +
-      `painted in ${paint.toFixed(0)} ms`;
+    const stages = streams ? ` (encoder ${f(t.encoder)}, decoder ${f(t.decoder)}, paste ${f(t.paste)})` : "";
+    const roundTrip = received - started;
+    state.timings = { server: t.server, transfer: t.server === undefined ? undefined : Math.max(roundTrip - t.server, 0), paint, roundTrip };
+    $("latency").textContent = `server ${f(t.server)} ms${stages} · transfer ${f(state.timings.transfer)} ms · ` +
+      `paint ${paint.toFixed(0)} ms`;
+    $("latency").title = `round trip ${roundTrip.toFixed(0)} ms: the server's handling, the transfer (round trip less ` +
+      "server time: network, queueing, streaming), then the time from the answer to the painted overlay";
     $("error").hidden = true;
     setStatus("ready", "ready");
   } catch (error) {
     if (streamed.length) { unpaint(streamed); nv.drawScene(); }
     showError(error.message);
   } finally {
+    if (STROKES.includes(path)) { state.sent = state.sent.filter((sent) => sent.body !== body); drawMarkers(); }
     state.busy = false;
     const next = state.queue.shift();
     document.body.dataset.queued = String(state.queue.length);
@@ -445,10 +567,11 @@ async function interact(path, body) {
   }
 }
 
-async function openSession(answer) {
-  // a new volume starts clean: no queued prompts, read-outs or drawing (nor its 3D rendering) of the last one
+async function openSession(answer, { keepPrevious = false } = {}) {
+  // a new volume starts clean: no queued prompts, read-outs or drawing (nor its 3D rendering) of the
+  // last one. Opening a volume closes the previous session; resuming one (keepPrevious) leaves it saved.
   const previous = state.session;
-  if (previous && previous.id !== answer.id) {
+  if (previous && previous.id !== answer.id && !keepPrevious) {
     api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {}); // closed and forgotten
   }
   clearUncertainty();
@@ -458,7 +581,7 @@ async function openSession(answer) {
   state.active = null;
   state.history = {};
   state.corner = null;
-  Object.assign(state, { queue: [], pending: null, hover: null, lastPoint: null, paintMs: null, progressEvents: 0 });
+  Object.assign(state, { queue: [], pending: null, hover: null, lastPoint: null, paintMs: null, progressEvents: 0, sent: [], drawing: null });
   for (const id of ["latency", "cursor", "crosshair"]) $(id).textContent = "";
   delete document.body.dataset.paintMs;
   document.body.dataset.queued = "0";
@@ -484,6 +607,105 @@ async function openSession(answer) {
   setStatus("ready", `${answer.name}: ${answer.shape.join("×")} voxels, ${answer.spacing.map((s) => s.toFixed(2)).join("×")} mm, ` +
     `${answer.orientation}${model}`);
   showCrosshair();
+  loadSessions();
+}
+
+// --- sessions: the server's open and saved sessions, resumed or closed ----------------------------
+
+async function loadSessions() {
+  try {
+    const answer = await (await api("/api/sessions")).json();
+    renderSessions(answer.sessions || []);
+  } catch (error) {
+    $("sessions").innerHTML = "";
+  }
+}
+
+function renderSessions(rows) {
+  state.sessions = rows;
+  const list = $("sessions");
+  list.innerHTML = "";
+  const ago = (seconds) => {
+    const s = Math.max(0, Date.now() / 1000 - seconds);
+    return s < 90 ? `${Math.round(s)} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : s < 129600 ? `${Math.round(s / 3600)} h ago`
+      : new Date(seconds * 1000).toLocaleDateString();
+  };
+  for (const row of rows) {
+    const item = document.createElement("li");
+    item.dataset.id = row.id;
+    item.classList.toggle("current", Boolean(state.session && state.session.id === row.id));
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = row.name;
+    name.title = `session ${row.id}`;
+    const detail = document.createElement("small");
+    const objects = (row.objects || []).length;
+    detail.textContent = `${row.model}${row.dims === 2 ? " (2D)" : ""} · ${objects} object${objects === 1 ? "" : "s"} · ` +
+      `${ago(row.updated)} · ${row.open ? "open" : "saved"}${item.classList.contains("current") ? " · shown" : ""}`;
+    const resume = document.createElement("button");
+    resume.textContent = "Resume";
+    resume.className = "resume";
+    resume.title = "show this session here: its image, objects and label map (the session shown now stays saved)";
+    resume.onclick = () => resumeSession(row.id);
+    const close = document.createElement("button");
+    close.textContent = "Close";
+    close.className = "close";
+    close.title = "close the session on the server and delete its saved record";
+    close.onclick = () => closeSession(row.id);
+    const buttons = document.createElement("div");
+    buttons.className = "row";
+    buttons.append(resume, close);
+    item.append(name, detail, buttons);
+    list.appendChild(item);
+  }
+}
+
+async function resumeSession(id) {
+  // GET reopens a saved session (same id, objects, labels, undo history); its label map comes as NIfTI
+  try {
+    setStatus("busy", `resuming session ${id}…`);
+    const answer = await (await api(`/api/sessions/${id}`)).json();
+    await openSession(answer, { keepPrevious: true });
+    setStatus("busy", `resuming session ${id}: its label map…`);
+    await loadLabels();
+    nv.drawScene();
+    setStatus("ready", `resumed ${answer.name} (session ${id}): ${state.labelled} labelled voxels`);
+  } catch (error) { showError(error.message); }
+}
+
+async function closeSession(id) {
+  try {
+    await api(`/api/sessions/${id}`, { method: "DELETE" });
+    if (state.session && state.session.id === id) {
+      state.session = null;
+      setStatus("idle", "session closed: open a volume, or resume a session");
+    }
+  } catch (error) { showError(error.message); }
+  await loadSessions();
+}
+
+async function loadLabels() {
+  // the session's whole label map (GET labels, NIfTI-1, i fastest as the viewer holds it) into the drawing layer
+  const response = await api(`/api/sessions/${state.session.id}/labels?format=nii.gz`);
+  let bytes = new Uint8Array(await response.arrayBuffer());
+  if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
+    bytes = new Uint8Array(await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer());
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const little = view.getInt32(0, true) === 348;
+  if (!little && view.getInt32(0, false) !== 348) throw new Error("the label map is not a NIfTI-1 file");
+  const dims = [1, 2, 3].map((d) => view.getInt16(40 + 2 * d, little));
+  const shape = state.session.shape;
+  if (dims.some((n, axis) => n !== shape[axis])) throw new Error(`the label map's shape ${dims} is not the image's ${shape}`);
+  const count = shape[0] * shape[1] * shape[2];
+  const datatype = view.getInt16(70, little), offset = Math.round(view.getFloat32(108, little));
+  const readers = { 2: [1, "getUint8"], 256: [1, "getInt8"], 4: [2, "getInt16"], 512: [2, "getUint16"], 8: [4, "getInt32"], 768: [4, "getUint32"] };
+  if (!readers[datatype]) throw new Error(`label map datatype ${datatype} is not supported`);
+  const [size, read] = readers[datatype];
+  const values = new Uint16Array(count);
+  if (datatype === 2) values.set(bytes.subarray(offset, offset + count));
+  else for (let n = 0; n < count; n++) values[n] = view[read](offset + n * size, little);
+  paintValues([0, 0, 0], shape, values);
 }
 
 function applyWindow() {
@@ -592,9 +814,152 @@ function clearUncertainty() {
 // --- clicks on the canvas ----------------------------------------------------------------------
 
 $("gl").addEventListener("pointerdown", (event) => {
+  if (STROKES.includes(state.mode) && event.button === 0 && !event.altKey && state.session) {
+    state.pending = null;
+    startStroke(event);
+    return;
+  }
   state.pending = event.button === 0 && !event.altKey && state.mode !== "navigate"
     ? { shift: event.shiftKey, time: performance.now(), x: event.clientX, y: event.clientY } : null;
 });
+
+// --- scribble and lasso: a path drawn with the mouse on one 2D tile --------------------------------
+
+// While a stroke is drawn NiiVue gets none of the mouse's button events (it would move the crosshair).
+for (const type of ["mousedown", "mousemove", "mouseup"]) {
+  $("canvas-wrap").addEventListener(type, (event) => {
+    if (state.drawing || state.swallow) event.stopPropagation();
+    if (type === "mouseup" && !state.drawing) state.swallow = false;
+  }, true);
+}
+
+function canvasPoint(event) {
+  const rect = $("gl").getBoundingClientRect();
+  const dpr = $("gl").width / rect.width || 1;
+  return [(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr];
+}
+
+function tileUnder(point) {
+  // the 2D tile (axial 0, coronal 1, sagittal 2) under a canvas point, or null
+  return (nv.screenSlices || []).find((s) => {
+    if (s.axCorSag > 2 || !s.AxyzMxy || s.AxyzMxy.length < 4) return false;
+    let [left, top, width, height] = s.leftTopWidthHeight;
+    if (width < 0) { left += width; width = -width; }
+    return point[0] >= left && point[0] <= left + width && point[1] >= top && point[1] <= top + height;
+  }) || null;
+}
+
+function strokeVoxel(event, stroke) {
+  // the server voxel under the mouse, on the stroke's slice (null outside the stroke's tile)
+  const point = canvasPoint(event);
+  const tile = tileUnder(point);
+  if (!tile || tile.axCorSag !== stroke.tile) return null;
+  const frac = nv.canvasPos2frac(point);
+  if (!frac || frac[0] < 0) return null;
+  const index = serverIndex(nv.frac2vox(frac));
+  index[stroke.axis] = stroke.index;
+  return index;
+}
+
+function startStroke(event) {
+  const tile = tileUnder(canvasPoint(event));
+  if (!tile) return;
+  const axis = state.ras.axis[[2, 1, 0][tile.axCorSag]];
+  const stroke = { kind: state.mode, positive: state.sign === "include" && !event.shiftKey, tile: tile.axCorSag, axis,
+    index: crosshairIndex()[axis], points: [] };
+  const voxel = strokeVoxel(event, stroke);
+  if (!voxel) return;
+  stroke.points.push(voxel);
+  state.drawing = stroke;
+  state.swallow = true;
+  $("canvas-wrap").classList.add("drawing");
+  $("gl").setPointerCapture(event.pointerId);
+  drawMarkers();
+}
+
+$("gl").addEventListener("pointermove", (event) => {
+  const stroke = state.drawing;
+  if (!stroke) return;
+  const voxel = strokeVoxel(event, stroke);
+  const last = stroke.points[stroke.points.length - 1];
+  if (voxel && voxel.some((v, axis) => v !== last[axis])) { stroke.points.push(voxel); drawMarkers(); }
+});
+
+for (const type of ["pointerup", "pointercancel"]) {
+  $("gl").addEventListener(type, (event) => {
+    const stroke = state.drawing;
+    if (!stroke) return;
+    state.drawing = null;
+    $("canvas-wrap").classList.remove("drawing");
+    if (type === "pointerup") {
+      const voxel = strokeVoxel(event, stroke);
+      if (voxel) stroke.points.push(voxel);
+      finishStroke(stroke);
+    }
+    drawMarkers();
+  });
+}
+
+function finishStroke(stroke) {
+  let points = thinned(stroke.points, MAX_STROKE_POINTS);
+  const body = { points, positive: stroke.positive, coordinates: "voxel", object: state.active };
+  drawnOn.set(body, stroke.axis);
+  if (stroke.kind === "scribble" && points.length === 1) {  // a click made with the scribble tool
+    interact("clicks", body);
+    return;
+  }
+  if (stroke.kind === "lasso") {
+    const inPlane = [0, 1, 2].filter((axis) => axis !== stroke.axis);
+    points = untangled(points, inPlane);
+    if (points.length < 3) {
+      setStatus("ready", "lasso: drag around an area on one slice (the outline closes by itself)");
+      return;
+    }
+    body.points = points;
+  }
+  interact(stroke.kind, body);
+}
+
+function thinned(path, limit) {
+  // consecutive repeats dropped (and a lasso's closing point), then at most `limit` points spread evenly
+  const points = [];
+  for (const p of path) {
+    const last = points[points.length - 1];
+    if (!last || p.some((v, axis) => v !== last[axis])) points.push(p);
+  }
+  if (points.length <= limit) return points;
+  return Array.from({ length: limit }, (_, n) => points[Math.round((n * (points.length - 1)) / (limit - 1))]);
+}
+
+function untangled(polygon, [u, v]) {
+  // A freehand outline often crosses itself where it closes (or loops): keep the larger part at each
+  // crossing until the polygon is simple, as the server accepts only simple polygons.
+  let points = polygon.slice();
+  while (points.length > 1 && points[0][u] === points[points.length - 1][u] && points[0][v] === points[points.length - 1][v]) points.pop();
+  const cross = (o, a, b) => (a[u] - o[u]) * (b[v] - o[v]) - (a[v] - o[v]) * (b[u] - o[u]);
+  for (let round = 0; round < 50 && points.length > 3; round++) {
+    const n = points.length;
+    let found = null;
+    for (let i = 0; i < n && !found; i++) {
+      const a = points[i], b = points[(i + 1) % n];
+      for (let j = i + 2; j < (i === 0 ? n - 1 : n); j++) {
+        const c = points[j], d = points[(j + 1) % n];
+        if (cross(c, d, a) * cross(c, d, b) < 0 && cross(a, b, c) * cross(a, b, d) < 0) { found = [i, j]; break; }
+      }
+    }
+    if (!found) break;
+    const [i, j] = found;
+    const inner = points.slice(i + 1, j + 1), outer = points.slice(j + 1).concat(points.slice(0, i + 1));
+    points = Math.abs(area(inner, u, v)) >= Math.abs(area(outer, u, v)) ? inner : outer;
+  }
+  return points;
+}
+
+function area(points, u, v) {
+  let sum = 0;
+  points.forEach((p, n) => { const q = points[(n + 1) % points.length]; sum += p[u] * q[v] - q[u] * p[v]; });
+  return sum / 2;
+}
 
 $("gl").addEventListener("pointerup", (event) => {
   // NiiVue reports no location change for a click exactly at the crosshair (it moves nothing): such a
@@ -660,7 +1025,7 @@ function placePrompt(point, shift) {
     if (corners) interact("box", { corner_a: corners[0], corner_b: corners[1], coordinates: "voxel", object: state.active });
     return;
   }
-  const positive = state.mode === "include" && !shift;
+  const positive = state.sign === "include" && !shift;
   interact("clicks", { points: [point], positive, coordinates: "ras", object: state.active });
 }
 
@@ -695,14 +1060,24 @@ function boxCorners(a, b) {
 // --- controls ---------------------------------------------------------------------------------
 
 function setMode(mode) {
+  // the tool: click, scribble, lasso, box or navigate
   state.mode = mode;
   state.corner = null;
   state.hover = null;
-  for (const button of document.querySelectorAll(".modes button")) button.classList.toggle("active", button.dataset.mode === mode);
+  state.drawing = null;
+  for (const button of document.querySelectorAll("#tools button")) button.classList.toggle("active", button.dataset.mode === mode);
   drawMarkers();
 }
 
-for (const button of document.querySelectorAll(".modes button")) button.onclick = () => setMode(button.dataset.mode);
+function setSign(sign) {
+  // include or exclude, for clicks, scribbles and lassos (a box or navigate tool goes back to clicks)
+  state.sign = sign;
+  for (const button of document.querySelectorAll("#signs button")) button.classList.toggle("active", button.dataset.sign === sign);
+  if (state.mode === "box" || state.mode === "navigate") setMode("click");
+}
+
+for (const button of document.querySelectorAll("#tools button")) button.onclick = () => setMode(button.dataset.mode);
+for (const button of document.querySelectorAll("#signs button")) button.onclick = () => setSign(button.dataset.sign);
 $("undo").onclick = () => interact("undo", { object: state.active });
 $("redo").onclick = () => interact("redo", { object: state.active });
 $("reset").onclick = () => interact("reset", { object: state.active });
@@ -740,13 +1115,16 @@ document.addEventListener("keydown", (event) => {
   if (command && key === "z" && !event.shiftKey) $("undo").click();
   else if (command && (key === "y" || (key === "z" && event.shiftKey))) $("redo").click();
   else if (command || event.altKey) handled = false;
-  else if (key === "i") setMode("include");
-  else if (key === "e") setMode("exclude");
+  else if (key === "i") setSign("include");
+  else if (key === "e") setSign("exclude");
+  else if (key === "c") setMode("click");
+  else if (key === "s") setMode("scribble");
+  else if (key === "l") setMode("lasso");
   else if (key === "b") setMode("box");
   else if (key === "v") setMode("navigate");
   else if (key === "n") $("new-object").click();
   else if (key === "u") { $("uncertainty").checked = !$("uncertainty").checked; $("uncertainty").onchange(); }
-  else if (key === "escape") { state.corner = null; state.hover = null; drawMarkers(); }
+  else if (key === "escape") { state.corner = null; state.hover = null; state.drawing = null; drawMarkers(); }
   else handled = false;
   if (handled) { event.preventDefault(); event.stopPropagation(); }
 }, true);
@@ -825,10 +1203,14 @@ async function loadModels() {
   }
 }
 
-setInterval(() => { if (state.session) api(`/api/sessions/${state.session.id}/heartbeat`, { method: "POST" }).catch(() => {}); }, 60000);
+setInterval(() => {
+  if (!state.session) return;
+  api(`/api/sessions/${state.session.id}/heartbeat`, { method: "POST" }).catch((error) => { if (error.gone) showError(error.message); });
+}, 60000);
+$("sessions-refresh").onclick = () => loadSessions();
 
 (async () => {
   await nv.attachTo("gl");
-  await Promise.all([loadFiles(), loadModels()]);
+  await Promise.all([loadFiles(), loadModels(), loadSessions()]);
   setStatus("idle");
 })();
