@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..interaction import Interaction, Timings
+from ..engine import Session, open_session
+from ..engine.answers import Interaction, Timings
 from ..io import read_volume
-from ..session import Session, open_session
 from .layers import (
     WINDOWS,
     image_layer_data,

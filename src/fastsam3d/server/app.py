@@ -29,12 +29,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..engine.answers import Interaction, Progress, Timings
+from ..engine.base import Frame
+from ..engine.session2d import SliceSession
+from ..engine.session3d import Session
+from ..engine.strokes import from_slice_mask
 from ..errors import FastSAM3DError, PromptError, VolumeError
-from ..interaction import Frame, Interaction, Progress, Timings
 from ..io import align_label, write_volume
-from ..session import Session
-from ..slicewise import SliceSession
-from ..strokes import from_slice_mask
 from .guard import RequestGuard
 from .lease import SessionElsewhereError
 from .store import (

@@ -34,13 +34,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..cache import CacheView, FeatureCache
+from ..engine.cache import CacheView, FeatureCache
+from ..engine.persistence import restore_objects, take_snapshot
+from ..engine.session2d import SliceSession
+from ..engine.session3d import Session
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume, holds_dicom, read_volume
-from ..persistence import restore_objects, take_snapshot
 from ..registry import MODEL_CONFIGS, load_model, spatial_dims
-from ..session import Session
-from ..slicewise import SliceSession
 from .lease import Leases
 from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
 
