@@ -85,8 +85,9 @@ class SliceSession(ObjectEngine):
         self.min_score = min_score
         self._total: int | None = None  # slices the running interaction will segment, when known
         self.predictor = SlicePredictor(
-            self.model, self.device, lambda: self.timings, min_pixels, cache_mb, feature_cache
+            self.model, self.device, lambda: self.timings, min_pixels, cache_mb, precision, feature_cache
         )
+        self.precision = self.predictor.precision
 
     @property
     def encoder_runs(self) -> int:
