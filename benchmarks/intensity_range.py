@@ -14,8 +14,8 @@ import numpy as np
 from fastsam3d import load_model
 from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.engine.session3d import Session
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.session import Session
 
 STRUCTURES = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "stomach", "pancreas", "inferior_vena_cava"]
 

@@ -24,9 +24,9 @@ from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.brains import brain_manifest
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.data.procedural import lesion
+from fastsam3d.engine.session3d import Session
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.io import Volume
-from fastsam3d.session import Session
 
 LESION_GRID = 64  # voxels of the cube a lesion is drawn in (at the volume's finest spacing)
 TOLERANCE = 1.5  # a mask within this factor of the lesion's volume does not leak

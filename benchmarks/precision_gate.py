@@ -28,11 +28,11 @@ import torch
 from fastsam3d.checkpoints import infer_config, load_state_dict_strict, read_checkpoint
 from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import default_root
+from fastsam3d.engine.roi import RoiGrid, normalise_intensity
+from fastsam3d.engine.session3d import Session
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.preprocess import RoiGrid, normalise_intensity
 from fastsam3d.registry import build_model, load_model
 from fastsam3d.runtime import apply_model_precision
-from fastsam3d.session import Session
 
 
 def gate_trained(

@@ -23,8 +23,8 @@ import torch
 
 from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.engine.session2d import SliceSession
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.slicewise import SliceSession
 
 
 def main() -> None:

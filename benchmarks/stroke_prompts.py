@@ -22,9 +22,9 @@ import torch
 
 from fastsam3d.clicks import center_click, dice
 from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.engine.roi import canonical_axes
+from fastsam3d.engine.session3d import Session
 from fastsam3d.evaluation.datasets import load_cases
-from fastsam3d.preprocess import canonical_axes
-from fastsam3d.session import Session
 from fastsam3d.simulated_strokes import largest_component, traced_lasso
 
 DEFAULT_CLASSES = "liver,spleen,kidney_left,kidney_right,gallbladder,pancreas,stomach,heart,urinary_bladder"

@@ -8,10 +8,10 @@ from fastsam3d import load_model
 from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.demo import run_demo
+from fastsam3d.engine.session3d import Session
 from fastsam3d.io import Volume
 from fastsam3d.modeling.click_unet import ClickUNet3D
 from fastsam3d.registry import WEIGHTS_DIR
-from fastsam3d.session import Session
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ _LAZY = {
     "save_model": "registry",
     "Sam3DConfig": "modeling",
     "Sam2DConfig": "modeling",
-    "Session": "session",
-    "SliceSession": "slicewise",
-    "open_session": "session",
+    "Session": "engine",
+    "SliceSession": "engine",
+    "open_session": "engine",
 }
 
 

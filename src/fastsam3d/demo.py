@@ -17,9 +17,9 @@ import numpy as np
 from scipy import ndimage
 
 from .clicks import center_click, dice
+from .engine.roi import canonical_axes
+from .engine.session3d import Session
 from .io import Volume, atomic_output, write_volume
-from .preprocess import canonical_axes
-from .session import Session
 
 
 @dataclass(frozen=True)

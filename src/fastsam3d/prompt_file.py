@@ -24,8 +24,9 @@ from typing import get_args
 
 import numpy as np
 
+from .engine.answers import Interaction
+from .engine.base import Frame, voxel_index
 from .errors import PromptError
-from .interaction import Frame, Interaction, voxel_index
 from .io import Volume
 
 KINDS = {"click": (1, 1), "box": (2, 2), "scribble": (2, None), "lasso": (3, None)}  # points: (least, most)

@@ -8,8 +8,8 @@ import contourpy
 import numpy as np
 from scipy import ndimage
 
+from .engine.strokes import LASSO_BAND, lasso, scribble
 from .errors import PromptError
-from .strokes import LASSO_BAND, lasso, scribble
 
 LASSO_VERTICES = 200  # a traced outline is thinned to at most this many vertices
 SCRIBBLE_VERTICES = 24  # cross-sections a scribble passes through
@@ -102,7 +102,7 @@ def stroke_points(
     prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator, slice_axis: int = 2
 ) -> tuple[np.ndarray, list[int]] | None:
     """A simulated user's stroke on a ROI crop, as the points the click-unet is given for it (one per
-    voxel it covers; see :meth:`fastsam3d.session.Session._stroke_prompts`): on the larger error
+    voxel it covers; see :meth:`fastsam3d.engine.session3d.Session._stroke_prompts`): on the larger error
     (missed: include, extra: exclude), a lasso tracing it on the slice where it is largest, or a
     scribble along its medial axis. None when there is no error or it has no area to trace."""
     missed, extra = truth & ~prediction, prediction & ~truth

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine.labelmap import bounding_box
 from .errors import VolumeError
 from .io import Volume, atomic_output, check_folder
-from .labelmap import bounding_box
 
 STATS_SUFFIXES = (".json", ".csv")
 

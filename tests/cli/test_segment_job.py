@@ -200,7 +200,7 @@ def test_a_folder_of_images_goes_on_past_a_broken_one(capsys, tmp_path, job):
 
 def test_scribbles_and_lassos_reach_the_engine_verbs():
     """A recording fake engine (the verbs are being added to the real engines in parallel)."""
-    from fastsam3d.interaction import Interaction, Timings
+    from fastsam3d.engine.answers import Interaction, Timings
     from fastsam3d.prompt_file import apply_prompts, locate, parse_prompts
 
     calls = []

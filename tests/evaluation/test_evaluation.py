@@ -16,6 +16,7 @@ from monai.metrics import compute_surface_dice
 
 from fastsam3d.cli import main
 from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.engine.answers import Timings
 from fastsam3d.errors import PromptError, VolumeError
 from fastsam3d.evaluation.datasets import Case, load_cases
 from fastsam3d.evaluation.evaluate import evaluate
@@ -30,7 +31,6 @@ from fastsam3d.evaluation.metrics import (
 from fastsam3d.evaluation.protocols import Prompt, challenge_box, challenge_click, get_protocol, is_vessel_like
 from fastsam3d.evaluation.report import write_report
 from fastsam3d.evaluation.segmenters import RandomWalkerSegmenter, SamSegmenter, Segmenter
-from fastsam3d.interaction import Timings
 from fastsam3d.io import Volume, align_label, write_volume
 
 from ..helpers import rotation, sphere_volume

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from fastsam3d.engine.session3d import Session
 from fastsam3d.io import Volume
 from fastsam3d.modeling.click_unet import ClickUNet3D, ClickUNetConfig, intensity_channels
 from fastsam3d.registry import build_model, load_model, save_model
-from fastsam3d.session import Session
 
 SMALL = ClickUNetConfig(name="click-unet-small", img_size=32, channels=(8, 8, 16), prompt_channels=(8, 8, 8))
 
@@ -54,7 +54,7 @@ def test_clicks_are_honoured_whatever_the_network_predicts(positive):
         features = model.encode(torch.randn(1, 1, 32, 32, 32))
         point = torch.tensor([[[10.3, 20.7, 5.5]]])
         logits, _ = model.decode(features, point, torch.tensor([[int(positive)]]))
-    from fastsam3d.preprocess import linear_weights
+    from fastsam3d.engine.roi import linear_weights
 
     weights = [torch.from_numpy(linear_weights(np.array([c]), 32))[0] for c in point[0, 0].tolist()]
     at_click = torch.einsum("xyz,x,y,z->", logits[0, 0], *weights)  # trilinear value at the click

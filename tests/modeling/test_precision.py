@@ -11,12 +11,12 @@ from torch import nn
 from fastsam3d.checkpoints import load_state_dict_strict
 from fastsam3d.cli import main
 from fastsam3d.clicks import dice
+from fastsam3d.engine.session3d import Session
 from fastsam3d.errors import CheckpointError
 from fastsam3d.modeling.precision import Int8Conv, Int8Linear, apply_precision
 from fastsam3d.reference import config_from_reference
 from fastsam3d.registry import build_model, load_model, save_model
 from fastsam3d.runtime import apply_model_precision, default_precision
-from fastsam3d.session import Session
 
 from ..helpers import sphere_volume
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fastsam3d.clicks import dice
+from fastsam3d.engine.session3d import Session
 from fastsam3d.io import read_volume, write_volume
-from fastsam3d.session import Session
 
 from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, rotation, sphere_volume
 
@@ -117,7 +117,7 @@ def test_translated_anisotropic_oblique_layer_is_clicked_where_drawn(make_napari
 def test_a_2d_model_segments_from_a_box_drawn_on_one_slice(make_napari_viewer, qtbot):
     """A 2D model through the widget: a rectangle drawn on one axial slice is sent flat (no depth),
     segmented and propagated through the object's slices."""
-    from fastsam3d.slicewise import SliceSession
+    from fastsam3d.engine.session2d import SliceSession
 
     viewer = make_napari_viewer(show=False)
     volume, inside = ellipsoid_volume()

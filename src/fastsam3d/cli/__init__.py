@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in FETCH_FIRST:
             fetch_named_weights(args)
             with stage("starting (importing torch)"):  # seconds of silence otherwise
-                import_module("fastsam3d.session")
+                import_module("fastsam3d.engine.session3d")
         code = args.func(args) or 0
         report_timing()
         return code

@@ -148,10 +148,10 @@ def open_session(args: argparse.Namespace):
     from ..registry import spatial_dims
 
     if spatial_dims(args.model) == 2:
-        from ..slicewise import SliceSession
+        from ..engine.session2d import SliceSession
 
         return SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
-    from ..session import Session
+    from ..engine.session3d import Session
 
     return Session(load_model(args), device=args.device)
 

@@ -3,7 +3,7 @@
 Each draw picks a case, a structure in it and a voxel of that structure, shifts it at random (the
 object is not always centred, like SAM-Med3D's label-centred crop with jitter) and resamples only
 that ROI: ``RoiGrid.centred`` (128³ at 1.5 mm, axes permuted/flipped to RAS) + ``extract``, then
-``normalise_intensity``, as :class:`~fastsam3d.session.Session` does at inference. Augmentation:
+``normalise_intensity``, as :class:`~fastsam3d.engine.session3d.Session` does at inference. Augmentation:
 random flips (as SAM-Med3D's training), a random scale through the ROI spacing (exact and free:
 the resampler does it), and MONAI gamma / noise / smoothing on the normalised crop.
 """
@@ -18,9 +18,10 @@ from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, Ran
 from monai.utils import convert_to_tensor
 from scipy import ndimage
 
+from ..configs import TARGET_SPACING_MM
+from ..engine.roi import RoiGrid, normalise_intensity
 from ..errors import FastSAM3DError
 from ..evaluation.datasets import Case, load_cases
-from ..preprocess import TARGET_SPACING_MM, RoiGrid, normalise_intensity
 from .streams import Sample
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..preprocess import normalise_intensity
+from ..engine.roi import normalise_intensity
 from .shapes import SyntheticShapes
 
 Sample = tuple[torch.Tensor, torch.Tensor]

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ..engine.roi import RoiGrid
 from ..io import Volume, read_volume
-from ..preprocess import RoiGrid
 from .procedural import lesion, thin_sheet, vessel_tree
 from .shapes import SyntheticShapes, _smooth_field
 

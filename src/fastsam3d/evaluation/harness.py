@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.roi import canonical_axes
 from ..errors import PromptError
 from ..io import atomic_output
-from ..preprocess import canonical_axes
 from .datasets import Case
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, segmentation_metrics
 from .protocols import NO_BOX_PATTERNS, Prompt, get_protocol

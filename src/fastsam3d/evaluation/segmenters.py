@@ -1,6 +1,6 @@
 """What the harness evaluates: anything that turns accumulated prompts into a mask.
 
-:class:`SamSegmenter` drives a 3D SAM through :class:`~fastsam3d.session.Session` (cached
+:class:`SamSegmenter` drives a 3D SAM through :class:`~fastsam3d.engine.session3d.Session` (cached
 embeddings, previous logits fed back); :class:`RandomWalkerSegmenter` is the classical
 interactive baseline (scikit-image's random walker, close to 3D Slicer's Grow from Seeds).
 Both see exactly the prompts the protocol produces.
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..interaction import Timings
+from ..engine.answers import Timings
+from ..engine.labelmap import Slices
+from ..engine.roi import RoiGrid
+from ..engine.session3d import Session
+from ..engine.strokes import lasso, scribble
 from ..io import Volume
-from ..labelmap import Slices
-from ..preprocess import RoiGrid
 from ..registry import spatial_dims
-from ..session import Session
-from ..strokes import lasso, scribble
 from .protocols import Prompt, Protocol
 
 
@@ -95,10 +95,10 @@ class SamSegmenter(Segmenter):
 
 
 class SliceSegmenter(Segmenter):
-    """A 2D SAM run slice by slice with propagation (:class:`~fastsam3d.slicewise.SliceSession`)."""
+    """A 2D SAM run slice by slice with propagation (:class:`~fastsam3d.engine.session2d.SliceSession`)."""
 
     def __init__(self, model: str, checkpoint: str | Path | None = None, device: str | None = None):
-        from ..slicewise import SliceSession
+        from ..engine.session2d import SliceSession
 
         self.session = SliceSession(model, checkpoint=checkpoint, device=device)
         self.name = model

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..configs import Sam3DConfig
-from ..preprocess import TARGET_SPACING_MM
+from ..configs import TARGET_SPACING_MM, Sam3DConfig
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder

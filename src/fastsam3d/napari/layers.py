@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io import Volume
+from ..io import Volume, is_ct
 
 VOLUME_KEY = "fastsam3d_volume"  # layer metadata: the Volume in session voxel order (i, j, k)
 AXES_KEY = "fastsam3d_axes"  # layer metadata: the session axis (i, j, k) shown as each data axis
@@ -62,11 +62,6 @@ def closest_axes(direction: np.ndarray) -> tuple[int, int, int]:
         w, a = np.unravel_index(np.argmax(masked), masked.shape)
         axes[w] = int(a)
     return tuple(axes)
-
-
-def is_ct(array: np.ndarray) -> bool:
-    """CT in Hounsfield units: reaches air (about -1000 HU); MR intensities do not go that low."""
-    return float(np.min(array)) <= -500
 
 
 def default_limits(array: np.ndarray) -> tuple[float, float]:

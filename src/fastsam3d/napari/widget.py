@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
-from ..interaction import Interaction, Timings
-from ..io import read_volume
-from ..session import Session, open_session
+from ..engine import Session, open_session
+from ..engine.answers import Interaction, Timings
+from ..io import is_ct, read_volume
 from .layers import (
     WINDOWS,
     image_layer_data,
     index_to_world,
-    is_ct,
     layer_transform,
     layer_volume,
     session_view,

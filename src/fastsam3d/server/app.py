@@ -25,9 +25,9 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..engine.strokes import from_slice_mask
 from ..errors import FastSAM3DError, PromptError, VolumeError
 from ..io import align_label, write_volume
-from ..strokes import from_slice_mask
 from .files import CHUNK, UPLOAD_SUFFIXES, display_name
 from .guard import RequestGuard
 from .interactions import interact, undo_or_redo

@@ -12,9 +12,9 @@ from functools import partial
 
 from fastapi.responses import StreamingResponse
 
+from ..engine.answers import Interaction, Progress, Timings
+from ..engine.session2d import SliceSession
 from ..errors import FastSAM3DError
-from ..interaction import Interaction, Progress, Timings
-from ..slicewise import SliceSession
 from .protocol import AnySession, describe_objects, encode_region, status_code
 from .store import ServerSession, SessionStore
 from .worker import Job, SessionBusyError, SessionWorker

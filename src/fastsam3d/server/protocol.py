@@ -10,10 +10,10 @@ import zlib
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ..engine.base import Frame
+from ..engine.session2d import SliceSession
+from ..engine.session3d import Session
 from ..errors import FastSAM3DError, PromptError
-from ..interaction import Frame
-from ..session import Session
-from ..slicewise import SliceSession
 from .lease import SessionElsewhereError
 from .store import ServerSession, SessionLimitError, UnknownSessionError
 from .worker import SessionBusyError

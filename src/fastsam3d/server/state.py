@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..interaction import ObjectEngine
-from ..labelmap import PackedMask, union_box
-from ..persistence import SavedObject, SavedStep, Snapshot, StepEncoder
+from ..engine.base import ObjectEngine
+from ..engine.labelmap import PackedMask, union_box
+from ..engine.persistence import SavedObject, SavedStep, Snapshot, StepEncoder
 
 FORMAT = "fastsam3d-session"
 FORMAT_VERSION = 1

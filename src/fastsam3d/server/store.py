@@ -24,13 +24,13 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from ..cache import CacheView, FeatureCache
+from ..engine.cache import CacheView, FeatureCache
+from ..engine.persistence import restore_objects, take_snapshot
+from ..engine.session2d import SliceSession
+from ..engine.session3d import Session
 from ..errors import FastSAM3DError, VolumeError
 from ..io import Volume
-from ..persistence import restore_objects, take_snapshot
 from ..runtime import default_device
-from ..session import Session
-from ..slicewise import SliceSession
 from .files import (
     CHUNK,
     UPLOAD_SUFFIXES,

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from ..engine.answers import Interaction, Timings
+from ..engine.labelmap import union_box
+from ..engine.session3d import Session
 from ..errors import FastSAM3DError
-from ..interaction import Interaction, Timings
-from ..labelmap import union_box
-from ..session import Session
 from .memory import release
 from .store import ServerSession, UnknownSessionError
 

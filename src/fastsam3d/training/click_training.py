@@ -25,9 +25,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..data.streams import IndexedStream, sample_rng
+from ..engine.roi import RoiGrid
 from ..io import Volume, align_label, atomic_output, read_volume
 from ..modeling.click_unet import ClickUNet3D, click_maps
-from ..preprocess import RoiGrid
 from ..registry import build_model, load_model, save_model
 from ..runtime import default_device
 from ..simulated_strokes import stroke_points

@@ -48,7 +48,7 @@ VALIDATION_STRUCTURES = (
 )
 STEPS = 3500  # ~65 min on 2 idle Zen 4 cores (~1.1 s per step)
 CROP_SIZE = 48  # training crops (the network is fully convolutional; it runs on 64³ ROIs)
-SPACINGS = (1.5, 3.0)  # mm: the engine's fine and coarse ROI (fastsam3d.session's zoom)
+SPACINGS = (1.5, 3.0)  # mm: the engine's fine and coarse ROI (fastsam3d.engine.session3d's zoom)
 ATLAS_WEIGHTS = {"torso": 0.45, "brains": 0.55}  # share of crops from the torso CT and from the four brains
 OVERLAY_FRACTION = 0.25  # crops whose target is a procedural vessel tree, lesion or sheet
 STROKE_RATE = 0.3  # first prompts that are a lasso or a scribble (else a click or a box)

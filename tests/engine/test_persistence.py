@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 
-from fastsam3d.persistence import StepEncoder, restore_objects, take_snapshot, to_json
-from fastsam3d.session import Session
-from fastsam3d.slicewise import SliceSession
+from fastsam3d.engine.persistence import StepEncoder, restore_objects, take_snapshot, to_json
+from fastsam3d.engine.session2d import SliceSession
+from fastsam3d.engine.session3d import Session
 
-from .helpers import BrightInBox, IntensityModel, ellipsoid_volume, sphere_volume
+from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, sphere_volume
 
 
 def test_a_restored_3d_session_keeps_objects_label_map_and_history():
@@ -78,7 +78,7 @@ def test_a_restored_2d_session_keeps_its_masks_and_clicks():
 
 
 def test_prompt_values_survive_json():
-    from fastsam3d.persistence import from_json
+    from fastsam3d.engine.persistence import from_json
 
     value = (np.arange(3, dtype=np.int16), slice(2, 5), {1: (0.5, True)}, np.float32(1.5))
     back = from_json(json.loads(json.dumps(to_json(value))))

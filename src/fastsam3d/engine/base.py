@@ -1,7 +1,7 @@
-"""What the 3D engine (:class:`~fastsam3d.session.Session`) and the slice-by-slice engine for 2D
-SAMs (:class:`~fastsam3d.slicewise.SliceSession`) share: :class:`ObjectEngine` (one volume,
+"""What the 3D engine (:class:`~fastsam3d.engine.session3d.Session`) and the slice-by-slice engine for 2D
+SAMs (:class:`~fastsam3d.engine.session2d.SliceSession`) share: :class:`ObjectEngine` (one volume,
 several objects with label values 1, 2, ..., one undo history per object, and a
-:class:`~fastsam3d.labelmap.LabelMap` that each interaction repaints only inside the box it
+:class:`~fastsam3d.engine.labelmap.LabelMap` that each interaction repaints only inside the box it
 changed), the answer of an interaction, progress events and point frames. Every verb (``add_click``,
 ``add_clicks``, ``add_scribble``, ``add_lasso``, ``set_box``, ``set_mask``, ``undo``, ``redo``,
 ``reset``, ``remove_object``) returns an :class:`Interaction`.
@@ -9,7 +9,7 @@ changed), the answer of an interaction, progress events and point frames. Every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,59 +17,14 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from .errors import PromptError
-from .io import Volume, ras_to_lps, write_volume
+from ..errors import PromptError
+from ..io import Volume, check_finite, ras_to_lps, read_volume, write_volume
+from .answers import Interaction, ProgressCallback, Timings
 from .labelmap import LabelMap, Region, Slices, relative, union_box
 from .strokes import Stroke, StrokeKind, checked_points, lasso, scribble
 
 MAX_HISTORY = 100  # undo steps kept per object
 Frame = Literal["voxel", "lps", "ras"]  # a point as an input voxel index (i, j, k), or world mm in LPS / RAS
-
-
-@dataclass
-class Timings:
-    """Seconds spent by the last interaction, by stage (``slices``: 2D slices segmented)."""
-
-    encoder: float = 0.0
-    decoder: float = 0.0
-    paste: float = 0.0
-    slices: int = 0
-
-    @property
-    def total(self) -> float:
-        return self.encoder + self.decoder + self.paste
-
-    def __add__(self, other: Timings) -> Timings:
-        return Timings(
-            self.encoder + other.encoder,
-            self.decoder + other.decoder,
-            self.paste + other.paste,
-            self.slices + other.slices,
-        )
-
-
-@dataclass(frozen=True)
-class Interaction:
-    """The answer of one interaction: the label-map box it repainted (None: nothing changed) and
-    its timings."""
-
-    changed_region: Slices | None
-    timings: Timings
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A long interaction's progress (2D propagation): ``done`` slices of ``total`` (None when the
-    object's extent is not known yet); ``region`` is the label-map box of the slice just segmented
-    and ``values`` the label values it will show."""
-
-    done: int
-    total: int | None
-    region: Slices | None = None
-    values: np.ndarray | None = field(default=None, repr=False)
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 def voxel_index(volume: Volume, point, frame: Frame = "voxel") -> np.ndarray:
@@ -100,36 +55,6 @@ def voxel_indices(volume: Volume, points: np.ndarray, frame: Frame = "voxel") ->
             f"of shape {volume.shape}"
         )
     return points
-
-
-@dataclass(frozen=True)
-class Uncertainty:
-    """Per-voxel mean probability and entropy (bits) on the input voxels inside ``box``."""
-
-    box: Slices
-    probability: np.ndarray = field(repr=False)
-    entropy: np.ndarray = field(repr=False)
-
-    def full(self, which: str, shape: tuple[int, int, int]) -> np.ndarray:
-        """``"probability"`` or ``"entropy"`` as a full-size float32 map (0 outside ``box``)."""
-        values = np.zeros(shape, dtype=np.float32)
-        values[self.box] = getattr(self, which)
-        return values
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in bits of a foreground probability (0 where it is 0: outside the estimate); float32,
-    with three float32 temporaries the size of ``p`` (a ROI-sized map is tens of MB)."""
-    q = np.clip(p, 1e-7, 1 - 1e-7, dtype=np.float32)
-    rest = np.subtract(1, q, dtype=np.float32)
-    entropy = np.log2(q)
-    entropy *= q
-    np.log2(rest, out=q)
-    q *= rest
-    entropy += q
-    np.negative(entropy, out=entropy)
-    entropy[p <= 0] = 0.0
-    return entropy
 
 
 @dataclass
@@ -177,14 +102,17 @@ class ObjectEngine:
 
     # --- image and objects ------------------------------------------------------------
 
-    def _start_image(self, volume: Volume) -> None:
-        """Take a new volume: no objects, an empty label map."""
+    def _start_image(self, image: Volume | str | Path) -> Volume:
+        """Load (or take) a volume, checked for NaNs: no objects, an empty label map."""
+        volume = image if isinstance(image, Volume) else read_volume(image)
+        check_finite(volume)
         self.volume = volume
         self.objects.clear()
         self._region_cache.clear()
         self._voxel_counts.clear()
         self.active = None
         self._label_map = LabelMap(volume.shape)
+        return volume
 
     def add_object(self, name: str | None = None) -> int:
         """Start a new object; it becomes the active one. Returns its label value."""
@@ -231,6 +159,16 @@ class ObjectEngine:
             high[axis] = min(high[axis] + half, self.volume.shape[axis] - 1)
         return low.round().astype(int), high.round().astype(int)
 
+    def _checked_mask(self, mask) -> np.ndarray:
+        """An initial mask checked against the image: the same shape, not empty; as booleans."""
+        volume = self._require_image()
+        mask = np.asarray(mask)
+        if mask.shape != volume.shape:
+            raise PromptError(f"initial mask has shape {mask.shape}, the image {volume.shape}")
+        if not mask.any():
+            raise PromptError("the initial mask is empty")
+        return mask.astype(bool, copy=False)
+
     def _checked_clicks(self, points, positives, frame: Frame) -> tuple[list[np.ndarray], list[bool]]:
         """Every click's voxel index and flag, all checked before any is applied."""
         indices = [self.to_index(point, frame) for point in points]
@@ -259,7 +197,7 @@ class ObjectEngine:
         return self._add_stroke("lasso", polygon, positive, frame, label)
 
     def add_stroke(self, stroke: Stroke, *, label: int | None = None) -> Interaction:
-        """A stroke already on this volume's voxels (e.g. :func:`~fastsam3d.strokes.from_slice_mask`)."""
+        """A stroke already on this volume's voxels (e.g. :func:`~fastsam3d.engine.strokes.from_slice_mask`)."""
         volume = self._require_image()
         if len(stroke.voxels) == 0 or np.any(stroke.voxels < 0) or np.any(stroke.voxels >= np.array(volume.shape)):
             raise PromptError(f"the {stroke.kind} leaves the volume of shape {volume.shape}")

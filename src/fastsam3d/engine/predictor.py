@@ -6,7 +6,7 @@
     logits, scores = predictor.predict(roi, more_points, more_labels, mask_input=logits)  # decoder only
 
 Prompts are given on the input grid (voxel indices (i, j, k), boxes as two opposite corners);
-the predictor maps them into the ROI (:class:`~fastsam3d.preprocess.RoiGrid`) and runs the prompt
+the predictor maps them into the ROI (:class:`~fastsam3d.engine.roi.RoiGrid`) and runs the prompt
 encoder and mask decoder on the ROI's cached image embedding. Logits come back on the ROI's
 low-res grid, (B, 1, L, L, L), ready to be fed back as ``mask_input`` or pasted onto the input
 voxels with :meth:`RoiGrid.paste_logits` / :meth:`RoiGrid.paste_mask`.
@@ -20,13 +20,14 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..io import Volume
+from ..modeling import Sam3D
+from .answers import Timings
 from .cache import CacheView
-from .interaction import Timings
-from .io import Volume
-from .modeling import Sam3D
-from .preprocess import RoiGrid, normalise_intensity
+from .roi import RoiGrid, normalise_intensity
 
 MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
+UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 
 
 class RoiPredictor:
@@ -53,7 +54,7 @@ class RoiPredictor:
         self.timings = Timings()
         self.encoder_runs = 0
         self.decoder_runs = 0
-        # the embeddings by ROI key: a view of a cache shared with other sessions (fastsam3d.cache), or its own
+        # the embeddings by ROI key: a view of a cache shared with other sessions (fastsam3d.engine.cache), or its own
         self._embeddings: OrderedDict[tuple, torch.Tensor] | CacheView = (
             OrderedDict() if embeddings is None else embeddings
         )
@@ -156,6 +157,37 @@ class RoiPredictor:
         coords, label_tensor = self.points_in_roi(roi, points, labels)
         mask_input = self.empty_mask_prompt() if mask_input is None else mask_input.float()
         return self.decode(roi, coords, label_tensor, self.box_in_roi(roi, box), mask_input)
+
+    def mean_probability(
+        self,
+        roi: RoiGrid,
+        points: np.ndarray,
+        labels: list[int],
+        box: tuple | None,
+        previous: torch.Tensor,
+        samples: int,
+        jitter: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Mean foreground probability (L, L, L) over ``samples`` decoder runs on the ROI's cached
+        embedding, each with every point moved by up to ``jitter`` ROI voxels per axis (batched)."""
+        coords, label_tensor = self.points_in_roi(roi, points, labels)
+        embedding, boxes = self.embedding(roi), self.box_in_roi(roi, box)
+        total = torch.zeros(previous.shape[2:], device=self.device)
+        for first in range(0, samples, UNCERTAINTY_BATCH):
+            batch = min(UNCERTAINTY_BATCH, samples - first)
+            noise = (torch.rand((batch, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
+            jittered = (coords.expand(batch, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
+            with torch.inference_mode():
+                logits, _ = self.model.decode(
+                    embedding,
+                    jittered,
+                    label_tensor.expand(batch, -1),
+                    boxes=None if boxes is None else boxes.expand(batch, -1),
+                    mask_input=previous.float().expand(batch, -1, -1, -1, -1),
+                )
+            total += torch.sigmoid(logits[:, 0].float()).sum(0)
+        return (total / samples).clamp(1e-6, 1 - 1e-6)
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that a stage's time is its own and not the next one's."""

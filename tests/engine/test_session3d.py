@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from fastsam3d.clicks import dice
+from fastsam3d.engine.session3d import Session
 from fastsam3d.errors import PromptError, VolumeError
 from fastsam3d.io import Volume, read_volume
 from fastsam3d.registry import build_model
-from fastsam3d.session import Session
 
-from .helpers import sphere_volume
+from ..helpers import sphere_volume
 
 
 def test_click_on_sphere_gives_mask_in_the_same_world_place(intensity_model, tmp_path):
@@ -213,7 +213,7 @@ def test_bad_box_mask_and_state(intensity_model):
 
 
 def test_undo_history_is_bounded(intensity_model):
-    from fastsam3d.session import Session
+    from fastsam3d.engine.session3d import Session
 
     volume, truth = sphere_volume()
     session = Session(intensity_model, device="cpu")
@@ -230,7 +230,7 @@ def test_undo_history_is_bounded(intensity_model):
 
 
 def test_needs_encoder_tells_cached_clicks_apart(intensity_model):
-    from fastsam3d.session import Session
+    from fastsam3d.engine.session3d import Session
 
     volume, truth = sphere_volume()
     session = Session(intensity_model, device="cpu", max_rois=1)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fastsam3d.labelmap import LabelMap, bounding_box, intersection, is_empty, merge_max, relative, union_box
+from fastsam3d.engine.labelmap import LabelMap, bounding_box, intersection, is_empty, merge_max, relative, union_box
 
 
 def test_box_algebra():

@@ -8,93 +8,59 @@
     session.undo()
     session.save_labels("seg.nii.gz")
 
-Per object the engine keeps immutable :class:`ObjectState` snapshots (prompts and the low-res
-logits of each ROI it touched), so undo/redo are list moves and the masks on the input grid are
-derived from the logits on demand. The :class:`~fastsam3d.predictor.RoiPredictor` computes each
-ROI's image embedding once: a click inside a cached ROI runs only the prompt encoder and decoder,
-then the result is pasted back onto the covered input voxels (:mod:`fastsam3d.preprocess`).
+Per object the engine keeps immutable :class:`~.prompts3d.ObjectState` snapshots (prompts and the
+low-res logits of each ROI it touched): undo/redo are list moves, masks are derived on demand. The
+:class:`~.predictor.RoiPredictor` computes each ROI's embedding once; a click in a cached ROI runs
+only the decoder, then the result is pasted onto the covered input voxels (:mod:`.roi`).
 
-Zoom: a model trained at two ROI spacings (the ``default``: 1.5 and 3 mm) starts each object in
-the fine ROI, where a small structure keeps its detail; when the mask reaches a face of the fine
-ROI inside the volume, the object moves to the coarse ROI (one encoder pass) and from there grows
-into neighbouring ROIs as needed. A click inside a cached ROI stays a decoder pass at either scale.
+Zoom: a model trained at two ROI spacings (``default``: 1.5 and 3 mm) starts each object in the
+fine ROI; when the mask reaches a fine ROI face inside the volume, the object moves to the coarse
+ROI (one encoder pass) and grows from there into neighbouring ROIs as needed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from ..errors import PromptError
+from ..io import Volume
+from ..modeling import Sam3D
+from ..registry import load_model
+from ..runtime import apply_model_precision, default_device
+from ..stages import staged
+from .answers import Interaction, Progress, Timings, Uncertainty, binary_entropy
+from .base import Frame, ObjectEngine, SegmentObject
 from .cache import CacheView
-from .errors import PromptError
-from .interaction import Frame, Interaction, ObjectEngine, Progress, SegmentObject, Timings, Uncertainty, binary_entropy
-from .io import Volume, check_finite, read_volume
-from .labelmap import PackedMask, Region, Slices, merge_max, union_box
-from .modeling import Sam3D
+from .labelmap import PackedMask, Region, merge_max, union_box
 from .predictor import RoiPredictor
-from .preprocess import RoiGrid
-from .registry import load_model, spatial_dims
-from .runtime import apply_model_precision
-from .stages import staged
-from .strokes import LASSO_BAND, Stroke, interior_points, sampled
+from .prompts3d import Click, ObjectState, clip_to_box, faces_reached, growth, point_prompts
+from .roi import RoiGrid, sigmoid_in_place
+from .strokes import Stroke
 
-UNCERTAINTY_BATCH = 4  # decoder runs per batched call: bounds memory, keeps the speed of batching
 HISTORY_DTYPE = torch.float16  # logits kept in the history: half the memory, ~1e-3 relative precision
-MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
-SPARSE_STROKE_POINTS = 5  # points a stroke becomes for models trained with a few clicks (3D SAMs)
-
-
-@dataclass(frozen=True)
-class Click:
-    """A point prompt at a continuous input voxel index (i, j, k)."""
-
-    index: tuple[float, float, float]
-    positive: bool = True
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    """One step of an object's history: its prompts and the resulting low-res logits per ROI."""
-
-    clicks: tuple[Click, ...] = ()
-    box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
-    initial_mask: PackedMask | None = field(
-        default=None, compare=False, repr=False
-    )  # a mask given (or restored) as a prompt
-    logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False, repr=False)
-    seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
-    strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks
 
 
 class Session(ObjectEngine):
     """Interactive segmentation of one volume with a 3D SAM.
 
     Args:
-        model: a model name, checkpoint path, or a loaded :class:`Sam3D`.
-        device: torch device; default CUDA when available.
+        model: a model name, checkpoint path, or a loaded :class:`Sam3D`; ``device``: default CUDA when available.
         click_history: ``"all"`` feeds every click of the object inside the ROI with the previous
-            logits (as SAM-Med3D training does); ``"last"`` feeds only the newest click with the
-            previous logits (the FastSAM3D / SAM-Med3D evaluation protocol, docs/reference.md fact 5).
-        cache_size: how many ROI embeddings to keep.
-        cache_mb: and at most this many megabytes of them (the newest is always kept).
-        max_rois: how many ROIs one object may span. A mask that reaches a ROI face inside the
-            volume continues into the neighbouring ROI (one encoder run each) until this limit;
-            1 keeps every object inside the ROI of its first click.
-        feature_cache: keep the ROI embeddings in this view of a cache shared with other sessions
-            (:mod:`fastsam3d.cache`; a server's one budget) instead of a cache of the session's own.
-        zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces
-            (models trained at several ROI spacings, on volumes finer than the coarse one); False
-            keeps the model's coarse ROI.
-        precision: ``"auto"`` (the fastest that keeps the masks on this device: torch's int8 for the
-            official-size 3D SAM encoders on a CPU, fp32 otherwise; see docs/models.md "Precision"),
-            ``"fp32"``, ``"bf16"``, ``"int8"``, ``"onnx-fp32"`` or ``"onnx-int8"``. Default: ``"auto"`` for a model given
-            by name; a model object is used as it is unless a precision is given (then it is
-            converted in place). The one in use is ``session.precision``.
+            logits (as SAM-Med3D training does); ``"last"`` only the newest (the FastSAM3D /
+            SAM-Med3D evaluation protocol, docs/reference.md fact 5).
+        cache_size, cache_mb: ROI embeddings kept (count and MB; the newest always), or
+            ``feature_cache``, a view of a cache shared with other sessions (:mod:`.cache`).
+        max_rois: how many ROIs one object may span as its mask grows across ROI faces (1: none).
+        zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces;
+            False keeps the model's coarse ROI.
+        precision: ``"auto"`` (default for a model given by name: the fastest that keeps the masks
+            on this device, docs/models.md "Precision"), ``"fp32"``, ``"bf16"``, ``"int8"``,
+            ``"onnx-fp32"`` or ``"onnx-int8"``; a model object is converted only if one is given.
     """
 
     dims = 3
@@ -116,7 +82,7 @@ class Session(ObjectEngine):
         super().__init__()
         if click_history not in ("all", "last"):
             raise ValueError("click_history must be 'all' or 'last'")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         if isinstance(model, (str, Path)):
             model = load_model(model, checkpoint=checkpoint, device=self.device, precision=precision or "auto")
         elif precision is not None:
@@ -146,9 +112,7 @@ class Session(ObjectEngine):
 
     def set_image(self, image: Volume | str | Path) -> Volume:
         """Load (or take) the volume; clears objects and cached embeddings."""
-        volume = image if isinstance(image, Volume) else read_volume(image)
-        check_finite(volume)
-        self._start_image(volume)
+        volume = self._start_image(image)
         self.predictor.set_image(volume)
         return volume
 
@@ -231,10 +195,7 @@ class Session(ObjectEngine):
         rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
         if not rois:
             centre = centre if roi_centre is None else self.to_index(roi_centre)
-            spacing = self._object_spacing(obj.state)
-            fine = self._new_roi(centre, spacing)
-            fits = fine.contains(low, margin=2)[0] and fine.contains(high, margin=2)[0]
-            rois = [fine if fits else self._new_roi(centre, self._spacings()[-1])]
+            rois = [self._roi_around(obj.state, centre, low, high)]
         return self._update(obj, state, rois)
 
     def _apply_stroke(self, obj: SegmentObject, stroke: Stroke) -> Interaction:
@@ -246,20 +207,13 @@ class Session(ObjectEngine):
         rois = [roi for roi, _ in state.logits if roi.contains(voxels).any()]
         if not rois:
             low, high = voxels.min(0), voxels.max(0)
-            fine = self._new_roi((low + high) / 2.0, self._object_spacing(state))
-            fits = fine.contains(np.stack([low, high]), margin=2).all()
-            rois = [fine if fits else self._new_roi((low + high) / 2.0, self._spacings()[-1])]
+            rois = [self._roi_around(state, (low + high) / 2.0, low, high)]
         rois = self._cover(rois, voxels, self._roi_spacing(rois[0]))
         return self._update(obj, replace(state, strokes=state.strokes + (stroke,)), rois)
 
     def set_mask(self, mask: np.ndarray, *, label: int | None = None) -> Interaction:
         """Start an object from an existing mask on the input grid (refined by later clicks)."""
-        volume = self._require_image()
-        mask = np.asarray(mask)
-        if mask.shape != volume.shape:
-            raise PromptError(f"initial mask has shape {mask.shape}, the image {volume.shape}")
-        if not mask.any():
-            raise PromptError("the initial mask is empty")
+        mask = self._checked_mask(mask)
         obj = self._object_for_prompt(label)
         old_boxes = self._boxes(obj.state)
         obj.push(ObjectState(initial_mask=PackedMask.of(mask.astype(bool))))
@@ -274,8 +228,8 @@ class Session(ObjectEngine):
         probability = np.zeros(self._require_image().shape, dtype=np.float32)
         for roi, logits in obj.state.logits:
             box, values = roi.paste_logits(logits[0, 0])
-            np.maximum(probability[box], _sigmoid(values), out=probability[box])
-        return self._clip_to_box(obj.state, probability)
+            np.maximum(probability[box], sigmoid_in_place(values), out=probability[box])
+        return clip_to_box(self.model, obj.state, probability)
 
     def uncertainty(
         self, samples: int = 16, jitter_mm: float = 3.0, seed: int = 0, label: int | None = None
@@ -297,28 +251,15 @@ class Session(ObjectEngine):
         self.predictor.timings = Timings()  # an evicted embedding's encoder run is not the last click's
         pieces = []
         for roi, previous in obj.state.logits:
-            coords, labels = self.predictor.points_in_roi(roi, *self._prompts(obj.state, roi))
-            embedding, boxes = self.predictor.embedding(roi), self.predictor.box_in_roi(roi, obj.state.box)
-            total = torch.zeros(previous.shape[2:], device=self.device)
+            points, labels = self._prompts(obj.state, roi)
             jitter = jitter_mm / self._roi_spacing(roi)  # ROI voxels
-            for first in range(0, samples, UNCERTAINTY_BATCH):
-                batch = min(UNCERTAINTY_BATCH, samples - first)
-                noise = (torch.rand((batch, *coords.shape[1:]), generator=generator) * 2 - 1) * jitter
-                jittered = (coords.expand(batch, -1, -1) + noise.to(self.device)).clamp(0, roi.size - 1)
-                with torch.inference_mode():
-                    logits, _ = self.model.decode(
-                        embedding,
-                        jittered,
-                        labels.expand(batch, -1),
-                        boxes=None if boxes is None else boxes.expand(batch, -1),
-                        mask_input=previous.float().expand(batch, -1, -1, -1, -1),
-                    )
-                total += torch.sigmoid(logits[:, 0].float()).sum(0)
-            mean = (total / samples).clamp(1e-6, 1 - 1e-6)
+            mean = self.predictor.mean_probability(
+                roi, points, labels, obj.state.box, previous, samples, jitter, generator
+            )
             box, logits = roi.paste_logits(torch.logit(mean))
-            pieces.append((box, _sigmoid(logits)))
+            pieces.append((box, sigmoid_in_place(logits)))
         box = union_box(piece_box for piece_box, _ in pieces)
-        probability = self._clip_to_box(obj.state, merge_max(pieces, box), box)
+        probability = clip_to_box(self.model, obj.state, merge_max(pieces, box), box)
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
 
@@ -327,6 +268,13 @@ class Session(ObjectEngine):
     def _new_roi(self, centre_index: np.ndarray, spacing: float | None = None) -> RoiGrid:
         self._require_image()
         return self.predictor.roi_at(centre_index, spacing)
+
+    def _roi_around(self, state: ObjectState, centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> RoiGrid:
+        """A new ROI at ``centre``: at the object's spacing if it holds ``low`` to ``high`` (2 ROI voxels
+        in from its faces), else at the coarsest spacing."""
+        fine = self._new_roi(centre, self._object_spacing(state))
+        inside = fine.contains(np.stack([low, high]), margin=2).all()
+        return fine if inside else self._new_roi(centre, self._spacings()[-1])
 
     def _spacings(self) -> tuple[float, ...]:
         """The ROI spacings (mm) objects may use on this volume, finest first: the model's zoom
@@ -345,55 +293,12 @@ class Session(ObjectEngine):
         """Millimetres per voxel of a ROI."""
         return round(abs(roi.step[0]) * float(self._require_image().spacing[roi.axes[0]]), 6)
 
+    def _prompts(self, state: ObjectState, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
+        """The state's point prompts in one ROI (:func:`~.prompts3d.point_prompts`)."""
+        return point_prompts(state, roi, self.model, self.click_history, self._require_image().shape)
+
     def _previous_logits(self, obj: SegmentObject, roi: RoiGrid) -> torch.Tensor | None:
         return next((logits for r, logits in obj.state.logits if r.key == roi.key), None)
-
-    def _prompts(self, state: ObjectState, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
-        """The state's point prompts inside one ROI: (N, 3) input voxel indices and their labels,
-        clicks and strokes in the order they were given (a later prompt wins where they meet).
-
-        Clicks follow ``click_history`` (``"last"``: the newest click or stroke only); a box on a
-        model without box embeddings adds a positive click at its centre; seeds placed when the
-        object grew into this ROI are positive clicks.
-        """
-        clicks = [(n, c) for n, c in enumerate(state.clicks) if roi.contains(np.array(c.index))[0]]
-        strokes = list(state.strokes)
-        if self.click_history == "last":
-            newest_is_stroke = bool(strokes) and strokes[-1].after_clicks == len(state.clicks)
-            clicks, strokes = ([], strokes[-1:]) if newest_is_stroke else (clicks[-1:], [])
-        prompts = [((n, 1), np.array([c.index]), [int(c.positive)]) for n, c in clicks]
-        prompts += [((s.after_clicks, 0), *self._stroke_prompts(s, roi)) for s in strokes]
-        prompts.sort(key=lambda prompt: prompt[0])
-        points = [p for _, group, _ in prompts for p in group]
-        labels = [label for _, _, group in prompts for label in group]
-        if state.box is not None and not self.model.supports_boxes:
-            points.append(tuple((np.array(state.box[0]) + np.array(state.box[1])) / 2.0))
-            labels.append(1)
-        for key, seed in state.seeds:
-            if key == roi.key:
-                points.append(seed.index)
-                labels.append(1)
-        return np.array(points, dtype=np.float64).reshape(-1, 3), labels
-
-    def _stroke_prompts(self, stroke: Stroke, roi: RoiGrid) -> tuple[np.ndarray, list[int]]:
-        """A stroke as point prompts in one ROI (docs/prompts.md). Models trained with prompt maps
-        (``dense_prompts``) get one point per ROI voxel the stroke covers, and for an include lasso
-        exclude points on a band just outside its outline on its slice (given first, so the area
-        wins where they meet); 3D SAMs get a few points: spread along a scribble, deep inside a lasso."""
-        shape = self._require_image().shape
-        if getattr(self.model, "dense_prompts", False):
-            area = _one_per_cell(roi, stroke.voxels)
-            if stroke.kind == "lasso" and stroke.positive:
-                step = float(np.min(np.abs(roi.step)))
-                band = _one_per_cell(roi, stroke.outline_band(shape, LASSO_BAND[0] * step, LASSO_BAND[1] * step))
-                return np.concatenate([band, area]), [0] * len(band) + [1] * len(area)
-            return area, [int(stroke.positive)] * len(area)
-        if stroke.kind == "lasso":
-            points = interior_points(stroke, shape, SPARSE_STROKE_POINTS)
-        else:
-            points = sampled(stroke.voxels.astype(np.float64), SPARSE_STROKE_POINTS)
-        points = points[roi.contains(points)]
-        return points, [int(stroke.positive)] * len(points)
 
     @staged(lambda self, obj, state, rois: "segmenting")
     def _update(self, obj: SegmentObject, state: ObjectState, rois: list[RoiGrid]) -> Interaction:
@@ -427,7 +332,7 @@ class Session(ObjectEngine):
                 self.progress(Progress(len(logits), None))
             if not coarsest or len(logits) + len(queue) >= self.max_rois:
                 continue
-            for neighbour, seed, prompt in self._growth(roi, logits[roi.key][1]):
+            for neighbour, seed, prompt in growth(roi, logits[roi.key][1]):
                 if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
                     state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
                     queue.append((neighbour, prompt))
@@ -441,7 +346,7 @@ class Session(ObjectEngine):
         touching = [
             roi
             for roi, value in logits.values()
-            if self._roi_spacing(roi) < coarse and _faces_reached(roi, (value[0, 0] > 0).cpu().numpy())
+            if self._roi_spacing(roi) < coarse and faces_reached(roi, (value[0, 0] > 0).cpu().numpy())
         ]
         if not touching:
             return []
@@ -466,35 +371,6 @@ class Session(ObjectEngine):
         logits, _ = self.predictor.predict(roi, *self._prompts(state, roi), box=state.box, mask_input=previous)
         return logits.to(HISTORY_DTYPE)
 
-    def _growth(self, roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, torch.Tensor]]:
-        """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume.
-
-        Each neighbour is shifted by half a ROI across that face; it is prompted with the current
-        logits moved onto its grid (unknown half: logit 0) and a positive seed click at the
-        interior-most foreground voxel of the overlap.
-        """
-        positive = (logits[0, 0] > 0).cpu().numpy()
-        low_res = positive.shape[0]
-        half = low_res // 2
-        grown = []
-        for axis, direction in _faces_reached(roi, positive):
-            ahead, behind = slice(half, None), slice(0, half)
-            if direction < 0:
-                ahead, behind = behind, ahead
-            overlap = np.zeros_like(positive)
-            keep = [slice(None)] * 3
-            keep[axis] = ahead
-            overlap[tuple(keep)] = positive[tuple(keep)]
-            depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
-            seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
-            seed = roi.low_res_grid(low_res).roi_to_index(seed_low_res)[0]
-            prompt = torch.zeros_like(logits)
-            moved, source = [slice(None)] * 5, [slice(None)] * 5
-            moved[axis + 2], source[axis + 2] = behind, ahead
-            prompt[tuple(moved)] = logits[tuple(source)]
-            grown.append((roi.neighbour(axis, direction), Click(tuple(float(v) for v in seed)), prompt))
-        return grown
-
     def _empty_state(self) -> ObjectState:
         return ObjectState()
 
@@ -507,63 +383,5 @@ class Session(ObjectEngine):
         for roi, logits in state.logits:
             box, mask = roi.paste_mask(logits[0, 0])
             if mask.any():
-                regions.append((box, self._clip_to_box(state, mask, box)))
+                regions.append((box, clip_to_box(self.model, state, mask, box)))
         return regions
-
-    def _clip_to_box(self, state: ObjectState, values: np.ndarray, box: Slices | None = None) -> np.ndarray:
-        """Zero everything outside the object's box prompt (for models without box embeddings)."""
-        if state.box is None or self.model.supports_boxes:
-            return values
-        offset = [0, 0, 0] if box is None else [s.start for s in box]
-        keep = tuple(
-            slice(max(low - o, 0), max(high + 1 - o, 0))
-            for low, high, o in zip(state.box[0], state.box[1], offset, strict=True)
-        )
-        clipped = np.zeros_like(values)
-        clipped[keep] = values[keep]
-        return clipped
-
-
-def open_session(
-    model: str | Path = "default",
-    checkpoint: str | Path | None = None,
-    device: str | torch.device | None = None,
-    **options,
-):
-    """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
-    ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.slicewise.SliceSession`,
-    every other model in a 3D :class:`Session`; both take the same verbs and answer alike."""
-    if spatial_dims(model) == 2:
-        from .slicewise import SliceSession
-
-        return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
-    return Session(model, device=device, checkpoint=checkpoint, **options)
-
-
-def _faces_reached(roi: RoiGrid, positive: np.ndarray) -> list[tuple[int, int]]:
-    """(ROI axis, direction -1 / +1) of each ROI face that the low-res mask ``positive`` covers with
-    at least ``MIN_FACE_VOXELS`` voxels and that lies inside the volume (else nothing is beyond it)."""
-    low_res = positive.shape[0]
-    return [
-        (axis, direction)
-        for axis in range(3)
-        for side, direction in ((0, -1), (low_res - 1, 1))
-        if np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
-        and roi.face_inside_volume(axis, direction, low_res)
-    ]
-
-
-def _one_per_cell(roi: RoiGrid, voxels: np.ndarray) -> np.ndarray:
-    """The input voxels (M, 3) inside the ROI, one per ROI cell they fall in (first seen), as floats."""
-    inside = voxels[roi.contains(voxels)].astype(np.float64)
-    _, first = np.unique(np.floor(roi.index_to_roi(inside)), axis=0, return_index=True)
-    return inside[np.sort(first)]
-
-
-def _sigmoid(values: np.ndarray) -> np.ndarray:
-    """Logistic function of float32 logits, computed in place (the maps are ROI-sized)."""
-    np.clip(values, -60, 60, out=values)
-    np.negative(values, out=values)
-    np.exp(values, out=values)
-    values += 1
-    return np.reciprocal(values, out=values)

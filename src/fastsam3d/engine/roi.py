@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .io import Volume
+from ..configs import TARGET_SPACING_MM
+from ..io import Volume
 
-TARGET_SPACING_MM = 1.5
 EXTRACT_SLAB_VOXELS = 2**19  # input voxels RoiGrid.extract reads at a time (2 MB of float32: 2**21 was 1.6x slower)
 PASTE_SLAB_VOXELS = 2**21  # output voxels paste_mask computes at a time (smaller slabs slow its products)
 # RAS axis directions written in LPS world coordinates (the convention of Volume.direction).
@@ -290,3 +290,12 @@ def normalise_intensity(crop: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(std) or std == 0:
         std = torch.tensor(1.0)
     return (crop - values.mean()) / std
+
+
+def sigmoid_in_place(values: np.ndarray) -> np.ndarray:
+    """Logistic function of float32 logits, computed in place (the maps are ROI-sized)."""
+    np.clip(values, -60, 60, out=values)
+    np.negative(values, out=values)
+    np.exp(values, out=values)
+    values += 1
+    return np.reciprocal(values, out=values)

@@ -13,15 +13,16 @@ import fastsam3d.cli
 from fastsam3d.cli import main
 from fastsam3d.clicks import dice
 from fastsam3d.data.devdata import dev_manifest
+from fastsam3d.engine.session2d import SliceSession
+from fastsam3d.engine.slices import SliceGeometry
 from fastsam3d.errors import CheckpointError, PromptError
 from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
 from fastsam3d.hub import fetch
 from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
 from fastsam3d.registry import build_model, load_model
-from fastsam3d.slicewise import SliceGeometry, SliceSession
 
-from .helpers import BrightInBox, ellipsoid_volume, rotation
+from ..helpers import BrightInBox, ellipsoid_volume, rotation
 
 
 def test_propagation_stops_at_the_end_of_the_object():
@@ -57,12 +58,12 @@ def test_slices_round_trip_in_every_orientation():
         session.set_image(volume)
         target = np.zeros_like(array)
         for index in range(volume.shape[axis]):
-            plane = session._slice(array, index)
-            session._write(target, index, plane)
+            plane = session.plane.take(array, index)
+            session.plane.put(target, index, plane)
         np.testing.assert_array_equal(target, array)
         voxel = np.array([7, 11, 13])
-        row, col = session._in_plane(voxel)
-        assert session._slice(array, voxel[axis])[int(row), int(col)] == array[tuple(voxel)]
+        row, col = session.plane.in_plane(voxel)
+        assert session.plane.take(array, voxel[axis])[int(row), int(col)] == array[tuple(voxel)]
 
 
 def test_mapping_back_matches_sams_upsample_crop_resize_for_non_square_anisotropic_slices():
@@ -79,7 +80,7 @@ def test_a_mask_comes_back_where_it_was_on_an_anisotropic_grid():
     volume, inside = ellipsoid_volume()  # in-plane 0.8 x 1.2 mm, 40 x 30 pixels
     session = SliceSession(BrightInBox(), device="cpu")
     session.set_image(volume)
-    assert session.geometry.resized == (64, 57)  # rows: 30 x 1.2 mm -> 64 px, cols: 40 x 0.8 mm -> ~57 px
+    assert session.predictor.geometry.resized == (64, 57)  # rows: 30 x 1.2 mm -> 64 px, cols: 40 x 0.8 mm -> ~57 px
     where = np.argwhere(inside[:, :, 10])
     session.set_box((*where.min(0), 10), (*where.max(0), 10))
     got, truth = session.mask()[:, :, 10], inside[:, :, 10]
@@ -174,7 +175,7 @@ def test_sam_vit_b_and_medsam_load_official_layout_checkpoints(tmp_path):
 
 def test_cli_segments_with_a_2d_model_and_writes_its_uncertainty(tmp_path, capsys, monkeypatch):
     volume, inside = ellipsoid_volume()
-    from fastsam3d import slicewise
+    from fastsam3d.engine import session2d as slicewise
     from fastsam3d.io import read_volume, write_volume
 
     monkeypatch.setattr(slicewise, "load_model", lambda *args, **kwargs: BrightInBox())

@@ -4,11 +4,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from fastsam3d import preprocess
+from fastsam3d.engine import roi as preprocess
+from fastsam3d.engine.roi import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
 from fastsam3d.io import Volume
-from fastsam3d.preprocess import RoiGrid, canonical_axes, normalise_intensity, upsampling_weights
 
-from .helpers import rotation
+from ..helpers import rotation
 
 
 def _oblique_volume(shape=(90, 70, 40), spacing=(0.8, 1.1, 2.5)) -> Volume:

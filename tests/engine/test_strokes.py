@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from fastsam3d.clicks import dice
+from fastsam3d.engine.session2d import SliceSession
+from fastsam3d.engine.session3d import Session
+from fastsam3d.engine.strokes import lasso, scribble
 from fastsam3d.errors import PromptError
 from fastsam3d.modeling.click_unet import ClickUNet3D, ClickUNetConfig
-from fastsam3d.session import Session
-from fastsam3d.slicewise import SliceSession
-from fastsam3d.strokes import lasso, scribble
 
-from .helpers import BrightInBox, ellipsoid_volume, randomise, sphere_volume
+from ..helpers import BrightInBox, ellipsoid_volume, randomise, sphere_volume
 
 
 def test_scribble_covers_every_voxel_along_its_segments():

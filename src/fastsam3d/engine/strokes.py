@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 
-from .errors import PromptError
+from ..errors import PromptError
 
 MAX_STROKE_POINTS = 10_000  # vertices one stroke may have (a 1e6-point stroke is refused, not rasterised)
 SAMPLES_PER_VOXEL = 4  # points sampled per voxel of a scribble's length when rasterising it

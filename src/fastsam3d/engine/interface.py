@@ -1,7 +1,7 @@
-"""The interface every interactive engine implements: :class:`~fastsam3d.session.Session` (3D models)
-and :class:`~fastsam3d.slicewise.SliceSession` (2D models slice by slice) take the same verbs with
+"""The interface every interactive engine implements: :class:`~fastsam3d.engine.session3d.Session` (3D models)
+and :class:`~fastsam3d.engine.session2d.SliceSession` (2D models slice by slice) take the same verbs with
 the same signatures and defaults, so the CLI, the server, napari and Slicer drive both alike.
-Open one with :func:`~fastsam3d.session.open_session`. An engine may add keyword-only options of
+Open one with :func:`open_session` (below). An engine may add keyword-only options of
 its own (``Session.add_click(..., roi_centre=)``)."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
-from .interaction import Frame, Interaction, ProgressCallback, SegmentObject, Timings, Uncertainty
-from .io import Volume
+from ..io import Volume
+from ..registry import spatial_dims
+from .answers import Interaction, ProgressCallback, Timings, Uncertainty
+from .base import Frame, SegmentObject
 from .strokes import Stroke
 
 
@@ -63,3 +66,20 @@ class Engine(Protocol):
     def save_labels(self, path: str | Path) -> Path: ...
     def save_map(self, array: np.ndarray, path: str | Path) -> Path: ...
     def cached_bytes(self) -> int: ...
+
+
+def open_session(
+    model: str | Path = "default",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device | None = None,
+    **options,
+):
+    """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
+    ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.engine.session2d.SliceSession`,
+    every other model in a 3D :class:`~fastsam3d.engine.session3d.Session`; both take the same verbs and answer alike."""
+    from .session2d import SliceSession
+    from .session3d import Session
+
+    if spatial_dims(model) == 2:
+        return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
+    return Session(model, device=device, checkpoint=checkpoint, **options)

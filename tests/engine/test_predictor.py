@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from fastsam3d.predictor import RoiPredictor
-from fastsam3d.preprocess import RoiGrid
+from fastsam3d.engine.predictor import RoiPredictor
+from fastsam3d.engine.roi import RoiGrid
+from fastsam3d.engine.session3d import Session
 from fastsam3d.registry import build_model
-from fastsam3d.session import Session
 
-from .helpers import randomise, sphere_volume
+from ..helpers import randomise, sphere_volume
 
 
 def test_predict_encodes_once_per_roi_and_matches_the_session():

@@ -4,10 +4,10 @@ mask reaches the fine ROI's faces; clicks on a cached ROI stay decoder passes at
 import numpy as np
 
 from fastsam3d.clicks import dice
+from fastsam3d.engine.session3d import Session
 from fastsam3d.io import Volume
-from fastsam3d.session import Session
 
-from .helpers import IntensityModel
+from ..helpers import IntensityModel
 
 
 class TwoScaleModel(IntensityModel):

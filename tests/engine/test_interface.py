@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fastsam3d.clicks import dice
-from fastsam3d.engine_interface import Engine
+from fastsam3d.engine.interface import Engine
+from fastsam3d.engine.session2d import SliceSession
+from fastsam3d.engine.session3d import Session
 from fastsam3d.errors import PromptError
 from fastsam3d.io import read_volume
-from fastsam3d.session import Session
-from fastsam3d.slicewise import SliceSession
 
-from .helpers import BrightInBox, IntensityModel, ellipsoid_volume, sphere_volume
+from ..helpers import BrightInBox, IntensityModel, ellipsoid_volume, sphere_volume
 
 VERBS = [name for name, value in vars(Engine).items() if callable(value) and not name.startswith("_")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastsam3d.cache import FeatureCache
+from fastsam3d.engine.cache import FeatureCache
 
 
 def test_views_share_one_lru_budget():

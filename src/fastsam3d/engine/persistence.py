@@ -2,7 +2,7 @@
 
 Each step of an object's undo history is saved as its prompts (every field of the engine's state
 dataclass except the ones holding its mask, as JSON, so prompt kinds added later are kept) and its
-mask (a :class:`~fastsam3d.labelmap.PackedMask`). A restored step holds that mask instead of model
+mask (a :class:`~fastsam3d.engine.labelmap.PackedMask`). A restored step holds that mask instead of model
 logits: the 3D engine feeds it to the next click as a mask prompt, the 2D engine's states are masks
 already. Image embeddings are not saved; the next click computes them again.
 
@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from . import interaction, session, slicewise
-from .interaction import ObjectEngine, SegmentObject
+from . import base, session2d, session3d
+from .base import ObjectEngine, SegmentObject
 from .labelmap import PackedMask, Region
 
 # the fields of each state type that hold its mask (the others are prompts, saved as they are)
-MASK_FIELDS = {session.ObjectState: ("logits", "initial_mask"), slicewise.SliceState: ("box", "bits")}
+MASK_FIELDS = {session3d.ObjectState: ("logits", "initial_mask"), session2d.SliceState: ("box", "bits")}
 JSON_TYPES = {
     name: value
-    for module in (session, slicewise, interaction)
+    for module in (session3d, session2d, base)
     for name, value in vars(module).items()
     if isinstance(value, type) and dataclasses.is_dataclass(value)
 }
@@ -122,7 +122,7 @@ def state_from_step(state_type: type, step: SavedStep):
     """A state of ``state_type`` with the step's prompts and its mask."""
     known = {f.name for f in dataclasses.fields(state_type)}
     prompts = {name: from_json(value) for name, value in step.prompts.items() if name in known}
-    if state_type is slicewise.SliceState:
+    if state_type is session2d.SliceState:
         return state_type(**prompts, box=step.mask.box, bits=step.mask.bits)
     return state_type(**prompts, initial_mask=step.mask if step.mask.box is not None else None)
 
