@@ -160,12 +160,7 @@ class SliceSession(ObjectEngine):
             raise PromptError(
                 f"a 2D model takes a lasso on a slice across axis {self.axis}; this one lies across axis {stroke.axis}"
             )
-        state = obj.state
-        work = self._mask_of(state)
-        clicks = {k: list(v) for k, v in state.clicks}
-        root = state.root
-        self.timings = Timings()
-        self._total = None
+        work, clicks, root = self._working_copy(obj)
         if stroke.kind == "lasso":
             root = self._lasso(obj, work, root, stroke)
         elif stroke.positive and not work.any() and not self.config.point_prompts:
@@ -208,12 +203,7 @@ class SliceSession(ObjectEngine):
         checked before any is applied."""
         indices, positives = self._checked_clicks(points, positives, frame)
         obj = self._object_for_prompt(label)
-        state = obj.state
-        work = self._mask_of(state)
-        clicks = {k: list(v) for k, v in state.clicks}
-        root = state.root
-        self.timings = Timings()
-        self._total = None
+        work, clicks, root = self._working_copy(obj)
         for index, positive in zip(indices, positives, strict=True):
             root = self._click(obj, work, clicks, root, index, positive)
         return self._commit(obj, work, clicks, root)
@@ -267,6 +257,13 @@ class SliceSession(ObjectEngine):
     def _compute_regions(self, state: SliceState) -> list[Region]:
         region = state.region()
         return [] if region is None else [region]
+
+    def _working_copy(self, obj: SegmentObject) -> tuple[np.ndarray, dict[int, list[Click2D]], int | None]:
+        """A new interaction on ``obj``: its mask as a full-size array to edit, its clicks and root slice."""
+        self.timings = Timings()
+        self._total = None
+        state = obj.state
+        return self._mask_of(state), {k: list(v) for k, v in state.clicks}, state.root
 
     def _commit(
         self, obj: SegmentObject, work: np.ndarray, clicks: dict[int, list[Click2D]], root: int | None

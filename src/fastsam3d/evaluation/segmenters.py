@@ -82,16 +82,7 @@ class SamSegmenter(Segmenter):
         return None if self._roi is None else self._roi.covered_slices()
 
     def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
-        timing = Timings()
-        for prompt in prompts:
-            if prompt.stroke is not None:
-                answer = apply_stroke(self.session, prompt)
-            elif prompt.box is not None:
-                answer = self.session.set_box(*prompt.box, roi_centre=self._roi_centre)
-            else:
-                answer = self.session.add_click(prompt.point, prompt.positive, roi_centre=self._roi_centre)
-            timing += answer.timings
-        return self.session.mask(), timing
+        return apply_prompts(self.session, prompts, roi_centre=self._roi_centre)
 
 
 class SliceSegmenter(Segmenter):
@@ -110,22 +101,23 @@ class SliceSegmenter(Segmenter):
         self.session.add_object()  # new structure; cached slice embeddings are kept
 
     def apply(self, prompts: list[Prompt]) -> tuple[np.ndarray, Timings]:
-        timing = Timings()
-        for prompt in prompts:
-            if prompt.stroke is not None:
-                answer = apply_stroke(self.session, prompt)
-            elif prompt.box is not None:
-                answer = self.session.set_box(*prompt.box)
-            else:
-                answer = self.session.add_click(prompt.point, prompt.positive)
-            timing += answer.timings
-        return self.session.mask(), timing
+        return apply_prompts(self.session, prompts)
 
 
-def apply_stroke(session, prompt: Prompt):
-    """A protocol's stroke through the engine's ``add_scribble`` / ``add_lasso``."""
-    verb = session.add_lasso if prompt.stroke == "lasso" else session.add_scribble
-    return verb(np.array(prompt.vertices), prompt.positive)
+def apply_prompts(session, prompts: list[Prompt], **options) -> tuple[np.ndarray, Timings]:
+    """Each prompt through the engine's verb, in order; ``options`` go to box and click verbs (the
+    3D engine's ``roi_centre``). Returns the mask and the summed timings."""
+    timing = Timings()
+    for prompt in prompts:
+        if prompt.stroke is not None:
+            verb = session.add_lasso if prompt.stroke == "lasso" else session.add_scribble
+            answer = verb(np.array(prompt.vertices), prompt.positive)
+        elif prompt.box is not None:
+            answer = session.set_box(*prompt.box, **options)
+        else:
+            answer = session.add_click(prompt.point, prompt.positive, **options)
+        timing += answer.timings
+    return session.mask(), timing
 
 
 class RandomWalkerSegmenter(Segmenter):
