@@ -8,8 +8,19 @@ predictor.py   per-ROI cached embeddings and the prompt path; roi.py the ROI gri
 strokes.py     scribbles and lassos; persistence.py states as data; cache.py one feature budget
 """
 
-from .interface import Engine, open_session
-from .session2d import SliceSession
-from .session3d import Session
+# Loaded on first use: the sessions import torch, and light modules (prompt files, answers,
+# strokes) must stay importable without it (`fastsam3d models` answers at once).
+_LAZY = {"Engine": "interface", "open_session": "interface", "Session": "session3d", "SliceSession": "session2d"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastsam3d.engine' has no attribute {name!r}")
+
 
 __all__ = ["Engine", "Session", "SliceSession", "open_session"]
