@@ -206,10 +206,11 @@ def test_offline_and_licence_errors_are_one_line(fake_hub, monkeypatch, capsys, 
     assert err.count("\n") == 1 and "--accept-licence" in err and "research use" in err and not fake_hub.requests
 
 
-def test_weights_list_is_fast_and_imports_no_torch(tmp_path):
+def test_weights_list_imports_neither_torch_nor_matplotlib(tmp_path):
+    # what keeps it fast (its time: docs/benchmarks.md); timed asserts fail on a loaded machine
     code = (
-        "import sys, time; t = time.perf_counter(); from fastsam3d.cli import main; main(['weights', 'list']); "
-        "assert 'torch' not in sys.modules; print(f'{time.perf_counter() - t:.2f}')"
+        "import sys; from fastsam3d.cli import main; main(['weights', 'list']); "
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
     )
     env = {**os.environ, "FASTSAM3D_WEIGHTS": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
@@ -224,7 +225,6 @@ def test_weights_list_is_fast_and_imports_no_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert float(lines[-1]) < 2.0
     assert any(line.startswith("sam-med3d-turbo") and " no " in line for line in lines)
     assert any(line.startswith("litemedsam") for line in lines) and any(line.startswith("sam-med2d") for line in lines)
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 
 from ..errors import PromptError
@@ -110,6 +109,8 @@ def lasso(indices: np.ndarray, positive: bool, shape: tuple[int, int, int], afte
     high = np.minimum(np.ceil(polygon.max(0)).astype(int), [shape[a] - 1 for a in plane_axes])
     grid = np.stack(np.meshgrid(*(np.arange(lo, hi + 1) for lo, hi in zip(low, high, strict=True)), indexing="ij"), -1)
     pixels = grid.reshape(-1, 2)
+    from matplotlib.path import Path as PolygonPath  # imported here: listing commands never load matplotlib
+
     inside = pixels[PolygonPath(polygon).contains_points(pixels.astype(np.float64))]
     closed = np.concatenate([indices, indices[:1]])
     outline = scribble(closed, positive, shape).voxels
