@@ -1,10 +1,8 @@
 """Procedural anatomy for SynthSeg-style training: vessels, lesions, thin sheets and shells.
 
-Label maps of real anatomy cover the big organs, but an interactive model also has to segment
-what users click on that those maps lack or under-represent: vessels from 1 mm to 30 mm across
-with bifurcations, lesions and tumours (round, lobulated or spiculated, with or without a rim, as
-an enhancing wall or necrotic core gives), and thin sheets and shells (capsules, cyst walls, the
-diaphragm). The generators here draw such structures as boolean masks on a training crop's grid;
+What label maps of real anatomy lack or under-represent: vessels 1-30 mm across with
+bifurcations, lesions and tumours (round, lobulated or spiculated, with or without a rim, as an
+enhancing wall or necrotic core gives), thin sheets and shells (capsules, cyst walls, diaphragm). The generators here draw such structures as boolean masks on a training crop's grid;
 the caller overlays them on its label map, paints random intensities per label and uses the
 structure as the segmentation target. Every structure passes through the central cube of side
 ``size / 4`` (where the caller puts the click), has at least 8 voxels and depends only on ``rng``.
