@@ -144,16 +144,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def open_session(args: argparse.Namespace):
-    """The engine for --model: the 3D session, or the slice-by-slice one for a 2D SAM."""
+    """The engine for --model (:func:`fastsam3d.engine.open_session`): a 3D model loaded with the
+    CLI's checkpoint and precision options, a 2D SAM by name."""
+    from ..engine import open_session as engine_for
     from ..registry import spatial_dims
 
-    if spatial_dims(args.model) == 2:
-        from ..engine.session2d import SliceSession
-
-        return SliceSession(args.model, checkpoint=args.checkpoint, device=args.device)
-    from ..engine.session3d import Session
-
-    return Session(load_model(args), device=args.device)
+    model = args.model if spatial_dims(args.model) == 2 else load_model(args)
+    return engine_for(model, checkpoint=args.checkpoint, device=args.device)
 
 
 @dataclass(frozen=True)

@@ -69,17 +69,25 @@ class Engine(Protocol):
 
 
 def open_session(
-    model: str | Path = "default",
+    model: str | Path | torch.nn.Module = "default",
     checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     **options,
-):
-    """An interactive session for any model name: a 2D SAM (``litemedsam``, ``medsam``,
-    ``sam-vit-b``, ``sam-med2d``) runs slice by slice in a :class:`~fastsam3d.engine.session2d.SliceSession`,
-    every other model in a 3D :class:`~fastsam3d.engine.session3d.Session`; both take the same verbs and answer alike."""
+) -> Engine:
+    """The engine for any model: a 2D SAM (a name such as ``litemedsam``, ``medsam``,
+    ``sam-vit-b``, ``sam-med2d``, or a loaded 2D model) runs slice by slice in a
+    :class:`~fastsam3d.engine.session2d.SliceSession`, every other model in a 3D
+    :class:`~fastsam3d.engine.session3d.Session`; both take the same verbs and answer alike. The
+    one door of the CLI, the server and the napari plugin. ``options`` go to the engine."""
     from .session2d import SliceSession
     from .session3d import Session
 
-    if spatial_dims(model) == 2:
-        return SliceSession(str(model), checkpoint=checkpoint, device=device, **options)
-    return Session(model, device=device, checkpoint=checkpoint, **options)
+    if isinstance(model, torch.nn.Module):
+        dims = getattr(model, "spatial_dims", None) or getattr(getattr(model, "config", None), "spatial_dims", 3)
+    else:
+        dims = spatial_dims(model)
+    if dims == 2:
+        return SliceSession(
+            model if isinstance(model, torch.nn.Module) else str(model), device, checkpoint=checkpoint, **options
+        )
+    return Session(model, device, checkpoint=checkpoint, **options)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..engine.cache import CacheView, FeatureCache
+from ..engine.interface import open_session
 from ..engine.persistence import restore_objects, take_snapshot
 from ..engine.session2d import SliceSession
 from ..engine.session3d import Session
@@ -176,9 +177,10 @@ class SessionStore:
                 self._check_room()
                 if self.leases is not None:
                     self.leases.acquire(session_id)
-                engine = SliceSession if getattr(network, "spatial_dims", 3) == 2 else Session
                 features = self.features.view()
-                session = engine(network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features)
+                session = open_session(
+                    network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features
+                )
                 session.set_image(volume)
                 entry = ServerSession(
                     session_id,
