@@ -211,8 +211,9 @@ class SessionStore:
 
     def save(self, entry: ServerSession) -> None:
         """Save the session after a change: a snapshot now (microseconds, under the session's
-        lock), the record written by the background writer."""
-        if self.records is None:
+        lock), the record written by the background writer. A closed session is not saved again (a job
+        that ends after its DELETE would otherwise bring its record, and a reopening, back)."""
+        if self.records is None or entry.closed:
             return
         entry.changes += 1
         entry.updated = time.time()
@@ -231,7 +232,7 @@ class SessionStore:
         encoder, engine, records, leases = entry.encoder, entry.session, self.records, self.leases
 
         def write() -> None:
-            if leases.owns(entry.id):  # else another server took the session over: its record now
+            if not entry.closed and leases.owns(entry.id):  # else closed, or another server took it over
                 records.write(*encoder.encode(engine, snapshot, header))
 
         written = self.writer.submit(entry.id, write)
