@@ -134,4 +134,3 @@ def test_sessions_share_one_feature_budget_and_idle_ones_make_room(data_dir, sta
             assert store.features.total_bytes() <= budget * 2**20
         assert encoder_runs == [True, True, True, True]  # the first session's features were evicted
         assert click(client, sessions[0], centre_voxel())["timings_ms"]["encoder"] == 0  # now cached
-
