@@ -454,7 +454,9 @@ def test_viewer_strokes_volumes_sessions(server, tmp_path):
         latency = page.locator("#latency").inner_text()
         assert "server" in latency and "transfer" in latency and "paint" in latency, latency
 
-        # 20 volumes one after another: each Open closes the previous session, none is refused
+        # 20 volumes one after another: each Open closes the previous session, none is refused (sessions of
+        # the module's other test, on the same server, stay open: they are not this page's)
+        earlier = {row["id"] for row in sessions_of(page) if row["open"] and row["id"] != session_id}
         ids = {session_id}
         for _ in range(20):
             previous = page.evaluate("window.fastsam3d.state.session.id")
@@ -467,13 +469,10 @@ def test_viewer_strokes_volumes_sessions(server, tmp_path):
         current = page.evaluate("window.fastsam3d.state.session.id")
         assert len(ids) == 21 and not errors, errors
         for _ in range(300):  # the previous session's DELETE is sent without waiting for its answer
-            if [row["id"] for row in sessions_of(page) if row["open"]] == [current]:
+            if [row["id"] for row in sessions_of(page) if row["open"] and row["id"] not in earlier] == [current]:
                 break
             page.wait_for_timeout(200)
-        still_open = [row["id"] for row in sessions_of(page) if row["open"]]
-        # every Open closed its predecessor; under CI load one of the 21 sessions was once still open
-        # 60 s later (not reproduced on a quiet machine): tolerated here, reported, to be found
-        assert current in still_open and len(still_open) <= 2, still_open
+        assert [row["id"] for row in sessions_of(page) if row["open"] and row["id"] not in earlier] == [current]
 
         # the Sessions panel: another session (opened and clicked through the API) is listed, Resume shows
         # it with its labels, Close closes it
@@ -498,7 +497,7 @@ def test_viewer_strokes_volumes_sessions(server, tmp_path):
         assert page.locator("#objects li .ml").first.inner_text().endswith(" ml")
         page.click(f"#sessions li[data-id='{current}'] button.close")
         page.wait_for_selector(f"#sessions li[data-id='{current}']", state="detached")
-        assert [row["id"] for row in sessions_of(page)] == [other]
+        assert [row["id"] for row in sessions_of(page) if row["id"] not in earlier] == [other]
         browser.close()
     assert not errors, errors
     print(f"lasso labelled {labelled} voxels; resumed session: {resumed} labelled voxels")

@@ -813,6 +813,9 @@ function clearUncertainty() {
 
 // --- clicks on the canvas ----------------------------------------------------------------------
 
+// a press not answered by NiiVue within this long is stale (software WebGL on a loaded machine takes over 1 s)
+const PENDING_CLICK_MS = 5000;
+
 $("gl").addEventListener("pointerdown", (event) => {
   if (STROKES.includes(state.mode) && event.button === 0 && !event.altKey && state.session) {
     state.pending = null;
@@ -970,7 +973,7 @@ $("gl").addEventListener("pointerup", (event) => {
   const dpr = $("gl").width / rect.width || 1;
   const frac = nv.canvasPos2frac([(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr]);
   state.pending = null;
-  if (!frac || frac[0] < 0 || performance.now() - pending.time > 1000) return;
+  if (!frac || frac[0] < 0 || performance.now() - pending.time > PENDING_CLICK_MS) return;
   placePrompt(Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3), pending.shift);
 });
 
@@ -1004,7 +1007,7 @@ nv.onLocationChange = (location) => {
   showCrosshair();
   const pending = state.pending;
   state.pending = null;
-  if (!pending || performance.now() - pending.time > 1000 || !state.session || !location.mm) return;
+  if (!pending || performance.now() - pending.time > PENDING_CLICK_MS || !state.session || !location.mm) return;
   placePrompt(Array.from(location.mm).slice(0, 3), pending.shift);
 };
 
