@@ -94,6 +94,19 @@ class ObjectEngine:
         self._region_cache: dict[int, tuple[object, list[Region]]] = {}
         self._voxel_counts: dict[int, tuple[object, int]] = {}
 
+    # the engine's predictor (set by each engine): cached embeddings and the model's passes
+    @property
+    def encoder_runs(self) -> int:
+        return self.predictor.encoder_runs
+
+    @property
+    def decoder_runs(self) -> int:
+        return self.predictor.decoder_runs
+
+    def cached_bytes(self) -> int:
+        """Memory held by the cached image embeddings."""
+        return self.predictor.cached_bytes()
+
     def _empty_state(self):
         raise NotImplementedError
 

@@ -90,14 +90,6 @@ class SliceSession(ObjectEngine):
         )
         self.precision = self.predictor.precision
 
-    @property
-    def encoder_runs(self) -> int:
-        return self.predictor.encoder_runs
-
-    @property
-    def decoder_runs(self) -> int:
-        return self.predictor.decoder_runs
-
     # --- image and objects --------------------------------------------------------------
 
     def set_image(self, image: Volume | str | Path) -> Volume:
@@ -244,10 +236,6 @@ class SliceSession(ObjectEngine):
         probability = self.predictor.probability_in(box, mask, clicks, self.box_margin, samples, jitter_mm, generator)
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
-
-    def cached_bytes(self) -> int:
-        """Memory held by the cached slice embeddings."""
-        return self.predictor.cached_bytes()
 
     # --- interaction internals ----------------------------------------------------------
 

@@ -96,18 +96,6 @@ class Session(ObjectEngine):
         self.zoom = zoom
         self.predictor = RoiPredictor(self.model, self.device, cache_size, cache_mb, feature_cache)
 
-    @property
-    def encoder_runs(self) -> int:
-        return self.predictor.encoder_runs
-
-    @property
-    def decoder_runs(self) -> int:
-        return self.predictor.decoder_runs
-
-    def cached_bytes(self) -> int:
-        """Memory held by the cached ROI embeddings."""
-        return self.predictor.cached_bytes()
-
     # --- image and objects ------------------------------------------------------------
 
     def set_image(self, image: Volume | str | Path) -> Volume:
