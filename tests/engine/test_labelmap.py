@@ -2,7 +2,17 @@
 
 import numpy as np
 
-from fastsam3d.engine.labelmap import LabelMap, bounding_box, intersection, is_empty, merge_max, relative, union_box
+from fastsam3d.engine.labelmap import (
+    LabelMap,
+    PackedMask,
+    RegionView,
+    bounding_box,
+    intersection,
+    is_empty,
+    merge_max,
+    relative,
+    union_box,
+)
 
 
 def test_box_algebra():
@@ -58,3 +68,20 @@ def test_merge_max_composes_overlapping_pieces():
         ((slice(1, 3), slice(0, 1), slice(0, 1)), np.array([[[0.5]], [[0.4]]], np.float32)),
     ]
     np.testing.assert_allclose(merge_max(pieces, box)[:, 0, 0], [0.2, 0.9, 0.4])
+
+
+def test_packed_masks_compress_losslessly_and_read_as_windows():
+    rng = np.random.default_rng(0)
+    i, j, k = np.ogrid[:20, :30, :40]
+    mask = (i - 9) ** 2 + (j - 16) ** 2 + (k - 21) ** 2 < 49  # a ball: compresses well
+    mask[4:8, 8:12, 10:14] = rng.random((4, 4, 4)) < 0.3  # and a corner that does not
+    packed = PackedMask.of(mask)
+    compressed = packed.compress()
+    assert compressed.compressed and compressed.bits.nbytes < packed.bits.nbytes
+    assert compressed.compress() is compressed
+    assert np.array_equal(compressed.packed_bits(), packed.bits)
+    view = RegionView(mask.shape, compressed.region())
+    for box in [(slice(0, 20), slice(0, 30), slice(0, 40)), (slice(2, 6), slice(20, 30), slice(30, 40))]:
+        assert np.array_equal(view[box], mask[box])
+    assert not view[(slice(16, 20), slice(0, 5), slice(0, 5))].any()  # outside the region's box
+    assert PackedMask((5, 5, 5)).compress().box is None  # an empty mask stays empty

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from fastsam3d.engine.predictor import RoiPredictor
+from fastsam3d.engine.labelmap import PackedMask
+from fastsam3d.engine.predictor import MASK_PROMPT_LOGIT, RoiPredictor
 from fastsam3d.engine.roi import RoiGrid
 from fastsam3d.engine.session3d import Session
 from fastsam3d.registry import build_model
@@ -39,10 +40,12 @@ def test_mask_prompt_is_positive_inside_the_mask_and_negative_outside():
     predictor.set_image(volume)
     centre = np.argwhere(inside).mean(0)
     roi = predictor.roi_at(centre)
-    prompt = predictor.mask_prompt(roi, inside)[0, 0]
+    prompt = predictor.mask_prompt(roi, PackedMask.of(inside))[0, 0]
     low_res = roi.low_res_grid(model.low_res_size[0])
     cell = np.round(low_res.index_to_roi(centre)[0]).astype(int)
     assert prompt[tuple(cell)] > 0 and prompt[0, 0, 0] < 0
+    expected = (low_res.extract(inside.astype(np.float32)) - 0.5) * 2 * MASK_PROMPT_LOGIT  # from the whole grid
+    assert torch.allclose(predictor.mask_prompt(roi, PackedMask.of(inside).compress())[0, 0], expected)
     assert predictor.box_in_roi(roi, ((0, 0, 0), (5, 5, 5))) is None  # no box embeddings: the session emulates boxes
 
 

@@ -162,7 +162,8 @@ def test_fuzz_corpus_gets_4xx_and_leaves_nothing(data_dir, temp_root):
             files={"file": ("mask.nii.gz", nifti_header_only((1024, 1024, 512)))},
         )
         assert mask.status_code == 400 and "voxels" in mask.json()["detail"]
-        assert len(list(session_folders(temp_root)[0].iterdir())) == 1  # only the upload itself
+        files = sorted(path.name for path in session_folders(temp_root)[0].iterdir())
+        assert files == ["upload.nii.gz", "voxels.npy"]  # the upload and its mapped voxels: no refused mask
         assert client.delete(f"/api/sessions/{long_name.json()['id']}", headers=key).status_code == 200
         assert client.get("/api/health", headers=key).json()["status"] == "ok"
     assert leftovers(temp_root) == []

@@ -61,8 +61,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--temp-dir",
         type=Path,
-        help="temporary root (default: <system temp>/fastsam3d-server); "
-        "folders of dead servers under it are removed at start",
+        help="temporary root (default: <system temp>/fastsam3d-server): uploads and each session's "
+        "memory-mapped voxels, so keep it on a disk, not tmpfs; folders of dead servers under it are removed at start",
     )
     parser.add_argument(
         "--state-dir",

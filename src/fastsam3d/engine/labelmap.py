@@ -7,6 +7,7 @@ changed. Where objects overlap the higher label wins.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,11 +54,13 @@ def bounding_box(mask: np.ndarray) -> Slices | None:
 @dataclass(frozen=True)
 class PackedMask:
     """A boolean mask on the input grid kept small: its bounding box and the box's voxels as
-    packed bits (``np.packbits``, C order); ``box`` None for an empty mask."""
+    packed bits (``np.packbits``, C order), zlib-compressed when ``compressed``; ``box`` None for
+    an empty mask."""
 
     shape: tuple[int, ...]
     box: Slices | None = None
     bits: np.ndarray | None = field(default=None, compare=False)
+    compressed: bool = False
 
     @classmethod
     def of(cls, mask: np.ndarray) -> PackedMask:
@@ -83,20 +86,40 @@ class PackedMask:
             np.packbits(mask[inner], axis=None),
         )
 
+    def compress(self) -> PackedMask:
+        """The same mask with its bits zlib-compressed (level 1: a few ms for a liver-sized box)."""
+        if self.compressed or self.box is None:
+            return self
+        packed = zlib.compress(np.ascontiguousarray(self.bits).tobytes(), 1)
+        return PackedMask(self.shape, self.box, np.frombuffer(packed, dtype=np.uint8), compressed=True)
+
+    def packed_bits(self) -> np.ndarray | None:
+        """The box's packed bits, uncompressed."""
+        if not self.compressed or self.bits is None:
+            return self.bits
+        return np.frombuffer(zlib.decompress(self.bits.tobytes()), dtype=np.uint8)
+
     def region(self) -> Region | None:
         """(box, boolean mask inside it), or None for an empty mask."""
         if self.box is None:
             return None
         size = tuple(s.stop - s.start for s in self.box)
-        return self.box, np.unpackbits(self.bits, count=int(np.prod(size))).reshape(size).astype(bool)
+        return self.box, np.unpackbits(self.packed_bits(), count=int(np.prod(size))).reshape(size).astype(bool)
 
-    def full(self) -> np.ndarray:
-        """The mask on the whole grid."""
-        mask = np.zeros(self.shape, dtype=bool)
-        region = self.region()
-        if region is not None:
-            mask[region[0]] = region[1]
-        return mask
+
+class RegionView:
+    """A region read like a boolean array on the whole grid: ``view[box]`` is the mask inside
+    ``box`` (False outside the region), without the whole grid in memory."""
+
+    def __init__(self, shape: tuple[int, ...], region: Region | None) -> None:
+        self.shape = tuple(shape)
+        self.region = region
+
+    def __getitem__(self, box: Slices) -> np.ndarray:
+        window = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        if self.region is not None and not is_empty(overlap := intersection(box, self.region[0])):
+            window[relative(overlap, box)] = self.region[1][relative(overlap, self.region[0])]
+        return window
 
 
 def merge_max(regions: Iterable[Region], box: Slices, dtype=np.float32) -> np.ndarray:

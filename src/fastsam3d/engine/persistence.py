@@ -72,7 +72,8 @@ def take_snapshot(engine: ObjectEngine) -> Snapshot:
 
 class StepEncoder:
     """Encodes the steps of successive snapshots of one engine, each state once (states are
-    immutable, so a step saved before is taken from the previous encoding)."""
+    immutable, so a step saved before is taken from the previous encoding); masks are kept
+    compressed."""
 
     def __init__(self) -> None:
         self._steps: dict[int, tuple[object, SavedStep]] = {}
@@ -88,7 +89,8 @@ class StepEncoder:
                 known = self._steps.get(id(state)) or steps.get(id(state))
                 if known is None or known[0] is not state:
                     regions = snapshot.current[label] if index == position else engine._compute_regions(state)
-                    known = (state, SavedStep(state_prompts(state), PackedMask.of_regions(regions, snapshot.shape)))
+                    mask = PackedMask.of_regions(regions, snapshot.shape).compress()
+                    known = (state, SavedStep(state_prompts(state), mask))
                 steps[id(state)] = known
                 saved.append(known[1])
             objects.append(SavedObject(label, name, position, tuple(saved)))
@@ -123,7 +125,7 @@ def state_from_step(state_type: type, step: SavedStep):
     known = {f.name for f in dataclasses.fields(state_type)}
     prompts = {name: from_json(value) for name, value in step.prompts.items() if name in known}
     if state_type is session2d.SliceState:
-        return state_type(**prompts, box=step.mask.box, bits=step.mask.bits)
+        return state_type(**prompts, box=step.mask.box, bits=step.mask.packed_bits())
     return state_type(**prompts, initial_mask=step.mask if step.mask.box is not None else None)
 
 

@@ -24,6 +24,7 @@ from ..io import Volume
 from ..modeling import Sam3D
 from .answers import Timings
 from .cache import CacheView
+from .labelmap import PackedMask, RegionView
 from .roi import RoiGrid, normalise_intensity
 
 MASK_PROMPT_LOGIT = 8.0  # logit magnitude given to a user-supplied initial mask (inside +, outside -)
@@ -115,9 +116,11 @@ class RoiPredictor:
             np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)[None], device=self.device
         )
 
-    def mask_prompt(self, roi: RoiGrid, mask: np.ndarray) -> torch.Tensor:
-        """A boolean input-grid mask sampled onto the ROI's low-res grid, as (1, 1, L, L, L) logits."""
-        fraction = roi.low_res_grid(self.model.low_res_size[0]).extract(mask.astype(np.float32))
+    def mask_prompt(self, roi: RoiGrid, mask: PackedMask) -> torch.Tensor:
+        """An input-grid mask sampled onto the ROI's low-res grid, as (1, 1, L, L, L) logits (only
+        the input block the ROI covers is read)."""
+        view = RegionView(mask.shape, mask.region())
+        fraction = roi.low_res_grid(self.model.low_res_size[0]).extract(view)
         return ((fraction - 0.5) * 2 * MASK_PROMPT_LOGIT)[None, None].to(self.device)
 
     def empty_mask_prompt(self) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 
 from ..configs import TARGET_SPACING_MM
 from ..io import Volume
+from .labelmap import RegionView
 
 EXTRACT_SLAB_VOXELS = 2**19  # input voxels RoiGrid.extract reads at a time (2 MB of float32: 2**21 was 1.6x slower)
 PASTE_SLAB_VOXELS = 2**21  # output voxels paste_mask computes at a time (smaller slabs slow its products)
@@ -184,8 +185,9 @@ class RoiGrid:
             slices[self.axes[a]] = slice(low, max(high + 1, low))
         return tuple(slices)
 
-    def extract(self, array: np.ndarray, outside: str = "zero") -> torch.Tensor:
-        """Linearly resample the input array into the ROI: (size, size, size) float32; where the ROI
+    def extract(self, array: np.ndarray | RegionView, outside: str = "zero") -> torch.Tensor:
+        """Linearly resample the input array (or a mask's :class:`~.labelmap.RegionView`) into the
+        ROI: (size, size, size) float32; where the ROI
         leaves the volume, zero (``outside="zero"``, ITK's default) or the nearest border voxel (``"edge"``).
 
         Each axis is interpolated from its two neighbouring samples (:class:`LinearTaps`: work in
@@ -215,7 +217,10 @@ class RoiGrid:
             block_slices = [None] * 3
             for a, source in enumerate((sources[0], sources[1], part)):
                 block_slices[self.axes[a]] = source
-            block = torch.from_numpy(np.asarray(array[tuple(block_slices)], dtype=np.float32).transpose(self.axes))
+            block = np.asarray(array[tuple(block_slices)], dtype=np.float32)
+            if not block.flags.writeable:  # a view of a read-only mapped float32 volume
+                block = block.copy()
+            block = torch.from_numpy(block.transpose(self.axes))
             planes.append(taps[1].apply(taps[0].apply(block, 0), 1))
         return taps[2].apply(torch.cat(planes, dim=2), 2)
 

@@ -355,7 +355,7 @@ class Session(ObjectEngine):
     def _decode(self, state: ObjectState, roi: RoiGrid, previous: torch.Tensor | None) -> torch.Tensor:
         """Low-res logits (1, 1, L, L, L) of ``state``'s prompts in one ROI (cached embedding)."""
         if previous is None and state.initial_mask is not None:
-            previous = self.predictor.mask_prompt(roi, state.initial_mask.full())
+            previous = self.predictor.mask_prompt(roi, state.initial_mask)
         logits, _ = self.predictor.predict(roi, *self._prompts(state, roi), box=state.box, mask_input=previous)
         return logits.to(HISTORY_DTYPE)
 

@@ -111,6 +111,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             "model": settings.model,
             "sessions": len(store),
             "max_sessions": settings.max_sessions,
+            "feature_cache_mb": round(store.features.total_bytes() / 2**20, 1),
         }
 
     @api.get("/models")

@@ -46,33 +46,26 @@ log = logging.getLogger(__name__)
 
 
 class RecordEncoder:
-    """One session's successive records; each step's bits are compressed once."""
+    """One session's successive records (each step's mask is encoded and compressed once)."""
 
     def __init__(self) -> None:
         self.steps = StepEncoder()
-        self._packed: dict[int, tuple[PackedMask, np.ndarray]] = {}
 
     def encode(self, engine: ObjectEngine, snapshot: Snapshot, header: dict) -> tuple[dict, dict[str, np.ndarray]]:
         """The record's JSON and its arrays for ``snapshot`` (``header``: the session's fields)."""
         objects = self.steps.encode(engine, snapshot)
         members: dict[str, np.ndarray] = {}
-        packed: dict[int, tuple[PackedMask, np.ndarray]] = {}
         described = []
         for obj in objects:
             steps = []
             for number, step in enumerate(obj.steps):
                 mask = None
                 if step.mask.box is not None:
-                    known = self._packed.get(id(step.mask)) or packed.get(id(step.mask))
-                    if known is None or known[0] is not step.mask:
-                        known = (step.mask, _compressed(step.mask.bits))
-                    packed[id(step.mask)] = known
                     name = f"object{obj.label}_step{number}"
-                    members[name] = known[1]
+                    members[name] = step.mask.compress().bits
                     mask = {"box": _box_json(step.mask.box), "member": name}
                 steps.append({"prompts": step.prompts, "mask": mask})
             described.append({"label": obj.label, "name": obj.name, "position": obj.position, "steps": steps})
-        self._packed = packed
         labels = _label_crop(objects)
         meta = header | {
             "format": FORMAT,
@@ -279,10 +272,10 @@ def _step(record, step: dict, shape: tuple[int, ...]) -> SavedStep:
     if step["mask"] is None:
         return SavedStep(step["prompts"], PackedMask(shape))
     box = _box(step["mask"]["box"])
-    bits = np.frombuffer(zlib.decompress(record[step["mask"]["member"]].tobytes()), dtype=np.uint8)
-    if bits.size != (int(np.prod([s.stop - s.start for s in box])) + 7) // 8:
-        raise ValueError(f"step {step['mask']['member']} has {bits.size} bytes, not its box's")
-    return SavedStep(step["prompts"], PackedMask(shape, box, bits))
+    mask = PackedMask(shape, box, record[step["mask"]["member"]], compressed=True)
+    if mask.packed_bits().size != (int(np.prod([s.stop - s.start for s in box])) + 7) // 8:
+        raise ValueError(f"step {step['mask']['member']} does not hold its box's bits")
+    return SavedStep(step["prompts"], mask)
 
 
 def _label_crop(objects: tuple[SavedObject, ...]) -> tuple | None:

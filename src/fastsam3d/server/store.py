@@ -44,7 +44,7 @@ from .files import (
     single_series,
 )
 from .lease import Leases
-from .memory import release, release_memory, tune_allocator
+from .memory import drop_pages, mapped, release, release_memory, tune_allocator
 from .models import ServerModels
 from .settings import ServerSettings
 from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
@@ -173,6 +173,8 @@ class SessionStore:
         model_name, network = model
         session_id = session_id or uuid.uuid4().hex
         try:
+            intensity = (float(volume.array.min()), float(volume.array.max()))
+            volume = mapped(volume, folder / "voxels.npy")
             with self._lock:
                 self._check_room()
                 if self.leases is not None:
@@ -182,13 +184,14 @@ class SessionStore:
                     network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features
                 )
                 session.set_image(volume)
+                drop_pages(volume)  # read whole by the engine's checks: only the ROIs' pages are needed
                 entry = ServerSession(
                     session_id,
                     name,
                     session,
                     folder,
                     dicom_dir,
-                    intensity=(float(volume.array.min()), float(volume.array.max())),
+                    intensity=intensity,
                     model=model_name,
                     image=image,
                     features=features,
