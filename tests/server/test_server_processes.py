@@ -238,7 +238,8 @@ def test_a_server_killed_under_load_keeps_what_it_answered(folders, tmp_path, ca
                     replay.send(http, request)
                 assert np.array_equal(replay.mirror.array, client.mirror.array)  # the stand-in model is deterministic
                 replay.send(http, client.in_flight)
-            assert np.array_equal(saved, replay.mirror.array) and objects == replay.objects, client.in_flight
+            further = np.array_equal(saved, replay.mirror.array) and objects == replay.objects
+            assert further, f"{client.session}: neither its last answer nor one step further ({client.in_flight})"
             call(second.url, "DELETE", f"/sessions/{replay.session}")
             outcomes["one step further"].append(client.in_flight[0])
         answered = sorted(len(c.answered) for c in clients)
