@@ -2,6 +2,7 @@
 
     python benchmarks/server_load.py                         # latency, then 20 clients for 5 minutes
     python benchmarks/server_load.py --clients 4 --minutes 1 # a short run
+    python benchmarks/server_load.py --replicas 2 --sync-saves  # two servers on one state folder
 
 Starts ``fastsam3d serve`` (the bundled default model) in its own process on loopback with a
 synthetic CT (int16 noise around soft tissue with a brighter ellipsoid, 0.8x0.8x1.5 mm) in its
@@ -12,6 +13,10 @@ Load: ``--clients`` threads, each with its own session on the same file, clickin
 the sessions' caches would show up there; flatness over the last 2 minutes is printed), and once
 all sessions have closed, against its level with one session open; ``/api/health`` is timed once a
 second throughout; every non-200 answer counts as an error.
+
+Sessions are saved in a state folder of the run (``--no-state``: none). ``--replicas N`` starts N
+servers on that folder (ports ``--port`` + 0 .. N-1, as in docs/deployment.md) and client i keeps
+to replica i % N, as a sticky proxy would; latency, load and RSS are printed for each replica.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import argparse
 import collections
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,78 @@ def make_ct(path: Path, shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(c) for c in centre)
 
 
+def start_server(args: argparse.Namespace, folder: Path, port: int) -> subprocess.Popen:
+    """``fastsam3d serve`` on ``folder``/data (and ``folder``/state unless --no-state) at ``port``."""
+    command = [sys.executable, "-m", "fastsam3d.cli", "serve", "--data", str(folder / "data"), "--port", str(port)]
+    command += ["--max-sessions", str(args.clients + 2), "--model", args.model]
+    command += ["--state-dir", str(folder / "state")] if args.state else ["--no-state"]
+    command += ["--sync-saves"] if args.sync_saves else []
+    return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+@dataclass
+class Replica:
+    """One server process; ``name`` starts its printed lines (empty for a single server)."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+    one_session: float = float("nan")  # RSS (MB) with one session open
+    times: list[float] = field(default_factory=list)  # round trips (ms) of its clients under load
+    samples: list[float] = field(default_factory=list)  # RSS (MB) under load
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> float:
+        return rss_mb(self.process.pid)
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    """Median and 95th percentile."""
+    times = sorted(times)
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def latency(replica: Replica, centre: tuple[int, int, int], clicks: int) -> float:
+    """One session: a first click (encoder), then ``clicks`` near it; returns the RSS with it open."""
+    import httpx
+
+    name = replica.name
+    with httpx.Client(base_url=replica.base, timeout=600) as client:
+        session = client.post("/api/sessions", json={"path": "ct.nii.gz"}).json()["id"]
+        started = time.perf_counter()
+        first = client.post(f"/api/sessions/{session}/clicks", json={"points": [list(centre)]}).json()
+        print(
+            f"{name}first click: {1e3 * (time.perf_counter() - started):.0f} ms round trip "
+            f"(encoder {first['timings_ms']['encoder']:.0f} ms)"
+        )
+        rng = random.Random(0)
+        times, servers, sizes = [], [], []
+        for _ in range(clicks):
+            point = [c + rng.randint(-10, 10) for c in centre]
+            started = time.perf_counter()
+            response = client.post(
+                f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7}
+            )
+            answer = response.json()
+            times.append(1e3 * (time.perf_counter() - started))
+            servers.append(answer["timings_ms"]["server"])
+            sizes.append(len(answer["region"]["data"]) if answer["region"] else 0)
+        if times:
+            median, p95 = percentiles(times)
+            print(
+                f"{name}click with cached embedding, {clicks} clicks: round trip median {median:.1f} ms, "
+                f"p95 {p95:.1f} ms; server median {statistics.median(servers):.1f} ms; "
+                f"answer median {statistics.median(sizes) / 1024:.0f} kB"
+            )
+        one_session = replica.rss()
+        print(f"{name}server RSS with one session open: {one_session:.0f} MB")
+        client.delete(f"/api/sessions/{session}")
+    return one_session
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -59,82 +138,56 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=30, help="timed clicks with a cached embedding")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="the first replica's port (the next ones follow)")
     parser.add_argument("--model", default="default", help="the server's --model (a name or a checkpoint file)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="servers on one state folder (client i: replica i %% N)"
+    )
+    parser.add_argument(
+        "--state", action=argparse.BooleanOptionalAction, default=True, help="save sessions (in the run's folder)"
+    )
+    parser.add_argument("--sync-saves", action="store_true", help="the servers' --sync-saves")
     args = parser.parse_args()
+    if args.replicas > 1 and not args.state:
+        parser.error("replicas share a state folder: drop --no-state")
     import httpx
 
     shape = tuple(int(v) for v in args.shape.split(","))
     folder = Path(tempfile.mkdtemp(prefix="fastsam3d-load-"))
-    centre = make_ct(folder / "ct.nii.gz", shape)
-    command = [
-        sys.executable,
-        "-m",
-        "fastsam3d.cli",
-        "serve",
-        "--data",
-        str(folder),
-        "--port",
-        str(args.port),
-        "--max-sessions",
-        str(args.clients + 2),
-        "--model",
-        args.model,
+    (folder / "data").mkdir()
+    centre = make_ct(folder / "data" / "ct.nii.gz", shape)
+    replicas = [
+        Replica(f"replica {r} (port {port}): " if args.replicas > 1 else "", port, start_server(args, folder, port))
+        for r, port in enumerate(range(args.port, args.port + args.replicas))
     ]
-    server = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
-    base = f"http://127.0.0.1:{args.port}"
     try:
-        with httpx.Client(base_url=base, timeout=600) as client:
+        for replica in replicas:
             for _ in range(600):
                 try:
-                    if client.get("/api/health").status_code == 200:
+                    if httpx.get(f"{replica.base}/api/health").status_code == 200:
                         break
                 except httpx.TransportError:
                     time.sleep(0.2)
-            print(f"server up; RSS {rss_mb(server.pid):.0f} MB; volume {'x'.join(map(str, shape))}")
-            session = client.post("/api/sessions", json={"path": "ct.nii.gz"}).json()["id"]
-            started = time.perf_counter()
-            first = client.post(f"/api/sessions/{session}/clicks", json={"points": [list(centre)]}).json()
-            print(
-                f"first click: {1e3 * (time.perf_counter() - started):.0f} ms round trip "
-                f"(encoder {first['timings_ms']['encoder']:.0f} ms)"
-            )
-            rng = random.Random(0)
-            times, servers, sizes = [], [], []
-            for _ in range(args.clicks):
-                point = [c + rng.randint(-10, 10) for c in centre]
-                started = time.perf_counter()
-                response = client.post(
-                    f"/api/sessions/{session}/clicks", json={"points": [point], "positive": rng.random() < 0.7}
-                )
-                answer = response.json()
-                times.append(1e3 * (time.perf_counter() - started))
-                servers.append(answer["timings_ms"]["server"])
-                sizes.append(len(answer["region"]["data"]) if answer["region"] else 0)
-            times.sort()
-            if times:
-                print(
-                    f"click with cached embedding, {args.clicks} clicks: round trip median {statistics.median(times):.1f} ms, "
-                    f"p95 {times[int(0.95 * (len(times) - 1))]:.1f} ms; server median {statistics.median(servers):.1f} ms; "
-                    f"answer median {statistics.median(sizes) / 1024:.0f} kB"
-                )
-            one_session = rss_mb(server.pid)
-            print(f"server RSS with one session open: {one_session:.0f} MB")
-            client.delete(f"/api/sessions/{session}")
+            print(f"{replica.name}server up; RSS {replica.rss():.0f} MB; volume {'x'.join(map(str, shape))}")
+        saving = ("sync saves" if args.sync_saves else "saves") if args.state else "no state folder"
+        print(f"{args.replicas} server(s), {saving}")
+        for replica in replicas:
+            replica.one_session = latency(replica, centre, args.clicks)
         if args.clients <= 0:
             return
-        results = {"clicks": 0, "errors": collections.Counter(), "times": [], "examples": {}}
+        results = {"clicks": 0, "errors": collections.Counter(), "examples": {}}
         lock = threading.Lock()
         opened = threading.Barrier(args.clients + 1)
         stop = time.monotonic() + 60 * args.minutes + 600  # refined once all sessions are open
 
         def client_loop(index: int) -> None:
             rng = random.Random(index)
-            with httpx.Client(base_url=base, timeout=600) as client:
+            replica = replicas[index % len(replicas)]  # sticky: every request of the session to one replica
+            with httpx.Client(base_url=replica.base, timeout=600) as client:
                 session = client.post("/api/sessions", json={"path": "ct.nii.gz"}).json()["id"]
                 opened.wait()
                 while time.monotonic() < stop:
-                    point = [c + rng.randint(-40, 40) for c in centre]
+                    point = [min(max(c + rng.randint(-40, 40), 0), n - 1) for c, n in zip(centre, shape, strict=True)]
                     started = time.perf_counter()
                     if rng.random() < 0.1:
                         response = client.post(f"/api/sessions/{session}/undo", json={})
@@ -148,18 +201,18 @@ def main() -> None:
                         if response.status_code != 200:
                             results["errors"][response.status_code] += 1
                             results["examples"].setdefault(response.status_code, response.text[:160])
-                        results["times"].append(elapsed)
+                        replica.times.append(elapsed)
                 client.delete(f"/api/sessions/{session}")
 
-        health = []  # /api/health round trips (ms) while the clients work
+        health = []  # /api/health round trips (ms) of every replica while the clients work
 
         def health_loop() -> None:
-            with httpx.Client(base_url=base, timeout=60) as client:
-                while time.monotonic() < stop:
+            while time.monotonic() < stop:
+                for replica in replicas:
                     started = time.perf_counter()
-                    client.get("/api/health")
+                    httpx.get(f"{replica.base}/api/health", timeout=60)
                     health.append(1e3 * (time.perf_counter() - started))
-                    time.sleep(1.0)
+                time.sleep(1.0)
 
         threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(args.clients)]
         threads.append(threading.Thread(target=health_loop))
@@ -168,45 +221,53 @@ def main() -> None:
         opened.wait()
         stop = time.monotonic() + 60 * args.minutes
         time.sleep(min(30.0, 60 * args.minutes / 4))  # every ROI encoded once: the caches are full
-        samples = []  # server RSS while all sessions are open, every 15 s until the clients stop
-        while time.monotonic() < stop - 5:
-            samples.append(rss_mb(server.pid))
+        while True:  # each server's RSS while all sessions are open, every 15 s until the clients stop
+            for replica in replicas:
+                replica.samples.append(replica.rss())
+            if time.monotonic() >= stop - 5:
+                break
             time.sleep(min(15.0, max(stop - 5 - time.monotonic(), 0.1)))
-        samples.append(rss_mb(server.pid))
         for thread in threads:
             thread.join()
-        with httpx.Client(base_url=base, timeout=60) as client:
+        for replica in replicas:
             for _ in range(100):  # closed sessions are released in the background
-                if client.get("/api/health").json()["sessions"] == 0:
+                if httpx.get(f"{replica.base}/api/health").json()["sessions"] == 0:
                     break
                 time.sleep(0.1)
         time.sleep(2.0)
-        closed = rss_mb(server.pid)
-        times = sorted(results["times"])
+        median, p95 = percentiles([t for replica in replicas for t in replica.times])
         print(
             f"load: {args.clients} clients x {args.minutes:g} min: {results['clicks']} requests, {sum(results['errors'].values())} errors, "
-            f"median {statistics.median(times):.0f} ms, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms, "
-            f"{results['clicks'] / (60 * args.minutes):.1f} requests/s"
+            f"median {median:.0f} ms, p95 {p95:.0f} ms, {results['clicks'] / (60 * args.minutes):.1f} requests/s"
         )
         for status, count in results["errors"].most_common():
             print(f"  {count} x {status}, e.g. {results['examples'][status]}")
-        last = samples[-9:]  # the last 2 minutes
+        for replica in replicas:
+            closed, last = replica.rss(), replica.samples[-9:]  # the last 2 minutes
+            if len(replicas) > 1 and replica.times:
+                median, p95 = percentiles(replica.times)
+                print(f"{replica.name}{len(replica.times)} requests, median {median:.0f} ms, p95 {p95:.0f} ms")
+            print(
+                f"{replica.name}server RSS with all sessions open: {replica.samples[0]:.0f} MB after warm-up, "
+                f"max {max(replica.samples):.0f} MB, {replica.samples[-1]:.0f} MB just before the end; "
+                f"last 2 min within {100 * (max(last) / min(last) - 1):.1f} %"
+            )
+            print(
+                f"{replica.name}server RSS after all sessions closed: {closed:.0f} MB "
+                f"({100 * (closed / replica.one_session - 1):+.0f} % against one session open, {replica.one_session:.0f} MB)"
+            )
         health.sort()
-        print(
-            f"server RSS with all sessions open: {samples[0]:.0f} MB after warm-up, max {max(samples):.0f} MB, "
-            f"{samples[-1]:.0f} MB just before the end; last 2 min within {100 * (max(last) / min(last) - 1):.1f} %"
-        )
-        print(
-            f"server RSS after all sessions closed: {closed:.0f} MB ({100 * (closed / one_session - 1):+.0f} % "
-            f"against one session open, {one_session:.0f} MB)"
-        )
         print(
             f"/api/health under load: median {statistics.median(health):.0f} ms, max {health[-1]:.0f} ms ({len(health)} calls)"
         )
-        print("RSS samples (MB, every 15 s): " + " ".join(f"{v:.0f}" for v in samples))
+        for replica in replicas:
+            print(f"{replica.name}RSS samples (MB, every 15 s): " + " ".join(f"{v:.0f}" for v in replica.samples))
     finally:
-        server.terminate()
-        server.wait(30)
+        for replica in replicas:
+            replica.process.terminate()
+        for replica in replicas:
+            replica.process.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
