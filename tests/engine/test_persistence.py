@@ -84,3 +84,41 @@ def test_prompt_values_survive_json():
     back = from_json(json.loads(json.dumps(to_json(value))))
     assert back[0].dtype == np.int16 and back[0].tolist() == [0, 1, 2]
     assert back[1:] == (slice(2, 5), {1: (0.5, True)}, 1.5)
+
+
+def test_steps_held_as_masks_undo_exactly_and_continue_in_their_rois():
+    volume, truth = sphere_volume()
+    centre = np.array([int(v) for v in np.argwhere(truth).mean(0).round()])
+    session, twin = Session(IntensityModel(), device="cpu"), Session(IntensityModel(), device="cpu")
+    encoder = StepEncoder()
+    for engine in (session, twin):
+        engine.set_image(volume)
+        engine.add_object("tumour")
+    for offset, positive in [(0, True), (6, False), (-4, True), (3, True), (-7, False)]:
+        for engine in (session, twin):
+            engine.add_click(centre + [offset, 0, 0], positive=positive)
+        encoder.encode(session, take_snapshot(session))
+    for engine in (session, twin):
+        engine.undo(1)
+    history = session.objects[1].history
+    assert encoder.hold_steps(session, keep=1) == 2  # steps 1 and 2 (step 0 is empty; 3-5 are near step 4)
+    assert [bool(state.logits) for state in history] == [False, False, False, True, True, True]
+    assert all(state.initial_mask.compressed and state.rois for state in history[1:3])
+    assert encoder.hold_steps(session, keep=1) == 0  # done once
+    for _ in range(3):  # an undo into the held steps shows exactly what their logits showed
+        for engine in (session, twin):
+            engine.undo(1)
+        assert np.array_equal(session.label_map(), twin.label_map())
+        assert session.objects[1].state.clicks == twin.objects[1].state.clicks
+    saved = encoder.encode(session, take_snapshot(session))
+    assert all(step.mask.compressed or step.mask.box is None for step in saved[0].steps)
+    for engine in (session, twin):  # a click on a held step decodes the ROI it was in
+        engine.redo(1)
+        engine.add_click(centre + [2, 0, 0], label=1)
+    assert np.array_equal(session.label_map(), twin.label_map())
+    assert session.predictor.encoder_runs == twin.predictor.encoder_runs  # no new ROI
+
+    restored = Session(IntensityModel(), device="cpu")  # a record keeps a held step's ROIs
+    restored.set_image(volume)
+    restore_objects(restored, encoder.encode(session, take_snapshot(session)), 1)
+    assert restored.objects[1].history[1].rois == session.objects[1].history[1].rois

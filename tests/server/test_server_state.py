@@ -134,3 +134,32 @@ def test_sessions_share_one_feature_budget_and_idle_ones_make_room(data_dir, sta
             assert store.features.total_bytes() <= budget * 2**20
         assert encoder_runs == [True, True, True, True]  # the first session's features were evicted
         assert click(client, sessions[0], centre_voxel())["timings_ms"]["encoder"] == 0  # now cached
+
+
+def test_with_sync_saves_a_change_that_cannot_be_saved_is_rolled_back(data_dir, state_dir, tmp_path, monkeypatch):
+    from fastsam3d.server.state import SessionRecords
+
+    centre = centre_voxel()
+    with make_client(data_dir, state_dir=state_dir, sync_saves=True) as client:
+        session = client.post("/api/sessions", json={"path": "sphere.nii.gz"}).json()["id"]
+        mirror = Mirror(client.get(f"/api/sessions/{session}").json()["shape"])
+        mirror.apply(click(client, session, centre))
+        saved = labels_of(client, session, tmp_path)
+        write = SessionRecords.write
+
+        def disk_full(self, meta, members):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(SessionRecords, "write", disk_full)
+        refused = client.post(
+            f"/api/sessions/{session}/clicks", json={"points": [[centre[0] + 4, *centre[1:]]], "positive": False}
+        )
+        assert refused.status_code == 503 and "not applied" in refused.json()["detail"]
+        assert np.array_equal(labels_of(client, session, tmp_path), saved)  # rolled back
+        assert client.post(f"/api/sessions/{session}/objects", json={"name": "other"}).status_code == 503
+        assert [o["name"] for o in client.get(f"/api/sessions/{session}").json()["objects"]] == ["object 1"]
+        monkeypatch.setattr(SessionRecords, "write", write)
+        mirror.apply(click(client, session, [centre[0] + 4, *centre[1:]], positive=False))
+        assert np.array_equal(labels_of(client, session, tmp_path), mirror.array)
+    with make_client(data_dir, state_dir=state_dir) as client:  # what was answered is what was saved
+        assert np.array_equal(labels_of(client, session, tmp_path), mirror.array)

@@ -57,6 +57,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--request-seconds", type=float, default=120.0, help="deadline of one request (waiting and working)"
     )
+    parser.add_argument(
+        "--parallel-jobs",
+        type=int,
+        help="session jobs (clicks, encoder passes) run at once, the rest wait in order; each already uses "
+        "every core, so more only adds memory (default: the number of cores, at least 4)",
+    )
     parser.add_argument("--idle-minutes", type=float, default=30.0, help="close sessions idle this long")
     parser.add_argument(
         "--temp-dir",
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> None:
         api_key=api_key,
         allowed_hosts=(*LOOPBACK_HOSTS, args.host, *extra_hosts),
         max_sessions=args.max_sessions,
+        **({} if args.parallel_jobs is None else {"parallel_jobs": max(1, args.parallel_jobs)}),
         cache_mb=args.cache_mb,
         max_upload_mb=args.max_upload_mb,
         max_unpacked_mb=args.max_unpacked_mb,

@@ -4,7 +4,8 @@ Each step of an object's undo history is saved as its prompts (every field of th
 dataclass except the ones holding its mask, as JSON, so prompt kinds added later are kept) and its
 mask (a :class:`~fastsam3d.engine.labelmap.PackedMask`). A restored step holds that mask instead of model
 logits: the 3D engine feeds it to the next click as a mask prompt, the 2D engine's states are masks
-already. Image embeddings are not saved; the next click computes them again.
+already. Image embeddings are not saved; the next click computes them again. A server holds the
+steps far back in a long history the same way (:meth:`StepEncoder.hold_steps`), to save memory.
 
     snapshot = take_snapshot(session)            # cheap: references, under the session's lock
     objects = StepEncoder().encode(session, snapshot)   # the masks, off the interaction's path
@@ -14,20 +15,22 @@ already. Image embeddings are not saved; the next click computes them again.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import base, session2d, session3d
+from . import base, roi, session2d, session3d
 from .base import ObjectEngine, SegmentObject
 from .labelmap import PackedMask, Region
+from .prompts3d import state_rois
 
 # the fields of each state type that hold its mask (the others are prompts, saved as they are)
 MASK_FIELDS = {session3d.ObjectState: ("logits", "initial_mask"), session2d.SliceState: ("box", "bits")}
 JSON_TYPES = {
     name: value
-    for module in (session3d, session2d, base)
+    for module in (session3d, session2d, base, roi)
     for name, value in vars(module).items()
     if isinstance(value, type) and dataclasses.is_dataclass(value)
 }
@@ -73,10 +76,11 @@ def take_snapshot(engine: ObjectEngine) -> Snapshot:
 class StepEncoder:
     """Encodes the steps of successive snapshots of one engine, each state once (states are
     immutable, so a step saved before is taken from the previous encoding); masks are kept
-    compressed."""
+    compressed. Safe to use from the engine's thread and one writer thread."""
 
     def __init__(self) -> None:
         self._steps: dict[int, tuple[object, SavedStep]] = {}
+        self._lock = threading.Lock()
 
     def encode(self, engine: ObjectEngine, snapshot: Snapshot) -> tuple[SavedObject, ...]:
         """Every object of ``snapshot`` with its history; masks not computed yet are computed from
@@ -86,7 +90,7 @@ class StepEncoder:
         for label, name, history, position in snapshot.objects:
             saved = []
             for index, state in enumerate(history):
-                known = self._steps.get(id(state)) or steps.get(id(state))
+                known = self._known(state) or steps.get(id(state))
                 if known is None or known[0] is not state:
                     regions = snapshot.current[label] if index == position else engine._compute_regions(state)
                     mask = PackedMask.of_regions(regions, snapshot.shape).compress()
@@ -94,8 +98,38 @@ class StepEncoder:
                 steps[id(state)] = known
                 saved.append(known[1])
             objects.append(SavedObject(label, name, position, tuple(saved)))
-        self._steps = steps
+        with self._lock:
+            self._steps = steps
         return tuple(objects)
+
+    def hold_steps(self, engine: ObjectEngine, keep: int) -> int:
+        """Hold each 3D history step more than ``keep`` steps from its object's current one as its
+        saved mask and ROIs instead of its model logits (512 kB per ROI for ``default``): an undo
+        back to it shows the same mask, and a prompt there decodes its ROIs again with that mask as
+        mask prompt. Only steps this encoder has saved change; call it while nothing else changes
+        the engine. Returns how many steps changed."""
+        changed = 0
+        for obj in engine.objects.values():
+            for index, state in enumerate(obj.history):
+                if abs(index - obj.position) <= keep or not getattr(state, "logits", ()):
+                    continue
+                known = self._known(state)
+                if known is None:
+                    continue
+                mask = known[1].mask
+                held = dataclasses.replace(
+                    state, logits=(), rois=tuple(state_rois(state)), initial_mask=mask if mask.box else None
+                )
+                obj.history[index] = held
+                with self._lock:
+                    self._steps[id(held)] = (held, dataclasses.replace(known[1], prompts=state_prompts(held)))
+                changed += 1
+        return changed
+
+    def _known(self, state) -> tuple[object, SavedStep] | None:
+        with self._lock:
+            known = self._steps.get(id(state))
+        return known if known is not None and known[0] is state else None
 
 
 def restore_objects(engine: ObjectEngine, objects: tuple[SavedObject, ...], active: int | None) -> None:

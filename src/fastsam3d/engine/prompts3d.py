@@ -28,7 +28,11 @@ class Click:
 
 @dataclass(frozen=True)
 class ObjectState:
-    """One step of an object's history: its prompts and the resulting low-res logits per ROI."""
+    """One step of an object's history: its prompts and the resulting low-res logits per ROI.
+
+    A step far back in the history may be held as its mask instead (``initial_mask``, with the
+    ``rois`` its logits were in: :func:`~.persistence.hold_history`); a prompt on it then decodes
+    those ROIs again with the mask as mask prompt."""
 
     clicks: tuple[Click, ...] = ()
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # inclusive voxel corners
@@ -36,6 +40,7 @@ class ObjectState:
         default=None, compare=False, repr=False
     )  # a mask given (or restored) as a prompt
     logits: tuple[tuple[RoiGrid, torch.Tensor], ...] = field(default=(), compare=False, repr=False)
+    rois: tuple[RoiGrid, ...] = field(default=(), compare=False, repr=False)  # of a step held as its mask (no logits)
     seeds: tuple[tuple[tuple, Click], ...] = ()  # (ROI key, positive click) placed when an object grew into a new ROI
     strokes: tuple[Stroke, ...] = ()  # scribbles and lassos, each ordered among the clicks by its after_clicks
 
@@ -152,3 +157,8 @@ def clip_to_box(model, state: ObjectState, values: np.ndarray, box: Slices | Non
     clipped = np.zeros_like(values)
     clipped[keep] = values[keep]
     return clipped
+
+
+def state_rois(state: ObjectState) -> list[RoiGrid]:
+    """The ROIs of a state: those of its logits, or those a step held as its mask was decoded in."""
+    return [roi for roi, _ in state.logits] or list(state.rois)

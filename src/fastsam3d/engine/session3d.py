@@ -38,7 +38,7 @@ from .base import Frame, ObjectEngine, SegmentObject
 from .cache import CacheView
 from .labelmap import PackedMask, Region, merge_max, union_box
 from .predictor import RoiPredictor
-from .prompts3d import Click, ObjectState, clip_to_box, faces_reached, growth, point_prompts
+from .prompts3d import Click, ObjectState, clip_to_box, faces_reached, growth, point_prompts, state_rois
 from .roi import RoiGrid, sigmoid_in_place
 from .strokes import Stroke
 
@@ -126,7 +126,7 @@ class Session(ObjectEngine):
         obj = self._object_for_prompt(label)
         state = obj.state
         clicks = state.clicks + (Click(tuple(float(v) for v in index), positive),)
-        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+        rois = [roi for roi in state_rois(state) if roi.contains(index)[0]]
         if not rois:
             spacing = self._object_spacing(state)
             roi = self._new_roi(index if roi_centre is None else self.to_index(roi_centre), spacing)
@@ -145,7 +145,7 @@ class Session(ObjectEngine):
         rois: dict[tuple, RoiGrid] = {}
         spacing = self._object_spacing(state)
         for index in indices:
-            inside = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+            inside = [roi for roi in state_rois(state) if roi.contains(index)[0]]
             inside = inside or [roi for roi in rois.values() if roi.contains(index)[0]]
             inside = inside or [self._new_roi(index, spacing)]
             rois.update((roi.key, roi) for roi in inside)
@@ -156,7 +156,7 @@ class Session(ObjectEngine):
         Lets a UI run cached clicks at once and send encoder passes to a worker thread."""
         index = self.to_index(point)
         state = self.objects[label if label is not None else self.active].state if self.objects else ObjectState()
-        rois = [roi for roi, _ in state.logits if roi.contains(index)[0]]
+        rois = [roi for roi in state_rois(state) if roi.contains(index)[0]]
         rois = rois or [self._new_roi(index, self._object_spacing(state))]
         return not all(self.predictor.is_cached(roi) for roi in rois)
 
@@ -180,7 +180,7 @@ class Session(ObjectEngine):
         obj = self._object_for_prompt(label)
         state = replace(obj.state, box=(tuple(low.tolist()), tuple(high.tolist())))
         centre = (low + high) / 2.0
-        rois = [roi for roi, _ in obj.state.logits if roi.contains(low)[0] and roi.contains(high)[0]]
+        rois = [roi for roi in state_rois(obj.state) if roi.contains(low)[0] and roi.contains(high)[0]]
         if not rois:
             centre = centre if roi_centre is None else self.to_index(roi_centre)
             rois = [self._roi_around(obj.state, centre, low, high)]
@@ -192,7 +192,7 @@ class Session(ObjectEngine):
         state = obj.state
         stroke = replace(stroke, after_clicks=len(state.clicks))
         voxels = stroke.voxels
-        rois = [roi for roi, _ in state.logits if roi.contains(voxels).any()]
+        rois = [roi for roi in state_rois(state) if roi.contains(voxels).any()]
         if not rois:
             low, high = voxels.min(0), voxels.max(0)
             rois = [self._roi_around(state, (low + high) / 2.0, low, high)]
@@ -231,6 +231,10 @@ class Session(ObjectEngine):
         """
         obj = self._object(label)
         if not obj.state.logits:
+            if obj.state.initial_mask is not None:
+                raise PromptError(
+                    f"object {obj.label} shows a saved mask: prompt it once more to estimate its uncertainty"
+                )
             raise PromptError(f"object {obj.label} has no click yet: nothing to estimate")
         if samples < 1:
             raise PromptError("uncertainty needs at least one sample")
@@ -275,7 +279,8 @@ class Session(ObjectEngine):
 
     def _object_spacing(self, state: ObjectState) -> float:
         """The spacing (mm) of the object's ROIs, or the finest available for a new object."""
-        return self._roi_spacing(state.logits[0][0]) if state.logits else self._spacings()[0]
+        rois = state_rois(state)
+        return self._roi_spacing(rois[0]) if rois else self._spacings()[0]
 
     def _roi_spacing(self, roi: RoiGrid) -> float:
         """Millimetres per voxel of a ROI."""
@@ -294,12 +299,14 @@ class Session(ObjectEngine):
         reaches a ROI face), push the new state and repaint the label map."""
         self.timings = self.predictor.timings = Timings()
         old_boxes = self._boxes(obj.state)
+        if not state.logits:  # a step held as its mask: decode every ROI it was in, or their parts are lost
+            rois = rois + [roi for roi in state.rois if roi.key not in {r.key for r in rois}]
         state, logits = self._decode_rois(obj, state, rois)
         coarse = self._zoom_out(state, logits)
         if coarse:
             state, logits = self._decode_rois(obj, replace(state, logits=(), seeds=()), coarse)
         started = time.perf_counter()
-        obj.push(replace(state, logits=tuple(logits.values())))
+        obj.push(replace(state, logits=tuple(logits.values()), rois=()))
         answer = self._repaint(old_boxes, self._boxes(obj.state))
         self.timings.paste += time.perf_counter() - started
         return answer

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -> FastAPI:
     """The FastAPI application; the model (``settings.model``, or ``model`` when given) is loaded once."""
     store = SessionStore(settings, model)
-    worker = SessionWorker(settings.max_sessions, settings.request_seconds)
+    worker = SessionWorker(settings.parallel_jobs, settings.request_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -170,11 +170,11 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
         entry = await lookup(session_id)
 
         def work(session: AnySession, job: Job) -> dict:
-            label = session.add_object(request.name)
-            if not job.commit():
-                session.remove_object(label)
-                raise SessionBusyError("cancelled")
-            store.save(entry)
+            with session.transaction():  # cancelled, or not saved with --sync-saves: no new object
+                label = session.add_object(request.name)
+                if not job.commit():
+                    raise SessionBusyError("cancelled")
+                store.save(entry)
             return {"object": label, "objects": describe_objects(session)}
 
         return await worker.run(entry, work)

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from ..engine.answers import Interaction, Progress, Timings
 from ..engine.session2d import SliceSession
 from ..errors import FastSAM3DError
+from .memory import drop_pages
 from .protocol import AnySession, describe_objects, encode_region, status_code
 from .store import ServerSession, SessionStore
 from .worker import Job, SessionBusyError, SessionWorker
@@ -41,11 +42,14 @@ async def interact(
     started = time.perf_counter()
 
     def work(session: AnySession, job: Job) -> dict:
-        result = action(session, job)  # an Interaction; None: nothing to undo / redo
-        if result is not None:
-            store.save(entry)
+        with session.transaction():  # a change that --sync-saves cannot save is rolled back
+            result = action(session, job)  # an Interaction; None: nothing to undo / redo
+            if result is not None:
+                store.save(entry)
         region = result.changed_region if result is not None else None
         timings = result.timings if result is not None else Timings()
+        if timings.encoder:
+            drop_pages(session.volume)  # the crop is encoded: its voxels' pages can leave this process
         answer = {
             "object": session.active,
             "objects": describe_objects(session),

@@ -15,7 +15,7 @@ from ..engine.session2d import SliceSession
 from ..engine.session3d import Session
 from ..errors import FastSAM3DError, PromptError
 from .lease import SessionElsewhereError
-from .store import ServerSession, SessionLimitError, UnknownSessionError
+from .store import SaveError, ServerSession, SessionLimitError, UnknownSessionError
 from .worker import SessionBusyError
 
 AnySession = Session | SliceSession
@@ -85,9 +85,13 @@ def decode_bits(bits: SliceBits, max_pixels: int) -> np.ndarray:
 
 
 def status_code(error: FastSAM3DError) -> int:
-    return {UnknownSessionError: 404, SessionElsewhereError: 409, SessionLimitError: 429, SessionBusyError: 503}.get(
-        type(error), 400
-    )
+    return {
+        UnknownSessionError: 404,
+        SessionElsewhereError: 409,
+        SessionLimitError: 429,
+        SessionBusyError: 503,
+        SaveError: 503,
+    }.get(type(error), 400)
 
 
 def encode_region(box, crop: np.ndarray) -> dict:

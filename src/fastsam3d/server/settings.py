@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FastSAM3DError
@@ -22,6 +23,7 @@ class ServerSettings:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header values accepted ("*": any)
     max_sessions: int = 64  # open at once; with a state folder the least recently used idle one makes room
+    parallel_jobs: int = field(default_factory=lambda: max(4, os.cpu_count() or 1))  # session jobs run at once
     cache_mb: float = 2048.0  # cached image features of all sessions together (LRU: idle sessions' go first)
     precision: str = "auto"  # image encoder arithmetic (fastsam3d.modeling.precision): auto, fp32, bf16, int8
     max_upload_mb: float = 2048.0  # volume and mask uploads

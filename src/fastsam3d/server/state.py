@@ -196,7 +196,7 @@ class SessionRecords:
 
 class RecordWriter:
     """One background thread running saves; a session's newest pending save replaces an older one
-    (the futures of both are done when it is written)."""
+    (the futures of both are done when it is written, or hold its error)."""
 
     def __init__(self) -> None:
         self._pending: dict[str, tuple[Callable[[], None], list[Future]]] = {}
@@ -247,13 +247,18 @@ class RecordWriter:
                 save, waiting = self._pending.pop(key)
                 self._busy = key
             started = time.perf_counter()
+            failure = None
             try:
                 save()
-            except Exception:  # a failed save must not end the thread; the next change tries again
+            except Exception as error:  # a failed save must not end the thread; the next change tries again
                 log.exception(f"could not save session {key}")
+                failure = error
             finally:
                 for done in waiting:
-                    done.set_result(None)
+                    if failure is None:
+                        done.set_result(None)
+                    else:  # a caller waiting for the write (--sync-saves) learns that it failed
+                        done.set_exception(failure)
                 with self._changed:
                     self.saves += 1
                     self.seconds += time.perf_counter() - started

@@ -43,17 +43,22 @@ from .files import (
     safe_unzip,
     single_series,
 )
-from .lease import Leases
+from .lease import Leases, SessionElsewhereError
 from .memory import drop_pages, mapped, release, release_memory, tune_allocator
 from .models import ServerModels
 from .settings import ServerSettings
 from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
 
 log = logging.getLogger(__name__)
+LOGITS_KEPT = 2  # undo steps on each side of an object's current one that keep their model logits
 
 
 class SessionLimitError(FastSAM3DError):
     """Too many open sessions."""
+
+
+class SaveError(FastSAM3DError):
+    """With ``--sync-saves``: a change whose record could not be written (it is rolled back)."""
 
 
 class UnknownSessionError(FastSAM3DError):
@@ -214,7 +219,8 @@ class SessionStore:
 
     def save(self, entry: ServerSession) -> None:
         """Save the session after a change: a snapshot now (microseconds, under the session's
-        lock), the record written by the background writer. A closed session is not saved again (a job
+        lock), the record written by the background writer. Steps already saved and more than
+        ``LOGITS_KEPT`` steps from their object's current one are held as their masks from then on. A closed session is not saved again (a job
         that ends after its DELETE would otherwise bring its record, and a reopening, back)."""
         if self.records is None or entry.closed:
             return
@@ -231,16 +237,25 @@ class SessionStore:
             "updated": entry.updated,
             "changes": entry.changes,
         }
+        entry.encoder.steps.hold_steps(entry.session, LOGITS_KEPT)  # saved steps far back: masks, not logits
         snapshot = take_snapshot(entry.session)
         encoder, engine, records, leases = entry.encoder, entry.session, self.records, self.leases
 
         def write() -> None:
-            if not entry.closed and leases.owns(entry.id):  # else closed, or another server took it over
-                records.write(*encoder.encode(engine, snapshot, header))
+            if entry.closed:
+                return
+            if not leases.owns(entry.id):  # this server stalled past its lease and another one took it over
+                raise SessionElsewhereError("another server took this session over; the change was not saved")
+            records.write(*encoder.encode(engine, snapshot, header))
 
         written = self.writer.submit(entry.id, write)
         if self.settings.sync_saves:
-            written.result()
+            try:
+                written.result()
+            except RECORD_ERRORS as error:
+                raise SaveError(
+                    f"the change could not be saved ({type(error).__name__}), so it was not applied"
+                ) from None
 
     def is_saved(self, session_id: str) -> bool:
         return self.records is not None and self.records.exists(session_id)
