@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastsam3d.clicks import dice
-from fastsam3d.engine.interface import Engine
+from fastsam3d.engine.interface import Engine, warm_up
 from fastsam3d.engine.session2d import SliceSession
 from fastsam3d.engine.session3d import Session
 from fastsam3d.errors import PromptError
@@ -114,3 +114,19 @@ def test_bad_prompts_give_the_same_errors(engine, verb, arguments, message):
     with pytest.raises(PromptError, match=message):
         getattr(session, verb)(*arguments)
     assert not session.objects
+
+
+@pytest.mark.parametrize("model_type", [IntensityModel, BrightInBox])
+def test_warm_up_runs_the_model_once_on_a_small_volume(model_type):
+    model = model_type()
+    calls = {"encode": 0, "decode": 0}
+    for name in calls:
+        method = getattr(model, name)
+
+        def counted(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(model, name, counted)
+    assert warm_up(model, "cpu") > 0
+    assert calls["encode"] == 1 and calls["decode"] >= 1  # one ROI or slice: a full click, not a propagation

@@ -2,7 +2,8 @@
 
 Session        3D models (session3d.py): ROIs around the prompts, zoom, growth into neighbours
 SliceSession   2D models slice by slice (session2d.py): propagation and corrections
-Engine         the interface both implement (interface.py); open_session picks one by model
+Engine         the interface both implement (interface.py); open_session picks one by model,
+               warm_up clicks once so that a user's first click is not a cold one
 base.py        what both share: objects, undo histories, the label map, answers, point frames
 predictor.py   per-ROI cached embeddings and the prompt path; roi.py the ROI grid; labelmap.py boxes
 strokes.py     scribbles and lassos; persistence.py states as data; cache.py one feature budget
@@ -10,7 +11,13 @@ strokes.py     scribbles and lassos; persistence.py states as data; cache.py one
 
 # Loaded on first use: the sessions import torch, and light modules (prompt files, answers,
 # strokes) must stay importable without it (`fastsam3d models` answers at once).
-_LAZY = {"Engine": "interface", "open_session": "interface", "Session": "session3d", "SliceSession": "session2d"}
+_LAZY = {
+    "Engine": "interface",
+    "open_session": "interface",
+    "warm_up": "interface",
+    "Session": "session3d",
+    "SliceSession": "session2d",
+}
 
 
 def __getattr__(name: str):
@@ -23,4 +30,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fastsam3d.engine' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "Session", "SliceSession", "open_session"]
+__all__ = ["Engine", "Session", "SliceSession", "open_session", "warm_up"]

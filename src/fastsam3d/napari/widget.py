@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
-from ..engine import Session, open_session
+from ..engine import Session, open_session, warm_up
 from ..engine.answers import Interaction, Timings
 from ..io import is_ct, read_volume
 from .layers import (
@@ -123,6 +123,7 @@ class FastSAM3DWidget(QWidget):
         model = self._chosen_model()
         if self.session is None or model != self.model_name:
             self.session = open_session(model)
+            warm_up(self.session.model, self.session.device)  # the first click is then not a cold one
             self.model_name = model
         self.session.set_image(volume)
         self.session.add_object()

@@ -3,13 +3,17 @@ described as ``/api/models`` lists it."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
 
+from ..engine.interface import warm_up
 from ..errors import FastSAM3DError
 from ..registry import MODEL_CONFIGS, load_model, spatial_dims
 from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 class ServerModels:
@@ -52,7 +56,10 @@ class ServerModels:
 
     def _load(self, name: str, checkpoint: str | None) -> torch.nn.Module:
         precision = self.settings.precision if spatial_dims(name) == 3 else "fp32"  # --precision is for 3D encoders
-        return load_model(name, checkpoint, device=self.device, precision=precision)
+        model = load_model(name, checkpoint, device=self.device, precision=precision)
+        seconds = warm_up(model, self.device)  # its first user's first click is then not a cold one
+        log.info(f"model {name} loaded and warmed up ({seconds:.1f} s)")
+        return model
 
 
 def offered_models(default: str, loaded: dict[str, torch.nn.Module]) -> list[dict]:
