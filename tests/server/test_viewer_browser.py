@@ -122,6 +122,13 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(url)
         page.wait_for_selector("body[data-status=idle]", timeout=60_000)
+        # headless Chromium draws WebGL in software (SwiftShader): the costly 3D tile starts off there
+        assert "swiftshader" in (page.evaluate("window.fastsam3d.softwareRenderer") or "").lower()
+        assert not page.is_checked("#render")
+        shown = "window.fastsam3d.nv.opts.multiplanarShowRender !== niivue.SHOW_RENDER.NEVER"
+        assert not page.evaluate(shown)
+        page.click("#render")  # and the user can turn it on
+        assert page.evaluate(shown)
         page.click("#open")
         page.wait_for_selector("body[data-status=ready]", timeout=90_000)
         canvas = page.locator("#gl").bounding_box()

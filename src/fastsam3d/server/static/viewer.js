@@ -1212,8 +1212,27 @@ setInterval(() => {
 }, 60000);
 $("sessions-refresh").onclick = () => loadSessions();
 
+// Software WebGL (SwiftShader, llvmpipe: no GPU) renders the 3D tile in 0.6-0.9 s at every draw, and
+// each click's paint waits for it: there the tile starts off (the "3D view" box turns it on).
+function softwareRenderer(gl) {
+  const info = gl.getExtension("WEBGL_debug_renderer_info");
+  const name = String(info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER));
+  return /swiftshader|llvmpipe|softpipe|software|basic render/i.test(name) ? name : null;
+}
+
+function chooseRenderTile() {
+  const software = softwareRenderer(nv.gl);
+  window.fastsam3d.softwareRenderer = software;
+  if (!software) return;
+  $("render").checked = false;
+  nv.opts.multiplanarShowRender = niivue.SHOW_RENDER.NEVER;
+  $("render").parentElement.title += ` (off at start: this browser draws WebGL in software, ${software}, ` +
+    "where the 3D tile costs most of a click's paint)";
+}
+
 (async () => {
   await nv.attachTo("gl");
+  chooseRenderTile();
   await Promise.all([loadFiles(), loadModels(), loadSessions()]);
   setStatus("idle");
 })();
