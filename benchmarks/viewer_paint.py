@@ -75,7 +75,9 @@ def main() -> None:
             )
             rng = np.random.default_rng(0)
             summary = {}
-            print(f"software WebGL: {page.evaluate('window.fastsam3d.softwareRenderer')} (the 3D tile starts off there)")
+            print(
+                f"software WebGL: {page.evaluate('window.fastsam3d.softwareRenderer')} (the 3D tile starts off there)"
+            )
             for view in ("with", "without"):  # the 3D rendering tile on, then off
                 if page.is_checked("#render") != (view == "with"):
                     page.click("#render")
