@@ -77,6 +77,9 @@ class Sam2DConfig:
     def grid_size(self) -> int:
         return self.img_size // (4 if self.encoder == "tiny-vit" else 16)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
 
 @dataclass(frozen=True)
 class ClickUNetConfig:

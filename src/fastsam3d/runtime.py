@@ -37,6 +37,7 @@ from .extras import require_extra
 from .io import atomic_output
 from .modeling.click_unet import ClickUNet3D, ClickUNetFeatures, intensity_channels
 from .modeling.precision import apply_precision, int8_available
+from .modeling.sam2d import Sam2D
 from .modeling.sam3d import Sam3D
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ def _exported_part(model: nn.Module) -> tuple[nn.Module, torch.Tensor]:
     size = model.img_size
     if isinstance(model, Sam3D):
         return model.image_encoder, torch.zeros(1, 1, size, size, size)
+    if isinstance(model, Sam2D):
+        return model.image_encoder, torch.zeros(1, 3, size, size)
     if isinstance(model, ClickUNet3D):
         return _ClickUNetBody(model), torch.zeros(1, 2, size, size, size)
-    raise ValueError(f"the ONNX encoder exists for 3D SAMs and ClickUNet3D, not for {type(model).__name__}")
+    raise ValueError(f"the ONNX encoder exists for SAMs and ClickUNet3D, not for {type(model).__name__}")
 
 
 def encoder_key(model: nn.Module, precision: str) -> str:
@@ -112,7 +115,7 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
         raise ValueError(f"the model runs in {model.precision}; export it from an fp32 load")
     part, example = _exported_part(model)
     key = key or encoder_key(model, precision)
-    if isinstance(model, Sam3D):
+    if isinstance(model, (Sam3D, Sam2D)):
         outputs = ["embedding"]
     else:  # ClickUNetFeatures, flattened
         outputs = [*(f"level{i}" for i in range(1, len(model.config.channels))), "unit", "head"]
@@ -148,10 +151,11 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
 
 
 class OnnxEncoder(nn.Module):
-    """An ONNX Runtime session in place of a torch encoder: (B, C, S, S, S) float crop -> output(s).
+    """An ONNX Runtime session in place of a torch encoder: (B, C, S, S, S) float crop (a 2D SAM:
+    (B, 3, S, S) image) -> output(s).
 
     ``img_size`` is the crop edge the file was made for; the batch runs one item at a time. For a
-    3D SAM the output is the (B, 384, S/16, S/16, S/16) embedding; for ClickUNet3D, the
+    SAM the output is its image embedding; for ClickUNet3D, the
     :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures` of its intensity channels.
     """
 
@@ -230,7 +234,7 @@ def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None =
     arithmetic = precision.removeprefix("onnx-")
     key = encoder_key(model, arithmetic)
     encoder = _cached_encoder(model, arithmetic, key) if path is None else OnnxEncoder(path, model.img_size, key)
-    if isinstance(model, Sam3D):
+    if isinstance(model, (Sam3D, Sam2D)):
         model.image_encoder = encoder
     else:
         model.onnx_encoder = encoder
@@ -253,18 +257,32 @@ def cpu_has_bf16() -> bool:
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (docs/models.md "Precision"): torch's int8 for a 3D
-    SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and teacher) on a
-    CPU, fp32 otherwise (the 2D SAMs' int8 failed the gate: ``benchmarks/slicewise.py``; on a GPU,
-    an H200, bf16 was no faster and failed the default model's gate: docs/benchmarks.md "GPU"). The ONNX
-    Runtime encoder is opt-in: on a quiet machine here it was no faster in a session than this
-    choice, and it costs a one-time export and 120-230 MB more memory."""
+    """The fastest precision that keeps the masks (docs/models.md "Precision"), by what was measured:
+
+    - a 3D SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and
+      teacher) on a CPU: torch's int8;
+    - LiteMedSAM's TinyViT on a CPU, with ONNX Runtime installed: ``onnx-fp32``, the same arithmetic
+      1.6x faster (a 256-px slice 694-719 ms against 1093-1153 ms on the 2-core AVX2 CPU, embeddings
+      equal to 1.3e-6; its int8, in torch or ONNX Runtime, failed the gate or was slower);
+    - fp32 otherwise (on a GPU, an H200, bf16 was no faster and failed the default model's gate:
+      docs/benchmarks.md "GPU"; the 3D encoders in ONNX Runtime were no faster in a session here).
+    """
     device = torch.device(device)
+    if isinstance(model, Sam2D):
+        tiny = model.config.encoder == "tiny-vit"
+        return "onnx-fp32" if device.type == "cpu" and tiny and onnx_runtime_available() else "fp32"
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
     wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
     three_d = getattr(model, "spatial_dims", 3) == 3
     return "int8" if device.type == "cpu" and three_d and wide and int8_available() else "fp32"
+
+
+def onnx_runtime_available() -> bool:
+    """Whether the ``fast`` extra (ONNX Runtime and onnx) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:

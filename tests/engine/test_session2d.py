@@ -21,6 +21,7 @@ from fastsam3d.evaluation.segmenters import SliceSegmenter, build_segmenter
 from fastsam3d.hub import fetch
 from fastsam3d.modeling.tiny_vit import TinyViT, fuse_batchnorm
 from fastsam3d.registry import build_model, load_model
+from fastsam3d.runtime import onnx_runtime_available
 
 from ..helpers import BrightInBox, ellipsoid_volume, rotation
 
@@ -242,6 +243,7 @@ def test_litemedsam_segments_liver_and_spleen_of_the_development_ct(litemedsam_i
     (case,) = [c for c in load_cases(manifest, ["liver", "spleen"]) if c.name == "ct"]
     image, label = case.load()
     session = SliceSession("litemedsam", device="cpu")
+    assert session.precision == ("onnx-fp32" if onnx_runtime_available() else "fp32")  # auto on a CPU
     session.set_image(image)
     for class_id in (1, 5):  # spleen, liver
         truth = label.array == class_id

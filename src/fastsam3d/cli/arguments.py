@@ -92,7 +92,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISION_CHOICES,
         default="auto",
-        help="image encoder arithmetic: auto (default: int8 for the official 3D SAMs on a CPU, else fp32), "
+        help="image encoder arithmetic: auto (default: on a CPU int8 for the official 3D SAMs, onnx-fp32 for "
+        "LiteMedSAM with fastsam3d[fast], else fp32), "
         "fp32, bf16, int8 (CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only, fastsam3d[fast])",
     )
 

@@ -149,8 +149,9 @@ def open_session(args: argparse.Namespace):
     from ..engine import open_session as engine_for
     from ..registry import spatial_dims
 
-    model = args.model if spatial_dims(args.model) == 2 else load_model(args)
-    return engine_for(model, checkpoint=args.checkpoint, device=args.device)
+    if spatial_dims(args.model) == 2:
+        return engine_for(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    return engine_for(load_model(args), checkpoint=args.checkpoint, device=args.device)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ..io import Volume
-from ..modeling.precision import apply_precision
 from ..modeling.sam2d import Sam2D
+from ..runtime import apply_model_precision, default_precision
 from .answers import Timings
 from .cache import CacheView
 from .labelmap import Slices
@@ -37,10 +37,11 @@ class SlicePredictor:
         feature_cache: CacheView | None = None,
     ) -> None:
         self.model, self.config, self.device = model, model.config, device
-        encoder = getattr(model, "image_encoder", model)
-        if precision != getattr(encoder, "precision", "fp32"):
-            apply_precision(encoder, precision)  # fastsam3d.modeling.precision: int8 / bf16 image encoder
-        self.precision = getattr(encoder, "precision", "fp32")
+        if precision == "auto":  # a model already converted (shared by a server's sessions) stays as it is
+            precision = getattr(model, "precision", None) or default_precision(model, device)
+        if precision != getattr(model, "precision", "fp32"):
+            apply_model_precision(model, precision, device)  # fastsam3d.runtime: int8 / bf16 / ONNX image encoder
+        self.precision = getattr(model, "precision", "fp32")
         self._timings = timings
         self.min_pixels = min_pixels
         self.cache_bytes = int(cache_mb * 2**20)

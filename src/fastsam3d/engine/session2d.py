@@ -54,7 +54,10 @@ class SliceSession(ObjectEngine):
     ``box_margin``: pixels around a slice's mask that prompt its neighbour; a slice mask under
     ``min_pixels`` or with a predicted IoU under ``min_score`` (0: no check) ends the object;
     ``cache_mb``: slice embeddings kept (LiteMedSAM: 2 MB per slice), or ``feature_cache``, a view
-    of a cache shared with other sessions; ``precision``: ``"fp32"``, ``"int8"`` or ``"bf16"``.
+    of a cache shared with other sessions; ``precision``: ``"auto"`` (the fastest that keeps the
+    masks: LiteMedSAM's encoder in ONNX Runtime on a CPU where it is installed, else fp32,
+    :func:`~fastsam3d.runtime.default_precision`; a model object stays as it is), ``"fp32"``,
+    ``"onnx-fp32"``, ``"int8"`` or ``"bf16"``.
     """
 
     dims = 2
@@ -69,14 +72,14 @@ class SliceSession(ObjectEngine):
         box_margin: int = 3,
         min_pixels: int = 5,
         cache_mb: float = 1024.0,
-        precision: str = "fp32",
+        precision: str = "auto",
         min_score: float = MIN_SCORE,
         feature_cache: CacheView | None = None,
     ) -> None:
         super().__init__()
         self.device = torch.device(device or default_device())
         if isinstance(model, str):
-            model = load_model(model, checkpoint, device=self.device)
+            model = load_model(model, checkpoint, device=self.device, precision=precision)
         if model.config.spatial_dims != 2:
             raise ValueError(f"{model.config.name} is a 3D model: open it in a Session")
         self.model, self.config = model.to(self.device).eval(), model.config

@@ -55,7 +55,7 @@ class ServerModels:
         return self.loaded[name]
 
     def _load(self, name: str, checkpoint: str | None) -> torch.nn.Module:
-        precision = self.settings.precision if spatial_dims(name) == 3 else "fp32"  # --precision is for 3D encoders
+        precision = self.settings.precision if spatial_dims(name) == 3 else "auto"  # --precision is for 3D encoders
         model = load_model(name, checkpoint, device=self.device, precision=precision)
         seconds = warm_up(model, self.device)  # its first user's first click is then not a cold one
         log.info(f"model {name} loaded and warmed up ({seconds:.1f} s)")
