@@ -47,3 +47,14 @@ def test_server_sessions_map_their_voxels_and_keep_the_intensity_range(tmp_path)
         assert opened["intensity"] == [float(volume.array.min()), float(volume.array.max())]
         answer = client.post(f"/api/sessions/{opened['id']}/clicks", json={"points": [centre_voxel()]})
         assert answer.status_code == 200 and answer.json()["region"]
+
+
+def test_a_disk_that_cannot_take_the_voxels_keeps_the_volume_in_memory(tmp_path, monkeypatch, caplog):
+    volume = Volume(np.ones((4, 5, 6), dtype=np.int16), np.ones(3), np.zeros(3), np.eye(3))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)
+    assert mapped(volume, tmp_path / "voxels.npy") is volume
+    assert not (tmp_path / "voxels.npy").exists() and "keeping a volume in memory" in caplog.text

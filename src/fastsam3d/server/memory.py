@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import logging
 import mmap
 import os
 import shutil
@@ -19,6 +20,7 @@ from ..io import Volume
 if TYPE_CHECKING:
     from .store import ServerSession
 
+log = logging.getLogger(__name__)
 _LIBC = ctypes.CDLL(None) if os.name == "posix" else None
 M_ARENA_MAX = -8  # glibc mallopt parameter
 ARENAS = 2
@@ -60,16 +62,24 @@ def mapped(volume: Volume, path: Path) -> Volume:
 
     A session reads its voxels only where a ROI is cropped, so a mapped volume costs the pages of
     its ROIs, which the system can drop and read again, instead of the whole array in the heap:
-    100 MB of a 512x512x200 int16 CT per session."""
+    100 MB of a 512x512x200 int16 CT per session. Where the file cannot be written (a full disk),
+    the volume stays in memory, with a log line."""
     if _mapping(volume.array) is not None:
         return volume
     source = volume.array
     fortran = source.flags.f_contiguous and not source.flags.c_contiguous
-    target = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=source.shape, fortran_order=fortran)
-    target[...] = source
-    target.flush()
-    del target
-    return dataclasses.replace(volume, array=np.load(path, mmap_mode="r"))
+    try:
+        target = np.lib.format.open_memmap(
+            path, mode="w+", dtype=source.dtype, shape=source.shape, fortran_order=fortran
+        )
+        target[...] = source
+        target.flush()
+        del target
+        return dataclasses.replace(volume, array=np.load(path, mmap_mode="r"))
+    except OSError as error:  # a full or read-only disk: the session keeps its voxels in memory
+        Path(path).unlink(missing_ok=True)
+        log.warning(f"keeping a volume in memory: cannot write its voxels to {Path(path).parent} ({error})")
+        return volume
 
 
 def drop_pages(volume: Volume) -> None:
