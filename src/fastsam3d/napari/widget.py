@@ -15,6 +15,7 @@ redraw cost more than that).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
 from ..engine import Session, open_session, warm_up
 from ..engine.answers import Interaction, Timings
+from ..errors import FastSAM3DError
 from ..io import is_ct, read_volume
 from .layers import (
     WINDOWS,
@@ -123,7 +125,8 @@ class FastSAM3DWidget(QWidget):
         model = self._chosen_model()
         if self.session is None or model != self.model_name:
             self.session = open_session(model)
-            warm_up(self.session.model, self.session.device)  # the first click is then not a cold one
+            with contextlib.suppress(FastSAM3DError, RuntimeError, ValueError):  # else only the first click is slower
+                warm_up(self.session.model, self.session.device)  # the first click is then not a cold one
             self.model_name = model
         self.session.set_image(volume)
         self.session.add_object()

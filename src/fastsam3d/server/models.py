@@ -57,8 +57,10 @@ class ServerModels:
     def _load(self, name: str, checkpoint: str | None) -> torch.nn.Module:
         precision = self.settings.precision if spatial_dims(name) == 3 else "auto"  # --precision is for 3D encoders
         model = load_model(name, checkpoint, device=self.device, precision=precision)
-        seconds = warm_up(model, self.device)  # its first user's first click is then not a cold one
-        log.info(f"model {name} loaded and warmed up ({seconds:.1f} s)")
+        try:  # its first user's first click is then not a cold one
+            log.info(f"model {name} loaded and warmed up ({warm_up(model, self.device):.1f} s)")
+        except (FastSAM3DError, RuntimeError, ValueError) as error:  # a model that cannot: its first click is cold
+            log.warning(f"model {name} loaded; warming it up failed ({type(error).__name__}: {error})")
         return model
 
 

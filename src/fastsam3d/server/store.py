@@ -220,8 +220,11 @@ class SessionStore:
     def save(self, entry: ServerSession) -> None:
         """Save the session after a change: a snapshot now (microseconds, under the session's
         lock), the record written by the background writer. Steps already saved and more than
-        ``LOGITS_KEPT`` steps from their object's current one are held as their masks from then on. A closed session is not saved again (a job
-        that ends after its DELETE would otherwise bring its record, and a reopening, back)."""
+        ``LOGITS_KEPT`` steps from their object's current one are held as their masks from then on.
+        A closed session is not saved again (a job that ends after its DELETE would otherwise bring
+        its record, and a reopening, back). With ``sync_saves`` a failed write raises
+        :class:`SaveError` (or :class:`SessionElsewhereError`), and the caller's transaction rolls
+        the change back."""
         if self.records is None or entry.closed:
             return
         entry.changes += 1
