@@ -85,3 +85,15 @@ def test_packed_masks_compress_losslessly_and_read_as_windows():
         assert np.array_equal(view[box], mask[box])
     assert not view[(slice(16, 20), slice(0, 5), slice(0, 5))].any()  # outside the region's box
     assert PackedMask((5, 5, 5)).compress().box is None  # an empty mask stays empty
+
+
+def test_repaint_answers_the_box_of_the_voxels_that_changed():
+    labels = LabelMap((20, 20, 20))
+    big = np.zeros((12, 12, 12), dtype=bool)
+    big[1:11, 1:11, 1:11] = True
+    box = (slice(4, 16),) * 3
+    assert labels.repaint(box, [(1, box, big)]) == (slice(5, 15),) * 3
+    grown = big.copy()
+    grown[11, 5:7, 5:7] = True  # a bump on one face
+    assert labels.repaint(box, [(1, box, grown)]) == (slice(15, 16), slice(9, 11), slice(9, 11))
+    assert labels.repaint(box, [(1, box, grown)]) is None  # the same again: nothing changed

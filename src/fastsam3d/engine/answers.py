@@ -35,8 +35,8 @@ class Timings:
 
 @dataclass(frozen=True)
 class Interaction:
-    """The answer of one interaction: the label-map box it repainted (None: nothing changed) and
-    its timings."""
+    """The answer of one interaction: the box of the label-map voxels it changed (None: nothing
+    changed) and its timings."""
 
     changed_region: Slices | None
     timings: Timings

@@ -360,7 +360,8 @@ class ObjectEngine:
         return mask
 
     def _repaint(self, *box_lists: list[Slices]) -> Interaction:
-        """Recompose the label map inside the union of the given boxes; the interaction's answer."""
+        """Recompose the label map inside the union of the given boxes; the interaction's answer,
+        whose region is the box of the voxels that changed."""
         box = union_box(box for boxes in box_lists for box in boxes)
         if box is not None:
             pieces = (
@@ -368,5 +369,5 @@ class ObjectEngine:
                 for label, obj in self.objects.items()
                 for sub_box, sub in self._regions(obj.state)
             )
-            self._label_map.repaint(box, pieces)
+            box = self._label_map.repaint(box, pieces)
         return Interaction(box, self.timings)

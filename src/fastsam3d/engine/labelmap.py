@@ -148,10 +148,14 @@ class LabelMap:
         if label > np.iinfo(self.array.dtype).max:
             self.array = self.array.astype(np.uint16)
 
-    def repaint(self, box: Slices, pieces: Iterable[tuple[int, Slices, np.ndarray]]) -> None:
+    def repaint(self, box: Slices, pieces: Iterable[tuple[int, Slices, np.ndarray]]) -> Slices | None:
         """Recompose the map inside ``box`` from (label, piece box, boolean piece) pieces as a
-        voxel-wise maximum of ``piece * label`` (branch-free, unlike masked assignment)."""
+        voxel-wise maximum of ``piece * label`` (branch-free, unlike masked assignment). Returns the
+        box of the voxels whose label changed (None: none did): a correction far smaller than its
+        object sends, and a viewer paints, only that box (a few ms here against tens of ms to encode
+        a ROI-sized box)."""
         region = self.array[box]
+        before = region.copy()
         if self._written is not None and not is_empty(stale := intersection(box, self._written)):
             region[relative(stale, box)] = 0  # outside the written box the map is still zero
         self._written = union_box([self._written, box])
@@ -162,3 +166,7 @@ class LabelMap:
             painted = np.multiply(piece[relative(overlap, piece_box)], label, dtype=region.dtype)
             target = relative(overlap, box)
             np.maximum(region[target], painted, out=region[target])
+        changed = bounding_box(region != before)
+        if changed is None:
+            return None
+        return tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, changed, strict=True))
