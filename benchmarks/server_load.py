@@ -62,6 +62,18 @@ def start_server(args: argparse.Namespace, folder: Path, port: int) -> subproces
     return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+def wait_until_up(base: str) -> None:
+    """Wait (up to about 2 minutes) until the server at ``base`` answers ``/api/health``."""
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/api/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
 @dataclass
 class Replica:
     """One server process; ``name`` starts its printed lines (empty for a single server)."""
@@ -162,12 +174,7 @@ def main() -> None:
     ]
     try:
         for replica in replicas:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{replica.base}/api/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+            wait_until_up(replica.base)
             print(f"{replica.name}server up; RSS {replica.rss():.0f} MB; volume {'x'.join(map(str, shape))}")
         saving = ("sync saves" if args.sync_saves else "saves") if args.state else "no state folder"
         print(f"{args.replicas} server(s), {saving}")

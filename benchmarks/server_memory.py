@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server_load import make_ct
+from server_load import make_ct, wait_until_up
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -54,13 +54,8 @@ def main() -> None:
     command += ["--no-state"] if args.no_state else ["--state-dir", str(folder / "state")]
     server = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")))
     try:
+        wait_until_up(f"http://127.0.0.1:{args.port}")
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/api/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
             print(f"volume {'x'.join(map(str, shape))}, {args.clicks} clicks per session, state {not args.no_state}")
             report(client, server.pid, "server up, no session")
             rng = random.Random(0)

@@ -8,6 +8,7 @@ session.save_labels("seg.nii.gz")
 """
 
 from .errors import CheckpointError, FastSAM3DError, PromptError, VolumeError
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -29,14 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fastsam3d' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -18,8 +18,15 @@ from .errors import CheckpointError
 TARGET_SPACING_MM = 1.5  # the ROI spacing of SAM-Med3D and FastSAM3D (mm)
 
 
+class JsonConfig:
+    """A config dataclass written as JSON (checkpoint metadata, cache keys)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
 @dataclass(frozen=True)
-class Sam3DConfig:
+class Sam3DConfig(JsonConfig):
     """Every architecture number of a 3D SAM. Defaults are SAM-Med3D's ViT-B teacher."""
 
     spatial_dims: ClassVar[int] = 3
@@ -54,12 +61,9 @@ class Sam3DConfig:
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
 
 @dataclass(frozen=True)
-class Sam2DConfig:
+class Sam2DConfig(JsonConfig):
     """Architecture and input convention of a 2D SAM."""
 
     spatial_dims: ClassVar[int] = 2
@@ -77,12 +81,9 @@ class Sam2DConfig:
     def grid_size(self) -> int:
         return self.img_size // (4 if self.encoder == "tiny-vit" else 16)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
 
 @dataclass(frozen=True)
-class ClickUNetConfig:
+class ClickUNetConfig(JsonConfig):
     """The architecture numbers of :class:`ClickUNet3D` (channels per scale, finest first)."""
 
     spatial_dims: ClassVar[int] = 3
@@ -97,9 +98,6 @@ class ClickUNetConfig:
     fine_channels: int = 16  # decoded features at the ROI resolution (cached, used by the similarity maps)
     prompt_channels: tuple[int, ...] = (8, 16, 24, 32, 48)
     weights: str = field(default="", compare=False)  # file name under the package's weights folder, if shipped
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"

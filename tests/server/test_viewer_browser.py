@@ -97,6 +97,32 @@ def as_stream(route):
     )
 
 
+def browser_api():
+    """Playwright's sync API, or a skip that says what is missing."""
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    return pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed: pip install playwright (the test extra)"
+    )
+
+
+def open_page(playwright, errors: list[str]):
+    """Chromium and a 1200x800 page whose script errors go to ``errors``."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return browser, page
+
+
+def world_of(volume: Volume):
+    """Voxel index -> world RAS millimetres (NiiVue's frame) on ``volume``."""
+
+    def world(index):
+        return lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+
+    return world
+
+
 TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
     nv.scene.crosshairPos = nv.mm2frac(mm); nv.drawScene();
     return window.fastsam3d.toCanvas(mm, tile); }"""
@@ -104,22 +130,14 @@ TO_CANVAS = """([mm, tile]) => { const nv = window.fastsam3d.nv;
 
 @pytest.mark.slow
 def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    playwright = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed: pip install playwright (the test extra)"
-    )
+    playwright = browser_api()
     url, volume, spheres = server
     (centre_a, truth_a), (centre_b, truth_b) = spheres
-
-    def world(index):
-        return lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+    world = world_of(volume)
 
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        browser, page = open_page(p, errors)
         page.goto(url)
         page.wait_for_selector("body[data-status=idle]", timeout=60_000)
         # headless Chromium draws WebGL in software (SwiftShader): the costly 3D tile starts off there
@@ -318,22 +336,14 @@ def sessions_of(page) -> list[dict]:
 
 @pytest.mark.slow
 def test_viewer_strokes_volumes_sessions(server, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    playwright = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed: pip install playwright (the test extra)"
-    )
+    playwright = browser_api()
     url, volume, spheres = server
     (centre_a, _), (centre_b, _) = spheres
-
-    def world(index):
-        return lps_to_ras(volume.index_to_world(np.array([index], float))[0]).tolist()
+    world = world_of(volume)
 
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        browser, page = open_page(p, errors)
         sent: list[tuple[str, dict]] = []
         page.on(
             "request",

@@ -9,6 +9,8 @@ predictor.py   per-ROI cached embeddings and the prompt path; roi.py the ROI gri
 strokes.py     scribbles and lassos; persistence.py states as data; cache.py one feature budget
 """
 
+from ..lazy import lazy_attributes
+
 # Loaded on first use: the sessions import torch, and light modules (prompt files, answers,
 # strokes) must stay importable without it (`fastsam3d models` answers at once).
 _LAZY = {
@@ -20,14 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fastsam3d.engine' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["Engine", "Session", "SliceSession", "open_session", "warm_up"]

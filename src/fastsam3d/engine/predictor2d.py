@@ -13,7 +13,7 @@ import torch
 
 from ..io import Volume
 from ..modeling.sam2d import Sam2D
-from ..runtime import apply_model_precision, default_precision
+from ..runtime import apply_model_precision
 from .answers import Timings
 from .cache import CacheView
 from .labelmap import Slices
@@ -37,9 +37,7 @@ class SlicePredictor:
         feature_cache: CacheView | None = None,
     ) -> None:
         self.model, self.config, self.device = model, model.config, device
-        if precision == "auto":  # a model already converted (shared by a server's sessions) stays as it is
-            precision = getattr(model, "precision", None) or default_precision(model, device)
-        if precision != getattr(model, "precision", "fp32"):
+        if precision not in ("auto", getattr(model, "precision", "fp32")):  # "auto": a model object stays as it is
             apply_model_precision(model, precision, device)  # fastsam3d.runtime: int8 / bf16 / ONNX image encoder
         self.precision = getattr(model, "precision", "fp32")
         self._timings = timings
