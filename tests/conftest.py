@@ -76,13 +76,14 @@ def reference_dir() -> Path:
 def _no_weight_downloads(monkeypatch, tmp_path_factory):
     """Tests never reach the real hub: official model names resolve offline from an empty cache
     (tests/test_hub.py serves them from a loopback stand-in); derived files (ONNX exports) are
-    cached in the run's temporary folder."""
+    cached in the run's temporary folder; ``auto`` follows its rule without measuring."""
     root = tmp_path_factory.getbasetemp() / "weights-cache"
     monkeypatch.setenv("FASTSAM3D_WEIGHTS", str(root / "fastsam3d"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FASTSAM3D_CACHE", str(root / "cache"))  # ONNX exports: one per test run, not in ~/.cache
+    monkeypatch.setenv("FASTSAM3D_AUTO_PRECISION", "rule")  # auto by its rule: tests/test_tuning.py measures
 
 
 @pytest.fixture(autouse=True)

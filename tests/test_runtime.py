@@ -1,4 +1,5 @@
-"""The ONNX Runtime encoder (fastsam3d.runtime): same outputs as torch, the cache, refusals, the extra."""
+"""The exported encoder (fastsam3d.runtime) in ONNX Runtime and OpenVINO: same outputs as torch, the
+cache, refusals, the extra."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fastsam3d.extras import MissingExtra
 from fastsam3d.registry import save_model
 from fastsam3d.runtime import (
     OnnxEncoder,
+    OpenVinoEncoder,
     apply_model_precision,
     cache_dir,
     default_precision,
@@ -25,6 +27,11 @@ from fastsam3d.runtime import (
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
     reason="onnx / onnxruntime not installed: pip install 'fastsam3d[fast]'",
+)
+
+
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino not installed: pip install 'fastsam3d[fast]'"
 )
 
 
@@ -73,20 +80,49 @@ def test_onnx_encoder_matches_torch_and_the_cache_is_reused(monkeypatch, onnx_ca
 
 
 @needs_onnx
-def test_the_default_models_unet_runs_in_onnx():
+@pytest.mark.parametrize("precision", ["onnx-fp32", pytest.param("openvino-fp32", marks=needs_openvino)])
+def test_the_default_models_unet_runs_exported_with_channels_last_features(precision):
     torch.manual_seed(0)
     model = build_model("click-unet")
     crop = torch.randn(1, 1, *(model.img_size,) * 3) * 300
+    point, labels = torch.tensor([[[10.0, 12.0, 14.0]]]), torch.ones(1, 1, dtype=torch.int64)
+    fast = apply_model_precision(copy.deepcopy(model), precision)
     with torch.inference_mode():
         reference = model.encode(crop)
-        features = apply_model_precision(copy.deepcopy(model), "onnx-fp32").encode(crop)
+        features = fast.encode(crop)
+        logits, _ = fast.decode(features, point, labels)
+        reference_logits, _ = model.decode(reference, point, labels)
     for ours, theirs in zip(
         [*features.levels, features.unit, features.head],
         [*reference.levels, reference.unit, reference.head],
         strict=True,
     ):
         assert ours.shape == theirs.shape
+        assert ours.is_contiguous(memory_format=torch.channels_last_3d)  # as torch's: no copy per click
         assert torch.allclose(ours, theirs, atol=1e-3)
+    assert torch.allclose(logits, reference_logits, atol=1e-3)
+
+
+@needs_onnx
+@needs_openvino
+def test_openvino_runs_the_students_encoder_from_the_same_cached_file(monkeypatch, onnx_cache):
+    model = _student()
+    crop = torch.randn(2, 1, 64, 64, 64)
+    with torch.inference_mode():
+        reference = model.encode(crop)
+    in_onnx = apply_model_precision(copy.deepcopy(model), "onnx-fp32")
+    monkeypatch.setattr("fastsam3d.runtime.export_encoder", lambda *a, **k: pytest.fail("exported again"))
+    fast = apply_model_precision(copy.deepcopy(model), "openvino-fp32")
+    assert fast.precision == "openvino-fp32" and isinstance(fast.image_encoder, OpenVinoEncoder)
+    assert fast.image_encoder.path == in_onnx.image_encoder.path
+    with torch.inference_mode():
+        assert torch.allclose(fast.encode(crop), reference, atol=1e-4)  # a batch of two, one by one
+    with pytest.raises(CheckpointError, match="in OpenVINO"):
+        OpenVinoEncoder(onnx_cache / "missing.onnx", 64)
+    with pytest.raises(CheckpointError, match="was made for tiny-student \\(fp32\\), not for these weights"):
+        use_onnx_encoder(_student(seed=1), "openvino-fp32", path=in_onnx.image_encoder.path)
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        apply_model_precision(copy.deepcopy(model), "openvino-fp32", "cuda")
 
 
 @needs_onnx

@@ -102,11 +102,12 @@ class ClickUNetConfig(JsonConfig):
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-# The image encoder's arithmetic: in torch (fastsam3d.modeling.precision), under ONNX Runtime
-# (fastsam3d.runtime), what --precision accepts ("auto": fastsam3d.runtime chooses) and what
-# `fastsam3d export` writes.
+# The image encoder's arithmetic: in torch (fastsam3d.modeling.precision), exported to ONNX and run by
+# ONNX Runtime or OpenVINO (fastsam3d.runtime), what --precision accepts ("auto": fastsam3d.runtime
+# chooses) and what `fastsam3d export` writes.
 PRECISIONS = ("fp32", "bf16", "int8")
-ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
+ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8", "openvino-fp32")
+CPU_ONLY_PRECISIONS = ("int8", *ONNX_PRECISIONS)
 PRECISION_CHOICES = ("auto", *PRECISIONS, *ONNX_PRECISIONS)
 EXPORT_PRECISIONS = ("fp32", "int8")
 ModelConfig = Sam3DConfig | Sam2DConfig | ClickUNetConfig

@@ -1,6 +1,6 @@
 """How a model runs on this machine: the precision policy (:func:`default_precision`, what ``"auto"``
-picks, and :func:`apply_model_precision`) and the image encoder under ONNX Runtime, exported once per
-weights, cached, run in place of torch's.
+picks, and :func:`apply_model_precision`) and the image encoder exported to ONNX, cached, and run by
+ONNX Runtime or OpenVINO in place of torch's.
 
     model = load_model("fastsam3d", precision="onnx-int8")   # exports on first use, then from the cache
     export_encoder(model, "encoder.onnx", "int8")             # an explicit file (`fastsam3d export`)
@@ -9,13 +9,14 @@ weights, cached, run in place of torch's.
 The part that runs once per ROI (a 3D SAM's ``image_encoder``; the U-Net of ``ClickUNet3D``,
 :meth:`~fastsam3d.modeling.click_unet.ClickUNet3D.encode_channels`) is traced to ONNX (opset 17);
 ``int8`` then quantises its matrix products and convolutions dynamically (ONNX Runtime's
-``quantize_dynamic``: uint8 weights, as AVX2's u8×s8 product can saturate). The prompt encoder and
-mask decoder (every click) stay in torch. It is opt-in (``--precision onnx-fp32|onnx-int8``): its
-encoder alone is 1.2-2.3x faster than torch fp32 here, most on a busy machine, but in a session on a
-quiet one no faster than ``auto``'s torch choice (docs/benchmarks.md "ONNX Runtime"). Cached files live in ``$FASTSAM3D_CACHE/onnx`` (default
-``~/.cache/fastsam3d/onnx``), named by a key over the weights, the config, the precision, the
-modeling code and the torch / ONNX Runtime versions; the key is stored in the file and checked on
-load, so a stale or corrupt cached file is rebuilt and a mismatched explicit file is refused.
+``quantize_dynamic``: uint8 weights, as AVX2's u8×s8 product can saturate). ``onnx-*`` runs the
+file in ONNX Runtime, ``openvino-fp32`` the fp32 file in OpenVINO. The prompt encoder and mask
+decoder (every click) stay in torch. On a CPU, ``auto`` measures which precision is fastest for a
+model on this machine, once (:mod:`fastsam3d.tuning`). Cached files live in
+``$FASTSAM3D_CACHE/onnx`` (default ``~/.cache/fastsam3d/onnx``), named by a key over the weights,
+the config, the precision, the modeling code and the torch / ONNX Runtime versions; the key is
+stored in the file and checked on load, so a stale or corrupt cached file is rebuilt and a
+mismatched explicit file is refused.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from .configs import EXPORT_PRECISIONS, ONNX_PRECISIONS, PRECISIONS
+from .configs import CPU_ONLY_PRECISIONS, EXPORT_PRECISIONS, ONNX_PRECISIONS, PRECISIONS
 from .errors import CheckpointError
 from .extras import require_extra
 from .io import atomic_output
@@ -43,7 +46,7 @@ from .modeling.sam3d import Sam3D
 log = logging.getLogger(__name__)
 
 OPSET = 17
-FORMAT = 1  # bump when the exported graph's inputs, outputs or metadata change
+FORMAT = 2  # bump when the exported graph's inputs, outputs or metadata change
 METADATA_KEY = "fastsam3d"
 MODELING_DIR = Path(__file__).parent / "modeling"
 
@@ -54,13 +57,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cache_root() -> Path:
+    """``$FASTSAM3D_CACHE``, else ``~/.cache/fastsam3d``: files derived on this machine."""
+    return Path(os.environ.get("FASTSAM3D_CACHE") or Path.home() / ".cache" / "fastsam3d").expanduser()
+
+
 def cache_dir() -> Path:
-    """``$FASTSAM3D_CACHE/onnx``, else ``~/.cache/fastsam3d/onnx``."""
-    return Path(os.environ.get("FASTSAM3D_CACHE") or Path.home() / ".cache" / "fastsam3d").expanduser() / "onnx"
+    """Exported encoders: ``cache_root() / "onnx"``."""
+    return cache_root() / "onnx"
 
 
 class _ClickUNetBody(nn.Module):
-    """ClickUNet3D's encoder on its intensity channels, with the features as a flat tuple (for export)."""
+    """ClickUNet3D's encoder on its intensity channels, with the features as a flat tuple (for export),
+    each (B, D, H, W, C): the channels-last memory the decoder's oneDNN kernels read, so that no
+    copy is made per ROI (3 ms less per click than channels-first features)."""
 
     def __init__(self, model: ClickUNet3D) -> None:
         super().__init__()
@@ -68,7 +78,7 @@ class _ClickUNetBody(nn.Module):
 
     def forward(self, channels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.encode_channels(channels)
-        return (*features.levels, features.unit, features.head)
+        return tuple(t.permute(0, 2, 3, 4, 1) for t in (*features.levels, features.unit, features.head))
 
 
 def _exported_part(model: nn.Module) -> tuple[nn.Module, torch.Tensor]:
@@ -151,32 +161,25 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
 
 
 class OnnxEncoder(nn.Module):
-    """An ONNX Runtime session in place of a torch encoder: (B, C, S, S, S) float crop (a 2D SAM:
-    (B, 3, S, S) image) -> output(s).
+    """An exported encoder file run by ONNX Runtime in place of a torch encoder: (B, C, S, S, S)
+    float crop (a 2D SAM: (B, 3, S, S) image) -> output(s).
 
     ``img_size`` is the crop edge the file was made for; the batch runs one item at a time. For a
-    SAM the output is its image embedding; for ClickUNet3D, the
-    :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures` of its intensity channels.
+    SAM the output is its image embedding; for ClickUNet3D, its features (B, D, H, W, C) in the
+    order of :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures`. A ``key`` other than the
+    one stored in the file is refused (:func:`encoder_key`).
     """
+
+    runtime = "ONNX Runtime"
 
     def __init__(self, path: str | Path, img_size: int, key: str | None = None, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        # ONNX Runtime's threads otherwise spin for a while after each run, taking the cores from the
-        # torch work that follows (ROI crop, decoder, paste): the decoder ran 2-3x slower beside them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for unreadable files
+            stamp = self._open(path, threads or torch.get_num_threads())
+        except Exception as error:  # noqa: BLE001 - the runtimes raise their own types for unreadable files
             raise CheckpointError(
-                f"cannot load the ONNX encoder {path}: {str(error).strip().splitlines()[0]}"
+                f"cannot load the ONNX encoder {path} in {self.runtime}: {str(error).strip().splitlines()[0]}"
             ) from None
-        stamp = json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
         if key is not None and stamp.get("key") != key:
             made_for = f"{stamp.get('model')} ({stamp.get('precision')})" if stamp else "no fastsam3d model"
             raise CheckpointError(
@@ -185,10 +188,28 @@ class OnnxEncoder(nn.Module):
             )
         self.path = Path(path)
         self.img_size = img_size
+
+    def _open(self, path: str | Path, threads: int) -> dict:
+        """Load the file; return its fastsam3d stamp (``{}`` if it has none)."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        # ONNX Runtime's threads otherwise spin for a while after each run, taking the cores from the
+        # torch work that follows (ROI crop, decoder, paste): the decoder ran 2-3x slower beside them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        return json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
+
+    def _run(self, item: np.ndarray) -> list[np.ndarray]:
+        """One (1, C, ...) input -> the file's outputs."""
+        return self.session.run(None, {self.input_name: item})
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        items = [self.session.run(None, {self.input_name: item[None].float().cpu().numpy()}) for item in image]
+        items = [self._run(item[None].float().cpu().numpy()) for item in image]
         outputs = tuple(torch.cat([torch.from_numpy(item[i]) for item in items]) for i in range(len(items[0])))
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -196,44 +217,86 @@ class OnnxEncoder(nn.Module):
         return f"path={self.path}, img_size={self.img_size}"
 
 
+class OpenVinoEncoder(OnnxEncoder):
+    """The same file run by OpenVINO's CPU plugin (fp32 arithmetic, latency mode). OpenVINO's
+    kernels ran the ``default`` U-Net 1.6x faster than torch's on the 2-core AVX2 CPU (73 against
+    115 ms). Safe to call from several threads: each call takes an idle inference request."""
+
+    runtime = "OpenVINO"
+
+    def _open(self, path: str | Path, threads: int) -> dict:
+        import openvino
+
+        core = openvino.Core()
+        graph = core.read_model(str(path))
+        stamp = (
+            graph.get_rt_info(["framework", METADATA_KEY]).astype(str)
+            if graph.has_rt_info(["framework", METADATA_KEY])
+            else "{}"
+        )
+        settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(graph, "CPU", settings)
+        self._idle: list = []
+        self._lock = threading.Lock()
+        return json.loads(stamp)
+
+    def _run(self, item: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            request = self._idle.pop() if self._idle else self.compiled.create_infer_request()
+        try:
+            return list(request.infer([item], share_outputs=False).values())  # copies: the request is reused
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+
 def _onnx_encode(encoder: OnnxEncoder, levels: int):
-    """``ClickUNet3D.encode`` with the U-Net in ONNX Runtime: intensity channels in torch, then the file."""
+    """``ClickUNet3D.encode`` with the U-Net in ONNX Runtime or OpenVINO: intensity channels in
+    torch, then the file; its (B, D, H, W, C) outputs are viewed as channels-last (B, C, D, H, W)."""
 
     def encode(image: torch.Tensor) -> ClickUNetFeatures:
-        outputs = encoder(intensity_channels(image))
-        return ClickUNetFeatures(list(outputs[:levels]), outputs[levels], outputs[levels + 1])
+        outputs = [t.permute(0, 4, 1, 2, 3) for t in encoder(intensity_channels(image))]
+        return ClickUNetFeatures(outputs[:levels], outputs[levels], outputs[levels + 1])
 
     return encode
 
 
-def _cached_encoder(model: nn.Module, precision: str, key: str) -> OnnxEncoder:
-    """The cached file of ``model``'s encoder in ``precision`` (``fp32`` / ``int8``) with ``key``, opened;
-    exported first if it is absent, stale or unreadable."""
+def _cached_encoder(model: nn.Module, precision: str, key: str, runner: type[OnnxEncoder]) -> OnnxEncoder:
+    """The cached file of ``model``'s encoder in ``precision`` (``fp32`` / ``int8``) with ``key``,
+    opened by ``runner``; exported first if it is absent, stale or unreadable."""
     path = cache_dir() / f"{model.config.name}-{precision}-{key[:16]}.onnx"
     if path.is_file():
         try:
-            return OnnxEncoder(path, model.img_size, key)
+            return runner(path, model.img_size, key)
         except CheckpointError as error:
             log.warning(f"rebuilding the cached ONNX encoder: {error}")
     log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
     export_encoder(model, path, precision, key)
-    return OnnxEncoder(path, model.img_size, key)
+    return runner(path, model.img_size, key)
 
 
 def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None = None) -> nn.Module:
-    """Run ``model``'s encoder under ONNX Runtime (``precision`` ``"onnx-fp32"`` / ``"onnx-int8"``), in place.
+    """Run ``model``'s encoder exported to ONNX, in place: under ONNX Runtime (``precision``
+    ``"onnx-fp32"`` / ``"onnx-int8"``) or OpenVINO (``"openvino-fp32"``).
 
     Without ``path`` the file comes from the cache (exported on first use); a given ``path`` must
     have been exported from these weights in this precision (:func:`export_encoder`), else it is
     refused. A 3D SAM's ``image_encoder`` is replaced (its torch weights freed); ClickUNet3D's
     ``encode`` runs the file. Sets ``model.precision``; returns the model.
     """
-    require_extra("fast", "onnxruntime", "onnx", feature=f"--precision {precision}")
     if precision not in ONNX_PRECISIONS:
         raise ValueError(f"unknown ONNX precision {precision!r}; use one of {', '.join(ONNX_PRECISIONS)}")
-    arithmetic = precision.removeprefix("onnx-")
+    runtime, arithmetic = precision.split("-")
+    runner = OpenVinoEncoder if runtime == "openvino" else OnnxEncoder
+    require_extra(
+        "fast",
+        "onnxruntime",
+        "onnx",
+        *(["openvino"] if runner is OpenVinoEncoder else []),
+        feature=f"--precision {precision}",
+    )
     key = encoder_key(model, arithmetic)
-    encoder = _cached_encoder(model, arithmetic, key) if path is None else OnnxEncoder(path, model.img_size, key)
+    encoder = _cached_encoder(model, arithmetic, key, runner) if path is None else runner(path, model.img_size, key)
     if isinstance(model, (Sam3D, Sam2D)):
         model.image_encoder = encoder
     else:
@@ -257,7 +320,22 @@ def cpu_has_bf16() -> bool:
 
 
 def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
-    """The fastest precision that keeps the masks (docs/models.md "Precision"), by what was measured:
+    """What ``"auto"`` runs ``model`` (in fp32) in on ``device``: on a CPU, the precision measured
+    fastest for its architecture on this machine among those that keep its masks
+    (:func:`fastsam3d.tuning.measured_precision`, measured once); else :func:`rule_precision`."""
+    if getattr(model, "precision", "fp32") == "fp32":
+        from .tuning import measured_precision
+
+        measured = measured_precision(model, device)
+        if measured is not None:
+            return measured.precision
+    return rule_precision(model, device)
+
+
+def rule_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
+    """The fastest precision that keeps the masks, by what was measured on the project's machines
+    (docs/models.md "Precision"); what ``auto`` runs where nothing is measured (a GPU, or
+    ``FASTSAM3D_AUTO_PRECISION=rule``):
 
     - a 3D SAM's ViT image encoder at least ``INT8_MIN_WIDTH`` wide (the official student and
       teacher) on a CPU: torch's int8;
@@ -280,9 +358,18 @@ def default_precision(model: nn.Module, device: str | torch.device = "cpu") -> s
 
 def onnx_runtime_available() -> bool:
     """Whether the ``fast`` extra (ONNX Runtime and onnx) is installed."""
+    return _installed("onnxruntime", "onnx")
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO (in the ``fast`` extra) is installed beside ONNX Runtime and onnx."""
+    return _installed("onnxruntime", "onnx", "openvino")
+
+
+def _installed(*modules: str) -> bool:
     import importlib.util
 
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
 def apply_model_precision(model: nn.Module, precision: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -290,7 +377,7 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
 
     A 3D SAM's image encoder (the first click) gets the precision; its prompt encoder and mask
     decoder (the cached clicks) stay fp32. ``"onnx-fp32"`` / ``"onnx-int8"`` run the encoder under
-    ONNX Runtime (:func:`use_onnx_encoder`). Models without ``image_encoder`` (ClickUNet3D) get it
+    ONNX Runtime, ``"openvino-fp32"`` under OpenVINO (:func:`use_onnx_encoder`). Models without ``image_encoder`` (ClickUNet3D) get it
     as a whole. The chosen precision is stored as ``model.precision``.
     """
     if precision == "auto":
@@ -305,7 +392,7 @@ def apply_model_precision(model: nn.Module, precision: str, device: str | torch.
         return model
     if current != "fp32":
         raise ValueError(f"the model already runs in {current}; load it again for {precision}")
-    if precision in ("int8", *ONNX_PRECISIONS) and torch.device(device).type != "cpu":
+    if precision in CPU_ONLY_PRECISIONS and torch.device(device).type != "cpu":
         raise ValueError(f"{precision} runs on the CPU only, not on {device}; use bf16 or fp32 there")
     if precision in ONNX_PRECISIONS:
         return use_onnx_encoder(model, precision)

@@ -92,9 +92,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISION_CHOICES,
         default="auto",
-        help="image encoder arithmetic: auto (default: on a CPU int8 for the official 3D SAMs, onnx-fp32 for "
-        "LiteMedSAM with fastsam3d[fast], else fp32), "
-        "fp32, bf16, int8 (CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime, CPU only, fastsam3d[fast])",
+        help="image encoder arithmetic: auto (default: on a CPU the fastest that keeps the masks, measured once "
+        "per machine and model; on a GPU fp32), fp32, bf16, int8 (CPU only), onnx-fp32 / onnx-int8 (ONNX Runtime), "
+        "openvino-fp32 (OpenVINO; both CPU only, fastsam3d[fast])",
     )
 
 

@@ -13,9 +13,10 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write a model's image encoder as an ONNX file (ONNX Runtime)",
+        help="write a model's image encoder as an ONNX file (ONNX Runtime, OpenVINO)",
         description="Write the part of MODEL that runs once per ROI (a 3D SAM's image encoder, the default model's "
-        "U-Net) as ONNX, for ONNX Runtime. `--precision onnx-fp32|onnx-int8` (or auto) does this by itself on "
+        "U-Net) as ONNX, for ONNX Runtime or OpenVINO. `--precision onnx-fp32|onnx-int8|openvino-fp32` (or auto) "
+        "does this by itself on "
         "first use, into ~/.cache/fastsam3d/onnx; this command writes a file of your choice. Needs "
         "pip install 'fastsam3d[fast]'.",
     )

@@ -103,6 +103,13 @@ def warm_up(model: torch.nn.Module, device: str | torch.device | None = None) ->
     layer's shapes, and lazy imports. On the 2-core AVX2 CPU a first click of ``default`` took 451 ms
     cold and 195 ms after one (encoder 391 -> 152 ms). Returns the seconds it took."""
     started = time.perf_counter()
+    probe_session(model, device)
+    return time.perf_counter() - started
+
+
+def probe_session(model: torch.nn.Module, device: str | torch.device | None = None) -> Engine:
+    """An engine on a small synthetic volume (a bright ball, 1.5 mm) after one box prompt on the ball:
+    a first click as a user makes it, for :func:`warm_up` and :mod:`fastsam3d.tuning`."""
     session = open_session(model, device=device)
     shape = WARM_UP_SHAPE if session.dims == 3 else (*WARM_UP_SHAPE[:2], 1)  # 2D: nothing to propagate into
     i, j, k = np.ogrid[tuple(slice(0, n) for n in shape)]
@@ -112,4 +119,4 @@ def warm_up(model: torch.nn.Module, device: str | torch.device | None = None) ->
     session.add_object()
     low, high = [max(c - 6, 0) for c in centre], [c + 6 if n > 1 else c for c, n in zip(centre, shape, strict=True)]
     session.set_box(low, high)  # a box: every model takes one first (box-only 2D models take nothing else)
-    return time.perf_counter() - started
+    return session

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..configs import CPU_ONLY_PRECISIONS
 from ..errors import PromptError
 from ..io import Volume
 from ..modeling import Sam3D
@@ -60,7 +61,8 @@ class Session(ObjectEngine):
             False keeps the model's coarse ROI.
         precision: ``"auto"`` (default for a model given by name: the fastest that keeps the masks
             on this device, docs/models.md "Precision"), ``"fp32"``, ``"bf16"``, ``"int8"``,
-            ``"onnx-fp32"`` or ``"onnx-int8"``; a model object is converted only if one is given.
+            ``"onnx-fp32"``, ``"onnx-int8"`` or ``"openvino-fp32"``; a model object is converted only
+            if one is given.
     """
 
     dims = 3
@@ -88,7 +90,7 @@ class Session(ObjectEngine):
         elif precision is not None:
             model = apply_model_precision(model.to(self.device), precision, self.device)
         self.precision = getattr(model, "precision", "fp32")
-        if self.precision in ("int8", "onnx-fp32", "onnx-int8") and self.device.type != "cpu":
+        if self.precision in CPU_ONLY_PRECISIONS and self.device.type != "cpu":
             raise ValueError(f"the model runs in {self.precision}, which needs the CPU, not {self.device}")
         self.model = model.to(self.device).eval()
         self.click_history = click_history

@@ -1,0 +1,240 @@
+"""``auto`` by measurement: on a CPU, which precision gives a model the fastest first click on this
+machine, measured once and remembered.
+
+Which precisions a kind of model may use is what passed the accuracy gate on real volumes
+(docs/benchmarks.md "Precision"): :func:`candidates`. Which of them is fastest depends on the CPU
+(AVX2 or AVX-512 VNNI, its cores) and on the runtimes' versions, not on the instruction set alone:
+the student's encoder gained 2.5x from int8 on a Zen 4 and 1.5x on a Zen 2 with AVX2, and
+OpenVINO ran the ``default`` U-Net 1.6x faster than torch where ONNX Runtime was not faster at all.
+
+:func:`measured_precision` times each candidate's first click (a box on a synthetic ball,
+:func:`~fastsam3d.engine.interface.probe_session`: crop, encoder, decoder, paste) in interleaved
+rounds after one untimed call, drops a candidate whose mask differs from fp32's (Dice below
+``GATE_DICE``) or that cannot run, and keeps the fastest median. The choice and its figures are
+stored in ``$FASTSAM3D_CACHE/precision.json`` under a key over the CPU, the thread count and the
+runtimes' versions, and the model's architecture (not its weights): the first load of a model on a
+machine pays a few seconds to some tens (ONNX exports), later loads read the file. Delete it to
+measure again; ``FASTSAM3D_AUTO_PRECISION=rule`` skips measuring (the rule in
+:func:`~fastsam3d.runtime.default_precision` decides, as on a GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .clicks import dice
+from .io import atomic_output
+
+log = logging.getLogger(__name__)
+
+GATE_DICE = 0.98  # a candidate's mask on the probe against fp32's, at least
+ROUNDS = 3  # timed first clicks per candidate, interleaved
+FILE_NAME = "precision.json"
+ENVIRONMENT = "FASTSAM3D_AUTO_PRECISION"  # "rule": do not measure
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+_LOCK = threading.Lock()
+
+
+@dataclass
+class Measurement:
+    """What was measured for one model architecture on one machine."""
+
+    precision: str  # the choice
+    model: str  # the config's name, for people reading the file
+    first_click_ms: dict[str, float]  # median per candidate that passed
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was dropped
+    measured: str = ""  # ISO date and time
+
+    def reason(self) -> str:
+        """One line: what was chosen against what."""
+        others = ", ".join(f"{p} {ms:.0f} ms" for p, ms in self.first_click_ms.items() if p != self.precision)
+        dropped = "".join(f"; {p} dropped: {why}" for p, why in self.rejected.items())
+        return (
+            f"{self.precision} for {self.model}: first click {self.first_click_ms[self.precision]:.0f} ms"
+            f"{f' (against {others})' if others else ''}, measured on this machine {self.measured[:16]}{dropped}"
+        )
+
+
+def candidates(model: nn.Module, device: str | torch.device) -> tuple[str, ...]:
+    """The precisions that passed the accuracy gate for this kind of model and can run here, fp32
+    first; empty off the CPU and for models measured nowhere (the rule decides there).
+
+    - the 3D SAMs with a wide ViT (the official student and teacher): fp32, torch's int8, and the
+      encoder in ONNX Runtime or OpenVINO in fp32 (ONNX Runtime's int8 failed the gate on the
+      teacher, so it stays opt-in);
+    - ``ClickUNet3D`` (``default``): fp32 and the exported U-Net in fp32 (int8 failed its gate);
+    - LiteMedSAM's TinyViT: fp32 and the exported encoder in fp32 (int8 failed its gate).
+    """
+    from .modeling.click_unet import ClickUNet3D
+    from .modeling.precision import int8_available
+    from .modeling.sam2d import Sam2D
+    from .modeling.sam3d import Sam3D
+    from .runtime import INT8_MIN_WIDTH, onnx_runtime_available, openvino_available
+
+    if torch.device(device).type != "cpu" or getattr(model, "config", None) is None:
+        return ()
+    exported = ["onnx-fp32"] if onnx_runtime_available() else []
+    if exported and openvino_available():
+        exported.append("openvino-fp32")
+    if isinstance(model, Sam2D):
+        return ("fp32", *exported) if model.config.encoder == "tiny-vit" else ()
+    if isinstance(model, ClickUNet3D):
+        return ("fp32", *exported)
+    if isinstance(model, Sam3D):
+        widths = [m.in_features for m in model.image_encoder.modules() if isinstance(m, nn.Linear)]
+        wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH and int8_available()
+        return ("fp32", *(["int8"] if wide else []), *exported)
+    return ()
+
+
+def measuring_enabled() -> bool:
+    """False when ``FASTSAM3D_AUTO_PRECISION=rule``."""
+    return os.environ.get(ENVIRONMENT, "measure").strip().lower() != "rule"
+
+
+def measured_precision(model: nn.Module, device: str | torch.device = "cpu") -> Measurement | None:
+    """The remembered measurement for this model's architecture on this machine, else a new one
+    (stored); None where fewer than two precisions are candidates or measuring is switched off.
+    ``model`` must be in fp32; it is left as it is (the candidates run on copies)."""
+    options = candidates(model, device)
+    if len(options) < 2 or not measuring_enabled():
+        return None
+    machine = machine_key()
+    architecture = architecture_key(model)
+    with _LOCK:
+        stored = _read().get(machine, {}).get("models", {}).get(architecture)
+        if stored is not None:
+            try:
+                found = Measurement(**stored)
+            except TypeError:
+                found = None
+            if found is not None and found.precision in options:
+                return found
+        log.info(
+            f"measuring which precision gives {model.config.name} the fastest first click on this machine "
+            f"({', '.join(options)}), once: a few seconds, some tens for a first ONNX export"
+        )
+        found = measure(model, options, device)
+        _store(machine, architecture, found)
+    log.info(f"precision auto: {found.reason()}")
+    return found
+
+
+def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.device = "cpu") -> Measurement:
+    """Time each precision in ``options`` (fp32 first) on copies of fp32 ``model``: see the module docstring."""
+    from .engine.interface import probe_session
+    from .runtime import apply_model_precision
+
+    ready: dict[str, nn.Module] = {}
+    rejected: dict[str, str] = {}
+    reference = None
+    for precision in options:
+        candidate = copy.deepcopy(model)
+        try:
+            apply_model_precision(candidate, precision, device)
+            mask = probe_session(candidate, device).label_map() > 0  # also the untimed first call
+        except Exception as error:  # noqa: BLE001 - any failure of a runtime drops that runtime, not the load
+            rejected[precision] = f"{type(error).__name__}: {str(error).strip()[:200]}"
+            continue
+        if reference is None:
+            reference = mask
+        elif (agreement := dice(mask, reference)) < GATE_DICE:
+            rejected[precision] = f"mask Dice {agreement:.3f} against fp32 on the probe"
+            continue
+        ready[precision] = candidate
+    if not ready:
+        raise RuntimeError(f"no precision could run: {rejected}")
+    seconds: dict[str, list[float]] = {precision: [] for precision in ready}
+    for _ in range(ROUNDS):
+        for precision, candidate in ready.items():
+            started = time.perf_counter()
+            probe_session(candidate, device)
+            seconds[precision].append(time.perf_counter() - started)
+    medians = {precision: 1e3 * statistics.median(times) for precision, times in seconds.items()}
+    return Measurement(
+        precision=min(medians, key=medians.get),
+        model=model.config.name,
+        first_click_ms={precision: round(ms, 1) for precision, ms in medians.items()},
+        rejected=rejected,
+        measured=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def machine_description() -> dict:
+    """What the speed of a precision depends on here: the CPU, its vector instructions, torch's
+    thread count and the runtimes' versions."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = set(text.split())
+    versions = {}
+    for runtime in RUNTIMES:
+        try:
+            versions[runtime] = importlib.metadata.version(runtime)
+        except importlib.metadata.PackageNotFoundError:
+            versions[runtime] = None
+    return {
+        "cpu": names[0] if names else os.uname().machine,
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
+        "threads": torch.get_num_threads(),
+        **versions,
+    }
+
+
+def machine_key() -> str:
+    return _digest(machine_description())
+
+
+def architecture_key(model: nn.Module) -> str:
+    """The model's class and config (what it computes), not its weights."""
+    return f"{model.config.name}-{_digest([type(model).__name__, model.config.to_json()])}"
+
+
+def tuning_file() -> Path:
+    from .runtime import cache_root
+
+    return cache_root() / FILE_NAME
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read() -> dict:
+    path = tuning_file()
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning(f"ignoring {path} ({error}): measuring again")
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _store(machine: str, architecture: str, found: Measurement) -> None:
+    content = _read()
+    entry = content.setdefault(machine, {"machine": machine_description(), "models": {}})
+    entry.setdefault("models", {})[architecture] = asdict(found)
+    try:
+        with atomic_output(tuning_file()) as temp:
+            temp.write_text(json.dumps(content, indent=1))
+    except OSError as error:
+        log.warning(f"could not remember the measured precision in {tuning_file()} ({error}): measured again next time")
