@@ -126,6 +126,14 @@ def test_openvino_runs_the_students_encoder_from_the_same_cached_file(monkeypatc
 
 
 @needs_onnx
+@needs_openvino
+def test_an_encoder_openvino_cannot_convert_is_refused_in_one_line():
+    teacher = build_model("tiny-teacher")  # padded windows: an export OpenVINO cannot convert
+    with pytest.raises(CheckpointError, match="OpenVINO cannot convert its ScatterND, Slice operations .use onnx-fp32"):
+        apply_model_precision(teacher, "openvino-fp32")
+
+
+@needs_onnx
 def test_a_corrupt_cached_file_is_rebuilt_and_a_mismatched_file_refused(tmp_path, onnx_cache):
     model = _student()
     first = apply_model_precision(copy.deepcopy(model), "onnx-fp32").image_encoder.path

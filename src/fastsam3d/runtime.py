@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -178,7 +179,7 @@ class OnnxEncoder(nn.Module):
             stamp = self._open(path, threads or torch.get_num_threads())
         except Exception as error:  # noqa: BLE001 - the runtimes raise their own types for unreadable files
             raise CheckpointError(
-                f"cannot load the ONNX encoder {path} in {self.runtime}: {str(error).strip().splitlines()[0]}"
+                f"cannot load the ONNX encoder {path} in {self.runtime}: {self._why(error)}"
             ) from None
         if key is not None and stamp.get("key") != key:
             made_for = f"{stamp.get('model')} ({stamp.get('precision')})" if stamp else "no fastsam3d model"
@@ -207,6 +208,11 @@ class OnnxEncoder(nn.Module):
     def _run(self, item: np.ndarray) -> list[np.ndarray]:
         """One (1, C, ...) input -> the file's outputs."""
         return self.session.run(None, {self.input_name: item})
+
+    @staticmethod
+    def _why(error: Exception) -> str:
+        """The runtime's reason in one line."""
+        return str(error).strip().splitlines()[0]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         items = [self._run(item[None].float().cpu().numpy()) for item in image]
@@ -239,6 +245,15 @@ class OpenVinoEncoder(OnnxEncoder):
         self._idle: list = []
         self._lock = threading.Lock()
         return json.loads(stamp)
+
+    @staticmethod
+    def _why(error: Exception) -> str:
+        """OpenVINO's first line names only its source file; its log names the operations it could not convert."""
+        unconverted = sorted(set(re.findall(r"^-- (\w+?)(?:-\d+)? with a message", str(error), re.MULTILINE)))
+        if unconverted:
+            return f"OpenVINO cannot convert its {', '.join(unconverted)} operations (use onnx-fp32 for this model)"
+        lines = [line for line in str(error).strip().splitlines() if not line.startswith("Exception from")]
+        return lines[0] if lines else str(error).strip()
 
     def _run(self, item: np.ndarray) -> list[np.ndarray]:
         with self._lock:
