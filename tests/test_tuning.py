@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastsam3d import build_model, tuning
+from fastsam3d.errors import PromptError
 from fastsam3d.registry import load_model
 from fastsam3d.runtime import default_precision, rule_precision
 
@@ -38,8 +39,9 @@ class _Probe:
         return self.labels
 
 
-def _fake_runtimes(monkeypatch, seconds: dict[str, float], masks: dict[str, np.ndarray], failing: str | None = None):
-    """Candidates that take ``seconds`` per first click and give ``masks``; ``failing`` cannot be applied."""
+def _fake_runtimes(monkeypatch, seconds: dict[str, float], masks: dict, failing: str | None = None):
+    """Candidates that take ``seconds`` per first click and give ``masks`` (None: the model finds
+    nothing); ``failing`` cannot be applied."""
 
     def apply(model, precision, device="cpu"):
         if precision == failing:
@@ -49,6 +51,8 @@ def _fake_runtimes(monkeypatch, seconds: dict[str, float], masks: dict[str, np.n
 
     def probe(model, device=None):
         time.sleep(seconds[model.precision])
+        if masks[model.precision] is None:
+            raise PromptError("the model found nothing inside the box")
         return _Probe(masks[model.precision])
 
     monkeypatch.setattr("fastsam3d.runtime.apply_model_precision", apply)
@@ -104,6 +108,16 @@ def test_a_runtime_that_fails_is_dropped_and_a_corrupt_file_measured_again(monke
     assert "measuring again" in caplog.text
     assert found.precision == "onnx-fp32"
     assert found.rejected == {"openvino-fp32": "RuntimeError: this runtime cannot load here"}
+
+
+def test_a_model_that_finds_nothing_on_the_probe_is_timed_all_the_same(monkeypatch):
+    ball = np.ones((4, 4, 4), np.uint8)
+    seconds = {"fp32": 0.01, "onnx-fp32": 0.001, "openvino-fp32": 0.0}
+    _fake_runtimes(monkeypatch, seconds, {"fp32": None, "onnx-fp32": None, "openvino-fp32": ball})
+    monkeypatch.setattr(tuning, "candidates", lambda model, device: ("fp32", "onnx-fp32", "openvino-fp32"))
+    found = tuning.measured_precision(build_model("litemedsam"), "cpu")  # untrained: nothing in the box
+    assert found.precision == "onnx-fp32"
+    assert found.rejected == {"openvino-fp32": "mask Dice 0.000 against fp32 on the probe"}
 
 
 def test_nothing_is_measured_with_one_candidate_or_on_a_gpu(monkeypatch):

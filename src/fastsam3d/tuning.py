@@ -33,10 +33,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .clicks import dice
+from .errors import PromptError
 from .io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -137,23 +139,22 @@ def measured_precision(model: nn.Module, device: str | torch.device = "cpu") -> 
 
 def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.device = "cpu") -> Measurement:
     """Time each precision in ``options`` (fp32 first) on copies of fp32 ``model``: see the module docstring."""
-    from .engine.interface import probe_session
     from .runtime import apply_model_precision
 
     ready: dict[str, nn.Module] = {}
     rejected: dict[str, str] = {}
-    reference = None
+    reference: np.ndarray | None = None
     for precision in options:
         candidate = copy.deepcopy(model)
         try:
             apply_model_precision(candidate, precision, device)
-            mask = probe_session(candidate, device).label_map() > 0  # also the untimed first call
+            mask = _first_click(candidate, device)  # also the untimed first call
         except Exception as error:  # noqa: BLE001 - any failure of a runtime drops that runtime, not the load
             rejected[precision] = f"{type(error).__name__}: {str(error).strip()[:200]}"
             continue
-        if reference is None:
+        if not ready:
             reference = mask
-        elif (agreement := dice(mask, reference)) < GATE_DICE:
+        elif (agreement := _agreement(mask, reference)) < GATE_DICE:
             rejected[precision] = f"mask Dice {agreement:.3f} against fp32 on the probe"
             continue
         ready[precision] = candidate
@@ -163,7 +164,7 @@ def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.devi
     for _ in range(ROUNDS):
         for precision, candidate in ready.items():
             started = time.perf_counter()
-            probe_session(candidate, device)
+            _first_click(candidate, device)
             seconds[precision].append(time.perf_counter() - started)
     medians = {precision: 1e3 * statistics.median(times) for precision, times in seconds.items()}
     return Measurement(
@@ -173,6 +174,25 @@ def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.devi
         rejected=rejected,
         measured=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _first_click(model: nn.Module, device: str | torch.device) -> np.ndarray | None:
+    """The probe's mask (:func:`~fastsam3d.engine.interface.probe_session`); None when the model finds
+    nothing there (an untrained model: the work was done all the same)."""
+    from .engine.interface import probe_session
+
+    try:
+        return probe_session(model, device).label_map() > 0
+    except PromptError:
+        return None
+
+
+def _agreement(mask: np.ndarray | None, reference: np.ndarray | None) -> float:
+    """Dice of two probe masks; None is an empty mask."""
+    if mask is not None and reference is not None:
+        return dice(mask, reference)
+    given = mask if mask is not None else reference
+    return 0.0 if given is not None and given.any() else 1.0
 
 
 def machine_description() -> dict:

@@ -58,7 +58,8 @@ class ServerModels:
         precision = self.settings.precision if spatial_dims(name) == 3 else "auto"  # --precision is for 3D encoders
         model = load_model(name, checkpoint, device=self.device, precision=precision)
         try:  # its first user's first click is then not a cold one
-            log.info(f"model {name} loaded and warmed up ({warm_up(model, self.device):.1f} s)")
+            seconds = warm_up(model, self.device)
+            log.info(f"model {name} loaded ({getattr(model, 'precision', 'fp32')}) and warmed up ({seconds:.1f} s)")
         except (FastSAM3DError, RuntimeError, ValueError) as error:  # a model that cannot: its first click is cold
             log.warning(f"model {name} loaded; warming it up failed ({type(error).__name__}: {error})")
         return model
