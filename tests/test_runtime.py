@@ -17,6 +17,7 @@ from fastsam3d.registry import save_model
 from fastsam3d.runtime import (
     OnnxEncoder,
     OpenVinoEncoder,
+    UnsupportedEncoder,
     apply_model_precision,
     cache_dir,
     default_precision,
@@ -127,11 +128,11 @@ def test_openvino_runs_the_students_encoder_from_the_same_cached_file(monkeypatc
 
 @needs_onnx
 @needs_openvino
-def test_an_encoder_openvino_cannot_convert_is_refused_in_one_line():
+def test_an_encoder_openvino_cannot_convert_is_refused_in_one_line_and_not_exported_again(monkeypatch):
     teacher = build_model("tiny-teacher")  # padded windows: an export OpenVINO cannot convert
-    with pytest.raises(
-        CheckpointError, match=r"OpenVINO cannot convert its ScatterND, Slice operations \(use onnx-fp32"
-    ):
+    apply_model_precision(copy.deepcopy(teacher), "onnx-fp32")  # the shared fp32 file, sound
+    monkeypatch.setattr("fastsam3d.runtime.export_encoder", lambda *a, **k: pytest.fail("exported again"))
+    with pytest.raises(UnsupportedEncoder, match=r"OpenVINO cannot run .* convert its ScatterND, Slice operations"):
         apply_model_precision(teacher, "openvino-fp32")
 
 

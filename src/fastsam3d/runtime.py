@@ -161,6 +161,10 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
     return Path(path)
 
 
+class UnsupportedEncoder(CheckpointError):
+    """A valid exported encoder that a runtime cannot run (OpenVINO and the teacher's padded windows)."""
+
+
 class OnnxEncoder(nn.Module):
     """An exported encoder file run by ONNX Runtime in place of a torch encoder: (B, C, S, S, S)
     float crop (a 2D SAM: (B, 3, S, S) image) -> output(s).
@@ -178,8 +182,11 @@ class OnnxEncoder(nn.Module):
         try:
             stamp = self._open(path, threads or torch.get_num_threads())
         except Exception as error:  # noqa: BLE001 - the runtimes raise their own types for unreadable files
+            unsupported = self._unsupported(error)
+            if unsupported:
+                raise UnsupportedEncoder(f"{self.runtime} cannot run the encoder {path}: {unsupported}") from None
             raise CheckpointError(
-                f"cannot load the ONNX encoder {path} in {self.runtime}: {self._why(error)}"
+                f"cannot load the ONNX encoder {path} in {self.runtime}: {str(error).strip().splitlines()[0]}"
             ) from None
         if key is not None and stamp.get("key") != key:
             made_for = f"{stamp.get('model')} ({stamp.get('precision')})" if stamp else "no fastsam3d model"
@@ -210,9 +217,9 @@ class OnnxEncoder(nn.Module):
         return self.session.run(None, {self.input_name: item})
 
     @staticmethod
-    def _why(error: Exception) -> str:
-        """The runtime's reason in one line."""
-        return str(error).strip().splitlines()[0]
+    def _unsupported(error: Exception) -> str:
+        """Why a valid file cannot run in this runtime ("" when the file itself is at fault)."""
+        return ""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         items = [self._run(item[None].float().cpu().numpy()) for item in image]
@@ -247,13 +254,10 @@ class OpenVinoEncoder(OnnxEncoder):
         return json.loads(stamp)
 
     @staticmethod
-    def _why(error: Exception) -> str:
-        """OpenVINO's first line names only its source file; its log names the operations it could not convert."""
+    def _unsupported(error: Exception) -> str:
+        """The operations OpenVINO could not convert, from its log (its first line names only its source file)."""
         unconverted = sorted(set(re.findall(r"^-- (\w+?)(?:-\d+)? with a message", str(error), re.MULTILINE)))
-        if unconverted:
-            return f"OpenVINO cannot convert its {', '.join(unconverted)} operations (use onnx-fp32 for this model)"
-        lines = [line for line in str(error).strip().splitlines() if not line.startswith("Exception from")]
-        return lines[0] if lines else str(error).strip()
+        return f"it cannot convert its {', '.join(unconverted)} operations (use onnx-fp32)" if unconverted else ""
 
     def _run(self, item: np.ndarray) -> list[np.ndarray]:
         with self._lock:
@@ -283,6 +287,8 @@ def _cached_encoder(model: nn.Module, precision: str, key: str, runner: type[Onn
     if path.is_file():
         try:
             return runner(path, model.img_size, key)
+        except UnsupportedEncoder:
+            raise  # the file is sound: exporting it again would not help
         except CheckpointError as error:
             log.warning(f"rebuilding the cached ONNX encoder: {error}")
     log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
