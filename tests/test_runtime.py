@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -124,6 +125,18 @@ def test_openvino_runs_the_students_encoder_from_the_same_cached_file(monkeypatc
         use_onnx_encoder(_student(seed=1), "openvino-fp32", path=in_onnx.image_encoder.path)
     with pytest.raises(ValueError, match="runs on the CPU only"):
         apply_model_precision(copy.deepcopy(model), "openvino-fp32", "cuda")
+
+
+@needs_onnx
+@needs_openvino
+def test_openvino_answers_threads_at_once_each_with_its_own_result():
+    model = apply_model_precision(build_model("click-unet"), "openvino-fp32")
+    crops = [torch.randn(1, 2, *(model.img_size,) * 3) * scale for scale in (1.0, 5.0, 20.0, 50.0)]
+    alone = [model.onnx_encoder(crop) for crop in crops]
+    with ThreadPoolExecutor(4) as pool:  # a server's sessions: requests at once on one compiled model
+        together = list(pool.map(model.onnx_encoder, crops * 3))
+    for index, outputs in enumerate(together):
+        assert all(torch.equal(a, b) for a, b in zip(outputs, alone[index % len(crops)], strict=True))
 
 
 @needs_onnx
