@@ -52,7 +52,7 @@ step gate 110 python3 benchmarks/precision_gate.py --device cuda --threads "$thr
     --random fastsam3d sam-med3d
 step pytest 80 python3 -m pytest -q -p no:cacheprovider tests/test_session.py tests/test_predictor.py \
     tests/modeling/test_precision.py tests/modeling/test_sam3d.py tests/modeling/test_common.py \
-    tests/modeling/test_click_unet.py \
+    tests/modeling/test_click_unet.py tests/engine/test_roi.py \
     -k "not cli_precision_option and not server_settings_precision and not same_world_place"
 step compile 200 python3 benchmarks/latency.py --device cuda --threads "$threads" --repeats 20 --paired-repeats 0 \
     --models fastsam3d default --precisions bf16+compile bf16+cudagraphs

@@ -106,15 +106,19 @@ def test_normalise_intensity_uses_positive_voxels():
     assert torch.isfinite(normalise_intensity(torch.full((4, 4, 4), 3.0))).all()
 
 
-@pytest.mark.parametrize("slab_voxels", [2**21, 50])  # one slab, or a few rows at a time
-def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels):
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # benchmarks/gpu_check.sh runs the cuda case
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("slab_voxels", [2**21, 50])  # one slab, or a few rows at a time (on a CPU)
+def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels, device):
     monkeypatch.setattr(preprocess, "PASTE_SLAB_VOXELS", slab_voxels)
     volume = _oblique_volume()
     roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
     low = torch.full((32, 32, 32), -3.0)
     low[10:14, 12:20, 15:17] = 4.0
     covered, logits = roi.paste_logits(low)
-    box, mask = roi.paste_mask(low)
+    box, mask = roi.paste_mask(low.to(device).half())  # on the logits' device, as the history keeps them
     full = np.zeros(volume.shape, bool)
     full[covered] = logits > 0
     pasted = np.zeros(volume.shape, bool)

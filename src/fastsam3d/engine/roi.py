@@ -240,10 +240,12 @@ class RoiGrid:
 
         Equal to ``paste_logits(...)[1] > 0`` but only computed where it can be positive: an
         interpolated value is a convex mix of low-res values, so rows whose weights all fall outside
-        the low-res bounding box of positive logits (per axis) are negative.
+        the low-res bounding box of positive logits (per axis) are negative. Computed on the logits'
+        device: on a GPU only the boolean box comes back to the CPU, in one product and one copy.
         """
-        logits = low_res_logits.float().cpu()
+        logits = low_res_logits.float()
         covered, matrices = self.paste_matrices(logits.shape[-1])
+        matrices = [matrix.to(logits.device) for matrix in matrices]
         positive = torch.nonzero(logits > 0)
         box: list[slice] = list(covered)
         if len(positive) == 0:
@@ -265,10 +267,10 @@ class RoiGrid:
         rows = [len(matrix) for matrix in cropped]
         planes = partial.reshape(partial.shape[0], -1)
         mask = np.empty(rows, dtype=bool)
-        slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2]))
+        slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2])) if logits.device.type == "cpu" else rows[0]
         for first in range(0, rows[0], slab):
             product = cropped[0][first : first + slab] @ planes
-            mask[first : first + len(product)] = (product > 0).view(-1, rows[1], rows[2]).numpy()
+            mask[first : first + len(product)] = (product > 0).view(-1, rows[1], rows[2]).cpu().numpy()
         return tuple(box), mask.transpose(np.argsort(self.axes))
 
 
