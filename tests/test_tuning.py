@@ -144,3 +144,23 @@ def test_auto_measures_the_real_runtimes_once_and_keeps_the_masks(caplog):
     with caplog.at_level(logging.INFO, logger="fastsam3d"):
         assert load_model("default", precision="auto").precision == model.precision
     assert "measuring" not in caplog.text
+
+
+def test_the_precision_command_lists_and_measures_again(monkeypatch, capsys):
+    from fastsam3d.cli import main
+
+    ball = np.ones((4, 4, 4), np.uint8)
+    seconds = {"fp32": 0.01, "onnx-fp32": 0.0}
+    _fake_runtimes(monkeypatch, seconds, dict.fromkeys(seconds, ball))
+    monkeypatch.setattr(tuning, "candidates", lambda model, device: ("fp32", "onnx-fp32"))
+    assert main(["precision"]) == 0
+    assert "nothing measured here yet" in capsys.readouterr().out
+    assert main(["precision", "default"]) == 0
+    assert "default: not measured here yet (candidates fp32, onnx-fp32); add --measure" in capsys.readouterr().out
+    assert main(["precision", "default", "--measure"]) == 0
+    assert "onnx-fp32 for default: first click" in capsys.readouterr().out
+    seconds.update({"fp32": 0.0, "onnx-fp32": 0.01})  # the machine changed: measured again on request
+    assert main(["precision", "default", "--measure"]) == 0
+    assert main(["precision"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  fp32 for default: first click")
+    assert main(["precision", "--measure"]) == 2

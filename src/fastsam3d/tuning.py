@@ -13,9 +13,9 @@ rounds after one untimed call, drops a candidate whose mask differs from fp32's 
 ``GATE_DICE``) or that cannot run, and keeps the fastest median. The choice and its figures are
 stored in ``$FASTSAM3D_CACHE/precision.json`` under a key over the CPU, the thread count and the
 runtimes' versions, and the model's architecture (not its weights): the first load of a model on a
-machine pays a few seconds to some tens (ONNX exports), later loads read the file. Delete it to
-measure again; ``FASTSAM3D_AUTO_PRECISION=rule`` skips measuring (the rule in
-:func:`~fastsam3d.runtime.default_precision` decides, as on a GPU).
+machine pays a few seconds to some tens (ONNX exports), later loads read the file.
+``fastsam3d precision MODEL --measure`` measures again; ``FASTSAM3D_AUTO_PRECISION=rule`` skips
+measuring (the rule in :func:`~fastsam3d.runtime.rule_precision` decides, as on a GPU).
 """
 
 from __future__ import annotations
@@ -109,24 +109,19 @@ def measuring_enabled() -> bool:
     return os.environ.get(ENVIRONMENT, "measure").strip().lower() != "rule"
 
 
-def measured_precision(model: nn.Module, device: str | torch.device = "cpu") -> Measurement | None:
-    """The remembered measurement for this model's architecture on this machine, else a new one
-    (stored); None where fewer than two precisions are candidates or measuring is switched off.
-    ``model`` must be in fp32; it is left as it is (the candidates run on copies)."""
+def measured_precision(model: nn.Module, device: str | torch.device = "cpu", again: bool = False) -> Measurement | None:
+    """The remembered measurement for this model's architecture on this machine, else (or with
+    ``again``) a new one, stored; None where fewer than two precisions are candidates or measuring
+    is switched off. ``model`` must be in fp32; it is left as it is (the candidates run on copies)."""
     options = candidates(model, device)
-    if len(options) < 2 or not measuring_enabled():
+    if len(options) < 2 or not (measuring_enabled() or again):
         return None
     machine = machine_key()
     architecture = architecture_key(model)
     with _LOCK:
-        stored = _read().get(machine, {}).get("models", {}).get(architecture)
-        if stored is not None:
-            try:
-                found = Measurement(**stored)
-            except TypeError:
-                found = None
-            if found is not None and found.precision in options:
-                return found
+        found = None if again else remembered().get(architecture)
+        if found is not None and found.precision in options:
+            return found
         log.info(
             f"measuring which precision gives {model.config.name} the fastest first click on this machine "
             f"({', '.join(options)}), once: a few seconds, some tens for a first ONNX export"
@@ -193,6 +188,17 @@ def _agreement(mask: np.ndarray | None, reference: np.ndarray | None) -> float:
         return dice(mask, reference)
     given = mask if mask is not None else reference
     return 0.0 if given is not None and given.any() else 1.0
+
+
+def remembered() -> dict[str, Measurement]:
+    """This machine's stored measurements, by :func:`architecture_key` (unreadable entries left out)."""
+    found = {}
+    for architecture, stored in _read().get(machine_key(), {}).get("models", {}).items():
+        try:
+            found[architecture] = Measurement(**stored)
+        except TypeError:
+            continue
+    return found
 
 
 def machine_description() -> dict:

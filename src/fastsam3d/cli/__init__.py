@@ -1,4 +1,5 @@
-"""Command line: ``fastsam3d segment | demo | evaluate | serve | train ... | weights | models | info | export ...``.
+"""Command line: ``fastsam3d segment | demo | evaluate | serve | train ... | weights | models | precision | info |
+export ...``.
 
 One module per command, each with ``add_parser(subparsers)`` and a ``run(args)`` the parser points
 to. Parsing only; the work is in the API. Messages go through ``logging`` (``-q`` / ``-v``); progress
@@ -16,13 +17,41 @@ from importlib import import_module
 from .. import __version__
 from ..errors import FastSAM3DError
 from ..stages import add_listener, stage
-from . import check_reference, data, demo, evaluate, export, info, models, prepare, segment, serve, train, weights
+from . import (
+    check_reference,
+    data,
+    demo,
+    evaluate,
+    export,
+    info,
+    models,
+    precision,
+    prepare,
+    segment,
+    serve,
+    train,
+    weights,
+)
 from .arguments import Parser, add_verbosity, fetch_named_weights, join_negative_values, setup_logging
 
 log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
 FETCH_FIRST = ("segment", "demo")  # commands that load their model at once: weights first, then torch
-COMMANDS = (segment, demo, evaluate, serve, train, prepare, data, weights, models, info, check_reference, export)
+COMMANDS = (
+    segment,
+    demo,
+    evaluate,
+    serve,
+    train,
+    prepare,
+    data,
+    weights,
+    models,
+    precision,
+    info,
+    check_reference,
+    export,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
