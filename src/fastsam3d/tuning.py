@@ -140,7 +140,7 @@ def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.devi
     rejected: dict[str, str] = {}
     reference: np.ndarray | None = None
     for precision in options:
-        candidate = copy.deepcopy(model)
+        candidate = model if precision == "fp32" else copy.deepcopy(model)  # fp32: the model itself, unchanged
         try:
             apply_model_precision(candidate, precision, device)
             mask = _first_click(candidate, device)  # also the untimed first call
