@@ -120,6 +120,17 @@ def test_a_model_that_finds_nothing_on_the_probe_is_timed_all_the_same(monkeypat
     assert found.rejected == {"openvino-fp32": "mask Dice 0.000 against fp32 on the probe"}
 
 
+def test_a_model_that_cannot_run_the_probe_falls_back_to_the_rule_unremembered(monkeypatch, caplog):
+    seconds = {"fp32": 0.0, "onnx-fp32": 0.0}
+    _fake_runtimes(monkeypatch, seconds, dict.fromkeys(seconds, np.ones((2, 2, 2), np.uint8)), failing="fp32")
+    monkeypatch.setattr(tuning, "candidates", lambda model, device: ("fp32", "onnx-fp32"))
+    model = build_model("click-unet")
+    with caplog.at_level(logging.WARNING, logger="fastsam3d"):
+        assert default_precision(model, "cpu") == rule_precision(model, "cpu")
+    assert "could not measure the precisions of click-unet (fp32 cannot run the probe" in caplog.text
+    assert not tuning.tuning_file().exists()
+
+
 def test_nothing_is_measured_with_one_candidate_or_on_a_gpu(monkeypatch):
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured"))
     assert tuning.measured_precision(build_model("medsam"), "cpu") is None

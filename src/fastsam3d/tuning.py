@@ -126,14 +126,19 @@ def measured_precision(model: nn.Module, device: str | torch.device = "cpu", aga
             f"measuring which precision gives {model.config.name} the fastest first click on this machine "
             f"({', '.join(options)}), once: a few seconds, some tens for a first ONNX export"
         )
-        found = measure(model, options, device)
+        try:
+            found = measure(model, options, device)
+        except Exception as error:  # noqa: BLE001 - measuring must never stop a model from loading
+            log.warning(f"could not measure the precisions of {model.config.name} ({error}): auto follows its rule")
+            return None
         _store(machine, architecture, found)
     log.info(f"precision auto: {found.reason()}")
     return found
 
 
 def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.device = "cpu") -> Measurement:
-    """Time each precision in ``options`` (fp32 first) on copies of fp32 ``model``: see the module docstring."""
+    """Time each precision in ``options`` (fp32 first: ``model`` itself, the others on copies): see
+    the module docstring. Raises RuntimeError when fp32 itself cannot run the probe."""
     from .runtime import apply_model_precision
 
     ready: dict[str, nn.Module] = {}
@@ -144,17 +149,17 @@ def measure(model: nn.Module, options: tuple[str, ...], device: str | torch.devi
         try:
             apply_model_precision(candidate, precision, device)
             mask = _first_click(candidate, device)  # also the untimed first call
-        except Exception as error:  # noqa: BLE001 - any failure of a runtime drops that runtime, not the load
+        except Exception as error:  # any failure of a runtime drops that runtime, not the load
+            if precision == "fp32":
+                raise RuntimeError(f"fp32 cannot run the probe: {type(error).__name__}: {error}") from error
             rejected[precision] = f"{type(error).__name__}: {str(error).strip()[:200]}"
             continue
-        if not ready:
+        if precision == "fp32":
             reference = mask
         elif (agreement := _agreement(mask, reference)) < GATE_DICE:
             rejected[precision] = f"mask Dice {agreement:.3f} against fp32 on the probe"
             continue
         ready[precision] = candidate
-    if not ready:
-        raise RuntimeError(f"no precision could run: {rejected}")
     seconds: dict[str, list[float]] = {precision: [] for precision in ready}
     for _ in range(ROUNDS):
         for precision, candidate in ready.items():
