@@ -1,9 +1,13 @@
 """The engine's zoom: objects start in the model's fine ROI and move to the coarse one when their
-mask reaches the fine ROI's faces; clicks on a cached ROI stay decoder passes at either scale."""
+mask reaches the fine ROI's faces, or when include clicks are stranded there; clicks on a cached
+ROI stay decoder passes at either scale."""
 
 import numpy as np
 
-from fastsam3d.clicks import dice
+from fastsam3d.clicks import center_click, dice
+from fastsam3d.demo import make_phantom
+from fastsam3d.engine.prompts3d import Click, clicks_stranded
+from fastsam3d.engine.roi import RoiGrid
 from fastsam3d.engine.session3d import Session
 from fastsam3d.io import Volume
 
@@ -82,3 +86,42 @@ def test_a_box_larger_than_the_fine_roi_starts_coarse():
     session.set_box(centre - 12, centre + 12, label=small)
     assert _spacings_of(session.objects[small], volume) == {0.5}
     assert dice(session.mask(small), truth) > 0.9
+
+
+def _two_blobs(gap: int, radius: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A 64³ low-res mask of two balls ``gap`` cells apart along axis 0, and their centres."""
+    centres = np.array([[20.0, 32.0, 32.0], [20.0 + gap, 32.0, 32.0]])
+    grid = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1)
+    mask = np.zeros((64,) * 3, bool)
+    for centre in centres:
+        mask |= np.linalg.norm(grid - centre, axis=-1) <= radius
+    return mask, centres
+
+
+def test_include_clicks_left_in_small_separate_parts_are_stranded():
+    roi = RoiGrid((64, 64, 64), (0, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size=64)
+    mask, centres = _two_blobs(gap=20)
+    clicks = [Click(tuple(c)) for c in centres]
+    assert clicks_stranded(roi, mask, clicks)
+    assert not clicks_stranded(roi, mask, clicks[:1])  # one click: nothing to join
+    assert not clicks_stranded(roi, mask, [clicks[0], Click(tuple(centres[1]), positive=False)])
+    joined, _ = _two_blobs(gap=4)  # the two balls overlap: one part
+    assert not clicks_stranded(roi, joined, clicks)
+    large, _ = _two_blobs(gap=30, radius=8.0)  # parts the model grew: it saw something there
+    assert not clicks_stranded(roi, large, [Click(tuple(c)) for c in _two_blobs(gap=30)[1]])
+
+
+def test_a_click_inside_an_organ_larger_than_the_fine_roi_zooms_out_on_the_second_click():
+    volume, masks = make_phantom()  # the demo's liver: a homogeneous ellipsoid wider than the 96 mm ROI
+    liver = masks["liver"]
+    session = Session("default", precision="fp32")
+    session.set_image(volume)
+    session.add_object("liver")
+    point, _ = center_click(session.mask(), liver, volume.spacing)
+    session.add_click(point)
+    assert _spacings_of(session.objects[1], volume) == {1.5}  # the shipped model sees no boundary there
+    assert dice(session.mask(), liver) < 0.1
+    point, _ = center_click(session.mask(), liver, volume.spacing)
+    session.add_click(point)
+    assert _spacings_of(session.objects[1], volume) == {3.0}
+    assert dice(session.mask(), liver) > 0.6  # 0.75 when measured

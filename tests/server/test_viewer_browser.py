@@ -217,12 +217,26 @@ def test_viewer_ct_click_box_markers_uncertainty(server, tmp_path):
         page.keyboard.up("Shift")
         settled(f"Number(document.body.dataset.labelled) < {before_exclude}")
         assert [body["positive"] for body in sent] == [False]
+        held = []  # that request is held until the second click is made: "during" whatever the server's speed
+
+        def hold_first(route):
+            if held:
+                route.continue_()
+            else:
+                held.append(route)
+
+        page.route("**/clicks*", hold_first)
         busy = page.evaluate(
             f"() => {{ window.fastsam3d.interact('clicks', {{points: [{target}], positive: true, coordinates: 'ras'}});"
             " return window.fastsam3d.state.busy; }"
         )
         page.evaluate(shift_click)  # during that request (the mouse events NiiVue and the viewer listen to)
+        page.wait_for_function("Number(document.body.dataset.queued || 0) === 1")
+        while not held:
+            page.wait_for_timeout(20)
+        held[0].continue_()
         settled("document.body.dataset.queued === '0' && window.fastsam3d.state.busy === false")
+        page.unroute("**/clicks*")
         assert busy and page.evaluate("window.maxQueued") == 1
         assert [body["positive"] for body in sent] == [False, True, False]  # in the order made
         for _ in range(3):

@@ -15,6 +15,7 @@ from .roi import RoiGrid
 from .strokes import LASSO_BAND, Stroke, interior_points, sampled
 
 MIN_FACE_VOXELS = 4  # low-res foreground voxels on a ROI face for the object to grow across it
+STRANDED_PART_VOXELS = 200  # low-res voxels (0.7 ml at 1.5 mm) of a click's part that found nothing around it
 SPARSE_STROKE_POINTS = 5  # points a stroke becomes for models trained with a few clicks (3D SAMs)
 
 
@@ -136,6 +137,21 @@ def faces_reached(roi: RoiGrid, positive: np.ndarray) -> list[tuple[int, int]]:
         if np.take(positive, side, axis=axis).sum() >= MIN_FACE_VOXELS
         and roi.face_inside_volume(axis, direction, low_res)
     ]
+
+
+def clicks_stranded(roi: RoiGrid, positive: np.ndarray, clicks: list[Click]) -> bool:
+    """Whether two or more include clicks inside ``roi`` each sit in a separate small part of its
+    low-res mask ``positive`` (at most ``STRANDED_PART_VOXELS``): the ROI shows the model nothing
+    around the clicks to join them by, as when it lies wholly inside an organ larger than itself."""
+    included = np.array([c.index for c in clicks if c.positive]).reshape(-1, 3)
+    included = included[roi.contains(included)]
+    if len(included) < 2:
+        return False
+    parts, _ = ndimage.label(positive)
+    cells = np.clip(np.round(roi.index_to_roi(included)).astype(int), 0, positive.shape[0] - 1)
+    found = {int(parts[tuple(cell)]) for cell in cells} - {0}
+    sizes = np.bincount(parts.ravel())
+    return len(found) >= 2 and all(sizes[part] <= STRANDED_PART_VOXELS for part in found)
 
 
 def one_per_cell(roi: RoiGrid, voxels: np.ndarray) -> np.ndarray:

@@ -14,8 +14,10 @@ low-res logits of each ROI it touched): undo/redo are list moves, masks are deri
 only the decoder, then the result is pasted onto the covered input voxels (:mod:`.roi`).
 
 Zoom: a model trained at two ROI spacings (``default``: 1.5 and 3 mm) starts each object in the
-fine ROI; when the mask reaches a fine ROI face inside the volume, the object moves to the coarse
-ROI (one encoder pass) and grows from there into neighbouring ROIs as needed.
+fine ROI; when the mask reaches a fine ROI face inside the volume, or two include clicks there are
+each left in a small separate part of the mask (the ROI lies inside an organ larger than itself),
+the object moves to the coarse ROI (one encoder pass) and grows from there into neighbouring ROIs
+as needed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ from .base import Frame, ObjectEngine, SegmentObject
 from .cache import CacheView
 from .labelmap import PackedMask, Region, merge_max, union_box
 from .predictor import RoiPredictor
-from .prompts3d import Click, ObjectState, clip_to_box, faces_reached, growth, point_prompts, state_rois
+from .prompts3d import (
+    Click,
+    ObjectState,
+    clicks_stranded,
+    clip_to_box,
+    faces_reached,
+    growth,
+    point_prompts,
+    state_rois,
+)
 from .roi import RoiGrid, sigmoid_in_place
 from .strokes import Stroke
 
@@ -57,8 +68,9 @@ class Session(ObjectEngine):
         cache_size, cache_mb: ROI embeddings kept (count and MB; the newest always), or
             ``feature_cache``, a view of a cache shared with other sessions (:mod:`.cache`).
         max_rois: how many ROIs one object may span as its mask grows across ROI faces (1: none).
-        zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces;
-            False keeps the model's coarse ROI.
+        zoom: start objects in the model's finer ROI and zoom out when the mask reaches its faces or
+            include clicks are stranded there (:func:`~.prompts3d.clicks_stranded`); False keeps
+            the model's coarse ROI.
         precision: ``"auto"`` (default for a model given by name: the fastest that keeps the masks
             on this device, docs/models.md "Precision"), ``"fp32"``, ``"bf16"``, ``"int8"``,
             ``"onnx-fp32"``, ``"onnx-int8"`` or ``"openvino-fp32"``; a model object is converted only
@@ -337,14 +349,17 @@ class Session(ObjectEngine):
 
     def _zoom_out(self, state: ObjectState, logits: dict[tuple, tuple[RoiGrid, torch.Tensor]]) -> list[RoiGrid]:
         """The coarse ROIs to move the object to when its mask reaches a face of a finer ROI that lies
-        inside the volume: one centred where that ROI was, and one at each click it leaves out
-        (up to ``max_rois``); empty when the object stays where it is."""
+        inside the volume, or when include clicks there are each left in a small part of its mask
+        (:func:`~.prompts3d.clicks_stranded`): one centred where that ROI was, and one at each click it
+        leaves out (up to ``max_rois``); empty when the object stays where it is."""
         coarse = self._spacings()[-1]
-        touching = [
-            roi
-            for roi, value in logits.values()
-            if self._roi_spacing(roi) < coarse and faces_reached(roi, (value[0, 0] > 0).cpu().numpy())
-        ]
+        touching = []
+        for roi, value in logits.values():
+            if self._roi_spacing(roi) >= coarse:
+                continue
+            positive = (value[0, 0] > 0).cpu().numpy()
+            if faces_reached(roi, positive) or clicks_stranded(roi, positive, state.clicks):
+                touching.append(roi)
         if not touching:
             return []
         centre = touching[0].roi_to_index(np.full((1, 3), touching[0].size // 2))[0]  # where it was centred
