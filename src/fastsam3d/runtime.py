@@ -370,11 +370,17 @@ def rule_precision(model: nn.Module, device: str | torch.device = "cpu") -> str:
     if isinstance(model, Sam2D):
         tiny = model.config.encoder == "tiny-vit"
         return "onnx-fp32" if device.type == "cpu" and tiny and onnx_runtime_available() else "fp32"
+    return "int8" if device.type == "cpu" and int8_pays(model) else "fp32"
+
+
+def int8_pays(model: nn.Module) -> bool:
+    """Whether torch's int8 can speed up ``model`` on a CPU: a 3D model whose image encoder has
+    Linear layers at least ``INT8_MIN_WIDTH`` wide (the official student and teacher), where this
+    torch has its int8 kernels."""
     encoder = getattr(model, "image_encoder", None)
     widths = [m.in_features for m in encoder.modules() if isinstance(m, nn.Linear)] if encoder is not None else []
-    wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH
     three_d = getattr(model, "spatial_dims", 3) == 3
-    return "int8" if device.type == "cpu" and three_d and wide and int8_available() else "fp32"
+    return three_d and bool(widths) and max(widths) >= INT8_MIN_WIDTH and int8_available()
 
 
 def onnx_runtime_available() -> bool:

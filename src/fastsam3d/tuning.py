@@ -83,10 +83,9 @@ def candidates(model: nn.Module, device: str | torch.device) -> tuple[str, ...]:
     - LiteMedSAM's TinyViT: fp32 and the exported encoder in fp32 (int8 failed its gate).
     """
     from .modeling.click_unet import ClickUNet3D
-    from .modeling.precision import int8_available
     from .modeling.sam2d import Sam2D
     from .modeling.sam3d import Sam3D
-    from .runtime import INT8_MIN_WIDTH, onnx_runtime_available, openvino_available
+    from .runtime import int8_pays, onnx_runtime_available, openvino_available
 
     if torch.device(device).type != "cpu" or getattr(model, "config", None) is None:
         return ()
@@ -98,9 +97,7 @@ def candidates(model: nn.Module, device: str | torch.device) -> tuple[str, ...]:
     if isinstance(model, ClickUNet3D):
         return ("fp32", *exported)
     if isinstance(model, Sam3D):
-        widths = [m.in_features for m in model.image_encoder.modules() if isinstance(m, nn.Linear)]
-        wide = bool(widths) and max(widths) >= INT8_MIN_WIDTH and int8_available()
-        return ("fp32", *(["int8"] if wide else []), *exported)
+        return ("fp32", *(["int8"] if int8_pays(model) else []), *exported)
     return ()
 
 
@@ -116,10 +113,10 @@ def measured_precision(model: nn.Module, device: str | torch.device = "cpu", aga
     options = candidates(model, device)
     if len(options) < 2 or not (measuring_enabled() or again):
         return None
-    machine = machine_key()
+    machine = machine_description()
     architecture = architecture_key(model)
     with _LOCK:
-        found = None if again else remembered().get(architecture)
+        found = None if again else remembered(machine).get(architecture)
         if found is not None and found.precision in options:
             return found
         log.info(
@@ -195,10 +192,11 @@ def _agreement(mask: np.ndarray | None, reference: np.ndarray | None) -> float:
     return 0.0 if given is not None and given.any() else 1.0
 
 
-def remembered() -> dict[str, Measurement]:
-    """This machine's stored measurements, by :func:`architecture_key` (unreadable entries left out)."""
+def remembered(machine: dict | None = None) -> dict[str, Measurement]:
+    """The stored measurements of this machine (or of the :func:`machine_description` given), by
+    :func:`architecture_key` (unreadable entries left out)."""
     found = {}
-    for architecture, stored in _read().get(machine_key(), {}).get("models", {}).items():
+    for architecture, stored in _read().get(_digest(machine or machine_description()), {}).get("models", {}).items():
         try:
             found[architecture] = Measurement(**stored)
         except TypeError:
@@ -260,9 +258,9 @@ def _read() -> dict:
     return content if isinstance(content, dict) else {}
 
 
-def _store(machine: str, architecture: str, found: Measurement) -> None:
+def _store(machine: dict, architecture: str, found: Measurement) -> None:
     content = _read()
-    entry = content.setdefault(machine, {"machine": machine_description(), "models": {}})
+    entry = content.setdefault(_digest(machine), {"machine": machine, "models": {}})
     entry.setdefault("models", {})[architecture] = asdict(found)
     try:
         with atomic_output(tuning_file()) as temp:

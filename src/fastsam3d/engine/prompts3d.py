@@ -32,7 +32,7 @@ class ObjectState:
     """One step of an object's history: its prompts and the resulting low-res logits per ROI.
 
     A step far back in the history may be held as its mask instead (``initial_mask``, with the
-    ``rois`` its logits were in: :func:`~.persistence.hold_history`); a prompt on it then decodes
+    ``rois`` its logits were in: :meth:`~.persistence.StepEncoder.hold_steps`); a prompt on it then decodes
     those ROIs again with the mask as mask prompt."""
 
     clicks: tuple[Click, ...] = ()
@@ -151,7 +151,8 @@ def clicks_stranded(roi: RoiGrid, positive: np.ndarray, clicks: list[Click]) -> 
     if len(included) < 2 or np.count_nonzero(positive) > STRANDED_PART_VOXELS * len(included):
         return False
     parts, _ = ndimage.label(positive)
-    cells = np.clip(np.round(roi.index_to_roi(included)).astype(int), 0, positive.shape[0] - 1)
+    low_res = positive.shape[0]
+    cells = np.clip(np.round(roi.low_res_grid(low_res).index_to_roi(included)).astype(int), 0, low_res - 1)
     found = {int(parts[tuple(cell)]) for cell in cells} - {0}
     sizes = np.bincount(parts.ravel())
     return len(found) >= 2 and all(sizes[part] <= STRANDED_PART_VOXELS for part in found)

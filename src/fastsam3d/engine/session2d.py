@@ -55,9 +55,9 @@ class SliceSession(ObjectEngine):
     ``min_pixels`` or with a predicted IoU under ``min_score`` (0: no check) ends the object;
     ``cache_mb``: slice embeddings kept (LiteMedSAM: 2 MB per slice), or ``feature_cache``, a view
     of a cache shared with other sessions; ``precision``: ``"auto"`` (the fastest that keeps the
-    masks: LiteMedSAM's encoder in ONNX Runtime on a CPU where it is installed, else fp32,
-    :func:`~fastsam3d.runtime.default_precision`; a model object stays as it is), ``"fp32"``,
-    ``"onnx-fp32"``, ``"int8"`` or ``"bf16"``.
+    masks, on a CPU measured once per machine: :func:`~fastsam3d.runtime.default_precision`; a
+    model object stays as it is), ``"fp32"``, ``"onnx-fp32"``, ``"openvino-fp32"``, ``"int8"`` or
+    ``"bf16"``.
     """
 
     dims = 2
