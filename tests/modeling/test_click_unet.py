@@ -109,3 +109,87 @@ def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, 
     (gradient,) = torch.autograd.grad(out.square().sum(), conv.weight)
     (expected_gradient,) = torch.autograd.grad(expected.square().sum(), conv.weight)
     torch.testing.assert_close(gradient, expected_gradient, atol=1e-3, rtol=1e-3)
+
+
+def _reference_decode(model, features, coords, labels, previous):
+    """The decoder written from its definition: prompt maps concatenated, similarity as plain cosine
+    similarity to every clicked voxel's features, out-of-place head (no honouring)."""
+    import torch.nn.functional as F
+
+    from fastsam3d.modeling.click_unet import box_map, click_maps
+
+    size = features.unit.shape[-1]
+    flat = features.unit[0].flatten(1)  # (C, V)
+    index = coords[0].round().long()
+    similarity = []
+    for value in (1, 0):
+        chosen = index[labels[0] == value]
+        vectors = features.unit[0][:, chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        similarity.append((vectors.T @ flat).amax(0).clamp_min(0).view(1, size, size, size))
+    prompts = torch.cat(
+        [
+            click_maps(coords, labels, size),
+            torch.sigmoid(previous),
+            box_map(None, 1, size, "cpu"),
+            torch.stack(similarity, 1),
+        ],
+        1,
+    )
+    pyramid = [prompts]
+    for _ in features.levels:
+        pyramid.append(F.max_pool3d(pyramid[-1], 2))
+    x = model.coarse(torch.cat([features.levels[-1], pyramid[-1]], 1))
+    for level in reversed(range(1, len(features.levels))):
+        x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+        x = model.fuse[level - 1](torch.cat([x, features.levels[level - 1], pyramid[level]], 1))
+    x = F.interpolate(model.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
+    return model.head_out(F.leaky_relu(x + features.head + model.head_prompts(prompts), 0.01))
+
+
+def test_decoder_equals_its_definition_with_gradients():
+    """The prompt maps written in place, the similarity as a convolution and the in-place head give
+    the plain form's logits and parameter gradients (training runs through them)."""
+    from ..helpers import randomise
+
+    torch.manual_seed(0)
+    model = ClickUNet3D(SMALL)
+    randomise(model)
+    image = torch.randn(1, 1, 32, 32, 32)
+    coords = torch.tensor([[[16.0, 16, 16], [8.0, 20, 12], [24.0, 10, 18]]])
+    labels = torch.tensor([[1, 0, 1]])
+    previous = torch.randn(1, 1, 32, 32, 32)
+    outputs, gradients = [], []
+    for decode in (
+        lambda f: model.decode(f, coords, labels, mask_input=previous, honour_clicks=False)[0],
+        lambda f: _reference_decode(model, f, coords, labels, previous),
+    ):
+        model.zero_grad()
+        logits = decode(model.encode(image))
+        logits.square().mean().backward()
+        outputs.append(logits.detach())
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
+    for new, old in zip(*gradients, strict=True):
+        torch.testing.assert_close(new, old, atol=1e-4, rtol=1e-3)
+
+
+def test_similarity_of_a_long_stroke_samples_it_evenly():
+    """A stroke of more points than SIMILARITY_POINTS is compared through an even sample of them,
+    include and exclude separately, the same as with that sample given as clicks."""
+    from fastsam3d.modeling.click_unet import SIMILARITY_POINTS
+
+    model = ClickUNet3D(SMALL).eval()
+    with torch.inference_mode():
+        unit = model.encode(torch.randn(1, 1, 32, 32, 32)).unit
+        stroke = torch.stack([torch.full((100,), 10.0), torch.linspace(2, 29, 100), torch.full((100,), 16.0)], 1)
+        coords = torch.cat([stroke, torch.tensor([[20.0, 20, 20]])])[None]
+        labels = torch.tensor([[1] * 100 + [0]])
+        maps = torch.empty(1, 2, 32, 32, 32)
+        model._similarity(unit, coords, labels, maps)
+        sample = stroke[torch.linspace(0, 99, SIMILARITY_POINTS).round().long()]
+        expected = torch.empty(1, 2, 32, 32, 32)
+        model._similarity(
+            unit, torch.cat([sample, coords[0, -1:]])[None], torch.tensor([[1] * len(sample) + [0]]), expected
+        )
+    torch.testing.assert_close(maps, expected)
+    assert (maps[0, 0, 10, 5, 16] - 1).abs() < 1e-5  # a voxel on the stroke is most similar to itself

@@ -163,6 +163,17 @@ def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.dev
     return (inside[0][:, :, None, None] * inside[1][:, None, :, None] * inside[2][:, None, None, :])[:, None]
 
 
+def _pointwise(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """(1, C, *S) channels-last features, (C, N) vectors -> (prod(S), N) dot products of every voxel's
+    features with each vector (a 1×1×1 convolution, on the CPU oneDNN's; a view of its output)."""
+    weight = vectors.T[..., None, None, None].contiguous()
+    if _cpu_eager_fp32(features) and torch.backends.mkldnn.is_available():
+        products = torch.mkldnn_convolution(features, weight, None, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
+    else:
+        products = F.conv3d(features, weight)
+    return products.permute(0, 2, 3, 4, 1).reshape(-1, vectors.shape[1])
+
+
 class ClickUNetFeatures(NamedTuple):
     """What :meth:`ClickUNet3D.encode` caches per ROI (all channels-last 3D tensors)."""
 
@@ -294,21 +305,8 @@ class ClickUNet3D(nn.Module):
         """
         given = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
         features = image_embedding.expand(max([image_embedding.unit.shape[0], *given]))
-        batch, size, device = features.unit.shape[0], features.unit.shape[-1], features.unit.device
-        clicks = click_maps(point_coords, point_labels, size).to(device).expand(batch, -1, -1, -1, -1)
-        if mask_input is None:  # no previous prediction: zero logits, as the engine and training pass
-            mask_input = torch.zeros(1, 1, size, size, size, device=device)
-        previous = torch.sigmoid(mask_input)
-        prompts = torch.cat(
-            [
-                clicks,
-                previous.expand(batch, -1, -1, -1, -1),
-                box_map(boxes, batch, size, device),
-                self._similarity(features.unit, point_coords, point_labels),
-            ],
-            1,
-        )
-        prompts = prompts.contiguous(memory_format=CHANNELS_LAST)
+        batch = features.unit.shape[0]
+        prompts = self._prompt_maps(features.unit, point_coords, point_labels, boxes, mask_input)
         pyramid = [prompts]
         for _ in features.levels:
             pyramid.append(F.max_pool3d(pyramid[-1], 2))
@@ -316,31 +314,72 @@ class ClickUNet3D(nn.Module):
         for level in reversed(range(1, len(features.levels))):
             x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
             x = self.fuse[level - 1](torch.cat([x, features.levels[level - 1], pyramid[level]], 1))
-        x = F.interpolate(self.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
-        logits = self.head_out(F.leaky_relu(x + features.head + self.head_prompts(prompts), 0.01))
+        # in place on the upsampled tensor: none of these operations' backward needs what they overwrite
+        hidden = F.interpolate(self.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
+        hidden = F.leaky_relu_(hidden.add_(features.head).add_(self.head_prompts(prompts)), 0.01)
+        logits = self.head_out(hidden)
         if honour_clicks and point_coords is not None:
             logits = self._honour(logits, point_coords, point_labels)
         return logits.contiguous(), logits.new_ones(batch, 1)
 
     @staticmethod
-    def _similarity(unit: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
-        """(B, 2, S, S, S): max cosine similarity (clamped at 0) to the features under include / exclude clicks."""
-        batch, channels, size = unit.shape[:3]
-        result = unit.new_zeros(batch, 2, size, size, size)
+    def _prompt_maps(
+        unit: torch.Tensor,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, PROMPT_MAPS, S, S, S) in channels-last memory, each map written where it lies (no
+        concatenation, no layout copy): include / exclude clicks, the previous probability, the box,
+        and the include / exclude similarity maps."""
+        batch, size, device = unit.shape[0], unit.shape[-1], unit.device
+        prompts = unit.new_empty(batch, size, size, size, PROMPT_MAPS).permute(0, 4, 1, 2, 3)
+        prompts[:, 0:2] = click_maps(coords, labels, size).to(device)
+        if mask_input is None:  # no previous prediction: zero logits, as the engine and training pass
+            prompts[:, 2] = 0.5
+        else:
+            prompts[:, 2:3] = torch.sigmoid(mask_input)
+        prompts[:, 3:4] = box_map(boxes, batch, size, device)
+        ClickUNet3D._similarity(unit, coords, labels, prompts[:, 4:6])
+        return prompts
+
+    @staticmethod
+    def _similarity(
+        unit: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None, out: torch.Tensor
+    ) -> None:
+        """Write into ``out`` (B, 2, S, S, S) the max cosine similarity (clamped at 0) of every voxel's
+        unit features to those under the include / exclude clicks (0 without such clicks).
+
+        The products are one 1×1×1 convolution per sample whose filters are the clicked feature
+        vectors (oneDNN's channels-last kernel: 3x faster than the equivalent matrix product here)."""
+        batch, size = unit.shape[0], unit.shape[-1]
         if coords is None:
-            return result
+            out.zero_()
+            return
         index = coords.round().long().clamp(0, size - 1)
-        flat = unit.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view for channels-last features
         for b in range(batch):
             vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
-            for channel, value in enumerate((1, 0)):
+            groups = []
+            for value in (1, 0):
                 chosen = vectors[:, labels[b] == value]
                 if chosen.shape[1] > SIMILARITY_POINTS:  # a stroke: an even sample of its points
                     chosen = chosen[:, torch.linspace(0, chosen.shape[1] - 1, SIMILARITY_POINTS).round().long()]
-                if chosen.shape[1]:
-                    similarity = (flat[b] @ chosen).amax(1).clamp_min(0)
-                    result[b, channel] = similarity.view(size, size, size)
-        return result
+                groups.append(chosen)
+            # one convolution for a few clicks; one per group for strokes (bounds the products' memory)
+            together = sum(g.shape[1] for g in groups) <= SIMILARITY_POINTS
+            products = _pointwise(unit[b : b + 1], torch.cat(groups, 1)) if together else None
+            first = 0
+            for channel, chosen in enumerate(groups):
+                if not chosen.shape[1]:
+                    out[b, channel] = 0
+                    continue
+                if together:
+                    similarity = products[..., first : first + chosen.shape[1]]
+                    first += chosen.shape[1]
+                else:
+                    similarity = _pointwise(unit[b : b + 1], chosen)
+                out[b, channel] = similarity.amax(-1).clamp_min(0).view(size, size, size)
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
