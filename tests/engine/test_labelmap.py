@@ -1,7 +1,9 @@
 """Box algebra and label-map compositing."""
 
 import numpy as np
+import pytest
 
+from fastsam3d.engine import labelmap
 from fastsam3d.engine.labelmap import (
     LabelMap,
     PackedMask,
@@ -41,9 +43,12 @@ def test_repaint_only_inside_the_box_with_the_higher_label_winning():
     assert labels.array.dtype == np.uint16 and labels.array[3, 3, 3] == 2
 
 
-def test_repaints_in_sequence_equal_composing_every_object_afresh():
+@pytest.mark.parametrize("planes", [32, 2])
+def test_repaints_in_sequence_equal_composing_every_object_afresh(monkeypatch, planes):
     """Each repaint clears only where earlier repaints wrote and paints only mask voxels; after any
-    sequence the map must equal the maximum of label x mask over the objects, composed from zero."""
+    sequence the map must equal the maximum of label x mask over the objects, composed from zero,
+    and the answer is the box of the voxels that changed (also when repainting a few planes at a time)."""
+    monkeypatch.setattr(labelmap, "REPAINT_PLANES", planes)
     rng = np.random.default_rng(0)
     shape = (12, 10, 9)
     labels, objects = LabelMap(shape), {}
@@ -54,7 +59,9 @@ def test_repaints_in_sequence_equal_composing_every_object_afresh():
         old = objects.get(label)
         objects[label] = (box, rng.random(tuple(s.stop - s.start for s in box)) > 0.4)
         changed = union_box([box, None if old is None else old[0]])
-        labels.repaint(changed, [(k, *v) for k, v in objects.items()])
+        before = labels.array.copy()
+        answer = labels.repaint(changed, [(k, *v) for k, v in objects.items()])
+        assert answer == bounding_box(labels.array != before)
         expected = np.zeros(shape, np.uint8)
         for k, (piece_box, piece) in objects.items():
             np.maximum(expected[piece_box], piece * np.uint8(k), out=expected[piece_box])

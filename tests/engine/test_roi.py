@@ -104,6 +104,8 @@ def test_normalise_intensity_uses_positive_voxels():
     positive = crop[crop > 0]
     assert torch.allclose(normalised[crop > 0], (positive - positive.mean()) / positive.std(), atol=1e-6)
     assert torch.isfinite(normalise_intensity(torch.full((4, 4, 4), 3.0))).all()
+    copy = crop.clone()
+    assert normalise_intensity(copy, in_place=True) is copy and torch.equal(copy, normalised)
 
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # benchmarks/gpu_check.sh runs the cuda case

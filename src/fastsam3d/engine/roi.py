@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from ..configs import TARGET_SPACING_MM
-from ..io import Volume
+from ..io import Volume, drop_mapped_pages
 from .labelmap import RegionView
 
 EXTRACT_SLAB_VOXELS = 2**19  # input voxels RoiGrid.extract reads at a time (2 MB of float32: 2**21 was 1.6x slower)
+NORMALISE_PLANES = 8  # crop planes normalise_intensity sums at a time
 PASTE_SLAB_VOXELS = 2**21  # output voxels paste_mask computes at a time (smaller slabs slow its products)
 # RAS axis directions written in LPS world coordinates (the convention of Volume.direction).
 _RAS_IN_LPS = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]).T
@@ -87,8 +88,8 @@ class LinearTaps:
         """Interpolate ``array`` along ``axis`` at the taps' positions."""
         shape = [1] * array.dim()
         shape[axis] = -1
-        result = array.index_select(axis, self.lower) * self.lower_weight.view(shape)
-        return result.add_(array.index_select(axis, self.upper) * self.upper_weight.view(shape))
+        result = array.index_select(axis, self.lower).mul_(self.lower_weight.view(shape))
+        return result.addcmul_(array.index_select(axis, self.upper), self.upper_weight.view(shape))
 
 
 def upsampling_weights(source: int, target: int) -> np.ndarray:
@@ -194,7 +195,7 @@ class RoiGrid:
         proportion to the output, unlike a dense matrix product). The covered input block is read and
         converted to float in slabs along ROI axis 2, resampled along axes 0 and 1 slab by slab, then
         along axis 2: memory stays at a few slabs whatever the input's resolution, and a
-        memory-mapped input is read once.
+        memory-mapped input is read once, its pages released from this process after each slab.
         """
         sources: list[slice] = []
         taps = []
@@ -211,7 +212,7 @@ class RoiGrid:
         slab = max(
             1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start))
         )
-        planes = []  # (size, size, slab) pieces, resampled along ROI axes 0 and 1
+        planes = torch.empty(self.size, self.size, depth)  # resampled along ROI axes 0 and 1
         for first in range(0, depth, slab):
             part = slice(sources[2].start + first, sources[2].start + min(first + slab, depth))
             block_slices = [None] * 3
@@ -220,9 +221,11 @@ class RoiGrid:
             block = np.asarray(array[tuple(block_slices)], dtype=np.float32)
             if not block.flags.writeable:  # a view of a read-only mapped float32 volume
                 block = block.copy()
+            if isinstance(array, np.ndarray):
+                drop_mapped_pages(array)  # a mapped file's pages leave this process slab by slab
             block = torch.from_numpy(block.transpose(self.axes))
-            planes.append(taps[1].apply(taps[0].apply(block, 0), 1))
-        return taps[2].apply(torch.cat(planes, dim=2), 2)
+            planes[:, :, first : first + block.shape[2]] = taps[1].apply(taps[0].apply(block, 0), 1)
+        return taps[2].apply(planes, 2)
 
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
         """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res
@@ -267,10 +270,17 @@ class RoiGrid:
         rows = [len(matrix) for matrix in cropped]
         planes = partial.reshape(partial.shape[0], -1)
         mask = np.empty(rows, dtype=bool)
-        slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2])) if logits.device.type == "cpu" else rows[0]
+        if logits.device.type != "cpu":
+            mask[...] = ((cropped[0] @ planes) > 0).view(rows).cpu().numpy()
+            return tuple(box), mask.transpose(np.argsort(self.axes))
+        # on the CPU in slabs, each product into one reused buffer and its signs straight into the mask
+        slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2]))
+        product = torch.empty(min(slab, rows[0]), planes.shape[1])
+        signs = torch.from_numpy(mask).view(rows[0], -1)
         for first in range(0, rows[0], slab):
-            product = cropped[0][first : first + slab] @ planes
-            mask[first : first + len(product)] = (product > 0).view(-1, rows[1], rows[2]).cpu().numpy()
+            part = product[: min(slab, rows[0] - first)]
+            torch.mm(cropped[0][first : first + slab], planes, out=part)
+            torch.gt(part, 0, out=signs[first : first + len(part)])
         return tuple(box), mask.transpose(np.argsort(self.axes))
 
 
@@ -286,17 +296,27 @@ def _paste_matrices(roi: RoiGrid, low_res: int) -> tuple[tuple[slice, slice, sli
     return covered, matrices
 
 
-def normalise_intensity(crop: torch.Tensor) -> torch.Tensor:
+def normalise_intensity(crop: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """z-score with mean and (unbiased) std over voxels > 0, as torchio ``ZNormalization(x > 0)``.
 
     Falls back to all voxels when fewer than two are positive, and to std 1 for a constant crop.
+    The statistics are summed in float64 a few planes at a time (no crop-sized temporaries);
+    ``in_place`` overwrites a float crop the caller owns (no second crop-sized array).
     """
-    foreground = crop[crop > 0]
-    values = foreground if foreground.numel() > 1 else crop.flatten()
-    std = values.std()
+    count, total, squares = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for planes in crop.split(NORMALISE_PLANES):
+        values = planes[planes > 0].double()
+        count, total, squares = count + values.numel(), total + values.sum(), squares + values.square().sum()
+    if count < 2:  # too few positive voxels: all of them
+        values = crop.double()
+        count, total, squares = values.numel(), values.sum(), values.square().sum()
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(count - 1, 1)
+    std = variance.clamp_min(0).sqrt().float()
     if not torch.isfinite(std) or std == 0:
         std = torch.tensor(1.0)
-    return (crop - values.mean()) / std
+    mean = mean.float()
+    return crop.sub_(mean).div_(std) if in_place else (crop - mean) / std
 
 
 def sigmoid_in_place(values: np.ndarray) -> np.ndarray:

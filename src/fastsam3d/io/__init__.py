@@ -17,7 +17,7 @@ atomic_output, output folders).
 
 from .files import WRITE_SUFFIXES, atomic_output, check_folder, check_writable, file_mode, make_folder, write_volume
 from .readers import dicom_series_files, holds_dicom, read_volume
-from .volume import Volume, align_label, check_finite, is_ct, lps_to_ras, ras_to_lps
+from .volume import Volume, align_label, check_finite, drop_mapped_pages, is_ct, lps_to_ras, memory_map_of, ras_to_lps
 
 __all__ = [
     "WRITE_SUFFIXES",
@@ -28,11 +28,13 @@ __all__ = [
     "check_folder",
     "check_writable",
     "dicom_series_files",
+    "drop_mapped_pages",
     "file_mode",
     "holds_dicom",
     "is_ct",
     "lps_to_ras",
     "make_folder",
+    "memory_map_of",
     "ras_to_lps",
     "read_volume",
     "write_volume",

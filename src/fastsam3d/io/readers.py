@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import VolumeError
 from ..stages import staged
 from .files import suffix
-from .volume import LPS_TO_RAS, Volume, check_finite, check_layout, sitk_direction
+from .volume import LPS_TO_RAS, Volume, check_finite, check_layout, memory_map_of, sitk_direction
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -59,6 +59,8 @@ def _read_nifti(path: Path) -> Volume:
         array = _read_gzip_voxels(path, proxy.offset, proxy.dtype, shape, proxy.order)
     else:  # memory-mapped when uncompressed and unscaled; scaled values as nibabel computes them
         array = np.asarray(proxy).reshape(shape)  # trailing axes of size 1 dropped: a view
+        if memory_map_of(array) is not None:
+            array.flags.writeable = False  # voxels are never written: read-only pages can be dropped
     return Volume(array, *geometry)
 
 

@@ -3,6 +3,7 @@ flip, the label map aligned to an image's grid, and the CT test."""
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,6 +150,27 @@ def check_layout(dimension: int, size: tuple[int, ...], components: int, name: s
         raise VolumeError(f"{name} is {dimension}D ({shape}); pass a single 3D volume")
     if components != 1:
         raise VolumeError(f"{name} has {components} components per voxel (vector/RGB); pass a single-channel volume")
+
+
+def drop_mapped_pages(array: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped, read-only array from this process (they stay in the
+    system's file cache and come back on the next read): after reading a crop, or a pass over the
+    whole volume (its NaN check). An array in the heap, or a writable mapping, is left as it is."""
+    mapping = memory_map_of(array)
+    if mapping is not None and not array.flags.writeable and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def memory_map_of(array: np.ndarray) -> mmap.mmap | None:
+    """The memory map under an array (through its views), or None for an array in the heap."""
+    while array is not None:
+        if isinstance(array, mmap.mmap):
+            return array
+        found = getattr(array, "_mmap", None)
+        if isinstance(found, mmap.mmap):
+            return found
+        array = getattr(array, "base", None)
+    return None
 
 
 def check_finite(volume: Volume, name: str = "image") -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from ..engine.answers import Interaction, Progress, Timings
 from ..engine.session2d import SliceSession
 from ..errors import FastSAM3DError
-from .memory import drop_pages
+from ..io import drop_mapped_pages
 from .protocol import AnySession, describe_objects, encode_region, status_code
 from .store import ServerSession, SessionStore
 from .worker import Job, SessionBusyError, SessionWorker
@@ -49,7 +49,7 @@ async def interact(
         region = result.changed_region if result is not None else None
         timings = result.timings if result is not None else Timings()
         if timings.encoder:
-            drop_pages(session.volume)  # the crop is encoded: its voxels' pages can leave this process
+            drop_mapped_pages(session.volume.array)  # the slices a 2D model read (3D crops release theirs slab by slab)
         answer = {
             "object": session.active,
             "objects": describe_objects(session),

@@ -7,7 +7,6 @@ import ctypes
 import dataclasses
 import gc
 import logging
-import mmap
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io import Volume
+from ..io import Volume, memory_map_of
 
 if TYPE_CHECKING:
     from .store import ServerSession
@@ -64,7 +63,7 @@ def mapped(volume: Volume, path: Path) -> Volume:
     its ROIs, which the system can drop and read again, instead of the whole array in the heap:
     100 MB of a 512x512x200 int16 CT per session. Where the file cannot be written (a full disk),
     the volume stays in memory, with a log line."""
-    if _mapping(volume.array) is not None:
+    if memory_map_of(volume.array) is not None:
         return volume
     source = volume.array
     fortran = source.flags.f_contiguous and not source.flags.c_contiguous
@@ -80,23 +79,3 @@ def mapped(volume: Volume, path: Path) -> Volume:
         Path(path).unlink(missing_ok=True)
         log.warning(f"keeping a volume in memory: cannot write its voxels to {Path(path).parent} ({error})")
         return volume
-
-
-def drop_pages(volume: Volume) -> None:
-    """Unmap the pages of a mapped volume from this process (they stay in the system's file cache
-    and come back on the next read): after a pass over the whole volume, e.g. its NaN check."""
-    mapping = _mapping(volume.array)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _mapping(array: np.ndarray) -> mmap.mmap | None:
-    """The memory map under an array (through its views), or None for an array in the heap."""
-    while array is not None:
-        if isinstance(array, mmap.mmap):
-            return array
-        found = getattr(array, "_mmap", None)
-        if isinstance(found, mmap.mmap):
-            return found
-        array = getattr(array, "base", None)
-    return None

@@ -30,7 +30,7 @@ from ..engine.persistence import restore_objects, take_snapshot
 from ..engine.session2d import SliceSession
 from ..engine.session3d import Session
 from ..errors import FastSAM3DError, VolumeError
-from ..io import Volume
+from ..io import Volume, drop_mapped_pages
 from ..runtime import default_device
 from .files import (
     CHUNK,
@@ -44,7 +44,7 @@ from .files import (
     single_series,
 )
 from .lease import Leases, SessionElsewhereError
-from .memory import drop_pages, mapped, release, release_memory, tune_allocator
+from .memory import mapped, release, release_memory, tune_allocator
 from .models import ServerModels
 from .settings import ServerSettings
 from .state import RECORD_ERRORS, RecordEncoder, RecordWriter, SessionRecords
@@ -189,7 +189,7 @@ class SessionStore:
                     network, device=self.device, cache_mb=self.settings.cache_mb, feature_cache=features
                 )
                 session.set_image(volume)
-                drop_pages(volume)  # read whole by the engine's checks: only the ROIs' pages are needed
+                drop_mapped_pages(volume.array)  # read whole by the engine's checks: only the ROIs' pages are needed
                 entry = ServerSession(
                     session_id,
                     name,
