@@ -269,11 +269,11 @@ class RoiGrid:
         partial = apply_per_axis(logits.permute(1, 2, 0), cropped[1:])
         rows = [len(matrix) for matrix in cropped]
         planes = partial.reshape(partial.shape[0], -1)
-        mask = np.empty(rows, dtype=bool)
-        if logits.device.type != "cpu":
-            mask[...] = ((cropped[0] @ planes) > 0).view(rows).cpu().numpy()
+        if logits.device.type != "cpu" or rows[0] * rows[1] * rows[2] <= PASTE_SLAB_VOXELS:  # one product
+            mask = ((cropped[0] @ planes) > 0).view(rows).cpu().numpy()
             return tuple(box), mask.transpose(np.argsort(self.axes))
         # on the CPU in slabs, each product into one reused buffer and its signs straight into the mask
+        mask = np.empty(rows, dtype=bool)
         slab = max(1, PASTE_SLAB_VOXELS // (rows[1] * rows[2]))
         product = torch.empty(min(slab, rows[0]), planes.shape[1])
         signs = torch.from_numpy(mask).view(rows[0], -1)
