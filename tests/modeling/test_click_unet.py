@@ -193,3 +193,6 @@ def test_similarity_of_a_long_stroke_samples_it_evenly():
         )
     torch.testing.assert_close(maps, expected)
     assert (maps[0, 0, 10, 5, 16] - 1).abs() < 1e-5  # a voxel on the stroke is most similar to itself
+    with torch.inference_mode():
+        model._similarity(unit, coords, torch.full_like(labels, -1), maps)  # padding only: no similarity
+    assert not maps.any()

@@ -367,7 +367,7 @@ class ClickUNet3D(nn.Module):
                     chosen = chosen[:, torch.linspace(0, chosen.shape[1] - 1, SIMILARITY_POINTS).round().long()]
                 groups.append(chosen)
             # one convolution for a few clicks; one per group for strokes (bounds the products' memory)
-            together = sum(g.shape[1] for g in groups) <= SIMILARITY_POINTS
+            together = 0 < sum(g.shape[1] for g in groups) <= SIMILARITY_POINTS
             products = _pointwise(unit[b : b + 1], torch.cat(groups, 1)) if together else None
             first = 0
             for channel, chosen in enumerate(groups):
