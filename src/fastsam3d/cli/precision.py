@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     machine = tuning.machine_description()
     print(f"this machine: {machine['cpu']} ({', '.join(machine['isa']) or 'no AVX2'}), {machine['threads']} threads")
     print(f"remembered in {tuning.tuning_file()}")
-    stored = tuning.remembered()
+    stored = tuning.remembered(machine)
     if not args.models:
         if not stored:
             print("nothing measured here yet: a model loaded with --precision auto on the CPU is measured then")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if len(options) < 2:
             print(f"  {name}: {', '.join(options) or 'fp32'} only, nothing to measure (auto: its rule)")
             continue
-        found = tuning.measured_precision(model, "cpu", again=args.measure) if args.measure else None
+        found = tuning.measured_precision(model, "cpu", again=True) if args.measure else None
         found = found or stored.get(tuning.architecture_key(model))
         if found is None:
             print(f"  {name}: not measured here yet (candidates {', '.join(options)}); add --measure")

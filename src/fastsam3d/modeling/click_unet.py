@@ -163,6 +163,13 @@ def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.dev
     return (inside[0][:, :, None, None] * inside[1][:, None, :, None] * inside[2][:, None, None, :])[:, None]
 
 
+def _even_sample(vectors: torch.Tensor, count: int) -> torch.Tensor:
+    """(C, N) vectors -> at most ``count`` of them, evenly spaced (a stroke's many points)."""
+    if vectors.shape[1] <= count:
+        return vectors
+    return vectors[:, torch.linspace(0, vectors.shape[1] - 1, count).round().long()]
+
+
 def _pointwise(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """(1, C, *S) channels-last features, (C, N) vectors -> (prod(S), N) dot products of every voxel's
     features with each vector (a 1×1×1 convolution, on the CPU oneDNN's; a view of its output)."""
@@ -360,26 +367,17 @@ class ClickUNet3D(nn.Module):
         index = coords.round().long().clamp(0, size - 1)
         for b in range(batch):
             vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
-            groups = []
-            for value in (1, 0):
-                chosen = vectors[:, labels[b] == value]
-                if chosen.shape[1] > SIMILARITY_POINTS:  # a stroke: an even sample of its points
-                    chosen = chosen[:, torch.linspace(0, chosen.shape[1] - 1, SIMILARITY_POINTS).round().long()]
-                groups.append(chosen)
-            # one convolution for a few clicks; one per group for strokes (bounds the products' memory)
-            together = 0 < sum(g.shape[1] for g in groups) <= SIMILARITY_POINTS
-            products = _pointwise(unit[b : b + 1], torch.cat(groups, 1)) if together else None
-            first = 0
-            for channel, chosen in enumerate(groups):
-                if not chosen.shape[1]:
+            groups = [_even_sample(vectors[:, labels[b] == value], SIMILARITY_POINTS) for value in (1, 0)]
+            counts = [group.shape[1] for group in groups]
+            if 0 < sum(counts) <= SIMILARITY_POINTS:  # one convolution for a few clicks
+                products = _pointwise(unit[b : b + 1], torch.cat(groups, 1)).split(counts, 1)
+            else:  # one per group for strokes (bounds the products' memory)
+                products = [_pointwise(unit[b : b + 1], group) if group.shape[1] else None for group in groups]
+            for channel, similarity in enumerate(products):
+                if similarity is None or not similarity.shape[1]:
                     out[b, channel] = 0
-                    continue
-                if together:
-                    similarity = products[..., first : first + chosen.shape[1]]
-                    first += chosen.shape[1]
                 else:
-                    similarity = _pointwise(unit[b : b + 1], chosen)
-                out[b, channel] = similarity.amax(-1).clamp_min(0).view(size, size, size)
+                    out[b, channel] = similarity.amax(-1).clamp_min(0).view(size, size, size)
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
