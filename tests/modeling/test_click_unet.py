@@ -87,28 +87,41 @@ def test_session_uses_the_models_roi_grid():
     assert not session.mask()[40, 35, 20]
 
 
-@pytest.mark.parametrize(("channels", "size", "kernel", "stride"), [(48, 16, 3, 1), (8, 12, 3, 2), (6, 10, 1, 1)])
-def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, kernel, stride):
+@pytest.mark.parametrize(
+    ("channels", "size", "kernel", "stride", "normed"),
+    [(48, 16, 3, 1, 16), (8, 12, 3, 2, 16), (6, 10, 1, 1, 16), (8, 8, 3, 1, 8), (6, 5, 1, 1, 6)],
+)
+def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, kernel, stride, normed):
     """The oneDNN convolution (PyTorch sends small 3D ones to a slow kernel) and the channels-last
-    instance norm give PyTorch's numbers, for a batch of two, with gradients."""
+    instance norm (batch norm over voxels; below 16 channels, rows of several voxels, where the
+    voxels fill such rows (8 channels at 8³) or not (6 at 5³)) give PyTorch's numbers, for a batch of
+    two, with gradients; without gradients the norm works in place and gives the same numbers."""
     from fastsam3d.modeling.click_unet import CHANNELS_LAST, Conv3d, InstanceNorm3d
 
     from ..helpers import randomise
 
-    conv, norm = Conv3d(channels, 16, kernel, stride=stride, padding=kernel // 2), InstanceNorm3d(16, affine=True)
+    conv = Conv3d(channels, normed, kernel, stride=stride, padding=kernel // 2)
+    norm = InstanceNorm3d(normed, affine=True, inplace=True)
     randomise(conv)
     randomise(norm, seed=2)
     conv.to(memory_format=CHANNELS_LAST)
-    x = torch.randn(2, channels, size, size, size).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    x = torch.randn(2, channels, size, size, size).contiguous(memory_format=CHANNELS_LAST) * 3 + 20  # mean >> std
+    x.requires_grad_()
     out = norm(conv(x))
     expected = torch.nn.functional.instance_norm(
         torch.nn.functional.conv3d(x, conv.weight, conv.bias, stride, kernel // 2), weight=norm.weight, bias=norm.bias
     )
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     assert out.is_contiguous(memory_format=CHANNELS_LAST)
-    (gradient,) = torch.autograd.grad(out.square().sum(), conv.weight)
-    (expected_gradient,) = torch.autograd.grad(expected.square().sum(), conv.weight)
+    probe = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
+    (gradient,) = torch.autograd.grad((out * probe).sum(), conv.weight)
+    (expected_gradient,) = torch.autograd.grad((expected * probe).sum(), conv.weight)
     torch.testing.assert_close(gradient, expected_gradient, atol=1e-3, rtol=1e-3)
+    with torch.no_grad():
+        features = conv(x)
+        normalised = norm(features)
+        torch.testing.assert_close(normalised, expected, atol=1e-4, rtol=1e-4)
+        assert (normalised.data_ptr() == features.data_ptr()) == (normed < 16)  # in place where rows are folded
 
 
 def _reference_decode(model, features, coords, labels, previous):

@@ -223,8 +223,8 @@ class RoiGrid:
                 block = block.copy()
             if isinstance(array, np.ndarray):
                 drop_mapped_pages(array)  # a mapped file's pages leave this process slab by slab
-            block = torch.from_numpy(block.transpose(self.axes))
-            planes[:, :, first : first + block.shape[2]] = taps[1].apply(taps[0].apply(block, 0), 1)
+            block = torch.from_numpy(block).permute(self.axes)
+            planes[:, :, first : first + block.shape[2]] = _apply_in_memory_order(block, {0: taps[0], 1: taps[1]})
         return taps[2].apply(planes, 2)
 
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
@@ -294,6 +294,17 @@ def _paste_matrices(roi: RoiGrid, low_res: int) -> tuple[tuple[slice, slice, sli
         roi_positions = (np.arange(span.start, span.stop) - roi.start[a]) / roi.step[a]
         matrices.append(torch.from_numpy(linear_weights(roi_positions, roi.size) @ up))
     return covered, matrices
+
+
+def _apply_in_memory_order(block: torch.Tensor, taps: dict[int, LinearTaps]) -> torch.Tensor:
+    """``block`` interpolated along each axis in ``taps``, the axis with the largest memory stride
+    first, each on a contiguous view: ``index_select`` on a view that is not contiguous (a NIfTI's
+    Fortran-ordered voxels seen in ROI axis order) takes a generic path, 5x slower here."""
+    order = sorted(range(block.dim()), key=lambda d: -block.stride(d))
+    view = block.permute(order)
+    for axis in sorted(taps, key=order.index):
+        view = taps[axis].apply(view, order.index(axis))
+    return view.permute(*np.argsort(order))
 
 
 def normalise_intensity(crop: torch.Tensor, in_place: bool = False) -> torch.Tensor:

@@ -21,6 +21,7 @@ exclude), so the clicked point is inside (outside) the mask whatever the network
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -37,6 +38,9 @@ PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclud
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
 CDF_BINS = 256  # piecewise-linear histogram equalisation
+FOLDED_NORM_CHANNELS = 16  # below this many channels the instance norm reads voxels in rows of NORM_ROW_WIDTH values
+NORM_ROW_WIDTH = 64
+NORM_CHUNK_VALUES = 2**16  # values squared at a time by that path
 DEFAULT_CONFIG = ClickUNetConfig()
 
 
@@ -78,16 +82,48 @@ class Pointwise(Conv3d):
 
 class InstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (no running statistics) that on the CPU normalises channels-last memory
-    where it lies: per sample, it is a batch norm over the (voxels, channels) matrix. PyTorch's
-    instance norm copies channels-last input twice (16 channels at 64³: 42 ms vs 3.5 ms here)."""
+    where it lies. PyTorch's instance norm copies channels-last input twice (16 channels at 64³: 42 ms
+    vs 3 ms here). Per sample it is a batch norm over the (voxels, channels) matrix, except below
+    ``FOLDED_NORM_CHANNELS`` channels, where that kernel is slow (8 at 64³: 6-10 ms): there the memory
+    is read as rows of ``lcm(channels, NORM_ROW_WIDTH)`` values (several voxels per row) and normalised
+    in two passes, mean then centred sum of squares (1.9 ms). With ``inplace`` and no gradient to
+    track, that path normalises its input in place (no fresh pages to fault in)."""
+
+    def __init__(self, num_features: int, affine: bool = False, inplace: bool = False) -> None:
+        super().__init__(num_features, affine=affine)
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _cpu_eager_fp32(x) or x.dim() != 5 or not x.is_contiguous(memory_format=CHANNELS_LAST):
             return super().forward(x)
         batch, channels = x.shape[:2]
+        if channels < FOLDED_NORM_CHANNELS:
+            return self._folded(x)
         rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view of channels-last memory
         normed = [F.batch_norm(sample, None, None, self.weight, self.bias, True, 0.0, self.eps) for sample in rows]
         out = normed[0][None] if batch == 1 else torch.stack(normed)
+        return out.view(batch, *x.shape[2:], channels).permute(0, 4, 1, 2, 3)
+
+    def _folded(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[:2]
+        voxels = x[0, 0].numel()
+        width = math.lcm(channels, NORM_ROW_WIDTH)
+        if voxels * channels % width:
+            width = channels
+        folds = width // channels
+        rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, width)  # a view of channels-last memory
+        tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias))
+        in_place = self.inplace and not tracked
+        mean = rows.sum(1).view(batch, folds, channels).sum(1) / voxels
+        centred = rows.sub_(mean.repeat(1, folds)[:, None]) if in_place else rows - mean.repeat(1, folds)[:, None]
+        chunk = max(1, NORM_CHUNK_VALUES // width)  # squares a chunk at a time: no rows-sized temporary
+        squares = sum(part.square().sum(1) for part in centred.split(chunk, 1))
+        scale = (squares.view(batch, folds, channels).sum(1) / voxels + self.eps).rsqrt()
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = torch.zeros_like(scale) if self.bias is None else self.bias.expand(batch, channels)
+        scale, shift = scale.repeat(1, folds)[:, None], shift.repeat(1, folds)[:, None]
+        out = centred.mul_(scale).add_(shift) if in_place else torch.addcmul(shift, centred, scale)
         return out.view(batch, *x.shape[2:], channels).permute(0, 4, 1, 2, 3)
 
 
@@ -102,7 +138,7 @@ class ConvNormAct(nn.Sequential):
         )
         super().__init__(
             conv,
-            InstanceNorm3d(out_channels, affine=True),
+            InstanceNorm3d(out_channels, affine=True, inplace=True),
             nn.LeakyReLU(0.01, inplace=True),
         )
 
@@ -161,6 +197,21 @@ def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.dev
     axis = torch.arange(size, dtype=torch.float32, device=device)
     inside = [((axis >= boxes[:, a, None] - 0.5) & (axis <= boxes[:, a + 3, None] + 0.5)).float() for a in range(3)]
     return (inside[0][:, :, None, None] * inside[1][:, None, :, None] * inside[2][:, None, None, :])[:, None]
+
+
+def halve(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, D, H, W) -> 2×2×2 max pooling (``F.max_pool3d(x, 2)``), as the maxima of alternate planes
+    along each axis in turn: elementwise on strided views, 15x faster than ``max_pool3d`` on 6-channel
+    channels-last maps here."""
+    for dim in (2, 3, 4):
+        even = x.shape[dim] // 2 * 2
+        x = torch.maximum(x.narrow(dim, 0, even)[_every_other(dim, 0)], x.narrow(dim, 0, even)[_every_other(dim, 1)])
+    return x
+
+
+def _every_other(dim: int, start: int) -> tuple[slice, ...]:
+    """The index taking every other plane along ``dim`` from ``start``."""
+    return (slice(None),) * dim + (slice(start, None, 2),)
 
 
 def _even_sample(vectors: torch.Tensor, count: int) -> torch.Tensor:
@@ -316,7 +367,7 @@ class ClickUNet3D(nn.Module):
         prompts = self._prompt_maps(features.unit, point_coords, point_labels, boxes, mask_input)
         pyramid = [prompts]
         for _ in features.levels:
-            pyramid.append(F.max_pool3d(pyramid[-1], 2))
+            pyramid.append(halve(pyramid[-1]))
         x = self.coarse(torch.cat([features.levels[-1], pyramid[-1]], 1))
         for level in reversed(range(1, len(features.levels))):
             x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
