@@ -112,7 +112,9 @@ class InstanceNorm3d(nn.InstanceNorm3d):
             width = channels
         folds = width // channels
         rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, width)  # a view of channels-last memory
-        tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias))
+        tracked = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias)
+        )
         in_place = self.inplace and not tracked
         mean = rows.sum(1).view(batch, folds, channels).sum(1) / voxels
         centred = rows.sub_(mean.repeat(1, folds)[:, None]) if in_place else rows - mean.repeat(1, folds)[:, None]
