@@ -95,8 +95,8 @@ def test_the_default_models_unet_runs_exported_with_channels_last_features(preci
         logits, _ = fast.decode(features, point, labels)
         reference_logits, _ = model.decode(reference, point, labels)
     for ours, theirs in zip(
-        [*features.levels, features.unit, features.head],
-        [*reference.levels, reference.unit, reference.head],
+        [*features.shares, features.unit, features.head],
+        [*reference.shares, reference.unit, reference.head],
         strict=True,
     ):
         assert ours.shape == theirs.shape

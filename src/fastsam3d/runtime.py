@@ -47,7 +47,7 @@ from .modeling.sam3d import Sam3D
 log = logging.getLogger(__name__)
 
 OPSET = 17
-FORMAT = 2  # bump when the exported graph's inputs, outputs or metadata change
+FORMAT = 3  # bump when the exported graph's inputs, outputs or metadata change
 METADATA_KEY = "fastsam3d"
 MODELING_DIR = Path(__file__).parent / "modeling"
 
@@ -79,7 +79,7 @@ class _ClickUNetBody(nn.Module):
 
     def forward(self, channels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.encode_channels(channels)
-        return tuple(t.permute(0, 2, 3, 4, 1) for t in (*features.levels, features.unit, features.head))
+        return tuple(t.permute(0, 2, 3, 4, 1) for t in (*features.shares, features.unit, features.head))
 
 
 def _exported_part(model: nn.Module) -> tuple[nn.Module, torch.Tensor]:
@@ -129,7 +129,7 @@ def export_encoder(model: nn.Module, path: str | Path, precision: str = "fp32", 
     if isinstance(model, (Sam3D, Sam2D)):
         outputs = ["embedding"]
     else:  # ClickUNetFeatures, flattened
-        outputs = [*(f"level{i}" for i in range(1, len(model.config.channels))), "unit", "head"]
+        outputs = [*(f"share{i}" for i in range(1, len(model.config.channels))), "unit", "head"]
     with tempfile.TemporaryDirectory() as folder:
         traced = Path(folder) / "encoder.onnx"
         with torch.no_grad(), warnings.catch_warnings():  # the tracer's notes on shape-dependent Python
@@ -269,13 +269,13 @@ class OpenVinoEncoder(OnnxEncoder):
                 self._idle.append(request)
 
 
-def _onnx_encode(encoder: OnnxEncoder, levels: int):
+def _onnx_encode(encoder: OnnxEncoder, scales: int):
     """``ClickUNet3D.encode`` with the U-Net in ONNX Runtime or OpenVINO: intensity channels in
     torch, then the file; its (B, D, H, W, C) outputs are viewed as channels-last (B, C, D, H, W)."""
 
     def encode(image: torch.Tensor) -> ClickUNetFeatures:
         outputs = [t.permute(0, 4, 1, 2, 3) for t in encoder(intensity_channels(image))]
-        return ClickUNetFeatures(outputs[:levels], outputs[levels], outputs[levels + 1])
+        return ClickUNetFeatures(outputs[:scales], outputs[scales], outputs[scales + 1])
 
     return encode
 

@@ -18,7 +18,7 @@ def test_features_are_cached_once_and_logits_keep_the_roi_resolution():
     with torch.inference_mode():
         features = model.encode(image)
         logits, score = model.decode(features, torch.tensor([[[16.0, 16, 16]]]), torch.tensor([[1]]))
-    assert [tuple(level.shape[2:]) for level in features.levels] == [(16, 16, 16), (8, 8, 8)]
+    assert [tuple(share.shape[1:]) for share in features.shares] == [(8, 16, 16, 16), (8, 8, 8, 8)]
     assert logits.shape == (1, 1, 32, 32, 32) and model.low_res_size == (32, 32, 32) and score.shape == (1, 1)
 
 
@@ -124,13 +124,16 @@ def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, 
         assert (normalised.data_ptr() == features.data_ptr()) == (normed < 16)  # in place where rows are folded
 
 
-def _reference_decode(model, features, coords, labels, previous):
+def _reference_decode(model, image, coords, labels, previous):
     """The decoder written from its definition: prompt maps concatenated, similarity as plain cosine
-    similarity to every clicked voxel's features, out-of-place head (no honouring)."""
+    similarity to every clicked voxel's features, each prompt layer on the concatenation of [coarser
+    decoder output, image features, prompt maps], max pooling, out-of-place head (no honouring)."""
     import torch.nn.functional as F
 
-    from fastsam3d.modeling.click_unet import box_map, click_maps
+    from fastsam3d.modeling.click_unet import box_map, click_maps, intensity_channels
 
+    features = model.encode(image)
+    levels = model.image_features(intensity_channels(image))[1:]
     size = features.unit.shape[-1]
     flat = features.unit[0].flatten(1)  # (C, V)
     index = coords[0].round().long()
@@ -149,19 +152,20 @@ def _reference_decode(model, features, coords, labels, previous):
         1,
     )
     pyramid = [prompts]
-    for _ in features.levels:
+    for _ in levels:
         pyramid.append(F.max_pool3d(pyramid[-1], 2))
-    x = model.coarse(torch.cat([features.levels[-1], pyramid[-1]], 1))
-    for level in reversed(range(1, len(features.levels))):
+    x = model.coarse(torch.cat([levels[-1], pyramid[-1]], 1))
+    for level in reversed(range(1, len(levels))):
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
-        x = model.fuse[level - 1](torch.cat([x, features.levels[level - 1], pyramid[level]], 1))
+        x = model.fuse[level - 1](torch.cat([x, levels[level - 1], pyramid[level]], 1))
     x = F.interpolate(model.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
     return model.head_out(F.leaky_relu(x + features.head + model.head_prompts(prompts), 0.01))
 
 
 def test_decoder_equals_its_definition_with_gradients():
-    """The prompt maps written in place, the similarity as a convolution and the in-place head give
-    the plain form's logits and parameter gradients (training runs through them)."""
+    """The prompt maps written in place, the similarity as a convolution, the image features' shares
+    of the prompt layers computed once, the pooling as maxima of alternate planes and the in-place
+    head give the plain form's logits and parameter gradients (training runs through them)."""
     from ..helpers import randomise
 
     torch.manual_seed(0)
@@ -173,11 +177,11 @@ def test_decoder_equals_its_definition_with_gradients():
     previous = torch.randn(1, 1, 32, 32, 32)
     outputs, gradients = [], []
     for decode in (
-        lambda f: model.decode(f, coords, labels, mask_input=previous, honour_clicks=False)[0],
-        lambda f: _reference_decode(model, f, coords, labels, previous),
+        lambda: model.decode(model.encode(image), coords, labels, mask_input=previous, honour_clicks=False)[0],
+        lambda: _reference_decode(model, image, coords, labels, previous),
     ):
         model.zero_grad()
-        logits = decode(model.encode(image))
+        logits = decode()
         logits.square().mean().backward()
         outputs.append(logits.detach())
         gradients.append([p.grad.clone() for p in model.parameters()])

@@ -34,6 +34,7 @@ CLICK_SIGMA = 1.5  # voxels: width of the Gaussian drawn for each click
 CLICK_MARGIN = 2.0  # logit a clicked cell is at least pushed to (include) / below (exclude)
 CLICK_RADIUS = 6  # voxels: each click's Gaussian is drawn within this distance (beyond it < 1e-4)
 SIMILARITY_POINTS = 64  # include (exclude) points whose features the similarity maps compare against, at most
+SIMILARITY_FILTERS = 24  # clicked vectors per convolution: oneDNN here is 20x slower for 32 filters or more
 PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclude similarity
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
@@ -66,11 +67,14 @@ class Conv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weights(x, self.weight, self.bias)
+
+    def apply_weights(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This convolution's geometry (padding, stride, ...) with other weights: a slice of its
+        input channels, for the part of its output that a part of its input gives."""
         if not _cpu_eager_fp32(x) or not torch.backends.mkldnn.is_available():
-            return super().forward(x)
-        return torch.mkldnn_convolution(
-            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
-        )
+            return F.conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
 
 
 class Pointwise(Conv3d):
@@ -225,19 +229,40 @@ def _even_sample(vectors: torch.Tensor, count: int) -> torch.Tensor:
 
 def _pointwise(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """(1, C, *S) channels-last features, (C, N) vectors -> (prod(S), N) dot products of every voxel's
-    features with each vector (a 1×1×1 convolution, on the CPU oneDNN's; a view of its output)."""
-    weight = vectors.T[..., None, None, None].contiguous()
+    features with each vector (a 1×1×1 convolution, on the CPU oneDNN's; a view of its output).
+
+    The filters are zero-padded to a multiple of 8: oneDNN's kernel for 8, 16 or 24 filters is 1.5-2x
+    faster here than for a count between them (and 20x faster than for 32 or more: see
+    ``SIMILARITY_FILTERS``)."""
+    count = vectors.shape[1]
+    weight = F.pad(vectors.T, (0, 0, 0, -count % 8))[..., None, None, None].contiguous()
     if _cpu_eager_fp32(features) and torch.backends.mkldnn.is_available():
         products = torch.mkldnn_convolution(features, weight, None, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
     else:
         products = F.conv3d(features, weight)
-    return products.permute(0, 2, 3, 4, 1).reshape(-1, vectors.shape[1])
+    return products.permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[0])[:, :count]
+
+
+def _image_channels(layer: Conv3d, image_channels: int) -> slice:
+    """The input channels of a prompt layer that the image features fill: they come after the
+    coarser decoder output's (none at the coarsest scale) and before the ``PROMPT_MAPS``."""
+    start = layer.in_channels - PROMPT_MAPS - image_channels
+    return slice(start, start + image_channels)
+
+
+def _prompt_layer(layer: nn.Sequential, inputs: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """A prompt layer (convolution + LeakyReLU) on [coarser decoder output, prompt maps], plus the
+    image features' precomputed share of its output (:meth:`ClickUNet3D._image_shares`)."""
+    conv, activation = layer
+    image = _image_channels(conv, conv.in_channels - inputs.shape[1])
+    weight = torch.cat([conv.weight[:, : image.start], conv.weight[:, image.stop :]], 1)
+    return activation(conv.apply_weights(inputs, weight, None).add_(share))
 
 
 class ClickUNetFeatures(NamedTuple):
     """What :meth:`ClickUNet3D.encode` caches per ROI (all channels-last 3D tensors)."""
 
-    levels: list[torch.Tensor]  # decoded features of scales 1, 2, ... (S/2, S/4, ...)
+    shares: list[torch.Tensor]  # scales 1, 2, ... (S/2, S/4, ...): the image's share of that scale's prompt layer
     unit: torch.Tensor  # (B, fine_channels, S, S, S) unit-length fine features, for the similarity maps
     head: torch.Tensor  # (B, prompt_channels[0], S, S, S) the fine features' share of the first head layer
 
@@ -245,8 +270,8 @@ class ClickUNetFeatures(NamedTuple):
         """The same features for a batch of ``batch`` prompt sets (from a batch of one)."""
         if self.unit.shape[0] == batch:
             return self
-        grow = [t.expand(batch, *t.shape[1:]) for t in (*self.levels, self.unit, self.head)]
-        return ClickUNetFeatures(grow[: len(self.levels)], grow[-2], grow[-1])
+        grow = [t.expand(batch, *t.shape[1:]) for t in (*self.shares, self.unit, self.head)]
+        return ClickUNetFeatures(grow[: len(self.shares)], grow[-2], grow[-1])
 
 
 class ClickUNet3D(nn.Module):
@@ -326,6 +351,15 @@ class ClickUNet3D(nn.Module):
     def encode_channels(self, channels: torch.Tensor) -> ClickUNetFeatures:
         """(B, 2, S, S, S) :func:`intensity_channels` -> the cached features: the U-Net part of
         :meth:`encode` (what an ONNX export of the encoder holds, :mod:`fastsam3d.runtime`)."""
+        fine, *levels = self.image_features(channels)
+        # the norm in one pass over channels-last memory (fine * fine then a sum over channels: 5x
+        # slower); out of place: autograd saves the norm for backward
+        unit = fine * (torch.linalg.vector_norm(fine, dim=1, keepdim=True).square() + 1e-12).rsqrt()
+        return ClickUNetFeatures(self._image_shares(levels), unit, self.head_fine(fine))
+
+    def image_features(self, channels: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 2, S, S, S) :func:`intensity_channels` -> the U-Net's decoded features at every scale,
+        finest first: (B, fine_channels, S, S, S), (B, channels[1], S/2, ...), ..."""
         x = F.pad(channels, (0, 0, 0, 0, 0, 0, 0, STEM_CHANNELS - channels.shape[1]))
         if not torch.onnx.is_in_onnx_export():  # oneDNN's layout; an ONNX graph has none
             x = x.contiguous(memory_format=CHANNELS_LAST)
@@ -338,11 +372,18 @@ class ClickUNet3D(nn.Module):
             x = F.interpolate(self.project[level](x), scale_factor=2, mode="trilinear", align_corners=False)
             x = self.merge[level](torch.cat([x, skips[level]], 1))
             decoded.append(x)
-        fine = decoded[-1]
-        # the norm in one pass over channels-last memory (fine * fine then a sum over channels: 5x
-        # slower); out of place: autograd saves the norm for backward
-        unit = fine * (torch.linalg.vector_norm(fine, dim=1, keepdim=True).square() + 1e-12).rsqrt()
-        return ClickUNetFeatures(decoded[-2::-1], unit, self.head_fine(fine))
+        return decoded[::-1]
+
+    def _image_shares(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each scale's prompt layer (``fuse``, ``coarse``) splits by its input channels, [coarser
+        decoder output, image features, prompt maps]: the image features' part, bias included, is
+        the same for every click and is computed here, once per ROI."""
+        layers = [*(fuse[0] for fuse in self.fuse), self.coarse[0]]
+        shares = []
+        for layer, features in zip(layers, levels, strict=True):
+            image = _image_channels(layer, features.shape[1])
+            shares.append(layer.apply_weights(features, layer.weight[:, image], layer.bias))
+        return shares
 
     def decode(
         self,
@@ -368,12 +409,12 @@ class ClickUNet3D(nn.Module):
         batch = features.unit.shape[0]
         prompts = self._prompt_maps(features.unit, point_coords, point_labels, boxes, mask_input)
         pyramid = [prompts]
-        for _ in features.levels:
+        for _ in features.shares:
             pyramid.append(halve(pyramid[-1]))
-        x = self.coarse(torch.cat([features.levels[-1], pyramid[-1]], 1))
-        for level in reversed(range(1, len(features.levels))):
+        x = _prompt_layer(self.coarse, pyramid[-1], features.shares[-1])
+        for level in reversed(range(1, len(features.shares))):
             x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
-            x = self.fuse[level - 1](torch.cat([x, features.levels[level - 1], pyramid[level]], 1))
+            x = _prompt_layer(self.fuse[level - 1], torch.cat([x, pyramid[level]], 1), features.shares[level - 1])
         # in place on the upsampled tensor: none of these operations' backward needs what they overwrite
         hidden = F.interpolate(self.head_decoder(x), scale_factor=2, mode="trilinear", align_corners=False)
         hidden = F.leaky_relu_(hidden.add_(features.head).add_(self.head_prompts(prompts)), 0.01)
@@ -411,8 +452,9 @@ class ClickUNet3D(nn.Module):
         """Write into ``out`` (B, 2, S, S, S) the max cosine similarity (clamped at 0) of every voxel's
         unit features to those under the include / exclude clicks (0 without such clicks).
 
-        The products are one 1×1×1 convolution per sample whose filters are the clicked feature
-        vectors (oneDNN's channels-last kernel: 3x faster than the equivalent matrix product here)."""
+        The products are 1×1×1 convolutions whose filters are the clicked feature vectors, at most
+        ``SIMILARITY_FILTERS`` at a time (oneDNN's channels-last kernel: 3x faster than the
+        equivalent matrix product here)."""
         batch, size = unit.shape[0], unit.shape[-1]
         if coords is None:
             out.zero_()
@@ -421,16 +463,17 @@ class ClickUNet3D(nn.Module):
         for b in range(batch):
             vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
             groups = [_even_sample(vectors[:, labels[b] == value], SIMILARITY_POINTS) for value in (1, 0)]
-            counts = [group.shape[1] for group in groups]
-            if 0 < sum(counts) <= SIMILARITY_POINTS:  # one convolution for a few clicks
-                products = _pointwise(unit[b : b + 1], torch.cat(groups, 1)).split(counts, 1)
-            else:  # one per group for strokes (bounds the products' memory)
-                products = [_pointwise(unit[b : b + 1], group) if group.shape[1] else None for group in groups]
-            for channel, similarity in enumerate(products):
-                if similarity is None or not similarity.shape[1]:
-                    out[b, channel] = 0
-                else:
-                    out[b, channel] = similarity.amax(-1).clamp_min(0).view(size, size, size)
+            columns, includes = torch.cat(groups, 1), groups[0].shape[1]
+            maxima: list[torch.Tensor | None] = [None, None]
+            for start in range(0, columns.shape[1], SIMILARITY_FILTERS):
+                products = _pointwise(unit[b : b + 1], columns[:, start : start + SIMILARITY_FILTERS])
+                stop = start + products.shape[1]
+                for channel, (first, last) in enumerate(((start, min(stop, includes)), (max(start, includes), stop))):
+                    if first < last:  # this chunk holds vectors of the channel's group
+                        chunk = products[:, first - start : last - start].amax(-1)
+                        maxima[channel] = chunk if maxima[channel] is None else torch.maximum(maxima[channel], chunk)
+            for channel, maximum in enumerate(maxima):
+                out[b, channel] = 0 if maximum is None else maximum.clamp_min(0).view(size, size, size)
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
