@@ -190,6 +190,29 @@ def test_decoder_equals_its_definition_with_gradients():
         torch.testing.assert_close(new, old, atol=1e-4, rtol=1e-3)
 
 
+def test_similarity_maps_equal_their_definition_across_convolution_chunks():
+    """40 include and 30 exclude points: three convolutions of at most SIMILARITY_FILTERS vectors, one
+    of them holding both groups, give the max cosine similarity of the plain definition."""
+    from fastsam3d.modeling.click_unet import SIMILARITY_FILTERS
+
+    model = ClickUNet3D(SMALL).eval()
+    generator = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        unit = model.encode(torch.randn(1, 1, 32, 32, 32, generator=generator)).unit
+        coords = torch.rand(1, 70, 3, generator=generator) * 31
+        labels = torch.tensor([[1] * 40 + [0] * 30])
+        maps = torch.empty(1, 2, 32, 32, 32)
+        model._similarity(unit, coords, labels, maps)
+    assert 70 > 2 * SIMILARITY_FILTERS
+    index = coords[0].round().long()
+    flat = unit[0].flatten(1)
+    for channel, value in enumerate((1, 0)):
+        chosen = index[labels[0] == value]
+        vectors = unit[0][:, chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        expected = (vectors.T @ flat).amax(0).clamp_min(0).view(32, 32, 32)
+        torch.testing.assert_close(maps[0, channel], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_similarity_of_a_long_stroke_samples_it_evenly():
     """A stroke of more points than SIMILARITY_POINTS is compared through an even sample of them,
     include and exclude separately, the same as with that sample given as clicks."""
