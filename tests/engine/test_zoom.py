@@ -104,6 +104,7 @@ def test_include_clicks_left_in_small_separate_parts_are_stranded():
     clicks = [Click(tuple(c)) for c in centres]
     assert clicks_stranded(roi, mask, clicks)
     assert not clicks_stranded(roi, mask, clicks[:1])  # one click: nothing to join
+    assert clicks_stranded(roi, mask, [*clicks, Click((60.0, 60.0, 60.0))])  # a click outside the mask's box
     assert not clicks_stranded(roi, mask, [clicks[0], Click(tuple(centres[1]), positive=False)])
     joined, _ = _two_blobs(gap=4)  # the two balls overlap: one part
     assert not clicks_stranded(roi, joined, clicks)

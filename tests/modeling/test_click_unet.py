@@ -89,14 +89,15 @@ def test_session_uses_the_models_roi_grid():
 
 @pytest.mark.parametrize(
     ("channels", "size", "kernel", "stride", "normed"),
-    [(48, 16, 3, 1, 16), (8, 12, 3, 2, 16), (6, 10, 1, 1, 16), (8, 8, 3, 1, 8), (6, 5, 1, 1, 6)],
+    [(48, 16, 3, 1, 16), (8, 12, 3, 2, 16), (6, 10, 1, 1, 16), (8, 8, 3, 1, 8), (6, 5, 1, 1, 6), (3, 32, 1, 1, 16)],
 )
 def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, kernel, stride, normed):
     """The oneDNN convolution (PyTorch sends small 3D ones to a slow kernel) and the channels-last
     instance norm (batch norm over voxels; below 16 channels, rows of several voxels, where the
     voxels fill such rows (8 channels at 8³) or not (6 at 5³)) give PyTorch's numbers, for a batch of
-    two, with gradients; without gradients the norm works in place and gives the same numbers."""
-    from fastsam3d.modeling.click_unet import CHANNELS_LAST, Conv3d, InstanceNorm3d
+    two, with gradients; without gradients the norm works in place on rows (below 16 channels, or on
+    large maps: 16 at 32³) and gives the same numbers."""
+    from fastsam3d.modeling.click_unet import CHANNELS_LAST, IN_PLACE_NORM_VALUES, Conv3d, InstanceNorm3d
 
     from ..helpers import randomise
 
@@ -105,7 +106,8 @@ def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, 
     randomise(conv)
     randomise(norm, seed=2)
     conv.to(memory_format=CHANNELS_LAST)
-    x = torch.randn(2, channels, size, size, size).contiguous(memory_format=CHANNELS_LAST) * 3 + 20  # mean >> std
+    x = torch.randn(2, channels, size, size, size, generator=torch.Generator().manual_seed(1)) * 3 + 20  # mean >> std
+    x = x.contiguous(memory_format=CHANNELS_LAST)
     x.requires_grad_()
     out = norm(conv(x))
     expected = torch.nn.functional.instance_norm(
@@ -116,12 +118,14 @@ def test_cpu_convolution_and_instance_norm_paths_equal_pytorchs(channels, size, 
     probe = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
     (gradient,) = torch.autograd.grad((out * probe).sum(), conv.weight)
     (expected_gradient,) = torch.autograd.grad((expected * probe).sum(), conv.weight)
-    torch.testing.assert_close(gradient, expected_gradient, atol=1e-3, rtol=1e-3)
+    scale = expected_gradient.abs().max().item()  # float32 sums over 2 x 32³ voxels: errors ~1e-4 of it
+    torch.testing.assert_close(gradient, expected_gradient, atol=3e-4 * scale, rtol=1e-3)
     with torch.no_grad():
         features = conv(x)
         normalised = norm(features)
         torch.testing.assert_close(normalised, expected, atol=1e-4, rtol=1e-4)
-        assert (normalised.data_ptr() == features.data_ptr()) == (normed < 16)  # in place where rows are folded
+        folded = normed < 16 or normed * size**3 >= IN_PLACE_NORM_VALUES
+        assert (normalised.data_ptr() == features.data_ptr()) == folded
 
 
 def _reference_decode(model, image, coords, labels, previous):
@@ -203,7 +207,7 @@ def test_similarity_maps_equal_their_definition_across_convolution_chunks():
         labels = torch.tensor([[1] * 40 + [0] * 30])
         maps = torch.empty(1, 2, 32, 32, 32)
         model._similarity(unit, coords, labels, maps)
-    assert 70 > 2 * SIMILARITY_FILTERS
+    assert 2 * SIMILARITY_FILTERS < 70  # three chunks
     index = coords[0].round().long()
     flat = unit[0].flatten(1)
     for channel, value in enumerate((1, 0)):

@@ -40,6 +40,7 @@ STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fas
 CHANNELS_LAST = torch.channels_last_3d
 CDF_BINS = 256  # piecewise-linear histogram equalisation
 FOLDED_NORM_CHANNELS = 16  # below this many channels the instance norm reads voxels in rows of NORM_ROW_WIDTH values
+IN_PLACE_NORM_VALUES = 2**19  # and from this many values per sample when it may work in place
 NORM_ROW_WIDTH = 64
 NORM_CHUNK_VALUES = 2**16  # values squared at a time by that path
 DEFAULT_CONFIG = ClickUNetConfig()
@@ -88,10 +89,12 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (no running statistics) that on the CPU normalises channels-last memory
     where it lies. PyTorch's instance norm copies channels-last input twice (16 channels at 64³: 42 ms
     vs 3 ms here). Per sample it is a batch norm over the (voxels, channels) matrix, except below
-    ``FOLDED_NORM_CHANNELS`` channels, where that kernel is slow (8 at 64³: 6-10 ms): there the memory
-    is read as rows of ``lcm(channels, NORM_ROW_WIDTH)`` values (several voxels per row) and normalised
-    in two passes, mean then centred sum of squares (1.9 ms). With ``inplace`` and no gradient to
-    track, that path normalises its input in place (no fresh pages to fault in)."""
+    ``FOLDED_NORM_CHANNELS`` channels, where that kernel is slow (8 at 64³: 6-10 ms), and, with
+    ``inplace`` and no gradient to track, for maps of ``IN_PLACE_NORM_VALUES`` or more, whose fresh
+    output pages cost more than the arithmetic (16 channels at 64³ in the encoder: 8 → 4 ms). There
+    the memory is read as rows of ``lcm(channels, NORM_ROW_WIDTH)`` values (several voxels per row)
+    and normalised in two passes, mean then centred sum of squares (8 channels at 64³: 2 ms), in
+    place when it may be."""
 
     def __init__(self, num_features: int, affine: bool = False, inplace: bool = False) -> None:
         super().__init__(num_features, affine=affine)
@@ -101,14 +104,18 @@ class InstanceNorm3d(nn.InstanceNorm3d):
         if not _cpu_eager_fp32(x) or x.dim() != 5 or not x.is_contiguous(memory_format=CHANNELS_LAST):
             return super().forward(x)
         batch, channels = x.shape[:2]
-        if channels < FOLDED_NORM_CHANNELS:
-            return self._folded(x)
+        tracked = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias)
+        )
+        in_place = self.inplace and not tracked
+        if channels < FOLDED_NORM_CHANNELS or (in_place and x[0].numel() >= IN_PLACE_NORM_VALUES):
+            return self._folded(x, in_place)
         rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)  # a view of channels-last memory
         normed = [F.batch_norm(sample, None, None, self.weight, self.bias, True, 0.0, self.eps) for sample in rows]
         out = normed[0][None] if batch == 1 else torch.stack(normed)
         return out.view(batch, *x.shape[2:], channels).permute(0, 4, 1, 2, 3)
 
-    def _folded(self, x: torch.Tensor) -> torch.Tensor:
+    def _folded(self, x: torch.Tensor, in_place: bool) -> torch.Tensor:
         batch, channels = x.shape[:2]
         voxels = x[0, 0].numel()
         width = math.lcm(channels, NORM_ROW_WIDTH)
@@ -116,10 +123,6 @@ class InstanceNorm3d(nn.InstanceNorm3d):
             width = channels
         folds = width // channels
         rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, width)  # a view of channels-last memory
-        tracked = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, self.weight, self.bias)
-        )
-        in_place = self.inplace and not tracked
         mean = rows.sum(1).view(batch, folds, channels).sum(1) / voxels
         centred = rows.sub_(mean.repeat(1, folds)[:, None]) if in_place else rows - mean.repeat(1, folds)[:, None]
         chunk = max(1, NORM_CHUNK_VALUES // width)  # squares a chunk at a time: no rows-sized temporary
