@@ -265,7 +265,8 @@ class RoiGrid:
             span = covered[self.axes[a]]
             box[self.axes[a]] = slice(span.start + first, span.start + last + 1)
         # Axes 1 and 2 first: (L, rows 1, rows 2); then axis 0 in slabs of whole output planes, each
-        # one plain matrix product written to contiguous memory (10-15 % faster than slabs along axis 2).
+        # one plain matrix product written to contiguous memory (10-15 % faster than slabs along axis 2)
+        # over only the few low-res planes the slab's rows mix (their weights elsewhere are zeros).
         partial = apply_per_axis(logits.permute(1, 2, 0), cropped[1:])
         rows = [len(matrix) for matrix in cropped]
         planes = partial.reshape(partial.shape[0], -1)
@@ -278,8 +279,11 @@ class RoiGrid:
         product = torch.empty(min(slab, rows[0]), planes.shape[1])
         signs = torch.from_numpy(mask).view(rows[0], -1)
         for first in range(0, rows[0], slab):
-            part = product[: min(slab, rows[0] - first)]
-            torch.mm(cropped[0][first : first + slab], planes, out=part)
+            weights = cropped[0][first : first + slab]
+            read = torch.nonzero(weights.any(0))[:, 0]  # the low-res planes these rows mix: a few of L
+            low, high = int(read[0]), int(read[-1]) + 1
+            part = product[: len(weights)]
+            torch.mm(weights[:, low:high], planes[low:high], out=part)
             torch.gt(part, 0, out=signs[first : first + len(part)])
         return tuple(box), mask.transpose(np.argsort(self.axes))
 
