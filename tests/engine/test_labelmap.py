@@ -31,6 +31,17 @@ def test_box_algebra():
     assert bounding_box(np.zeros((3, 3, 3), bool)) is None
 
 
+def test_bounding_box_equals_the_extent_of_the_nonzero_coordinates():
+    rng = np.random.default_rng(0)
+    for shape in [(9, 11, 13), (5, 7), (12,), (1, 1, 1)]:
+        for density in (0.001, 0.05, 1.0):
+            mask = (rng.random(shape) < density).astype(np.uint8) * 3  # label values, not just booleans
+            coordinates = np.nonzero(mask)
+            expected = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coordinates) if mask.any() else None
+            assert bounding_box(mask) == expected
+    assert bounding_box(np.zeros((0, 4, 4), bool)) is None
+
+
 def test_repaint_only_inside_the_box_with_the_higher_label_winning():
     labels = LabelMap((6, 6, 6))
     labels.array[5, 5, 5] = 9  # outside the repainted box: left alone
