@@ -2,8 +2,10 @@
 
 The heavy part sees the image only and runs once per ROI; the light part takes the prompts:
 
-* ``encode``: a 3D U-Net over the ROI (encoder and image decoder, instance norm) returns its
-  decoded features at every scale, finest first: ``(B, c0, S, S, S)``, ``(B, c1, S/2, ...)``, ...
+* ``encode``: a 3D U-Net over the ROI (encoder and image decoder, instance norm) decodes features
+  at every scale (:meth:`ClickUNet3D.image_features`) and caches what the prompt part needs of
+  them (:class:`ClickUNetFeatures`): each coarser scale's share of its prompt layer (a convolution
+  is linear in its input channels), the fine features as unit vectors and their share of the head.
   The input is turned into two intensity channels that do not depend on the scanner's range:
   the crop's histogram-equalised intensities (its empirical CDF: any monotone rescaling, uint8,
   float [0, 1] or Hounsfield units, gives the same channel) and a robust linear rescaling
