@@ -1,5 +1,8 @@
 """Box algebra and label-map compositing."""
 
+import mmap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,7 +54,35 @@ def test_repaint_only_inside_the_box_with_the_higher_label_winning():
     assert labels.array[0, 0, 0] == 1 and labels.array[3, 3, 3] == 2 and labels.array[5, 5, 5] == 9
     assert labels.array[4, 4, 4] == 2 and labels.array[5, 4, 4] == 0
     labels.make_room(300)
-    assert labels.array.dtype == np.uint16 and labels.array[3, 3, 3] == 2
+    assert labels.array.dtype == np.uint16 and labels.array[3, 3, 3] == 2 and labels.array[5, 5, 5] == 9
+    assert labels.array.flags.writeable and labels.array[5, 4, 4] == 0
+
+
+def test_a_fresh_label_map_is_writable_zeros_without_huge_pages():
+    """The map lives in its own anonymous mapping, advised against transparent huge pages (NumPy
+    asks for them on arrays of 4 MB or more), so that only the pages a repaint writes become resident."""
+    labels = LabelMap((64, 256, 512))  # 8 MB
+    assert labels.array.shape == (64, 256, 512) and labels.array.dtype == np.uint8
+    assert labels.array.flags.writeable and not labels.array.any()
+    labels.array[10, 20, 30] = 4
+    assert labels.array.sum() == 4
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        assert _huge_pages_allowed(labels.array) in (False, None)  # None: the kernel does not say
+
+
+def _huge_pages_allowed(array: np.ndarray) -> bool | None:
+    """Whether the kernel may back the mapping under ``array`` with transparent huge pages
+    (``THPeligible`` in /proc/self/smaps); None where it does not say."""
+    address = array.__array_interface__["data"][0] + array.nbytes // 2  # NumPy advises from a 2 MB boundary on
+    mapping = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            low, high = (int(bound, 16) for bound in head.split("-"))
+            mapping = low <= address < high
+        elif mapping and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+    return None
 
 
 @pytest.mark.parametrize("planes", [32, 2])
