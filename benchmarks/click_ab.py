@@ -21,6 +21,7 @@ the Dice of the two masks is reported per structure (minimum, median, count belo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +144,16 @@ def _in_tree(tree: Path, *arguments: str) -> str:
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
+@contextlib.contextmanager
+def checked_out(revision: str, tree: Path) -> Iterator[Path]:
+    """The repository at ``revision`` in a temporary git worktree at ``tree``, removed afterwards."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="a git revision to compare the working tree with")
@@ -163,24 +175,17 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from latency import write_test_volume
 
-    with tempfile.TemporaryDirectory() as folder:
-        baseline = Path(folder) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(baseline), args.baseline], check=True
-        )
-        try:
-            volume = write_test_volume(Path(folder) / "ct.nii")
-            runs: dict[str, list[dict]] = {"before": [], "after": []}
-            for round_ in range(args.rounds):
-                for label, tree in (("before", baseline), ("after", ROOT)):
-                    runs[label].append(json.loads(_in_tree(tree, "--worker", "time", "--volume", str(volume))))
-                print(f"# round {round_ + 1} of {args.rounds} done", flush=True)
-            if not args.no_masks:
-                store = Path(folder) / "masks.npz"
-                _in_tree(ROOT, "--worker", "drive", "--store", str(store))
-                agreement = json.loads(_in_tree(baseline, "--worker", "replay", "--store", str(store)))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
+    with tempfile.TemporaryDirectory() as folder, checked_out(args.baseline, Path(folder) / "baseline") as baseline:
+        volume = write_test_volume(Path(folder) / "ct.nii")
+        runs: dict[str, list[dict]] = {"before": [], "after": []}
+        for round_ in range(args.rounds):
+            for label, tree in (("before", baseline), ("after", ROOT)):
+                runs[label].append(json.loads(_in_tree(tree, "--worker", "time", "--volume", str(volume))))
+            print(f"# round {round_ + 1} of {args.rounds} done", flush=True)
+        if not args.no_masks:
+            store = Path(folder) / "masks.npz"
+            _in_tree(ROOT, "--worker", "drive", "--store", str(store))
+            agreement = json.loads(_in_tree(baseline, "--worker", "replay", "--store", str(store)))
     print(f"| ms, median (min-max) of {args.rounds} rounds | before ({args.baseline}) | after (working tree) |")
     print("|---|---|---|")
     for key in runs["after"][0]:

@@ -22,7 +22,6 @@ import argparse
 import importlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -99,12 +98,10 @@ class Version:
 
 def _baseline_package(revision: str, folder: Path):
     """The package at ``revision``, importable as ``BASELINE_PACKAGE``."""
-    tree = folder / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True)
-    try:
+    from click_ab import checked_out
+
+    with checked_out(revision, folder / "tree") as tree:
         shutil.copytree(tree / "src" / "fastsam3d", folder / "packages" / BASELINE_PACKAGE)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     sys.path.insert(0, str(folder / "packages"))
     return importlib.import_module(BASELINE_PACKAGE)
 

@@ -150,14 +150,14 @@ def clicks_stranded(roi: RoiGrid, positive: np.ndarray, clicks: list[Click]) -> 
     # only on such a mask, within its bounding box: 2 ms over 64³)
     if len(included) < 2 or np.count_nonzero(positive) > STRANDED_PART_VOXELS * len(included):
         return False
-    low_res = positive.shape[0]
-    cells = np.clip(np.round(roi.low_res_grid(low_res).index_to_roi(included)).astype(int), 0, low_res - 1)
     box = bounding_box(positive)
     if box is None:
         return False
     parts, _ = ndimage.label(positive[box])
-    low = np.array([s.start for s in box])
-    cells = cells[np.all((cells >= low) & (cells < [s.stop for s in box]), axis=1)] - low
+    low_res = positive.shape[0]
+    cells = np.clip(np.round(roi.low_res_grid(low_res).index_to_roi(included)).astype(int), 0, low_res - 1)
+    low, high = np.array([s.start for s in box]), np.array([s.stop for s in box])
+    cells = cells[np.all((cells >= low) & (cells < high), axis=1)] - low
     found = {int(parts[tuple(cell)]) for cell in cells} - {0}
     sizes = np.bincount(parts.ravel())
     return len(found) >= 2 and all(sizes[part] <= STRANDED_PART_VOXELS for part in found)

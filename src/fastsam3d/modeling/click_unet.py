@@ -43,7 +43,7 @@ CHANNELS_LAST = torch.channels_last_3d
 CDF_BINS = 256  # piecewise-linear histogram equalisation
 FOLDED_NORM_CHANNELS = 16  # below this many channels the instance norm reads voxels in rows of NORM_ROW_WIDTH values
 IN_PLACE_NORM_VALUES = 2**19  # and from this many values per sample when it may work in place
-NORM_ROW_WIDTH = 64
+NORM_ROW_WIDTH = 64  # a row holds lcm(channels, 64) values
 NORM_CHUNK_VALUES = 2**16  # values squared at a time by that path
 DEFAULT_CONFIG = ClickUNetConfig()
 
@@ -58,6 +58,21 @@ def _cpu_eager_fp32(x: torch.Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
     )
+
+
+def conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: tuple[int, ...] = (1, 1, 1),
+    padding: tuple[int, ...] = (0, 0, 0),
+    dilation: tuple[int, ...] = (1, 1, 1),
+    groups: int = 1,
+) -> torch.Tensor:
+    """``F.conv3d``, on an fp32 CPU tensor in eager mode always through oneDNN's kernel (see :class:`Conv3d`)."""
+    if not _cpu_eager_fp32(x) or not torch.backends.mkldnn.is_available():
+        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+    return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
 
 
 class Conv3d(nn.Conv3d):
@@ -75,9 +90,7 @@ class Conv3d(nn.Conv3d):
     def apply_weights(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """This convolution's geometry (padding, stride, ...) with other weights: a slice of its
         input channels, for the part of its output that a part of its input gives."""
-        if not _cpu_eager_fp32(x) or not torch.backends.mkldnn.is_available():
-            return F.conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Pointwise(Conv3d):
@@ -241,11 +254,7 @@ def _pointwise(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     ``SIMILARITY_FILTERS``)."""
     count = vectors.shape[1]
     weight = F.pad(vectors.T, (0, 0, 0, -count % 8))[..., None, None, None].contiguous()
-    if _cpu_eager_fp32(features) and torch.backends.mkldnn.is_available():
-        products = torch.mkldnn_convolution(features, weight, None, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
-    else:
-        products = F.conv3d(features, weight)
-    return products.permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[0])[:, :count]
+    return conv3d(features, weight).permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[0])[:, :count]
 
 
 def _image_channels(layer: Conv3d, image_channels: int) -> slice:
