@@ -61,6 +61,33 @@ def test_clicks_are_honoured_whatever_the_network_predicts(positive):
     assert (at_click > 0) == positive
 
 
+def test_honouring_all_clicks_at_once_equals_clamping_click_by_click():
+    """Overlapping include and exclude clicks (some on the same cells, some at the ROI's edges, some
+    padding) in a batch of two: the same logits as clamping each click's 2×2×2 cells in turn."""
+    from fastsam3d.modeling.click_unet import CLICK_MARGIN
+
+    generator = torch.Generator().manual_seed(5)
+    size = 8
+    logits = torch.randn(2, 1, size, size, size, generator=generator) * 4
+    coords = torch.rand(2, 60, 3, generator=generator) * 4 + 1.5  # crowded: cells shared by several clicks
+    coords[:, :4] = torch.tensor([[-0.4, 3.2, 7.5], [7.4, 7.9, 0.1], [0.0, 0.0, 0.0], [6.99, 2.0, 7.0]])
+    labels = torch.randint(-1, 2, (2, 60), generator=generator)
+    expected = logits.clone()
+    for b in range(2):
+        for n in range(60):
+            if labels[b, n] < 0:
+                continue
+            low = coords[b, n].floor().long()
+            cells = tuple(slice(max(int(v), 0), min(int(v) + 2, size)) for v in low)
+            region = expected[b, 0][cells]
+            expected[b, 0][cells] = (
+                region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)
+            )
+    honoured = ClickUNet3D._honour(logits, coords, labels)
+    assert torch.equal(honoured, expected)
+    assert not torch.equal(honoured, logits)
+
+
 def test_config_and_weights_round_trip(tmp_path):
     model = build_model(SMALL)
     path = save_model(model, tmp_path / "small.safetensors")
@@ -166,12 +193,15 @@ def _reference_decode(model, image, coords, labels, previous):
     return model.head_out(F.leaky_relu(x + features.head + model.head_prompts(prompts), 0.01))
 
 
-def test_decoder_equals_its_definition_with_gradients():
-    """The prompt maps written in place, the similarity as a convolution, the image features' shares
-    of the prompt layers computed once, the pooling as maxima of alternate planes and the in-place
-    head give the plain form's logits and parameter gradients (training runs through them)."""
+def test_decoder_equals_its_definition_with_gradients(monkeypatch):
+    """The prompt maps written in place, the similarity as a convolution in slabs of planes, the image
+    features' shares of the prompt layers computed once, the pooling as maxima of alternate planes and
+    the in-place head give the plain form's logits and parameter gradients (training runs through them)."""
+    from fastsam3d.modeling import click_unet
+
     from ..helpers import randomise
 
+    monkeypatch.setattr(click_unet, "SIMILARITY_VALUES", 3 * 32 * 32 * 8)  # slabs of 3 planes
     torch.manual_seed(0)
     model = ClickUNet3D(SMALL)
     randomise(model)
@@ -194,11 +224,16 @@ def test_decoder_equals_its_definition_with_gradients():
         torch.testing.assert_close(new, old, atol=1e-4, rtol=1e-3)
 
 
-def test_similarity_maps_equal_their_definition_across_convolution_chunks():
+@pytest.mark.parametrize("values", [None, 5 * 32 * 32 * 24, 1])
+def test_similarity_maps_equal_their_definition_across_convolution_chunks(values, monkeypatch):
     """40 include and 30 exclude points: three convolutions of at most SIMILARITY_FILTERS vectors, one
-    of them holding both groups, give the max cosine similarity of the plain definition."""
+    of them holding both groups, give the max cosine similarity of the plain definition, over the whole
+    ROI at once, in slabs of 5 planes (the last one of 2) or one plane at a time."""
+    from fastsam3d.modeling import click_unet
     from fastsam3d.modeling.click_unet import SIMILARITY_FILTERS
 
+    if values is not None:
+        monkeypatch.setattr(click_unet, "SIMILARITY_VALUES", values)
     model = ClickUNet3D(SMALL).eval()
     generator = torch.Generator().manual_seed(4)
     with torch.inference_mode():

@@ -35,8 +35,12 @@ from ..configs import ClickUNetConfig
 CLICK_SIGMA = 1.5  # voxels: width of the Gaussian drawn for each click
 CLICK_MARGIN = 2.0  # logit a clicked cell is at least pushed to (include) / below (exclude)
 CLICK_RADIUS = 6  # voxels: each click's Gaussian is drawn within this distance (beyond it < 1e-4)
+CLICK_MAP_POINTS = 64  # clicks drawn at a time: a lasso's thousands of points at once made 40 MB of temporaries
+CELL_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # a 2×2×2 cell's offsets
 SIMILARITY_POINTS = 64  # include (exclude) points whose features the similarity maps compare against, at most
-SIMILARITY_FILTERS = 24  # clicked vectors per convolution: oneDNN here is 20x slower for 32 filters or more
+SIMILARITY_FILTERS = 24  # clicked vectors up to which the products are a convolution (see _dot_products)
+SIMILARITY_VALUES = 2**20  # products computed at a time (slabs of planes): 24 filters over a whole 64³ ROI
+# (25 MB of fresh pages) took 12 ms a convolution inside a decode, against 2 ms in slabs
 PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclude similarity
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
@@ -201,7 +205,20 @@ def click_maps(
     if coords is None:
         return torch.zeros(1, 2, size, size, size)
     batch, device = coords.shape[0], coords.device
-    offsets = torch.arange(-CLICK_RADIUS, CLICK_RADIUS + 1, device=device)
+    maps = torch.zeros(batch, 2 * size**3, device=device)
+    for first in range(0, coords.shape[1], CLICK_MAP_POINTS):
+        chunk = slice(first, first + CLICK_MAP_POINTS)
+        flat, values = _click_gaussians(coords[:, chunk], labels[:, chunk], size, sigma)
+        maps.scatter_reduce_(1, flat.reshape(batch, -1), values.reshape(batch, -1), "amax")
+    return maps.view(batch, 2, size, size, size)
+
+
+def _click_gaussians(
+    coords: torch.Tensor, labels: torch.Tensor, size: int, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each click's Gaussian within ``CLICK_RADIUS``: (B, N, W, W, W) indices into the flattened
+    [include map, exclude map] of :func:`click_maps` and the values there (0 outside the ROI)."""
+    offsets = torch.arange(-CLICK_RADIUS, CLICK_RADIUS + 1, device=coords.device)
     positions = coords.round().long()[..., None] + offsets  # (B, N, 3, W): the voxels of each click's window
     inside = (positions >= 0) & (positions < size) & (labels >= 0)[..., None, None]
     profiles = torch.exp(-((positions - coords[..., None].float()) ** 2) / (2 * sigma**2)) * inside
@@ -209,9 +226,7 @@ def click_maps(
     positions = positions.clamp(0, size - 1)  # out-of-range voxels carry the value 0: max leaves the map as it is
     flat = (positions[:, :, 0, :, None, None] * size + positions[:, :, 1, None, :, None]) * size
     flat = flat + positions[:, :, 2, None, None, :] + (labels != 1).long()[..., None, None, None] * size**3
-    maps = torch.zeros(batch, 2 * size**3, device=device)
-    maps.scatter_reduce_(1, flat.reshape(batch, -1), values.reshape(batch, -1), "amax")
-    return maps.view(batch, 2, size, size, size)
+    return flat, values
 
 
 def box_map(boxes: torch.Tensor | None, batch: int, size: int, device: torch.device) -> torch.Tensor:
@@ -245,14 +260,18 @@ def _even_sample(vectors: torch.Tensor, count: int) -> torch.Tensor:
     return vectors[:, torch.linspace(0, vectors.shape[1] - 1, count).round().long()]
 
 
-def _pointwise(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+def _dot_products(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """(1, C, *S) channels-last features, (C, N) vectors -> (prod(S), N) dot products of every voxel's
-    features with each vector (a 1×1×1 convolution, on the CPU oneDNN's; a view of its output).
+    features with each vector.
 
-    The filters are zero-padded to a multiple of 8: oneDNN's kernel for 8, 16 or 24 filters is 1.5-2x
-    faster here than for a count between them (and 20x faster than for 32 or more: see
-    ``SIMILARITY_FILTERS``)."""
+    Up to ``SIMILARITY_FILTERS`` vectors: a 1×1×1 convolution (on the CPU oneDNN's, 3x faster here
+    than the matrix product) whose filters are the vectors zero-padded to a multiple of 8 (its kernel
+    for 8, 16 or 24 filters is 1.5-2x faster than for a count between them). More (a stroke's points):
+    one matrix product, as oneDNN is 20x slower from 32 filters on, and the maxima over the columns
+    that follow are 3x faster over 128 columns at once than over chunks of 24."""
     count = vectors.shape[1]
+    if count > SIMILARITY_FILTERS:
+        return features.permute(0, 2, 3, 4, 1).reshape(-1, features.shape[1]) @ vectors
     weight = F.pad(vectors.T, (0, 0, 0, -count % 8))[..., None, None, None].contiguous()
     return conv3d(features, weight).permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[0])[:, :count]
 
@@ -466,9 +485,8 @@ class ClickUNet3D(nn.Module):
         """Write into ``out`` (B, 2, S, S, S) the max cosine similarity (clamped at 0) of every voxel's
         unit features to those under the include / exclude clicks (0 without such clicks).
 
-        The products are 1×1×1 convolutions whose filters are the clicked feature vectors, at most
-        ``SIMILARITY_FILTERS`` at a time (oneDNN's channels-last kernel: 3x faster than the
-        equivalent matrix product here)."""
+        The products (:func:`_dot_products`) are computed over slabs of planes, about
+        ``SIMILARITY_VALUES`` at a time, each slab's maxima written where they lie."""
         batch, size = unit.shape[0], unit.shape[-1]
         if coords is None:
             out.zero_()
@@ -478,30 +496,46 @@ class ClickUNet3D(nn.Module):
             vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
             groups = [_even_sample(vectors[:, labels[b] == value], SIMILARITY_POINTS) for value in (1, 0)]
             columns, includes = torch.cat(groups, 1), groups[0].shape[1]
-            maxima: list[torch.Tensor | None] = [None, None]
-            for start in range(0, columns.shape[1], SIMILARITY_FILTERS):
-                products = _pointwise(unit[b : b + 1], columns[:, start : start + SIMILARITY_FILTERS])
-                stop = start + products.shape[1]
-                for channel, (first, last) in enumerate(((start, min(stop, includes)), (max(start, includes), stop))):
-                    if first < last:  # this chunk holds vectors of the channel's group
-                        chunk = products[:, first - start : last - start].amax(-1)
-                        maxima[channel] = chunk if maxima[channel] is None else torch.maximum(maxima[channel], chunk)
-            for channel, maximum in enumerate(maxima):
-                out[b, channel] = 0 if maximum is None else maximum.clamp_min(0).view(size, size, size)
+            if columns.shape[1] == 0:  # padding only
+                out[b].zero_()
+                continue
+            planes = max(1, SIMILARITY_VALUES // (size * size * max(columns.shape[1], 8)))
+            for plane in range(0, size, planes):
+                products = _dot_products(unit[b : b + 1, :, plane : plane + planes], columns)
+                for channel, group in enumerate((slice(0, includes), slice(includes, None))):
+                    target = out[b, channel, plane : plane + planes]
+                    if products[:, group].shape[1] == 0:
+                        target.zero_()
+                    else:
+                        target.copy_(products[:, group].amax(-1).clamp_min(0).view(target.shape))
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Push the 2×2×2 cells around each click past ±CLICK_MARGIN (later clicks win)."""
-        logits = logits.clone()
-        size = logits.shape[-1]
-        low = coords.floor().long()
-        for b, n in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
-            cells = tuple(slice(max(int(low[b, n, a]), 0), min(int(low[b, n, a]) + 2, size)) for a in range(3))
-            region = logits[b, 0][cells]
-            logits[b, 0][cells] = (
-                region.clamp_min(CLICK_MARGIN) if labels[b, n] == 1 else region.clamp_max(-CLICK_MARGIN)
-            )
-        return logits
+        """Push the 2×2×2 cells around each click past ±CLICK_MARGIN, include up and exclude down,
+        later clicks winning where they meet: as clamping the cells click by click, where a cell both
+        kinds reach ends at exactly ±CLICK_MARGIN (the sign of the last), computed for all the
+        touched cells at once (a lasso's thousands of points took 77 ms click by click)."""
+        batch, size = logits.shape[0], logits.shape[-1]
+        cells = coords.floor().long()[:, :, None] + CELL_CORNERS.to(coords.device)  # (B, N, 8, 3)
+        inside = ((cells >= 0) & (cells < size)).all(-1) & (labels >= 0)[..., None]
+        flat = (cells[..., 0] * size + cells[..., 1]) * size + cells[..., 2]
+        order = torch.arange(coords.shape[1], device=coords.device)[:, None].expand(inside.shape[1:])
+        honoured = logits.clone()
+        for b in range(batch):
+            touched, cell = torch.unique(flat[b][inside[b]], return_inverse=True)
+            click, include = order[inside[b]], (labels[b, :, None].expand(inside.shape[1:])[inside[b]] == 1)
+            last = [
+                torch.full(touched.shape, -1, device=coords.device).scatter_reduce_(
+                    0, cell, torch.where(include == kind, click, -1), "amax"
+                )
+                for kind in (True, False)
+            ]
+            values = honoured[b, 0].view(-1)[touched]
+            both, include_last = (last[0] >= 0) & (last[1] >= 0), last[0] > last[1]
+            pushed = torch.where(include_last, values.clamp_min(CLICK_MARGIN), values.clamp_max(-CLICK_MARGIN))
+            margin = torch.where(include_last, CLICK_MARGIN, -CLICK_MARGIN).to(values.dtype)
+            honoured[b, 0].view(-1)[touched] = torch.where(both, margin, pushed)
+        return honoured
 
     def upsample(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """The logits are already at the ROI resolution."""
