@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves
 
 from fastsam3d.engine.labelmap import PackedMask
 from fastsam3d.engine.predictor import MASK_PROMPT_LOGIT, RoiPredictor
@@ -59,3 +60,33 @@ def test_low_res_grid_and_neighbour_are_the_same_geometry_coarser_and_shifted():
     shifted = roi.neighbour(axis=1, direction=-1)
     np.testing.assert_allclose(shifted.roi_to_index([[0, 64, 0]]), roi.roi_to_index([[0, 0, 0]]))
     assert shifted.key != roi.key and shifted.size == roi.size
+
+
+def test_a_rescaling_invariant_model_gets_the_crop_without_its_z_score(monkeypatch):
+    """The ClickUNet's features do not change under (x - a) / s: the predictor does not z-score its
+    crop, and its embedding equals its features of the z-scored crop to float rounding. A 3D SAM's
+    crop is z-scored."""
+    from fastsam3d.configs import ClickUNetConfig
+    from fastsam3d.engine import predictor as predictor_module
+    from fastsam3d.engine.roi import normalise_intensity
+
+    volume, _ = sphere_volume()
+    click = np.array([60.0, 50.0, 22.0])
+    for name, model in (
+        ("click-unet", build_model(ClickUNetConfig(img_size=32, channels=(8, 16, 16), prompt_channels=(8, 8, 8)))),
+        ("3D SAM", build_model("tiny-student")),
+    ):
+        randomise(model)
+        if name == "click-unet":  # the predictor must not call it
+            monkeypatch.setattr(predictor_module, "normalise_intensity", None)
+        predictor = RoiPredictor(model, torch.device("cpu"))
+        predictor.set_image(volume)
+        roi = predictor.roi_at(click)
+        embedding = predictor.embedding(roi)
+        monkeypatch.undo()
+        with torch.inference_mode():
+            expected = model.encode(
+                normalise_intensity(roi.extract(volume.array, outside=model.roi_padding))[None, None]
+            )
+        for mine, theirs in zip(tree_leaves(embedding), tree_leaves(expected), strict=True):
+            torch.testing.assert_close(mine, theirs, atol=2e-4, rtol=1e-4, msg=name)

@@ -84,7 +84,9 @@ class RoiPredictor:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         started = time.perf_counter()
-        crop = normalise_intensity(roi.extract(self.volume.array, outside=self.model.roi_padding), in_place=True)
+        crop = roi.extract(self.volume.array, outside=self.model.roi_padding)
+        if not getattr(self.model, "rescaling_invariant", False):
+            crop = normalise_intensity(crop, in_place=True)
         with torch.inference_mode():
             embedding = self.model.encode(crop[None, None].to(self.device))
         self._synchronize()

@@ -312,6 +312,9 @@ class ClickUNet3D(nn.Module):
 
     supports_boxes = True
     dense_prompts = True  # strokes reach it as one point per ROI voxel they cover (the engine's Session)
+    # encode gives the same features for any rescaling (x - a) / s, s > 0, of the crop (intensity_channels):
+    # the engine's z-score of the crop (5-8 ms of a first click) would change nothing but float rounding
+    rescaling_invariant = True
 
     def __init__(self, config: ClickUNetConfig = DEFAULT_CONFIG) -> None:
         super().__init__()
