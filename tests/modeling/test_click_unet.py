@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastsam3d.engine.session3d import Session
 from fastsam3d.io import Volume
@@ -86,6 +87,42 @@ def test_honouring_all_clicks_at_once_equals_clamping_click_by_click():
     honoured = ClickUNet3D._honour(logits, coords, labels)
     assert torch.equal(honoured, expected)
     assert not torch.equal(honoured, logits)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7, 33), (1, 3, 1, 40, 40), (1, 8, 32, 32, 32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampling_axis_by_axis_equals_trilinear_interpolation(shape, channels_last, monkeypatch):
+    from fastsam3d.modeling import click_unet
+    from fastsam3d.modeling.click_unet import upsample_2x
+
+    monkeypatch.setattr(click_unet, "SEPARABLE_UPSAMPLE_VALUES", 1)  # the axis-by-axis path for every size
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        upsampled = upsample_2x(x)
+    expected = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(upsampled, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_decoding_without_gradients_equals_decoding_with_them(monkeypatch):
+    """Inference takes the fast paths (upsampling axis by axis, ...); training the plain ones."""
+    from fastsam3d.modeling import click_unet
+
+    from ..helpers import randomise
+
+    monkeypatch.setattr(click_unet, "SEPARABLE_UPSAMPLE_VALUES", 1)
+    torch.manual_seed(1)
+    model = ClickUNet3D(SMALL)
+    randomise(model)
+    features = model.encode(torch.randn(1, 1, 32, 32, 32))
+    coords, labels = torch.tensor([[[16.0, 16, 16], [8.0, 20, 12]]]), torch.tensor([[1, 0]])
+    previous = torch.randn(1, 1, 32, 32, 32)
+    trained = model.decode(features, coords, labels, mask_input=previous)[0]
+    assert trained.requires_grad
+    with torch.inference_mode():
+        inferred = model.decode(features, coords, labels, mask_input=previous)[0]
+    torch.testing.assert_close(inferred, trained.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_config_and_weights_round_trip(tmp_path):
