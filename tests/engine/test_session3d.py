@@ -159,6 +159,38 @@ def test_object_larger_than_one_roi_grows_into_neighbours(intensity_model):
     assert results[4][1] == 3 and results[4][0] > 0.9, results
 
 
+def test_a_click_pastes_only_the_rois_it_lies_in(intensity_model, monkeypatch):
+    """The rod in 3 ROIs: an exclude click near its end lies in one of them; only that ROI is decoded
+    and pasted again, the others keep their masks, and the label map is the one pasted from scratch
+    (also after undo and redo)."""
+    from fastsam3d.engine.roi import RoiGrid
+
+    shape, spacing = (400, 60, 40), (1.0, 1.5, 2.0)
+    rod = np.zeros(shape, bool)
+    rod[35:365, 20:40, 12:28] = True
+    volume = Volume(np.where(rod, 200.0, 40.0).astype(np.float32), np.array(spacing), np.zeros(3), np.eye(3))
+    session = Session(intensity_model, max_rois=4)
+    session.set_image(volume)
+    session.add_click((200, 30, 20))
+    grown = session.mask()
+    rois = [roi for roi, _ in session.objects[1].state.logits]
+    assert len(rois) == 3 and sum(roi.contains(np.array([20.0, 30, 20]))[0] for roi in rois) == 1
+    pasted = []
+    paste_mask = RoiGrid.paste_mask
+    monkeypatch.setattr(RoiGrid, "paste_mask", lambda roi, logits: pasted.append(roi) or paste_mask(roi, logits))
+    session.add_click((20, 30, 20), positive=False)
+    assert session.decoder_runs == 4 and len(pasted) == 1 and pasted[0].contains(np.array([20.0, 30, 20]))[0]
+    corrected = session.mask()
+    assert np.array_equal(session.label_map() > 0, corrected) and not np.array_equal(corrected, grown)
+    session._pastes.clear()
+    session._region_cache.clear()
+    assert np.array_equal(session.mask(), corrected) and len(pasted) == 4  # all three pasted from scratch
+    session.undo()
+    assert np.array_equal(session.label_map() > 0, grown)
+    session.redo()
+    assert np.array_equal(session.label_map() > 0, corrected)
+
+
 def test_click_far_away_opens_a_second_roi(intensity_model):
     volume, _ = sphere_volume(shape=(300, 100, 44), spacing=(0.9, 1.2, 3.0))
     session = Session(intensity_model, max_rois=2)
