@@ -159,6 +159,37 @@ def test_object_larger_than_one_roi_grows_into_neighbours(intensity_model):
     assert results[4][1] == 3 and results[4][0] > 0.9, results
 
 
+def test_growth_seeds_the_interior_most_voxel_of_the_overlap_and_only_for_wanted_neighbours(monkeypatch):
+    """The seed's distance transform on the overlap's bounding box gives the voxel of the whole
+    transform; a neighbour the caller does not want costs no transform."""
+    from scipy import ndimage
+
+    from fastsam3d.engine import prompts3d
+    from fastsam3d.engine.roi import RoiGrid
+
+    generator = np.random.default_rng(3)
+    for _ in range(20):
+        mask = ndimage.binary_dilation(generator.random((32, 32, 32)) > 0.995, iterations=int(generator.integers(1, 5)))
+        mask[:, :, : int(generator.integers(0, 30))] = False
+        if not mask.any():
+            continue
+        whole = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+        expected = np.unravel_index(np.argmax(whole), whole.shape)
+        assert tuple(prompts3d._interior_most(mask).astype(int)) == expected
+
+    roi = RoiGrid((200, 200, 200), (0, 1, 2), (50.0, 50.0, 50.0), (1.0, 1.0, 1.0), size=64)
+    logits = -torch.ones(1, 1, 16, 16, 16)
+    logits[0, 0, 4:12, 4:12, 8:] = 1.0  # reaches the +axis-2 face only
+    transforms = []
+    interior_most = prompts3d._interior_most
+    monkeypatch.setattr(prompts3d, "_interior_most", lambda mask: transforms.append(1) or interior_most(mask))
+    assert list(prompts3d.growth(roi, logits, lambda neighbour: False)) == [] and not transforms
+    ((neighbour, seed, prompt),) = prompts3d.growth(roi, logits)
+    assert neighbour == roi.neighbour(2, 1) and len(transforms) == 1
+    assert seed.index == (79.5, 79.5, 95.5)  # low-res cell (7, 7, 11), the first of the block's centre (4 cells deep)
+    assert (prompt[0, 0, 4:12, 4:12, :8] == 1).all() and (prompt[0, 0, :, :, 8:] == 0).all()
+
+
 def test_a_click_pastes_only_the_rois_it_lies_in(intensity_model, monkeypatch):
     """The rod in 3 ROIs: an exclude click near its end lies in one of them; only that ROI is decoded
     and pasted again, the others keep their masks, and the label map is the one pasted from scratch

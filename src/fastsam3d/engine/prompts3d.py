@@ -4,6 +4,7 @@ mask that reaches a ROI face grows into (:func:`growth`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,8 +97,12 @@ def stroke_prompts(stroke: Stroke, roi: RoiGrid, model, shape: tuple[int, int, i
     return points, [int(stroke.positive)] * len(points)
 
 
-def growth(roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, torch.Tensor]]:
-    """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume.
+def growth(
+    roi: RoiGrid, logits: torch.Tensor, wanted: Callable[[RoiGrid], bool] = lambda neighbour: True
+) -> Iterator[tuple[RoiGrid, Click, torch.Tensor]]:
+    """Neighbouring ROIs for a mask that reaches a ROI face lying inside the volume, those that
+    ``wanted`` accepts (asked in turn, as the caller takes them: a neighbour's seed costs a distance
+    transform).
 
     Each neighbour is shifted by half a ROI across that face; it is prompted with the current
     logits moved onto its grid (unknown half: logit 0) and a positive seed click at the
@@ -106,8 +111,10 @@ def growth(roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, tor
     positive = (logits[0, 0] > 0).cpu().numpy()
     low_res = positive.shape[0]
     half = low_res // 2
-    grown = []
     for axis, direction in faces_reached(roi, positive):
+        neighbour = roi.neighbour(axis, direction)
+        if not wanted(neighbour):
+            continue
         ahead, behind = slice(half, None), slice(0, half)
         if direction < 0:
             ahead, behind = behind, ahead
@@ -115,15 +122,24 @@ def growth(roi: RoiGrid, logits: torch.Tensor) -> list[tuple[RoiGrid, Click, tor
         keep = [slice(None)] * 3
         keep[axis] = ahead
         overlap[tuple(keep)] = positive[tuple(keep)]
-        depth = ndimage.distance_transform_edt(np.pad(overlap, 1))[1:-1, 1:-1, 1:-1]
-        seed_low_res = np.array(np.unravel_index(np.argmax(depth), depth.shape), dtype=np.float64)
+        seed_low_res = _interior_most(overlap)
         seed = roi.low_res_grid(low_res).roi_to_index(seed_low_res)[0]
         prompt = torch.zeros_like(logits)
         moved, source = [slice(None)] * 5, [slice(None)] * 5
         moved[axis + 2], source[axis + 2] = behind, ahead
         prompt[tuple(moved)] = logits[tuple(source)]
-        grown.append((roi.neighbour(axis, direction), Click(tuple(float(v) for v in seed)), prompt))
-    return grown
+        yield neighbour, Click(tuple(float(v) for v in seed)), prompt
+
+
+def _interior_most(mask: np.ndarray) -> np.ndarray:
+    """The (first, in C order) voxel of a non-empty mask farthest from its background and from the
+    array's faces, as floats: the distance transform runs on the mask's bounding box padded by one
+    voxel of background, which gives the same distances (every voxel outside the box is background)
+    at a fraction of a 64³ transform's ~20 ms."""
+    box = bounding_box(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask[box], 1))[1:-1, 1:-1, 1:-1]
+    inside = np.unravel_index(np.argmax(depth), depth.shape)
+    return np.array([b.start + i for b, i in zip(box, inside, strict=True)], dtype=np.float64)
 
 
 def faces_reached(roi: RoiGrid, positive: np.ndarray) -> list[tuple[int, int]]:

@@ -343,10 +343,13 @@ class Session(ObjectEngine):
                 self.progress(Progress(len(logits), None))
             if not coarsest or len(logits) + len(queue) >= self.max_rois:
                 continue
-            for neighbour, seed, prompt in growth(roi, logits[roi.key][1]):
-                if neighbour.key not in logits and len(logits) + len(queue) < self.max_rois:
-                    state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
-                    queue.append((neighbour, prompt))
+
+            def wanted(neighbour: RoiGrid) -> bool:
+                return neighbour.key not in logits and len(logits) + len(queue) < self.max_rois
+
+            for neighbour, seed, prompt in growth(roi, logits[roi.key][1], wanted):
+                state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
+                queue.append((neighbour, prompt))
         return state, logits
 
     def _zoom_out(self, state: ObjectState, logits: dict[tuple, tuple[RoiGrid, torch.Tensor]]) -> list[RoiGrid]:
