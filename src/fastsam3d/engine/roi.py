@@ -296,7 +296,7 @@ def _paste_matrices(roi: RoiGrid, low_res: int) -> tuple[tuple[slice, slice, sli
     for a in range(3):
         span = covered[roi.axes[a]]
         roi_positions = (np.arange(span.start, span.stop) - roi.start[a]) / roi.step[a]
-        matrices.append(torch.from_numpy(linear_weights(roi_positions, roi.size) @ up))
+        matrices.append(torch.from_numpy(linear_weights(roi_positions, roi.size)) @ torch.from_numpy(up))
     return covered, matrices
 
 
