@@ -180,28 +180,37 @@ class LabelMap:
         pieces = list(pieces)
         stale = None if self._written is None else intersection(box, self._written)
         self._written = union_box([self._written, box])
+        planes = min(REPAINT_PLANES, box[0].stop - box[0].start)
+        scratch = np.empty((planes, *(b.stop - b.start for b in box[1:])), dtype=self.array.dtype)
         changed = []
         for first in range(box[0].start, box[0].stop, REPAINT_PLANES):
             part = (slice(first, min(first + REPAINT_PLANES, box[0].stop)), *box[1:])
-            changed.append(self._repaint_part(part, stale, pieces))
+            changed.append(self._repaint_part(part, stale, pieces, scratch[: part[0].stop - first]))
         return union_box(changed)
 
     def _repaint_part(
-        self, box: Slices, stale: Slices | None, pieces: list[tuple[int, Slices, np.ndarray]]
+        self, box: Slices, stale: Slices | None, pieces: list[tuple[int, Slices, np.ndarray]], composed: np.ndarray
     ) -> Slices | None:
-        """:meth:`repaint` inside ``box``; the box of its changed voxels."""
-        region = self.array[box]
-        before = region.copy()
-        if stale is not None and not is_empty(overlap := intersection(box, stale)):
-            region[relative(overlap, box)] = 0  # outside the written box the map is still zero
+        """:meth:`repaint` inside ``box``, composing the labels in ``composed`` (a scratch array of the
+        box's shape), then writing only the box of the voxels that differ; returns that box."""
+        composed.fill(0)
         for label, piece_box, piece in pieces:
             overlap = intersection(box, piece_box)
             if is_empty(overlap):
                 continue
-            painted = np.multiply(piece[relative(overlap, piece_box)], label, dtype=region.dtype)
+            painted = piece[relative(overlap, piece_box)]
+            if label == 1 and composed.dtype == np.uint8 and painted.dtype == np.bool_:  # bytes 0 / 1 already
+                painted = painted.view(np.uint8)
+            else:
+                painted = np.multiply(painted, label, dtype=composed.dtype)
             target = relative(overlap, box)
-            np.maximum(region[target], painted, out=region[target])
-        changed = bounding_box(region != before)
+            np.maximum(composed[target], painted, out=composed[target])
+        region = self.array[box]
+        if stale is None or is_empty(intersection(box, stale)):  # never written: the map is zero here
+            changed = bounding_box(composed)
+        else:
+            changed = bounding_box(composed != region)
         if changed is None:
             return None
+        region[changed] = composed[changed]
         return tuple(slice(b.start + c.start, b.start + c.stop) for b, c in zip(box, changed, strict=True))
