@@ -46,3 +46,24 @@ def test_3d_mask_decoder_block_order_path_equals_the_layers(multimask):
     chosen = slice(1, None) if multimask else slice(0, 1)
     torch.testing.assert_close(masks, every[:, chosen], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(iou, decoder.iou_prediction_head(hs[:, 0])[:, chosen])
+
+
+def test_3d_mask_decoder_gives_the_same_masks_with_gradients_and_trains():
+    """Without gradients the upscaling's GELUs work in place; with them, out of place: the same
+    masks, and a backward pass through them."""
+    from fastsam3d.modeling.mask_decoder import MaskDecoder
+
+    decoder = MaskDecoder(transformer_dim=32, iou_head_hidden_dim=16, transformer_mlp_dim=64)
+    randomise(decoder)
+    inputs = (
+        torch.randn(1, 32, 3, 4, 5),
+        torch.randn(1, 32, 3, 4, 5),
+        torch.randn(1, 3, 32),
+        torch.randn(1, 32, 3, 4, 5),
+    )
+    with torch.inference_mode():
+        inferred, _ = decoder(*inputs, False)
+    trained, _ = decoder(*inputs, False)
+    trained.square().mean().backward()
+    torch.testing.assert_close(inferred, trained.detach())
+    assert all(p.grad is not None for p in decoder.output_upscaling.parameters())
