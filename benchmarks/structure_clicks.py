@@ -85,7 +85,9 @@ def main() -> None:
             count, fill = roi_fill(session, prediction)
             medians = [statistics.median(c[i] for c in cached) for i in range(3)]
             rows.append((first, *medians, count, fill))
-            print(f"| {case.name}/{name} | {first:.0f} | {medians[0]:.1f} | {medians[1]:.1f} | {medians[2]:.1f} | {count} | {fill:.2f} |")
+            print(
+                f"| {case.name}/{name} | {first:.0f} | {medians[0]:.1f} | {medians[1]:.1f} | {medians[2]:.1f} | {count} | {fill:.2f} |"
+            )
     _summary("all structures", rows)
     _summary(f"one ROI, box fill >= {FILLING}", [row for row in rows if row[4] == 1 and row[5] >= FILLING])
 
