@@ -54,7 +54,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model("default", device="cpu", precision=args.precision)
     warm_up(model, "cpu")
-    print(f"# default in {model.precision}, {args.threads} threads, warm; times in ms (wall clock of add_click)")
+    print(
+        f"# default in {model.precision}, {args.threads} threads, warm; torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; times in ms (wall clock of add_click)"
+    )
     print("| structure | first click | cached click | its decoder | its paste | ROIs | box fill |")
     print("|---|---|---|---|---|---|---|")
     rows = []
