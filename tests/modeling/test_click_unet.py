@@ -47,6 +47,17 @@ def test_intensity_channels_ignore_the_scanner_range():
     assert difference.mean() < 0.01 and difference.max() < 0.05
 
 
+def test_intensity_channels_sorted_by_numpy_equal_those_sorted_by_torch(monkeypatch):
+    """The quantiles' sort runs in NumPy on the CPU: the channels are torch's, bit for bit (ties included)."""
+    from fastsam3d.modeling import click_unet
+
+    image = torch.round(torch.randn(2, 1, 30, 31, 32, generator=torch.Generator().manual_seed(7)) * 40)  # many ties
+    fast, rows = intensity_channels(image), click_unet.sorted_rows(image.flatten(1)[:, ::7])
+    assert torch.equal(rows, image.flatten(1)[:, ::7].sort(dim=1).values)
+    monkeypatch.setattr(click_unet, "sorted_rows", lambda values: values.sort(dim=1).values)
+    assert torch.equal(fast, intensity_channels(image))
+
+
 @pytest.mark.parametrize("positive", [True, False])
 def test_clicks_are_honoured_whatever_the_network_predicts(positive):
     model = ClickUNet3D(SMALL).eval()
