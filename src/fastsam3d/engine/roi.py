@@ -212,7 +212,9 @@ class RoiGrid:
         slab = max(
             1, EXTRACT_SLAB_VOXELS // ((sources[0].stop - sources[0].start) * (sources[1].stop - sources[1].start))
         )
-        planes = torch.empty(self.size, self.size, depth)  # resampled along ROI axes 0 and 1
+        # resampled along ROI axes 0 and 1, axis 2 first: the taps along it then read whole planes
+        # (along the innermost axis, a 128³ crop's took 9.4 ms against 0.85 ms + 2 ms for the copy back)
+        planes = torch.empty(depth, self.size, self.size)
         for first in range(0, depth, slab):
             part = slice(sources[2].start + first, sources[2].start + min(first + slab, depth))
             block_slices = [None] * 3
@@ -224,8 +226,9 @@ class RoiGrid:
             if isinstance(array, np.ndarray):
                 drop_mapped_pages(array)  # a mapped file's pages leave this process slab by slab
             block = torch.from_numpy(block).permute(self.axes)
-            planes[:, :, first : first + block.shape[2]] = _apply_in_memory_order(block, {0: taps[0], 1: taps[1]})
-        return taps[2].apply(planes, 2)
+            resampled = _apply_in_memory_order(block, {0: taps[0], 1: taps[1]})
+            planes[first : first + block.shape[2]] = resampled.permute(2, 0, 1)
+        return taps[2].apply(planes, 0).permute(1, 2, 0).contiguous()
 
     def paste_matrices(self, low_res: int) -> tuple[tuple[slice, slice, slice], list[torch.Tensor]]:
         """Covered input box and per-ROI-axis matrices (covered voxels, low_res) taking low-res
