@@ -101,6 +101,7 @@ def test_upsampling_weights_match_torch():
 def test_normalise_intensity_uses_positive_voxels():
     crop = torch.zeros(10, 10, 10)
     crop[:5] = torch.linspace(1, 9, 500).view(5, 10, 10)
+    crop[7:] = -torch.linspace(1, 900, 300).view(3, 10, 10)  # negative voxels (air in HU) count as not positive
     normalised = normalise_intensity(crop)
     positive = crop[crop > 0]
     assert torch.allclose(normalised[crop > 0], (positive - positive.mean()) / positive.std(), atol=1e-6)

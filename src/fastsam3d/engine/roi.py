@@ -322,9 +322,10 @@ def normalise_intensity(crop: torch.Tensor, in_place: bool = False) -> torch.Ten
     ``in_place`` overwrites a float crop the caller owns (no second crop-sized array).
     """
     count, total, squares = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    for planes in crop.split(NORMALISE_PLANES):
-        values = planes[planes > 0].double()
-        count, total, squares = count + values.numel(), total + values.sum(), squares + values.square().sum()
+    for planes in crop.split(NORMALISE_PLANES):  # the positive voxels' values, the others as zeros: no compaction
+        kept = planes.clamp(min=0).double()  # (selecting them took 12 ms of a 128³ crop, this 3.4 ms)
+        count += int((planes > 0).sum())
+        total, squares = total + kept.sum(), squares + kept.square().sum()
     if count < 2:  # too few positive voxels: all of them
         values = crop.double()
         count, total, squares = values.numel(), values.sum(), values.square().sum()
