@@ -51,7 +51,6 @@ def measure(volume: Path) -> dict[str, float]:
 
     from fastsam3d import Session, build_model, load_model
 
-    torch.set_num_threads(2)
     result = {}
     with torch.inference_mode():
         default = load_model("default").eval()
@@ -86,7 +85,7 @@ def drive_masks(store: Path) -> None:
     from fastsam3d.clicks import center_click
 
     clicks_by_structure, masks = {}, {}
-    for key, image, target, session in _structures():
+    for key, image, target, session in dev_structures():
         prediction, clicks = np.zeros_like(target), []
         for _ in range(3):
             click = center_click(prediction, target, image.spacing)
@@ -108,7 +107,7 @@ def replay_masks(store: Path) -> dict[str, float]:
 
     masks, clicks_by_structure = np.load(store), json.loads(store.with_suffix(".json").read_text())
     result = {}
-    for key, _, target, session in _structures():
+    for key, _, target, session in dev_structures():
         for point, positive in clicks_by_structure[key]:
             session.add_click(point, positive=positive)
         theirs = np.unpackbits(masks[key])[: target.size].reshape(target.shape).astype(bool)
@@ -116,18 +115,16 @@ def replay_masks(store: Path) -> dict[str, float]:
     return result
 
 
-def _structures():
-    """(case/structure, image, label mask, session with a fresh object) for every dev structure."""
-    import torch
-
+def dev_structures(model="default"):
+    """(case/structure, image, label mask, session with a fresh object) for every dev structure of at
+    least 50 voxels, one ``model`` session (a name or a loaded model) per case."""
     from fastsam3d import Session
     from fastsam3d.data.devdata import default_root
     from fastsam3d.evaluation.datasets import load_cases
 
-    torch.set_num_threads(2)
     for case in load_cases(default_root() / "dataset.json"):
         image, truth = case.load()
-        session = Session("default", device="cpu")
+        session = Session(model, device="cpu")
         session.set_image(image)
         for class_id, name in case.classes.items():
             target = truth.array == class_id
@@ -163,6 +160,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=("time", "drive", "replay"), help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(2)
     if args.worker == "time":
         print(json.dumps(measure(args.volume)))
         return

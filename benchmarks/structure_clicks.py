@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from click_ab import dev_structures  # this folder is on sys.path when a script in it runs
 
 from fastsam3d import Session
 from fastsam3d.clicks import center_click
@@ -26,7 +27,6 @@ from fastsam3d.data.devdata import dev_manifest
 from fastsam3d.engine import warm_up
 from fastsam3d.engine.labelmap import bounding_box
 from fastsam3d.engine.prompts3d import state_rois
-from fastsam3d.evaluation.datasets import load_cases
 from fastsam3d.registry import load_model
 
 FILLING = 0.5  # an object "fills its ROI" when its box is at least this fraction of the ROI's box
@@ -61,36 +61,28 @@ def main() -> None:
     print("| structure | first click | cached click | its decoder | its paste | ROIs | box fill |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for case in load_cases(manifest):
-        image, truth = case.load()
-        session = Session(model, device="cpu")
-        session.set_image(image)
-        for class_id, name in case.classes.items():
-            target = truth.array == class_id
-            if target.sum() < 50:
-                continue
-            session.add_object(name)
-            prediction, first, cached = np.zeros_like(target), None, []
-            for _ in range(args.clicks):
-                click = center_click(prediction, target, image.spacing)
-                if click is None:
-                    break
-                started = time.perf_counter()
-                timings = session.add_click(click[0], positive=click[1]).timings
-                wall = 1e3 * (time.perf_counter() - started)
-                prediction = session.mask()
-                if first is None:
-                    first = wall
-                elif timings.encoder == 0:
-                    cached.append((wall, 1e3 * timings.decoder, 1e3 * timings.paste))
-            if not cached:
-                continue
-            count, fill = roi_fill(session, prediction)
-            medians = [statistics.median(c[i] for c in cached) for i in range(3)]
-            rows.append((first, *medians, count, fill))
-            print(
-                f"| {case.name}/{name} | {first:.0f} | {medians[0]:.1f} | {medians[1]:.1f} | {medians[2]:.1f} | {count} | {fill:.2f} |"
-            )
+    for key, image, target, session in dev_structures(model):
+        prediction, first, cached = np.zeros_like(target), None, []
+        for _ in range(args.clicks):
+            click = center_click(prediction, target, image.spacing)
+            if click is None:
+                break
+            started = time.perf_counter()
+            timings = session.add_click(click[0], positive=click[1]).timings
+            wall = 1e3 * (time.perf_counter() - started)
+            prediction = session.mask()
+            if first is None:
+                first = wall
+            elif timings.encoder == 0:
+                cached.append((wall, 1e3 * timings.decoder, 1e3 * timings.paste))
+        if not cached:
+            continue
+        count, fill = roi_fill(session, prediction)
+        medians = [statistics.median(c[i] for c in cached) for i in range(3)]
+        rows.append((first, *medians, count, fill))
+        print(
+            f"| {key} | {first:.0f} | {medians[0]:.1f} | {medians[1]:.1f} | {medians[2]:.1f} | {count} | {fill:.2f} |"
+        )
     _summary("all structures", rows)
     _summary(f"one ROI, box fill >= {FILLING}", [row for row in rows if row[4] == 1 and row[5] >= FILLING])
 

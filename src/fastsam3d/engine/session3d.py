@@ -336,6 +336,10 @@ class Session(ObjectEngine):
         logits = {roi.key: (roi, value) for roi, value in state.logits}
         queue = [(roi, self._previous_logits(obj, roi)) for roi in rois]
         coarsest = self._roi_spacing(rois[0]) >= self._spacings()[-1]
+
+        def wanted(neighbour: RoiGrid) -> bool:  # asked as the queue grows
+            return neighbour.key not in logits and len(logits) + len(queue) < self.max_rois
+
         while queue:
             roi, mask_input = queue.pop(0)
             logits[roi.key] = (roi, self._decode(state, roi, mask_input))
@@ -343,10 +347,6 @@ class Session(ObjectEngine):
                 self.progress(Progress(len(logits), None))
             if not coarsest or len(logits) + len(queue) >= self.max_rois:
                 continue
-
-            def wanted(neighbour: RoiGrid) -> bool:
-                return neighbour.key not in logits and len(logits) + len(queue) < self.max_rois
-
             for neighbour, seed, prompt in growth(roi, logits[roi.key][1], wanted):
                 state = replace(state, seeds=state.seeds + ((neighbour.key, seed),))
                 queue.append((neighbour, prompt))

@@ -538,14 +538,15 @@ class ClickUNet3D(nn.Module):
                 out[b].zero_()
                 continue
             planes = max(1, SIMILARITY_VALUES // (size * size * max(columns.shape[1], 8)))
+            spans = (slice(0, includes), slice(includes, columns.shape[1]))  # include, exclude columns
             for plane in range(0, size, planes):
                 products = _dot_products(unit[b : b + 1, :, plane : plane + planes], columns)
-                for channel, group in enumerate((slice(0, includes), slice(includes, None))):
+                for channel, span in enumerate(spans):
                     target = out[b, channel, plane : plane + planes]
-                    if products[:, group].shape[1] == 0:
+                    if span.start == span.stop:
                         target.zero_()
                     else:
-                        target.copy_(products[:, group].amax(-1).clamp_min(0).view(target.shape))
+                        target.copy_(products[:, span].amax(-1).clamp_min(0).view(target.shape))
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
