@@ -7,7 +7,7 @@
         --precisions fp32 bf16 bf16+compile bf16+cudagraphs --sdpa   # on a GPU (benchmarks/gpu_check.sh)
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
 
-Random weights (timing does not depend on them). Each model and precision runs in its own process
+Random weights (timing does not depend on them), loaded from a checkpoint file as a user's model is. Each model and precision runs in its own process
 (under ``/usr/bin/time -v`` when present) so that peak RSS is per run. Per run it reports: encoder
 time per ROI (128³ for the SAMs, 64³ for the default; min and median of the repeats), the first
 click (encoder + decoder + paste, as the answer's ``timings``; ``warm_first_click_s``: the first click of a second
@@ -71,18 +71,27 @@ def write_test_volume(path: Path) -> Path:
     return path
 
 
+def write_checkpoint(name: str, folder: Path) -> Path:
+    """The model's random weights in a checkpoint file, which the workers load as a user's session does.
+    Seeded: the same weights in every run, so the ONNX cache is hit from the second run on."""
+    import torch
+
+    from fastsam3d import build_model, save_model
+
+    torch.manual_seed(0)
+    return save_model(build_model(name), folder / f"{name}.safetensors")
+
+
 def worker(
     name: str, device: str, threads: int, repeats: int, verify_padding: bool, precision: str, volume: Path
 ) -> dict:
     import torch
 
-    from fastsam3d import Session, build_model
-    from fastsam3d.runtime import apply_model_precision
+    from fastsam3d import Session, load_model
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)  # the same random weights in every run: the ONNX cache is hit from the second run on
     precision, _, compiled = precision.partition("+")
-    model = apply_model_precision(build_model(name).to(device), precision, device)
+    model = load_model(volume.with_name(f"{name}.safetensors"), device=device, precision=precision)
     if compiled:  # the encoder only: the per-click decoder sees a new number of points on every click
         model.encode = torch.compile(model.encode, mode=COMPILE_MODES[compiled])
     session = Session(model, device=device, max_rois=1)  # random weights: keep to one ROI
@@ -311,6 +320,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         args.volume = write_test_volume(Path(folder) / f"ct{args.input}")
+        for name in args.models:
+            write_checkpoint(name, Path(folder))
         rows = [row for name in args.models for precision in args.precisions if (row := _run(name, precision, args))]
     import platform
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fastsam3d.checkpoints import read_checkpoint
 from fastsam3d.errors import CheckpointError
 from fastsam3d.registry import MODEL_CONFIGS, build_model, load_model, save_model
 
@@ -65,3 +66,49 @@ def test_one_registry_for_2d_and_3d_models_without_the_test_only_configs():
     assert weights_status("default") == "shipped" and weights_status("compact") == "--checkpoint"
     with pytest.raises(CheckpointError, match="fastsam3d saves 3D models only"):
         save_model(build_model("litemedsam"), "never-written.safetensors")
+
+
+def test_loaded_weights_are_the_files_and_then_independent_of_it(tmp_path):
+    """The model is given the checkpoint's tensors (not initialised, then overwritten), and holds them
+    in memory: rewriting the file in place afterwards changes nothing."""
+    model, other = build_model("tiny-student"), build_model("tiny-student")
+    path = save_model(model, tmp_path / "model.safetensors")
+    loaded, state = load_model(path), read_checkpoint(path)[0]
+    replacement = save_model(other, tmp_path / "other.safetensors").read_bytes()
+    assert len(replacement) == path.stat().st_size
+    with open(path, "r+b") as handle:  # same size and layout, other weights: a mapped model would change
+        handle.write(replacement)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(state[key], value), key
+
+
+def test_a_loaded_model_trains(tmp_path):
+    path = save_model(build_model("tiny-student"), tmp_path / "model.safetensors")
+    model = load_model(path).train()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert all(p.requires_grad and p.is_leaf and p.is_contiguous() for p in model.parameters())
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    crop = torch.randn(1, 1, *(model.img_size,) * 3)
+    for _ in range(2):
+        optimiser.zero_grad()
+        masks, _ = model.decode(model.encode(crop), torch.tensor([[[32.0, 30, 33]]]), torch.tensor([[1]]))
+        masks.sigmoid().mean().backward()
+        optimiser.step()
+    changed = [k for k, v in model.named_parameters() if not torch.equal(before[k], v)]
+    assert any(k.startswith("image_encoder.blocks.") for k in changed) and any(
+        k.startswith("mask_decoder.") for k in changed
+    )
+
+
+def test_state_outside_the_state_dict_survives_loading(tmp_path):
+    """TinyViT's attention-bias indices are a non-persistent buffer, computed when the model is built."""
+    built = build_model("litemedsam")
+    path = tmp_path / "lite.pth"
+    torch.save(built.state_dict(), path)
+    loaded = load_model("litemedsam", checkpoint=path)
+    indices = {k: v for k, v in built.named_buffers() if k.endswith("attention_bias_idxs")}
+    assert indices
+    for key, value in loaded.named_buffers():
+        if key in indices:
+            assert torch.equal(value, indices[key]), key
