@@ -130,3 +130,20 @@ def test_warm_up_runs_the_model_once_on_a_small_volume(model_type):
         setattr(model, name, counted)
     assert warm_up(model, "cpu") > 0
     assert calls["encode"] == 1 and calls["decode"] >= 1  # one ROI or slice: a full click, not a propagation
+
+
+def test_binary_entropy_in_chunks_is_the_closed_form(monkeypatch):
+    from fastsam3d.engine import answers
+
+    monkeypatch.setattr(answers, "ENTROPY_CHUNK", 7)  # chunk edges inside rows and planes
+    rng = np.random.default_rng(0)
+    p = rng.random((5, 6, 4)).astype(np.float32)
+    p[0, 0, :2] = (0.0, 1.0)
+    p = p.transpose(2, 0, 1)  # not contiguous
+    entropy = answers.binary_entropy(p)
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    expected = np.where(p > 0, -(q * np.log2(q) + (1 - q) * np.log2(1 - q)), 0)
+    assert entropy.shape == p.shape and entropy.dtype == np.float32
+    np.testing.assert_allclose(entropy, expected, atol=1e-5)
+    assert entropy[0, 0, 0] == 0 and entropy[1, 0, 0] < 1e-4
+    assert answers.binary_entropy(np.full((3,), 0.5, dtype=np.float32)) == pytest.approx(1.0)

@@ -10,6 +10,8 @@ import numpy as np
 
 from .labelmap import Slices
 
+ENTROPY_CHUNK = 2**18  # values binary_entropy computes at a time (1 MB of float32)
+
 
 @dataclass
 class Timings:
@@ -73,15 +75,21 @@ class Uncertainty:
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy in bits of a foreground probability (0 where it is 0: outside the estimate); float32,
-    with three float32 temporaries the size of ``p`` (a ROI-sized map is tens of MB)."""
-    q = np.clip(p, 1e-7, 1 - 1e-7, dtype=np.float32)
-    rest = np.subtract(1, q, dtype=np.float32)
-    entropy = np.log2(q)
-    entropy *= q
-    np.log2(rest, out=q)
-    q *= rest
-    entropy += q
-    np.negative(entropy, out=entropy)
-    entropy[p <= 0] = 0.0
-    return entropy
+    """Entropy in bits of a foreground probability (0 where it is 0: outside the estimate), float32.
+    Computed ``ENTROPY_CHUNK`` values at a time: a ROI-sized map is tens of MB, and whole-map
+    temporaries added three of them to a session's peak (a student's: 576 -> 660 MB)."""
+    values = np.ascontiguousarray(p, dtype=np.float32).reshape(-1)
+    entropy = np.empty(values.shape, dtype=np.float32)
+    for first in range(0, values.size, ENTROPY_CHUNK):
+        chunk = values[first : first + ENTROPY_CHUNK]
+        out = entropy[first : first + ENTROPY_CHUNK]
+        q = np.clip(chunk, 1e-7, 1 - 1e-7)
+        rest = np.subtract(1, q, dtype=np.float32)
+        np.log2(q, out=out)
+        out *= q
+        np.log2(rest, out=q)
+        q *= rest
+        out += q
+        np.negative(out, out=out)
+        out[chunk <= 0] = 0.0
+    return entropy.reshape(np.shape(p))
