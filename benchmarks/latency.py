@@ -7,8 +7,9 @@
         --precisions fp32 bf16 bf16+compile bf16+cudagraphs --sdpa   # on a GPU (benchmarks/gpu_check.sh)
     python benchmarks/latency.py --verify-padding      # also run the teacher's literal padded windows
 
-Random weights (timing does not depend on them), loaded from a checkpoint file as a user's model is. Each model and precision runs in its own process
-(under ``/usr/bin/time -v`` when present) so that peak RSS is per run. Per run it reports: encoder
+Random weights (timing does not depend on them), loaded from a checkpoint file as a user's model
+is. Each model and precision runs in its own process (under ``/usr/bin/time -v`` when present) so
+that peak RSS is per run. Per run it reports: encoder
 time per ROI (128³ for the SAMs, 64³ for the default; min and median of the repeats), the first
 click (encoder + decoder + paste, as the answer's ``timings``; ``warm_first_click_s``: the first click of a second
 object in another ROI, once the process is warm, as on a server), the time of a further click with the

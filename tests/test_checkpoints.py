@@ -2,6 +2,7 @@
 loads whose errors name the cause, refused pickles and non-checkpoint files (through load_model)."""
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,28 @@ def test_files_that_are_not_checkpoints(tmp_path):
         image = write_volume(volume, tmp_path / name).rename(tmp_path / f"{name}.pth")
         with pytest.raises(CheckpointError, match=r"is an image .*, not a model checkpoint"):
             load_model("tiny-teacher", checkpoint=image)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux's /proc/self/smaps")
+def test_a_mapped_tensor_is_copied_and_its_pages_leave_the_process(tmp_path):
+    from fastsam3d.checkpoints import _mapped_ranges, _out_of_mapping
+
+    path = tmp_path / "weights.bin"
+    np.arange(2**20, dtype=np.float32).tofile(path)  # 4 MB
+    tensor = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="c"))  # a private mapping, as safetensors'
+    ranges = _mapped_ranges(path)
+    assert any(low <= tensor.data_ptr() < high for low, high in ranges)
+
+    def resident_kb() -> int:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+        for index, line in enumerate(lines):
+            if line.endswith(str(path)):
+                return next(int(entry.split()[1]) for entry in lines[index + 1 :] if entry.startswith("Rss:"))
+        return 0
+
+    assert float(tensor.sum()) > 0 and resident_kb() >= 4000  # read: its pages are resident
+    copy = _out_of_mapping(tensor, ranges)
+    assert resident_kb() < 100
+    assert torch.equal(copy, torch.arange(2**20, dtype=torch.float32))
+    heap = torch.arange(2**20, dtype=torch.float32)  # outside the file's mapping: left as it is
+    assert torch.equal(_out_of_mapping(heap, ranges), heap) and torch.equal(heap, copy)

@@ -97,7 +97,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], Sam3DConfig 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            state_dict = {key: _out_of_mapping(handle.get_tensor(key)) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+            mapped = _mapped_ranges(path)
+            state_dict = {key: _out_of_mapping(handle.get_tensor(key), mapped) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
     except FileNotFoundError:
         raise CheckpointError(f"no such checkpoint: {path}") from None
     except (SafetensorError, OSError, ValueError) as error:
@@ -106,16 +107,32 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], Sam3DConfig 
     return state_dict, config
 
 
-def _out_of_mapping(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy in memory of a tensor that safetensors maps from its file, whose pages then leave this
-    process: the file's pages would otherwise stay resident beside the copy until the file is closed
-    (a FastSAM3D student, 213 MB, would be counted twice)."""
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps the file ``path`` (Linux's ``/proc/self/maps``; none elsewhere)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    target, ranges = str(Path(path).resolve()), []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            low, high = fields[0].split("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def _out_of_mapping(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> torch.Tensor:
+    """A copy in memory of a tensor that safetensors may map from its file; where it lies in the
+    file's ``mapped`` ranges, its pages then leave this process (they would otherwise stay resident
+    beside the copy until the file is closed: a FastSAM3D student, 213 MB, counted twice)."""
     copy = tensor.clone()
-    if hasattr(mmap, "MADV_DONTNEED") and tensor.nbytes:  # only whole pages inside the tensor: its own
-        first = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = (tensor.data_ptr() + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > first:
-            ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), mmap.MADV_DONTNEED)
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+    if hasattr(mmap, "MADV_DONTNEED") and any(low <= start and end <= high for low, high in mapped):
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+        last = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
     return copy
 
 
@@ -176,7 +193,8 @@ def load_state_dict_strict(
     """Load with a strict key and shape check; the error names what differs and the likely cause.
 
     ``assign``: the model takes the state dict's tensors themselves (cast to the model's dtypes
-    where they differ) instead of copying them into its own: for a model built on the meta device.
+    where they differ) instead of copying them into its own: for a model built without
+    initialisation (``registry.load_model``).
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]

@@ -67,7 +67,7 @@ class _WithoutInitialisation(TorchFunctionMode):
 def _with_weights(config: ModelConfig, state_dict: dict[str, torch.Tensor], source: str) -> Model:
     """The model of ``config`` holding the checkpoint's tensors themselves: the weights are in memory
     once (a FastSAM3D student loaded in int8 peaked at 650 MB when built, initialised and then
-    given a copy of them; now ~450 MB)."""
+    given a copy of them; now ~460 MB)."""
     with _WithoutInitialisation():
         model = build_model(config)
     load_state_dict_strict(model, state_dict, source, assign=True)
