@@ -114,13 +114,13 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # benchmark
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("slab_voxels", [2**21, 50])  # one slab, or a few rows at a time (on a CPU)
-def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels, device):
-    monkeypatch.setattr(preprocess, "PASTE_SLAB_VOXELS", slab_voxels)
+@pytest.mark.parametrize("low_res", [32, 64])  # upsampled 4x (rows mixing 3 planes) or 2x; banded products
+def test_paste_mask_equals_thresholded_paste_logits(low_res, device):
     volume = _oblique_volume()
     roi = RoiGrid.centred(volume, np.array([45.0, 35.0, 20.0]))
-    low = torch.full((32, 32, 32), -3.0)
-    low[10:14, 12:20, 15:17] = 4.0
+    low = torch.full((low_res,) * 3, -3.0)
+    scale = low_res // 32
+    low[10 * scale : 14 * scale, 12 * scale : 20 * scale, 15 * scale : 17 * scale] = 4.0
     covered, logits = roi.paste_logits(low)
     box, mask = roi.paste_mask(low.to(device).half())  # on the logits' device, as the history keeps them
     full = np.zeros(volume.shape, bool)
@@ -131,6 +131,44 @@ def test_paste_mask_equals_thresholded_paste_logits(monkeypatch, slab_voxels, de
     assert mask.size < 0.2 * logits.size  # only the positive neighbourhood was computed
     empty_box, empty = roi.paste_mask(torch.full((32, 32, 32), -1.0))
     assert empty.size == 0 and not pasted[empty_box].any()
+
+
+def test_signs_of_mixes_equal_the_products_signs():
+    """Rows mixing 1, 2 or 3 consecutive planes (and none), on planes with equal neighbours and exact
+    zeros: the signs of ``weights @ planes`` wherever the product is not within rounding of 0."""
+    rng = np.random.default_rng(0)
+    planes = rng.normal(size=(6, 400)).astype(np.float32)
+    planes[2, :50] = planes[3, :50]  # a = b: always or never positive
+    planes[4, 50:60] = 0.0
+    rows = []
+    for low, taps in [(0, 1), (0, 2), (0, 2), (1, 3), (1, 3), (2, 2), (3, 2), (3, 2), (3, 3), (4, 2), (5, 1), (5, 1)]:
+        for _ in range(3):
+            row = np.zeros(6, np.float32)
+            row[low : low + taps] = rng.dirichlet(np.ones(taps))
+            rows.append(row)
+    rows.append(np.zeros(6, np.float32))
+    weights = torch.from_numpy(np.stack(rows))
+    product = (weights @ torch.from_numpy(planes)).numpy()
+    signs = np.empty(product.shape, bool)
+    preprocess._signs_of_mixes(weights, torch.from_numpy(planes), signs)
+    decided = np.abs(product) > 1e-5
+    assert decided.mean() > 0.95 and np.array_equal(signs[decided], product[decided] > 0)
+    assert not signs[-1].any()
+
+
+@pytest.mark.parametrize("inputs", [16, 64, 80])
+def test_banded_products_equal_the_dense_contraction(inputs):
+    generator = torch.Generator().manual_seed(0)
+    array = torch.randn(inputs, 5, 7, generator=generator).permute(0, 2, 1)  # not contiguous
+    banded = torch.zeros(50, inputs)
+    for row in range(50):
+        low = row * (inputs - 3) // 50
+        banded[row, low : low + 3] = torch.rand(3, generator=generator)
+    banded[7] = 0.0
+    for matrix in (banded, torch.rand(50, inputs, generator=generator)):  # and a dense one: still right
+        expected = torch.tensordot(array, matrix, dims=([0], [1]))
+        assert torch.allclose(preprocess._contract_first_axis_banded(array, matrix), expected, atol=1e-5)
+        assert torch.allclose(preprocess.apply_per_axis(array, [matrix]), expected, atol=1e-5)
 
 
 def test_paste_mask_of_logits_outside_the_volume_is_empty():
