@@ -13,6 +13,8 @@ are one affine map per axis, and linear resampling is one small interpolation ma
   covers. Its per-axis matrices compose the model's trilinear upsampling (``align_corners=False``)
   with the linear resampling onto the input grid, so the per-click cost is three small
   matrix products over the covered voxels, never a pass over the whole volume.
+* :meth:`RoiGrid.paste_mask` gives the signs of that paste, and only where they can be positive;
+  on the CPU its last axis is a threshold comparison per voxel instead of a product.
 """
 
 from __future__ import annotations
@@ -265,10 +267,11 @@ class RoiGrid:
     def paste_mask(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         """(L, L, L) low-res logits -> (box, boolean mask on the box) of input voxels with pasted logit > 0.
 
-        Equal to ``paste_logits(...)[1] > 0`` but only computed where it can be positive: an
-        interpolated value is a convex mix of low-res values, so rows whose weights all fall outside
-        the low-res bounding box of positive logits (per axis) are negative. Computed on the logits'
-        device: on a GPU only the boolean box comes back to the CPU, in one product and one copy.
+        Equal to ``paste_logits(...)[1] > 0`` (up to float rounding at values within rounding of 0)
+        but only computed where it can be positive: an interpolated value is a convex mix of low-res
+        values, so rows whose weights all fall outside the low-res bounding box of positive logits
+        (per axis) are negative. Computed on the logits' device: on a GPU only the boolean box comes
+        back to the CPU, in one product and one copy; on the CPU see :func:`_signs_of_mixes`.
         """
         logits = low_res_logits.float()
         covered, matrices = self.paste_matrices(logits.shape[-1])
