@@ -274,7 +274,7 @@ class RoiGrid:
         (per axis) are negative. Computed on the logits' device: on a GPU only the boolean box comes
         back to the CPU, in one product and one copy; on the CPU see :func:`_signs_of_mixes`.
         """
-        logits = low_res_logits.float()
+        logits = low_res_logits.detach().float()
         covered, matrices = self.paste_matrices(logits.shape[-1])
         matrices = [matrix.to(logits.device) for matrix in matrices]
         box: list[slice] = list(covered)
