@@ -319,38 +319,40 @@ def _signs_of_mixes(weights: torch.Tensor, planes: torch.Tensor, out: np.ndarray
     column, ``s > t`` with ``t = -a / (b - a)``, the comparison reversed where ``b < a`` (where
     ``a = b``, t is -inf or +inf: always or never). So such a row costs a comparison and an XOR of
     booleans per voxel (NumPy's: torch's broadcast comparison took 2.6x as long), where the product
-    wrote floats and read them back: a ROI-filling paste of 7.4 M voxels ~3x faster. The signs are
-    the product's up to float rounding (values within rounding of 0). Rows that mix three planes
-    (two ROI voxels on either side of a low-res sample, where the upsampling bends) are products.
+    wrote floats and read them back (the comparisons of a ROI-filling 7.4 M-voxel box: ~3x faster).
+    The signs are the product's up to float rounding (values within rounding of 0). Rows that mix
+    three planes (two ROI voxels on either side of a low-res sample, where the upsampling bends) are
+    products, ``BAND_ROWS`` rows at a time over the planes they mix.
     """
     matrix = weights.numpy()
     present = matrix > 0
     first, count = present.argmax(1), present.sum(1)
-    starts = np.flatnonzero((first[1:] != first[:-1]) | (count[1:] != count[:-1])) + 1
-    bounds = [0, *starts.tolist(), len(matrix)]
     values = planes.numpy()
+    # per row: 0 mixes nothing, 1 mixes one or two planes (a threshold), 2 more (or there is one plane)
+    kind = np.where(count == 0, 0, np.where((count <= 2) & (len(values) > 1), 1, 2))
     if len(values) > 1:
         gaps = np.subtract(values[1:], values[:-1])
         reversed_ = gaps < 0
         with np.errstate(divide="ignore", invalid="ignore"):  # a = b: -inf, +inf or NaN (a = 0: never)
             thresholds = np.negative(np.divide(values[:-1], gaps, out=gaps), out=gaps)
-    product = None
-    for begin, end in itertools.pairwise(bounds):
-        low, taps = int(first[begin]), int(count[begin])
+    starts = np.flatnonzero((first[1:] != first[:-1]) | (kind[1:] != kind[:-1])) + 1
+    products = []
+    for begin, end in itertools.pairwise([0, *starts.tolist(), len(matrix)]):
         run = out[begin:end]
-        if taps == 0:
+        if kind[begin] == 0:
             run[:] = False
-        elif taps <= 2 and len(values) > 1:
-            interval = min(low, len(values) - 2)  # a row on the last plane only: s = 1 before it
+        elif kind[begin] == 1:
+            interval = min(int(first[begin]), len(values) - 2)  # a row on the last plane only: s = 1 before it
             mix = matrix[begin:end, interval : interval + 2]
             np.greater((mix[:, 1] / mix.sum(1))[:, None], thresholds[interval], out=run)
             np.logical_xor(run, reversed_[interval], out=run)
         else:
-            if product is None or len(product) < end - begin:
-                product = torch.empty(end - begin, planes.shape[1])
-            part = product[: end - begin]
-            torch.mm(weights[begin:end, low : low + taps], planes[low : low + taps], out=part)
-            torch.gt(part, 0, out=torch.from_numpy(run))
+            products.extend(range(begin, end))
+    for chunk in range(0, len(products), BAND_ROWS):  # the other rows as products, BAND_ROWS at a time
+        rows = np.asarray(products[chunk : chunk + BAND_ROWS])
+        low, high = int(first[rows].min()), int((first[rows] + count[rows]).max())
+        product = weights[torch.from_numpy(rows), low:high] @ planes[low:high]
+        out[rows] = (product > 0).numpy()
 
 
 @functools.lru_cache(maxsize=32)
