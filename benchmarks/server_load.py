@@ -113,7 +113,7 @@ def latency(replica: Replica, centre: tuple[int, int, int], clicks: int) -> floa
             f"(encoder {first['timings_ms']['encoder']:.0f} ms)"
         )
         rng = random.Random(0)
-        times, servers, sizes = [], [], []
+        times, servers, sizes, stages = [], [], [], collections.defaultdict(list)
         for _ in range(clicks):
             point = [c + rng.randint(-10, 10) for c in centre]
             started = time.perf_counter()
@@ -123,6 +123,8 @@ def latency(replica: Replica, centre: tuple[int, int, int], clicks: int) -> floa
             answer = response.json()
             times.append(1e3 * (time.perf_counter() - started))
             servers.append(answer["timings_ms"]["server"])
+            for stage, value in answer["timings_ms"].items():
+                stages[stage].append(value)
             sizes.append(len(answer["region"]["data"]) if answer["region"] else 0)
         if times:
             median, p95 = percentiles(times)
@@ -130,6 +132,10 @@ def latency(replica: Replica, centre: tuple[int, int, int], clicks: int) -> floa
                 f"{name}click with cached embedding, {clicks} clicks: round trip median {median:.1f} ms, "
                 f"p95 {p95:.1f} ms; server median {statistics.median(servers):.1f} ms; "
                 f"answer median {statistics.median(sizes) / 1024:.0f} kB"
+            )
+            print(
+                f"{name}  by stage, median ms: "
+                + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stages.items())
             )
         one_session = replica.rss()
         print(f"{name}server RSS with one session open: {one_session:.0f} MB")
