@@ -137,6 +137,9 @@ def latency(replica: Replica, centre: tuple[int, int, int], clicks: int) -> floa
                 f"{name}  by stage, median ms: "
                 + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in stages.items())
             )
+        saves = client.get("/api/health").json().get("saves")
+        if saves:
+            print(f"{name}records written: {saves['written']}, {saves['mean_ms']} ms each on average")
         one_session = replica.rss()
         print(f"{name}server RSS with one session open: {one_session:.0f} MB")
         client.delete(f"/api/sessions/{session}")

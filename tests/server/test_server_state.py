@@ -119,6 +119,17 @@ def test_without_a_state_folder_nothing_is_saved(data_dir, tmp_path):
         session = open_sphere(client)
         click(client, session, centre_voxel())
         assert client.get("/api/sessions").json()["sessions"][0]["open"]
+        assert "saves" not in client.get("/api/health").json()
+
+
+def test_health_counts_the_records_written(data_dir, state_dir):
+    with make_client(data_dir, state_dir=state_dir, sync_saves=True) as client:
+        session = open_sphere(client)
+        before = client.get("/api/health").json()["saves"]
+        click(client, session, centre_voxel())
+        click(client, session, centre_voxel(), positive=False)
+        saves = client.get("/api/health").json()["saves"]
+        assert saves["written"] >= before["written"] + 2 and saves["mean_ms"] > 0
 
 
 def test_sessions_share_one_feature_budget_and_idle_ones_make_room(data_dir, state_dir):

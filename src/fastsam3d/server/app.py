@@ -112,6 +112,7 @@ def create_app(settings: ServerSettings, model: torch.nn.Module | None = None) -
             "sessions": len(store),
             "max_sessions": settings.max_sessions,
             "feature_cache_mb": round(store.features.total_bytes() / 2**20, 1),
+            **({"saves": store.writer.statistics()} if store.writer is not None else {}),
         }
 
     @api.get("/models")

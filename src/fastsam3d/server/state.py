@@ -217,6 +217,11 @@ class RecordWriter:
             self._changed.notify_all()
         return done
 
+    def statistics(self) -> dict:
+        """Records written so far and their mean time in ms (the CPU and disk a change costs)."""
+        with self._changed:
+            return {"written": self.saves, "mean_ms": round(1e3 * self.seconds / max(self.saves, 1), 1)}
+
     def cancel(self, key: str) -> None:
         """Drop a pending save and wait for a running one (before its record is deleted)."""
         with self._changed:
