@@ -112,3 +112,14 @@ def test_state_outside_the_state_dict_survives_loading(tmp_path):
     for key, value in loaded.named_buffers():
         if key in indices:
             assert torch.equal(value, indices[key]), key
+
+
+def test_one_tensor_under_several_keys_gives_separate_parameters(tmp_path):
+    state = build_model("tiny-student").state_dict()
+    first, second = "image_encoder.neck.1.bias", "image_encoder.neck.3.bias"
+    state[first] = state[second] = torch.zeros_like(state[first])  # saved once, under two keys
+    torch.save(state, tmp_path / "tied.pth")
+    loaded = load_model(tmp_path / "tied.pth")
+    with torch.no_grad():
+        loaded.image_encoder.neck[1].bias.add_(1.0)
+    assert not loaded.image_encoder.neck[3].bias.any()

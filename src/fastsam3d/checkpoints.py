@@ -224,8 +224,21 @@ def load_state_dict_strict(
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise CheckpointError(f"{source} does not fit model {name!r}: {'; '.join(parts)}{cause}")
     if assign:  # a half-precision checkpoint still gives a float32 model, a transposed view a contiguous one
-        state_dict = {k: v.to(expected[k].dtype).contiguous() for k, v in state_dict.items()}
+        state_dict = _owned(state_dict, {k: v.dtype for k, v in expected.items()})
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _owned(state_dict: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+    """The tensors a model can take as its own: in its dtypes, contiguous, and no two of them the same
+    memory (a checkpoint may hold one tensor under several keys; as parameters they would be tied)."""
+    owned, starts = {}, set()
+    for key, value in state_dict.items():
+        value = value.to(dtypes[key]).contiguous()
+        if value.numel() and value.data_ptr() in starts:
+            value = value.clone()
+        starts.add(value.data_ptr())
+        owned[key] = value
+    return owned
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Sam3DConfig | ClickUNetConfig | None]:
