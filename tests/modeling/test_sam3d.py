@@ -29,3 +29,18 @@ def test_shapes_and_intermediate_features():
     assert [tuple(f.shape) for f in features] == [(2, 8, 8, 8, 96)] * 3 + [(2, 96, 8, 8, 8)]
     assert masks.shape == (2, 3, 32, 32, 32) and iou.shape == (2, 3)
     assert model.upsample(masks[:, :1]).shape == (2, 1, 64, 64, 64)
+
+
+def test_a_model_trains_after_decoding_in_inference_mode():
+    """What the decoder caches during a session (inference mode) must not break a later training step."""
+    from fastsam3d.modeling import mask_decoder
+
+    mask_decoder._space_order.cache_clear()  # made now, under inference mode
+    model = build_model("tiny-student")
+    crop = torch.randn(1, 1, *(model.img_size,) * 3)
+    points, labels = torch.tensor([[[32.0, 30, 33]]]), torch.tensor([[1]])
+    with torch.inference_mode():
+        model.decode(model.encode(crop), points, labels)
+    masks, _ = model.train().decode(model.encode(crop), points, labels)
+    masks.sigmoid().mean().backward()
+    assert model.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
