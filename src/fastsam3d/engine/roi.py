@@ -262,7 +262,7 @@ class RoiGrid:
     def paste_logits(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         """(L, L, L) low-res logits -> (covered box, logits on those input voxels in input axis order)."""
         covered, matrices = self.paste_matrices(low_res_logits.shape[-1])
-        values = apply_per_axis(low_res_logits.float().cpu(), matrices)
+        values = apply_per_axis(low_res_logits.detach().float().cpu(), matrices)
         return covered, values.permute(*np.argsort(self.axes)).numpy()
 
     def paste_mask(self, low_res_logits: torch.Tensor) -> tuple[tuple[slice, slice, slice], np.ndarray]:
