@@ -72,6 +72,11 @@ def write_test_volume(path: Path) -> Path:
     return path
 
 
+def checkpoint_path(name: str, folder: Path) -> Path:
+    """Where the run keeps a model's random weights: beside its test volume."""
+    return folder / f"{name}.safetensors"
+
+
 def write_checkpoint(name: str, folder: Path) -> Path:
     """The model's random weights in a checkpoint file, which the workers load as a user's session does.
     Seeded: the same weights in every run, so the ONNX cache is hit from the second run on."""
@@ -80,7 +85,7 @@ def write_checkpoint(name: str, folder: Path) -> Path:
     from fastsam3d import build_model, save_model
 
     torch.manual_seed(0)
-    return save_model(build_model(name), folder / f"{name}.safetensors")
+    return save_model(build_model(name), checkpoint_path(name, folder))
 
 
 def worker(
@@ -92,7 +97,7 @@ def worker(
 
     torch.set_num_threads(threads)
     precision, _, compiled = precision.partition("+")
-    model = load_model(volume.with_name(f"{name}.safetensors"), device=device, precision=precision)
+    model = load_model(checkpoint_path(name, volume.parent), device=device, precision=precision)
     if compiled:  # the encoder only: the per-click decoder sees a new number of points on every click
         model.encode = torch.compile(model.encode, mode=COMPILE_MODES[compiled])
     session = Session(model, device=device, max_rois=1)  # random weights: keep to one ROI

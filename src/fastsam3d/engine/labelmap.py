@@ -128,7 +128,11 @@ class RegionView:
 
 
 def merge_max(regions: Iterable[Region], box: Slices, dtype=np.float32) -> np.ndarray:
-    """Regions of values (e.g. probabilities) composed into one array over ``box`` by voxel-wise maximum."""
+    """Regions of values (e.g. probabilities) composed into one array over ``box`` by voxel-wise maximum.
+    A single region that is the whole box comes back as it is, not copied (a ROI-sized map is tens of MB)."""
+    regions = list(regions)
+    if len(regions) == 1 and regions[0][0] == tuple(box) and regions[0][1].dtype == dtype:
+        return regions[0][1]
     merged = np.zeros(tuple(s.stop - s.start for s in box), dtype=dtype)
     for piece_box, values in regions:
         target = relative(piece_box, box)

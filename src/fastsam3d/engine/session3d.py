@@ -267,8 +267,7 @@ class Session(ObjectEngine):
             box, logits = roi.paste_logits(torch.logit(mean))
             pieces.append((box, sigmoid_in_place(logits)))
         box = union_box(piece_box for piece_box, _ in pieces)
-        merged = pieces[0][1] if len(pieces) == 1 else merge_max(pieces, box)  # one ROI: no copy
-        probability = clip_to_box(self.model, obj.state, merged, box)
+        probability = clip_to_box(self.model, obj.state, merge_max(pieces, box), box)
         self.timings = Timings(decoder=time.perf_counter() - started)
         return Uncertainty(box, probability, binary_entropy(probability))
 
