@@ -275,7 +275,7 @@ def _onnx_encode(encoder: OnnxEncoder, scales: int):
 
     def encode(image: torch.Tensor) -> ClickUNetFeatures:
         outputs = [t.permute(0, 4, 1, 2, 3) for t in encoder(intensity_channels(image))]
-        return ClickUNetFeatures(outputs[:scales], outputs[scales], outputs[scales + 1])
+        return ClickUNetFeatures(outputs[:scales], outputs[scales], outputs[scales + 1], {})
 
     return encode
 

@@ -23,3 +23,19 @@ def test_views_share_one_lru_budget():
     big = cache.view()
     big["x"] = torch.zeros(5000)  # alone over the budget: the newest is kept
     assert next(iter(big.values())).numel() == 5000 and len(second) == 0
+
+
+def test_features_count_their_tensors_and_not_the_maps_they_keep_later():
+    """A ClickUNet ROI's features keep similarity maps after they are stored (their memo): the budget
+    counts what was stored, so removing them gives back exactly what storing them took."""
+    from fastsam3d.modeling.click_unet import ClickUNetFeatures
+
+    cache = FeatureCache(max_mb=1)
+    view = cache.view()
+    features = ClickUNetFeatures([torch.zeros(10), torch.zeros(20)], torch.zeros(30), torch.zeros(40), {})
+    view["roi"] = features
+    assert cache.total_bytes() == 100 * 4
+    features.memo[(0, frozenset({1}))] = torch.zeros(1000)  # a map kept by a decode
+    assert cache.total_bytes() == 100 * 4
+    view.clear()
+    assert cache.total_bytes() == 0

@@ -323,3 +323,45 @@ def test_similarity_of_a_long_stroke_samples_it_evenly():
     with torch.inference_mode():
         model._similarity(unit, coords, torch.full_like(labels, -1), maps)  # padding only: no similarity
     assert not maps.any()
+
+
+def test_similarity_maps_kept_per_click_set_equal_those_computed_afresh(monkeypatch):
+    """A session's clicks grow one at a time, are undone and redone: with the features' memo each
+    decode equals one without it, a new click is compared with only its own voxel, an undo finds
+    its maps kept, and the memo stays bounded."""
+    from fastsam3d.modeling import click_unet
+    from fastsam3d.modeling.click_unet import SIMILARITY_MEMO_MAPS, ClickUNetFeatures
+
+    compared = []
+    slab_products = click_unet._slab_products
+    monkeypatch.setattr(
+        click_unet,
+        "_slab_products",
+        lambda unit, columns: (compared.append(columns.shape[1]), slab_products(unit, columns))[1],
+    )
+    model = ClickUNet3D(SMALL).eval()
+    generator = torch.Generator().manual_seed(2)
+    coords = torch.rand(1, 12, 3, generator=generator) * 31
+    labels = torch.tensor([[1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0]])
+    with torch.inference_mode():
+        features = model.encode(torch.randn(1, 1, 32, 32, 32, generator=generator))
+        afresh = ClickUNetFeatures(features.shares, features.unit, features.head)  # no memo
+        for count in [*range(1, 13), 11, 10, 11, 12]:  # clicks added, two undone, redone
+            compared.clear()
+            logits = model.decode(features, coords[:, :count], labels[:, :count])[0]
+            computed = sum(compared)
+            compared.clear()
+            expected = model.decode(afresh, coords[:, :count], labels[:, :count])[0]
+            assert torch.equal(logits, expected)
+            assert len(features.memo) <= SIMILARITY_MEMO_MAPS
+            if count > 1:
+                assert computed <= 1  # only the newest click's voxel (an undo's set is kept: none)
+    assert sum(len(voxels) for _, voxels in features.memo) > 0
+
+
+def test_similarity_memo_is_not_used_under_autograd():
+    """Training decodes with gradients through the features: no map is kept from them."""
+    model = ClickUNet3D(SMALL)
+    features = model.encode(torch.randn(1, 1, 32, 32, 32))
+    model.decode(features, torch.tensor([[[16.0, 16, 16]]]), torch.tensor([[1]]))[0].sum().backward()
+    assert features.memo == {}

@@ -40,14 +40,14 @@ class FeatureCache:
         with self._lock:
             self._pop((owner, key))
             self._entries[owner, key] = value
-            self._bytes += _nbytes(value)
+            self._bytes += nbytes(value)
             while self._bytes > self.max_bytes and len(self._entries) > 1:
                 self._pop(next(iter(self._entries)))
 
     def _pop(self, full_key: tuple[int, Hashable]) -> torch.Tensor | None:
         value = self._entries.pop(full_key, None)
         if value is not None:
-            self._bytes -= _nbytes(value)
+            self._bytes -= nbytes(value)
         return value
 
 
@@ -104,8 +104,12 @@ class CacheView:
             return [key for owner, key in self._cache._entries if owner == self._owner]
 
 
-def _nbytes(value) -> int:
-    """Bytes of a tensor or of a (nested) tuple/list of tensors."""
+def nbytes(value) -> int:
+    """Bytes of a tensor or of the tensors in a (nested) tuple or list. A dict inside (the similarity
+    maps a ROI's features keep for the next click, :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures`,
+    at most 4 MB) and None count 0: a stored value's size must not change while it is stored."""
+    if value is None or isinstance(value, dict):
+        return 0
     if isinstance(value, torch.Tensor):
         return value.element_size() * value.nelement()
-    return sum(_nbytes(part) for part in value)
+    return sum(nbytes(part) for part in value)

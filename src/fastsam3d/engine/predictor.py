@@ -23,7 +23,7 @@ import torch
 from ..io import Volume
 from ..modeling import Sam3D
 from .answers import Timings
-from .cache import CacheView
+from .cache import CacheView, nbytes
 from .labelmap import PackedMask, RegionView
 from .roi import RoiGrid, normalise_intensity
 
@@ -75,7 +75,7 @@ class RoiPredictor:
 
     def cached_bytes(self) -> int:
         """Memory held by the cached ROI embeddings."""
-        return sum(_nbytes(embedding) for embedding in self._embeddings.values())
+        return sum(nbytes(embedding) for embedding in self._embeddings.values())
 
     def embedding(self, roi: RoiGrid) -> torch.Tensor:
         """The image embedding of a ROI, computed once and cached (LRU)."""
@@ -198,10 +198,3 @@ class RoiPredictor:
         """Wait for queued GPU work, so that a stage's time is its own and not the next one's."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def _nbytes(embedding) -> int:
-    """Bytes of a tensor or of a (nested) tuple/list of tensors."""
-    if isinstance(embedding, torch.Tensor):
-        return embedding.element_size() * embedding.nelement()
-    return sum(_nbytes(part) for part in embedding)

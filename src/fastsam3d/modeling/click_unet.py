@@ -42,6 +42,7 @@ SIMILARITY_POINTS = 64  # include (exclude) points whose features the similarity
 SIMILARITY_FILTERS = 24  # clicked vectors up to which the products are a convolution (see _dot_products)
 SIMILARITY_VALUES = 2**20  # products computed at a time (slabs of planes): 24 filters over a whole 64³ ROI
 # (25 MB of fresh pages) took 12 ms a convolution inside a decode, against 2 ms in slabs
+SIMILARITY_MEMO_MAPS = 4  # similarity maps a ROI's features keep for the next click (1 MB each for 64³)
 PROMPT_MAPS = 6  # include, exclude, previous probability, box, include / exclude similarity
 STEM_CHANNELS = 8  # the 2 intensity channels are zero-padded to 8: oneDNN's fast 3D convolution needs >= 8
 CHANNELS_LAST = torch.channels_last_3d
@@ -311,6 +312,42 @@ def _dot_products(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor
     return conv3d(features, weight).permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[0])[:, :count]
 
 
+def _slab_products(unit: torch.Tensor, columns: torch.Tensor):
+    """(first plane, (planes, S, S, N) dot products) of (1, C, S, S, S) features with (C, N) vectors,
+    over slabs of about ``SIMILARITY_VALUES`` products."""
+    size = unit.shape[-1]
+    planes = max(1, SIMILARITY_VALUES // (size * size * max(columns.shape[1], 8)))
+    for plane in range(0, size, planes):
+        products = _dot_products(unit[:, :, plane : plane + planes], columns)
+        yield plane, products.view(-1, size, size, columns.shape[1])
+
+
+def _memoised_similarity(unit: torch.Tensor, channel: int, points: torch.Tensor, memo: dict) -> torch.Tensor:
+    """The (S, S, S) similarity map of (1, C, S, S, S) ``unit`` features to those at ``points`` (N >= 1, 3),
+    from ``memo``: kept for this set of voxels, or the map of the largest kept subset maxed with the
+    rest's, or computed; the result is kept (the ``SIMILARITY_MEMO_MAPS`` latest)."""
+    size = unit.shape[-1]
+    voxels = frozenset(((points[:, 0] * size + points[:, 1]) * size + points[:, 2]).tolist())
+    key = (channel, voxels)
+    if key in memo:
+        memo[key] = memo.pop(key)  # the latest used stays longest
+        return memo[key]
+    kept = [k for k in memo if k[0] == channel and k[1] < voxels]
+    base = max(kept, key=lambda k: len(k[1]), default=(channel, frozenset()))
+    missing = torch.tensor(sorted(voxels - base[1]), dtype=torch.long, device=unit.device)
+    vectors = unit[0, :, missing // size**2, missing // size % size, missing % size]  # (C, N) not in the kept map
+    similarity = unit.new_empty(size, size, size)
+    for plane, products in _slab_products(unit, vectors):
+        similarity[plane : plane + products.shape[0]] = products.amax(-1)
+    similarity.clamp_min_(0)
+    if base[1]:
+        torch.maximum(similarity, memo[base], out=similarity)
+    memo[key] = similarity
+    while len(memo) > SIMILARITY_MEMO_MAPS:
+        memo.pop(next(iter(memo)))
+    return similarity
+
+
 def _image_channels(layer: Conv3d, image_channels: int) -> slice:
     """The input channels of a prompt layer that the image features fill: they come after the
     coarser decoder output's (none at the coarsest scale) and before the ``PROMPT_MAPS``."""
@@ -328,14 +365,16 @@ def _prompt_layer(layer: nn.Sequential, inputs: torch.Tensor, share: torch.Tenso
 
 
 class ClickUNetFeatures(NamedTuple):
-    """What :meth:`ClickUNet3D.encode` caches per ROI (all channels-last 3D tensors)."""
+    """What :meth:`ClickUNet3D.encode` caches per ROI (all channels-last 3D tensors), and the
+    similarity maps of its latest click sets (``memo``: see :meth:`ClickUNet3D._similarity`)."""
 
     shares: list[torch.Tensor]  # scales 1, 2, ... (S/2, S/4, ...): the image's share of that scale's prompt layer
     unit: torch.Tensor  # (B, fine_channels, S, S, S) unit-length fine features, for the similarity maps
     head: torch.Tensor  # (B, prompt_channels[0], S, S, S) the fine features' share of the first head layer
+    memo: dict | None = None  # (include or exclude, frozenset of clicked voxels) -> (S, S, S) map; batch of one
 
     def expand(self, batch: int) -> ClickUNetFeatures:
-        """The same features for a batch of ``batch`` prompt sets (from a batch of one)."""
+        """The same features for a batch of ``batch`` prompt sets (from a batch of one; no memo)."""
         if self.unit.shape[0] == batch:
             return self
         grow = [t.expand(batch, *t.shape[1:]) for t in (*self.shares, self.unit, self.head)]
@@ -426,7 +465,7 @@ class ClickUNet3D(nn.Module):
         # the norm in one pass over channels-last memory (fine * fine then a sum over channels: 5x
         # slower); out of place: autograd saves the norm for backward
         unit = fine * (torch.linalg.vector_norm(fine, dim=1, keepdim=True).square() + 1e-12).rsqrt()
-        return ClickUNetFeatures(self._image_shares(levels), unit, self.head_fine(fine))
+        return ClickUNetFeatures(self._image_shares(levels), unit, self.head_fine(fine), {})
 
     def image_features(self, channels: torch.Tensor) -> list[torch.Tensor]:
         """(B, 2, S, S, S) :func:`intensity_channels` -> the U-Net's decoded features at every scale,
@@ -478,7 +517,7 @@ class ClickUNet3D(nn.Module):
         given = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
         features = image_embedding.expand(max([image_embedding.unit.shape[0], *given]))
         batch = features.unit.shape[0]
-        prompts = self._prompt_maps(features.unit, point_coords, point_labels, boxes, mask_input)
+        prompts = self._prompt_maps(features, point_coords, point_labels, boxes, mask_input)
         pyramid = [prompts]
         for _ in features.shares:
             pyramid.append(halve(pyramid[-1]))
@@ -496,7 +535,7 @@ class ClickUNet3D(nn.Module):
 
     @staticmethod
     def _prompt_maps(
-        unit: torch.Tensor,
+        features: ClickUNetFeatures,
         coords: torch.Tensor | None,
         labels: torch.Tensor | None,
         boxes: torch.Tensor | None,
@@ -505,6 +544,7 @@ class ClickUNet3D(nn.Module):
         """(B, PROMPT_MAPS, S, S, S) in channels-last memory, each map written where it lies (no
         concatenation, no layout copy): include / exclude clicks, the previous probability, the box,
         and the include / exclude similarity maps."""
+        unit = features.unit
         batch, size, device = unit.shape[0], unit.shape[-1], unit.device
         prompts = unit.new_empty(batch, size, size, size, PROMPT_MAPS).permute(0, 4, 1, 2, 3)
         prompts[:, 0:2] = click_maps(coords, labels, size).to(device)
@@ -513,40 +553,55 @@ class ClickUNet3D(nn.Module):
         else:
             prompts[:, 2:3] = torch.sigmoid(mask_input)
         prompts[:, 3:4] = box_map(boxes, batch, size, device)
-        ClickUNet3D._similarity(unit, coords, labels, prompts[:, 4:6])
+        memo = None if unit.requires_grad else features.memo  # under autograd every map is computed afresh
+        ClickUNet3D._similarity(unit, coords, labels, prompts[:, 4:6], memo)
         return prompts
 
     @staticmethod
     def _similarity(
-        unit: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None, out: torch.Tensor
+        unit: torch.Tensor,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        out: torch.Tensor,
+        memo: dict | None = None,
     ) -> None:
         """Write into ``out`` (B, 2, S, S, S) the max cosine similarity (clamped at 0) of every voxel's
         unit features to those under the include / exclude clicks (0 without such clicks).
 
         The products (:func:`_dot_products`) are computed over slabs of planes, about
-        ``SIMILARITY_VALUES`` at a time, each slab's maxima written where they lie."""
+        ``SIMILARITY_VALUES`` at a time, each slab's maxima written where they lie. With a ``memo``
+        (a batch of one, up to ``SIMILARITY_POINTS`` points per kind) each map is kept per set of
+        clicked voxels: a click that adds a point compares only with it and takes the maximum with
+        the map of the set before, and an undo finds its map kept (the maps' cost grew with the
+        clicks: the trained default's decoder took 13 ms at 2 clicks and 27 ms at 40)."""
         batch, size = unit.shape[0], unit.shape[-1]
         if coords is None:
             out.zero_()
             return
         index = coords.round().long().clamp(0, size - 1)
         for b in range(batch):
-            vectors = unit[b, :, index[b, :, 0], index[b, :, 1], index[b, :, 2]]  # (C, N)
-            groups = [_even_sample(vectors[:, labels[b] == value], SIMILARITY_POINTS) for value in (1, 0)]
+            groups = [index[b][labels[b] == value] for value in (1, 0)]  # (N, 3) include, exclude voxels
+            if memo is not None and batch == 1 and all(len(g) <= SIMILARITY_POINTS for g in groups):
+                for channel, points in enumerate(groups):
+                    if len(points):
+                        out[b, channel].copy_(_memoised_similarity(unit, channel, points, memo))
+                    else:
+                        out[b, channel].zero_()
+                continue
+            vectors = [unit[b, :, g[:, 0], g[:, 1], g[:, 2]] for g in groups]  # (C, N) each
+            groups = [_even_sample(v, SIMILARITY_POINTS) for v in vectors]
             columns, includes = torch.cat(groups, 1), groups[0].shape[1]
             if columns.shape[1] == 0:  # padding only
                 out[b].zero_()
                 continue
-            planes = max(1, SIMILARITY_VALUES // (size * size * max(columns.shape[1], 8)))
             spans = (slice(0, includes), slice(includes, columns.shape[1]))  # include, exclude columns
-            for plane in range(0, size, planes):
-                products = _dot_products(unit[b : b + 1, :, plane : plane + planes], columns)
+            for plane, products in _slab_products(unit[b : b + 1], columns):
                 for channel, span in enumerate(spans):
-                    target = out[b, channel, plane : plane + planes]
+                    target = out[b, channel, plane : plane + products.shape[0]]
                     if span.start == span.stop:
                         target.zero_()
                     else:
-                        target.copy_(products[:, span].amax(-1).clamp_min(0).view(target.shape))
+                        target.copy_(products[..., span].amax(-1).clamp_min(0))
 
     @staticmethod
     def _honour(logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
