@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,6 +24,7 @@ from fastsam3d.runtime import (
     cache_dir,
     default_precision,
     export_encoder,
+    prune_encoders,
     use_onnx_encoder,
 )
 
@@ -165,6 +167,27 @@ def test_a_corrupt_cached_file_is_rebuilt_and_a_mismatched_file_refused(tmp_path
     (tmp_path / "broken.onnx").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="cannot load the ONNX encoder"):
         use_onnx_encoder(copy.deepcopy(model), "onnx-fp32", path=tmp_path / "broken.onnx")
+
+
+@needs_onnx
+def test_the_cache_keeps_the_three_encoders_of_a_model_used_last(onnx_cache):
+    """Each code version or checkpoint exports a new file: opening one keeps it and the two others of
+    that model and precision used last, and deletes older ones; other models' files stay."""
+    onnx_cache.mkdir(parents=True)
+    stale = [onnx_cache / f"tiny-student-fp32-{index:016x}.onnx" for index in range(4)]
+    others = [onnx_cache / "tiny-student-int8-0000000000000000.onnx", onnx_cache / "default-fp32-0000000000000000.onnx"]
+    for age, path in enumerate([*stale, *others]):
+        path.write_bytes(b"an older export")
+        os.utime(path, (1e9 - age, 1e9 - age))  # stale[0] used last
+    used = apply_model_precision(_student(), "onnx-fp32").image_encoder.path
+    assert used.is_file() and used not in stale
+    assert sorted(onnx_cache.glob("tiny-student-fp32-*.onnx")) == sorted([used, *stale[:2]])
+    assert all(path.is_file() for path in others)
+    os.utime(used, (1, 1))  # as if used long ago: opening it again from the cache marks it used
+    assert apply_model_precision(_student(), "onnx-fp32").image_encoder.path == used and used.is_file()
+    os.utime(stale[1], (2e9, 2e9))  # used after the export
+    assert prune_encoders("tiny-student", "fp32", keep=1) == [used, stale[0]]
+    assert [path.name for path in onnx_cache.glob("tiny-student-fp32-*.onnx")] == [stale[1].name]
 
 
 @needs_onnx

@@ -21,9 +21,11 @@ mismatched explicit file is refused.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 OPSET = 17
 FORMAT = 3  # bump when the exported graph's inputs, outputs or metadata change
 METADATA_KEY = "fastsam3d"
+CACHED_ENCODERS_KEPT = 3  # cached files per model and precision (other checkpoints, older versions)
 MODELING_DIR = Path(__file__).parent / "modeling"
 
 
@@ -282,18 +285,48 @@ def _onnx_encode(encoder: OnnxEncoder, scales: int):
 
 def _cached_encoder(model: nn.Module, precision: str, key: str, runner: type[OnnxEncoder]) -> OnnxEncoder:
     """The cached file of ``model``'s encoder in ``precision`` (``fp32`` / ``int8``) with ``key``,
-    opened by ``runner``; exported first if it is absent, stale or unreadable."""
+    opened by ``runner``; exported first if it is absent, stale or unreadable. Then the cache keeps
+    the ``CACHED_ENCODERS_KEPT`` files of this model and precision used last (:func:`prune_encoders`)."""
     path = cache_dir() / f"{model.config.name}-{precision}-{key[:16]}.onnx"
+    encoder = None
     if path.is_file():
         try:
-            return runner(path, model.img_size, key)
+            encoder = runner(path, model.img_size, key)
         except UnsupportedEncoder:
             raise  # the file is sound: exporting it again would not help
         except CheckpointError as error:
             log.warning(f"rebuilding the cached ONNX encoder: {error}")
-    log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
-    export_encoder(model, path, precision, key)
-    return runner(path, model.img_size, key)
+    if encoder is None:
+        log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
+        export_encoder(model, path, precision, key)
+        encoder = runner(path, model.img_size, key)
+    os.utime(path)  # its time is its last use
+    prune_encoders(model.config.name, precision)
+    return encoder
+
+
+def _last_use(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile by another process
+        return -math.inf
+
+
+def prune_encoders(name: str, precision: str, keep: int = CACHED_ENCODERS_KEPT) -> list[Path]:
+    """Delete the cached encoder files of model ``name`` in ``precision`` beyond the ``keep`` used
+    last; returns the deleted paths. Each new version of the modeling code, torch or a runtime, and
+    each other checkpoint, makes a new file (the teacher's: 360 MB), so the cache grew with every
+    upgrade. The runtimes read a file whole when they open it: deleting it does not disturb a
+    process that runs it; a file that cannot be deleted stays."""
+    files = sorted(cache_dir().glob(f"{glob.escape(name)}-{precision}-*.onnx"), key=_last_use, reverse=True)
+    deleted = []
+    for stale in files[keep:]:
+        try:
+            stale.unlink()
+        except OSError:
+            continue
+        deleted.append(stale)
+    return deleted
 
 
 def use_onnx_encoder(model: nn.Module, precision: str, path: str | Path | None = None) -> nn.Module:
