@@ -16,7 +16,7 @@ model on this machine, once (:mod:`fastsam3d.tuning`). Cached files live in
 ``$FASTSAM3D_CACHE/onnx`` (default ``~/.cache/fastsam3d/onnx``), named by a key over the weights,
 the config, the precision, the modeling code and the torch / ONNX Runtime versions; the key is
 stored in the file and checked on load, so a stale or corrupt cached file is rebuilt and a
-mismatched explicit file is refused.
+mismatched explicit file is refused; the three files of each model and precision used last are kept.
 """
 
 from __future__ import annotations
