@@ -191,6 +191,18 @@ def test_the_cache_keeps_the_three_encoders_of_a_model_used_last(onnx_cache):
 
 
 @needs_onnx
+def test_a_cache_whose_files_cannot_be_touched_still_serves_them(monkeypatch, onnx_cache):
+    """A read-only cache (its files' times cannot be set) is read as it is."""
+    apply_model_precision(_student(), "onnx-fp32")
+
+    def refused(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "utime", refused)
+    assert isinstance(apply_model_precision(_student(), "onnx-fp32").image_encoder, OnnxEncoder)
+
+
+@needs_onnx
 def test_export_command_writes_a_file_the_runtime_accepts(tmp_path):
     model = _student()
     checkpoint = save_model(model, tmp_path / "student.safetensors")

@@ -21,6 +21,7 @@ mismatched explicit file is refused; the three files of each model and precision
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -300,7 +301,8 @@ def _cached_encoder(model: nn.Module, precision: str, key: str, runner: type[Onn
         log.info(f"exporting the {model.config.name} encoder to ONNX ({precision}) once, into {path.parent}")
         export_encoder(model, path, precision, key)
         encoder = runner(path, model.img_size, key)
-    os.utime(path)  # its time is its last use
+    with contextlib.suppress(OSError):  # a read-only cache, or a file another process removed: no matter
+        os.utime(path)  # its time is its last use
     prune_encoders(model.config.name, precision)
     return encoder
 
@@ -316,8 +318,8 @@ def prune_encoders(name: str, precision: str, keep: int = CACHED_ENCODERS_KEPT) 
     """Delete the cached encoder files of model ``name`` in ``precision`` beyond the ``keep`` used
     last; returns the deleted paths. Each new version of the modeling code, torch or a runtime, and
     each other checkpoint, makes a new file (the teacher's: 360 MB), so the cache grew with every
-    upgrade. The runtimes read a file whole when they open it: deleting it does not disturb a
-    process that runs it; a file that cannot be deleted stays."""
+    upgrade. A process that opened a file keeps running it (ONNX Runtime and OpenVINO read it on
+    opening; a deleted file stays readable while open); a file that cannot be deleted stays."""
     files = sorted(cache_dir().glob(f"{glob.escape(name)}-{precision}-*.onnx"), key=_last_use, reverse=True)
     deleted = []
     for stale in files[keep:]:
