@@ -175,3 +175,23 @@ def test_the_precision_command_lists_and_measures_again(monkeypatch, capsys):
     assert main(["precision"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("  fp32 for default: first click")
     assert main(["precision", "--measure"]) == 2
+
+
+def test_candidates_share_the_weights_and_leave_the_model_as_it_was():
+    """Each candidate is a copy of the modules around the same weight tensors (no second copy of a
+    large model's weights while measuring); converting one leaves the measured model in fp32."""
+    from fastsam3d.modeling.precision import Int8Linear
+
+    torch.manual_seed(0)
+    model = build_model("tiny-student").eval()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    candidate = tuning._sharing_copy(model)
+    assert all(mine is theirs for mine, theirs in zip(model.parameters(), candidate.parameters(), strict=True))
+    assert candidate.image_encoder is not model.image_encoder
+    found = tuning.measure(model, ("fp32", "int8"))
+    assert set(found.first_click_ms) | set(found.rejected) == {"fp32", "int8"}
+    assert getattr(model, "precision", "fp32") == "fp32"
+    assert not any(isinstance(module, Int8Linear) for module in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+    assert all(parameter.requires_grad for parameter in model.parameters())
