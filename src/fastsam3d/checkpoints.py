@@ -107,6 +107,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], Sam3DConfig 
     return state_dict, config
 
 
+_LIBC = ctypes.CDLL(None) if hasattr(mmap, "MADV_DONTNEED") else None  # the C library, for madvise (Linux)
+
+
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
     """Address ranges where this process maps the file ``path`` (Linux's ``/proc/self/maps``; none elsewhere)."""
     try:
@@ -128,11 +131,11 @@ def _out_of_mapping(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> torc
     beside the copy until the file is closed: a FastSAM3D student, 213 MB, counted twice)."""
     copy = tensor.clone()
     start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
-    if hasattr(mmap, "MADV_DONTNEED") and any(low <= start and end <= high for low, high in mapped):
+    if _LIBC is not None and any(low <= start and end <= high for low, high in mapped):
         first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
         last = end // mmap.PAGESIZE * mmap.PAGESIZE
         if last > first:
-            ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+            _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
     return copy
 
 

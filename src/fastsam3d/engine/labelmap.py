@@ -212,23 +212,25 @@ class LabelMap:
 
 def _composed(box: Slices, pieces: list[tuple[int, Slices, np.ndarray]], scratch: np.ndarray) -> np.ndarray:
     """The labels inside ``box`` as a voxel-wise maximum of ``piece * label``. One piece that fills
-    the box gives its own bytes where its label is 1 (no clearing and no copy: a ROI-filling object
-    repainted 5.3 -> ~3.5 ms)."""
+    the box gives its labels without clearing or a maximum (a ROI-filling object's 7.4 M voxels
+    repainted in 4.2-4.5 instead of 5.2-5.4 ms)."""
     overlapping = [(label, intersection(box, piece_box), piece_box, piece) for label, piece_box, piece in pieces]
     overlapping = [item for item in overlapping if not is_empty(item[1])]
     if len(overlapping) == 1 and overlapping[0][1] == tuple(box):
         label, overlap, piece_box, piece = overlapping[0]
-        painted = piece[relative(overlap, piece_box)]
-        if label == 1 and scratch.dtype == np.uint8 and painted.dtype == np.bool_:
-            return painted.view(np.uint8)
-        return np.multiply(painted, label, dtype=scratch.dtype, out=scratch)
+        return _labelled(piece[relative(overlap, piece_box)], label, scratch.dtype, out=scratch)
     scratch.fill(0)
     for label, overlap, piece_box, piece in overlapping:
-        painted = piece[relative(overlap, piece_box)]
-        if label == 1 and scratch.dtype == np.uint8 and painted.dtype == np.bool_:  # bytes 0 / 1 already
-            painted = painted.view(np.uint8)
-        else:
-            painted = np.multiply(painted, label, dtype=scratch.dtype)
         target = relative(overlap, box)
-        np.maximum(scratch[target], painted, out=scratch[target])
+        np.maximum(
+            scratch[target], _labelled(piece[relative(overlap, piece_box)], label, scratch.dtype), out=scratch[target]
+        )
     return scratch
+
+
+def _labelled(painted: np.ndarray, label: int, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """``painted * label`` in the label map's ``dtype`` (into ``out`` when given); a boolean piece of
+    label 1 in a uint8 map is its own bytes, not a copy."""
+    if label == 1 and dtype == np.uint8 and painted.dtype == np.bool_:
+        return painted.view(np.uint8)
+    return np.multiply(painted, label, dtype=dtype, out=out)
