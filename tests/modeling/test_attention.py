@@ -24,11 +24,21 @@ def test_padded_window_shortcut_matches_literal_padding(use_rel_pos):
     attention = Attention3D(48, 4, use_rel_pos=use_rel_pos, rel_pos_size=14, window_size=14)
     randomise(attention)
     x = torch.randn(2, 8, 8, 8, 48)
-    fast = attention(x)
+    with torch.inference_mode():  # the mask is written in place
+        inferred = attention(x)
+    fast = attention(x)  # under autograd: the same mask, copied in
+    fast.square().sum().backward()
+    fast_grads = {name: p.grad.clone() for name, p in attention.named_parameters()}
+    attention.zero_grad()
     attention.exact_padding = True
     literal = attention(x)
+    literal.square().sum().backward()
     assert fast.shape == literal.shape == x.shape
     assert torch.allclose(fast, literal, atol=1e-4, rtol=1e-4), (fast - literal).abs().max()
+    assert torch.allclose(inferred, literal, atol=1e-4, rtol=1e-4), (inferred - literal).abs().max()
+    for name, p in attention.named_parameters():
+        scale = p.grad.abs().max()
+        assert torch.allclose(fast_grads[name], p.grad, atol=1e-4 * scale, rtol=1e-3), name
 
 
 def test_window_partition_without_padding_runs_per_window():
