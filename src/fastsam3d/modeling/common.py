@@ -58,6 +58,13 @@ class PatchExpand3d(nn.ConvTranspose3d):
         return out.view(rows.shape[0], rows.shape[1] * k3, self.out_channels)
 
 
+def gelu_of_fresh(x: torch.Tensor) -> torch.Tensor:
+    """GELU of a tensor nobody else holds (a layer's fresh output), in place where autograd does not
+    record it: a second output of the same size is fresh pages (the mask decoder's 6 MB upscaling
+    cost the student ~4 ms a click, 26.6 -> 22.5 ms, interleaved)."""
+    return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
+
+
 class MLPBlock(nn.Module):
     """Two linear layers with an activation in between (the transformer feed-forward)."""
 
@@ -68,7 +75,10 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        hidden = self.lin1(x)
+        if type(self.act) is nn.GELU and self.act.approximate == "none":  # the hidden layer is fresh
+            return self.lin2(gelu_of_fresh(hidden))
+        return self.lin2(self.act(hidden))
 
 
 class MLP(nn.Module):

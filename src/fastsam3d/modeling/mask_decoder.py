@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm3d, PatchExpand3d
+from .common import MLP, LayerNorm3d, PatchExpand3d, gelu_of_fresh
 from .transformer import TwoWayTransformer
 
 
@@ -89,8 +89,8 @@ class MaskDecoder(nn.Module):
         features twice (a cached click's decoder 53 -> ~40 ms on 2 CPU cores). -> (B, M, 4D, 4H, 4W)."""
         expand, norm, _, expand_again, _ = self.output_upscaling
         x = expand.expand_rows(src_tokens)  # (B, k³N, C/4)
-        x = _gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = _gelu(expand_again.expand_rows(x))  # (B, k⁶N, C/8)
+        x = gelu_of_fresh(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = gelu_of_fresh(expand_again.expand_rows(x))  # (B, k⁶N, C/8)
         masks = x @ hyper_in.transpose(1, 2)  # (B, k⁶N, M)
         d, h, w = grid
         k = expand.kernel_size[0]
@@ -107,9 +107,3 @@ def _space_order(d: int, h: int, w: int, k: int, device: torch.device) -> torch.
     with torch.inference_mode(False):  # a normal tensor, which a later decode under autograd may save
         rows = torch.arange(d * h * w * k**6).view(d, h, w, *(k,) * 6)
         return rows.permute(0, 3, 6, 1, 4, 7, 2, 5, 8).reshape(-1).to(device)
-
-
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU of a fresh tensor, in place where autograd does not record it: a second 6 MB output per
-    click cost the student's decoder ~4 ms of page faults here (26.6 -> 22.5 ms, interleaved)."""
-    return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)

@@ -82,14 +82,15 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.float().reshape(-1, shape[-1]).contiguous()
+        rows = x.detach().float().reshape(-1, shape[-1]).contiguous()  # the int8 kernel has no gradient
         # reduce_range: 7-bit activations, so AVX2 int8 products (no VNNI) cannot saturate.
         if not self.per_token:
             return torch.ops.quantized.linear_dynamic(rows, self._packed, True).view(*shape[:-1], self.out_features)
         # each token's largest magnitude, as max(max, -min): no copy of the activations (abs() made one)
         scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_()).clamp_min_(1e-12)
         out = torch.ops.quantized.linear_dynamic(rows / scale, self._packed, True)
-        out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale)
+        # in place on the kernel's fresh output: a new one is fresh pages (6 MB for a ViT-B MLP)
+        out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
         return out.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
