@@ -67,3 +67,21 @@ def test_3d_mask_decoder_gives_the_same_masks_with_gradients_and_trains():
     trained.square().mean().backward()
     torch.testing.assert_close(inferred, trained.detach())
     assert all(p.grad is not None for p in decoder.output_upscaling.parameters())
+
+
+def test_feed_forward_gelu_in_place_only_where_autograd_does_not_record_it():
+    from fastsam3d.modeling.common import MLPBlock
+
+    block = MLPBlock(8, 32)
+    x = torch.randn(5, 8, requires_grad=True)
+    before = x.detach().clone()
+    plain = block.lin2(torch.nn.functional.gelu(block.lin1(x)))
+    out = block(x)
+    assert torch.allclose(out, plain, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (plain_grad,) = torch.autograd.grad(plain.square().sum(), x)
+    assert torch.allclose(grad, plain_grad, atol=1e-5)
+    with torch.inference_mode():
+        inferred = block(x)
+    assert torch.allclose(inferred, plain, atol=1e-6)
+    assert torch.equal(x.detach(), before)  # only the block's own hidden layer is written in place
