@@ -133,6 +133,43 @@ def test_paste_mask_equals_thresholded_paste_logits(low_res, device):
     assert empty.size == 0 and not pasted[empty_box].any()
 
 
+@pytest.mark.parametrize("low_res", [32, 64])  # dense or banded products before the signs
+def test_paste_mask_of_a_large_box_equals_thresholded_paste_logits(low_res):
+    """Boxes of ``SIGN_PASTE_MIN_VOXELS`` or more take the signs path (_planes_along_axis_0 for 64³
+    logits): a smooth object that crosses the ROI, equal to the thresholded paste up to rounding."""
+    volume = _oblique_volume(shape=(200, 160, 60), spacing=(0.8, 0.9, 1.5))
+    roi = RoiGrid.centred(volume, np.array([100.0, 80.0, 30.0]))
+    generator = torch.Generator().manual_seed(1)
+    coarse = torch.randn(1, 1, 6, 6, 6, generator=generator)
+    low = F.interpolate(coarse, size=(low_res,) * 3, mode="trilinear", align_corners=False)[0, 0] + 0.1
+    covered, logits = roi.paste_logits(low)
+    box, mask = roi.paste_mask(low)
+    assert mask.size >= preprocess.SIGN_PASTE_MIN_VOXELS
+    full = np.zeros(volume.shape, bool)
+    full[covered] = logits > 0
+    pasted = np.zeros(volume.shape, bool)
+    pasted[box] = mask
+    decided = np.zeros(volume.shape, bool)
+    decided[covered] = np.abs(logits) > 1e-4
+    assert 0.2 < full.mean() < 0.9 and decided.mean() > 0.99
+    assert np.array_equal(full[decided], pasted[decided])
+
+
+def test_planes_along_axis_0_equal_the_dense_resampling():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 64, 70, generator=generator)
+    across = []
+    for rows, inputs in ((90, 64), (50, 70)):
+        matrix = torch.zeros(rows, inputs)
+        for row in range(rows):
+            low = row * (inputs - 3) // rows
+            matrix[row, low : low + 3] = torch.rand(3, generator=generator)
+        across.append(matrix)
+    expected = preprocess.apply_per_axis(logits.permute(1, 2, 0), across)
+    planes = preprocess._planes_along_axis_0(logits, *across)
+    assert planes.shape == (7, 90, 50) and torch.allclose(planes, expected, atol=1e-5)
+
+
 def test_signs_of_mixes_equal_the_products_signs():
     """Rows mixing 1, 2 or 3 consecutive planes (and none), on planes with equal neighbours and exact
     zeros: the signs of ``weights @ planes`` wherever the product is not within rounding of 0."""
@@ -149,11 +186,15 @@ def test_signs_of_mixes_equal_the_products_signs():
     rows.append(np.zeros(6, np.float32))
     weights = torch.from_numpy(np.stack(rows))
     product = (weights @ torch.from_numpy(planes)).numpy()
-    signs = np.empty(product.shape, bool)
-    preprocess._signs_of_mixes(weights, torch.from_numpy(planes), signs)
     decided = np.abs(product) > 1e-5
-    assert decided.mean() > 0.95 and np.array_equal(signs[decided], product[decided] > 0)
-    assert not signs[-1].any()
+    # as a matrix, and as (L, 20, 20) planes laid out as _planes_along_axis_0 leaves them
+    strided = torch.from_numpy(planes).view(6, 20, 20).permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    for given in (torch.from_numpy(planes), strided):
+        signs = np.empty((len(weights), *given.shape[1:]), bool)
+        preprocess._signs_of_mixes(weights, given, signs)
+        signs = signs.reshape(product.shape)
+        assert decided.mean() > 0.95 and np.array_equal(signs[decided], product[decided] > 0)
+        assert not signs[-1].any()
 
 
 @pytest.mark.parametrize("inputs", [16, 64, 80])
