@@ -184,3 +184,12 @@ def test_server_settings_precision(tmp_path):
     model = save_model(build_model("tiny-student"), tmp_path / "tiny.safetensors")
     store = SessionStore(ServerSettings(model=str(model), device="cpu", precision="int8", temp_dir=tmp_path / "t"))
     assert store.model.precision == "int8"
+
+
+def test_int8_linear_scales_in_place_only_what_it_is_given():
+    layer = Int8Linear.from_linear(nn.Linear(16, 8))
+    x = torch.randn(5, 16) * torch.logspace(-2, 2, 5)[:, None]  # tokens of very different sizes
+    before = x.clone()
+    out = layer(x)
+    assert torch.equal(x, before)  # forward leaves its input alone
+    assert torch.equal(layer.forward_owned(x.clone()), out)  # the same numbers, scaled in place

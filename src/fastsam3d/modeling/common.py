@@ -76,9 +76,12 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.lin1(x)
-        if type(self.act) is nn.GELU and self.act.approximate == "none":  # the hidden layer is fresh
-            return self.lin2(gelu_of_fresh(hidden))
-        return self.lin2(self.act(hidden))
+        if type(self.act) is not nn.GELU or self.act.approximate != "none":
+            return self.lin2(self.act(hidden))
+        hidden = gelu_of_fresh(hidden)  # the hidden layer is fresh, and nobody else holds it
+        if not hidden.requires_grad and hasattr(self.lin2, "forward_owned"):  # an int8 layer scales it in place
+            return self.lin2.forward_owned(hidden)
+        return self.lin2(hidden)
 
 
 class MLP(nn.Module):

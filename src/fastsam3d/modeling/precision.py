@@ -81,6 +81,15 @@ class Int8Linear(nn.Module):
         return qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, owned=False)
+
+    def forward_owned(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` of a tensor the caller no longer needs, which it may overwrite: the per-token
+        scaling works in place (a scaled copy of a ViT-B feed-forward's hidden layer is 6 MB of fresh
+        pages: 2 ms a block on 2 AVX2 cores)."""
+        return self._forward(x, owned=True)
+
+    def _forward(self, x: torch.Tensor, owned: bool) -> torch.Tensor:
         shape = x.shape
         rows = x.detach().float().reshape(-1, shape[-1]).contiguous()  # the int8 kernel has no gradient
         # reduce_range: 7-bit activations, so AVX2 int8 products (no VNNI) cannot saturate.
@@ -88,7 +97,8 @@ class Int8Linear(nn.Module):
             return torch.ops.quantized.linear_dynamic(rows, self._packed, True).view(*shape[:-1], self.out_features)
         # each token's largest magnitude, as max(max, -min): no copy of the activations (abs() made one)
         scale = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_()).clamp_min_(1e-12)
-        out = torch.ops.quantized.linear_dynamic(rows / scale, self._packed, True)
+        ours = owned or rows.data_ptr() != x.data_ptr()  # given to us, or already a copy
+        out = torch.ops.quantized.linear_dynamic(rows.div_(scale) if ours else rows / scale, self._packed, True)
         # in place on the kernel's fresh output: a new one is fresh pages (6 MB for a ViT-B MLP)
         out = out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale, out=out)
         return out.view(*shape[:-1], self.out_features)
