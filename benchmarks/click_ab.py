@@ -3,13 +3,15 @@ machine's drift between runs does not swamp.
 
     python benchmarks/click_ab.py 7993a7a              # that commit against the working tree, 3 rounds
     python benchmarks/click_ab.py HEAD~3 --rounds 5 --no-masks
+    python benchmarks/click_ab.py 15bd590 --encoders --no-masks   # and the 3D ViT encoders
 
 The baseline is checked out into a temporary git worktree. Each round runs one process per version
 (baseline first) that times, on 2 threads: the shipped ``default`` model's ``encode`` and
 ``decode`` (64³), the random-weight student's mask decoder, and a ``Session`` per model (``default``
 and ``fastsam3d`` in fp32, max_rois=1) on a 512x512x300 int16 ``.nii``: the first click and its
-decoder + paste, then the median of six further clicks and their paste. Prints the medians over
-the rounds, with min-max.
+decoder + paste, then the median of six further clicks and their paste. ``--encoders`` adds the
+random-weight student's and teacher's image encoders, fp32 and int8 (the fastest of five encodes).
+Prints the medians over the rounds, with min-max.
 
 Then the equal-mask check of the same two versions: the working tree's ``default`` model segments
 every structure of the development volumes (``fastsam3d data fetch``) with three centre clicks
@@ -35,14 +37,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _median_ms(function, repeats: int = 7) -> float:
+def _times_ms(function, repeats: int) -> list[float]:
+    """``repeats`` timings (ms) after one warm-up call."""
     function()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         function()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+        times.append(1e3 * (time.perf_counter() - started))
+    return times
+
+
+def _median_ms(function, repeats: int = 7) -> float:
+    return statistics.median(_times_ms(function, repeats))
+
+
+def measure_encoders() -> dict[str, float]:
+    """The 3D ViT encoders (random weights) in fp32 and int8: the fastest of five encodes (ms)."""
+    import torch
+
+    from fastsam3d import build_model
+    from fastsam3d.runtime import apply_model_precision
+
+    result = {}
+    crop = torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(0))
+    for name in ("fastsam3d", "sam-med3d"):
+        for precision in ("fp32", "int8"):
+            torch.manual_seed(0)
+            model = apply_model_precision(build_model(name).eval(), precision)
+            with torch.inference_mode():
+                result[f"{name} encode, {precision} (min)"] = min(_times_ms(lambda model=model: model.encode(crop), 5))
+            del model
+    return result
 
 
 def measure(volume: Path) -> dict[str, float]:
@@ -156,8 +182,9 @@ def main() -> None:
     parser.add_argument("baseline", help="a git revision to compare the working tree with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-masks", action="store_true", help="skip the equal-mask check on the dev volumes")
+    parser.add_argument("--encoders", action="store_true", help="also time the 3D ViT encoders, fp32 and int8")
     parser.add_argument("--volume", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=("time", "drive", "replay"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("time", "encoders", "drive", "replay"), help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -166,6 +193,9 @@ def main() -> None:
         torch.set_num_threads(2)
     if args.worker == "time":
         print(json.dumps(measure(args.volume)))
+        return
+    if args.worker == "encoders":
+        print(json.dumps(measure_encoders()))
         return
     if args.worker == "drive":
         drive_masks(args.store)
@@ -181,7 +211,10 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"before": [], "after": []}
         for round_ in range(args.rounds):
             for label, tree in (("before", baseline), ("after", ROOT)):
-                runs[label].append(json.loads(_in_tree(tree, "--worker", "time", "--volume", str(volume))))
+                run = json.loads(_in_tree(tree, "--worker", "time", "--volume", str(volume)))
+                if args.encoders:  # in a process of its own: the clicks' figures stay comparable
+                    run.update(json.loads(_in_tree(tree, "--worker", "encoders")))
+                runs[label].append(run)
             print(f"# round {round_ + 1} of {args.rounds} done", flush=True)
         if not args.no_masks:
             store = Path(folder) / "masks.npz"
