@@ -152,7 +152,7 @@ class ImageEncoderViT3D(nn.Module):
     def _neck(self, x: torch.Tensor) -> torch.Tensor:
         """``self.neck`` on the (B, C, D, H, W) channels-last view of the tokens. Its 3³ convolution
         reads a contiguous input: on a channels-last one oneDNN copied its 16 MB weight into that
-        layout on every call (7.7 ms of a student's 0.23 s encode on 2 AVX2 cores); the embedding
+        layout on every call (7.7 ms of a student's 0.23 s encode on 2 AVX2 cores, profiled); the embedding
         goes back to channels-last, the layout the decoders read (an export has no layouts)."""
         reduce, norm, conv, norm_again = self.neck
         embedding = norm_again(conv(norm(reduce(x)).contiguous()))
