@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastsam3d.engine.cache import FeatureCache
+from fastsam3d.engine.cache import FeatureCache, nbytes
 
 
 def test_views_share_one_lru_budget():
@@ -25,17 +25,21 @@ def test_views_share_one_lru_budget():
     assert next(iter(big.values())).numel() == 5000 and len(second) == 0
 
 
-def test_features_count_their_tensors_and_not_the_maps_they_keep_later():
+def test_features_count_the_most_their_kept_maps_may_hold_from_the_start():
     """A ClickUNet ROI's features keep similarity maps after they are stored (their memo): the budget
-    counts what was stored, so removing them gives back exactly what storing them took."""
-    from fastsam3d.modeling.click_unet import ClickUNetFeatures
+    counts the memo's bound when they are stored, so it bounds what the memo grows to, and removing
+    them gives back exactly what storing them took."""
+    from fastsam3d.modeling.click_unet import SIMILARITY_MEMO_MAPS, ClickUNetFeatures
 
     cache = FeatureCache(max_mb=1)
     view = cache.view()
-    features = ClickUNetFeatures([torch.zeros(10), torch.zeros(20)], torch.zeros(30), torch.zeros(40), {})
+    unit = torch.zeros(1, 2, 5, 5, 5)  # fine grid 5³: each kept map is 125 floats
+    features = ClickUNetFeatures([torch.zeros(10), torch.zeros(20)], unit, torch.zeros(40), {})
+    stored = (10 + 20 + unit.numel() + 40 + SIMILARITY_MEMO_MAPS * 125) * 4
     view["roi"] = features
-    assert cache.total_bytes() == 100 * 4
-    features.memo[(0, frozenset({1}))] = torch.zeros(1000)  # a map kept by a decode
-    assert cache.total_bytes() == 100 * 4
+    assert cache.total_bytes() == stored
+    features.memo[(0, frozenset({1}))] = torch.zeros(5, 5, 5)  # a map kept by a decode
+    assert cache.total_bytes() == stored
     view.clear()
     assert cache.total_bytes() == 0
+    assert nbytes(features._replace(memo=None)) == stored - SIMILARITY_MEMO_MAPS * 125 * 4  # a batch keeps none

@@ -105,11 +105,13 @@ class CacheView:
 
 
 def nbytes(value) -> int:
-    """Bytes of a tensor or of the tensors in a (nested) tuple or list. A dict inside (the similarity
-    maps a ROI's features keep for the next click, :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures`,
-    at most 4 MB) and None count 0: a stored value's size must not change while it is stored."""
+    """Bytes of a tensor or of the tensors in a (nested) tuple or list. The similarity maps a ROI's
+    features keep for the next clicks (a dict inside :class:`~fastsam3d.modeling.click_unet.ClickUNetFeatures`)
+    count as the most they may hold (``memo_bytes_at_most``, 4 MB for 64³), from the start: a stored
+    value's size must not change while it is stored, and the budget still bounds what it grows to."""
     if value is None or isinstance(value, dict):
         return 0
     if isinstance(value, torch.Tensor):
         return value.element_size() * value.nelement()
-    return sum(nbytes(part) for part in value)
+    bound = getattr(value, "memo_bytes_at_most", None)
+    return (bound() if bound is not None else 0) + sum(nbytes(part) for part in value)

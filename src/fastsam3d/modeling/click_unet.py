@@ -373,6 +373,12 @@ class ClickUNetFeatures(NamedTuple):
     head: torch.Tensor  # (B, prompt_channels[0], S, S, S) the fine features' share of the first head layer
     memo: dict | None = None  # (include or exclude, frozenset of clicked voxels) -> (S, S, S) map; batch of one
 
+    def memo_bytes_at_most(self) -> int:
+        """What ``memo`` may come to hold: ``SIMILARITY_MEMO_MAPS`` maps of the fine grid (0 without one)."""
+        if self.memo is None:
+            return 0
+        return SIMILARITY_MEMO_MAPS * self.unit[0, 0].nelement() * self.unit.element_size()
+
     def expand(self, batch: int) -> ClickUNetFeatures:
         """The same features for a batch of ``batch`` prompt sets (from a batch of one; no memo)."""
         if self.unit.shape[0] == batch:
