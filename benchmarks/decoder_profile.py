@@ -3,11 +3,12 @@ ROI's cached features, by PyTorch operator (torch.profiler), on the CPU.
 
     python benchmarks/decoder_profile.py [--threads 2] [--repeats 10]
 
-Prints the median decode time (two clicks, a previous mask, their similarity maps computed) and the operators that take it, per
-decode. The starting point for a lighter 64³ head (issue: a 20 ms click on the CPU). Then the decode
-time as a session's clicks accumulate (``--clicks``): each decode adds one click, on the features as
-the engine caches them (the similarity maps kept between clicks) and on the same tensors without
-that memo (every map computed afresh), alternately, median over ``--rounds``.
+Prints the median decode time (two clicks, a previous mask, their similarity maps computed) and the
+operators that take it, per decode. The starting point for a lighter 64³ head (issue: a 20 ms click
+on the CPU). Then the decode time as a session's clicks accumulate (``--clicks``): each decode adds
+one click, on the features as the engine caches them (the similarity maps kept between clicks) and
+on the same tensors without that memo (every map computed afresh), alternately, median over
+``--rounds``.
 """
 
 from __future__ import annotations

@@ -355,11 +355,10 @@ def _signs_of_mixes(weights: torch.Tensor, planes: torch.Tensor, out: np.ndarray
     matrix = weights.numpy()
     present = matrix > 0
     first, count = present.argmax(1), present.sum(1)
-    values = planes.numpy()
     # per row: 0 mixes nothing, 1 mixes one or two planes (a threshold), 2 more (or there is one plane)
-    kind = np.where(count == 0, 0, np.where((count <= 2) & (len(values) > 1), 1, 2))
-    if len(values) > 1:  # in torch (two threads), contiguous whatever the planes' layout
-        gaps = torch.sub(planes[1:], planes[:-1], out=torch.empty((len(values) - 1, *values.shape[1:])))
+    kind = np.where(count == 0, 0, np.where((count <= 2) & (len(planes) > 1), 1, 2))
+    if len(planes) > 1:  # in torch (two threads), contiguous whatever the planes' layout
+        gaps = torch.sub(planes[1:], planes[:-1], out=torch.empty((len(planes) - 1, *planes.shape[1:])))
         reversed_ = (gaps < 0).numpy()
         thresholds = torch.div(planes[:-1], gaps, out=gaps).neg_().numpy()  # a = b: -inf, +inf or NaN (a = 0: never)
     starts = np.flatnonzero((first[1:] != first[:-1]) | (kind[1:] != kind[:-1])) + 1
@@ -369,9 +368,9 @@ def _signs_of_mixes(weights: torch.Tensor, planes: torch.Tensor, out: np.ndarray
         if kind[begin] == 0:
             run[:] = False
         elif kind[begin] == 1:
-            interval = min(int(first[begin]), len(values) - 2)  # a row on the last plane only: s = 1 before it
+            interval = min(int(first[begin]), len(planes) - 2)  # a row on the last plane only: s = 1 before it
             mix = matrix[begin:end, interval : interval + 2]
-            shares = (mix[:, 1] / mix.sum(1)).reshape(-1, *(1,) * (values.ndim - 1))
+            shares = (mix[:, 1] / mix.sum(1)).reshape(-1, *(1,) * (planes.dim() - 1))
             np.greater(shares, thresholds[interval], out=run)
             np.logical_xor(run, reversed_[interval], out=run)
         else:

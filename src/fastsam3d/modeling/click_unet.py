@@ -594,9 +594,8 @@ class ClickUNet3D(nn.Module):
                     else:
                         out[b, channel].zero_()
                 continue
-            vectors = [unit[b, :, g[:, 0], g[:, 1], g[:, 2]] for g in groups]  # (C, N) each
-            groups = [_even_sample(v, SIMILARITY_POINTS) for v in vectors]
-            columns, includes = torch.cat(groups, 1), groups[0].shape[1]
+            sampled = [_even_sample(unit[b, :, g[:, 0], g[:, 1], g[:, 2]], SIMILARITY_POINTS) for g in groups]  # (C, N)
+            columns, includes = torch.cat(sampled, 1), sampled[0].shape[1]
             if columns.shape[1] == 0:  # padding only
                 out[b].zero_()
                 continue
